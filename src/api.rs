@@ -1,0 +1,216 @@
+//! The HTTP API as plain functions: request line in, `Reply` out.
+//!
+//! Nothing here touches a socket or a database, so routing, status codes and the JSON shapes
+//! are unit-tested directly; `server.rs` adapts tiny_http to this and `db.rs` supplies the
+//! database check through a closure.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::build;
+
+pub const HEALTH_JSON: &str = "application/health+json";
+pub const JSON: &str = "application/json";
+
+/// A response before it is written to the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// Extra headers besides Content-Type.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    fn json(status: u16, content_type: &'static str, body: &Value) -> Reply {
+        let mut text = body.to_string();
+        text.push('\n');
+        Reply {
+            status,
+            content_type,
+            headers: vec![("Cache-Control", "no-store".into())],
+            body: text,
+        }
+    }
+
+    /// The JSON error every non-2xx path answers with.
+    pub fn error(status: u16, message: &str) -> Reply {
+        Reply::json(status, JSON, &json!({ "status": status, "error": message }))
+    }
+}
+
+/// What one database check found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbOutcome {
+    /// `Err` holds a short reason, safe to show (never a password or connection string).
+    pub result: Result<(), String>,
+    pub elapsed: Duration,
+}
+
+const ALLOW: &str = "GET, HEAD";
+
+/// Routes one request. `check_db` runs the database check; it is called only by `/health`.
+pub fn handle(method: &str, url: &str, check_db: &mut dyn FnMut() -> DbOutcome) -> Reply {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    let known = matches!(path, "/health" | "/livez");
+    if !known {
+        return Reply::error(404, "not found: the endpoints are GET /health and GET /livez");
+    }
+    if method != "GET" && method != "HEAD" {
+        let mut reply = Reply::error(405, "method not allowed: use GET or HEAD");
+        reply.headers.push(("Allow", ALLOW.into()));
+        return reply;
+    }
+    match path {
+        "/health" => health(&check_db(), SystemTime::now()),
+        _ => livez(),
+    }
+}
+
+/// `/livez`: the process answers; no dependency is checked.
+pub fn livez() -> Reply {
+    Reply::json(
+        200,
+        HEALTH_JSON,
+        &json!({
+            "status": "pass",
+            "version": build::VERSION,
+            "releaseId": build::COMMIT,
+            "description": "tribist process liveness (no dependencies checked)",
+        }),
+    )
+}
+
+/// `/health` in the shape of the IETF "Health Check Response Format for HTTP APIs" draft.
+pub fn health(db: &DbOutcome, now: SystemTime) -> Reply {
+    let ms = (db.elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    let status = if db.result.is_ok() { "pass" } else { "fail" };
+    let mut check = json!({
+        "componentId": "postgres",
+        "componentType": "datastore",
+        "observedValue": ms,
+        "observedUnit": "ms",
+        "status": status,
+        "time": rfc3339(now),
+    });
+    let mut body = json!({
+        "status": status,
+        "version": build::VERSION,
+        "releaseId": build::COMMIT,
+        "description": "tribist API server",
+        "checks": {},
+    });
+    if let Err(reason) = &db.result {
+        let output = format!("postgres: {reason}");
+        check["output"] = json!(output);
+        body["output"] = json!(output);
+    }
+    body["checks"]["postgres:responseTime"] = json!([check]);
+    Reply::json(if db.result.is_ok() { 200 } else { 503 }, HEALTH_JSON, &body)
+}
+
+/// Formats a time as RFC 3339 in UTC with millisecond precision.
+pub fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> DbOutcome {
+        DbOutcome { result: Ok(()), elapsed: Duration::from_micros(1234) }
+    }
+
+    fn body(reply: &Reply) -> Value {
+        serde_json::from_str(&reply.body).unwrap()
+    }
+
+    #[test]
+    fn health_pass() {
+        let r = handle("GET", "/health?x=1", &mut ok);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.content_type, HEALTH_JSON);
+        let b = body(&r);
+        assert_eq!(b["status"], "pass");
+        assert_eq!(b["version"], build::VERSION);
+        assert_eq!(b["releaseId"], build::COMMIT);
+        let check = &b["checks"]["postgres:responseTime"][0];
+        assert_eq!(check["status"], "pass");
+        assert_eq!(check["observedValue"], 1.234);
+        assert_eq!(check["observedUnit"], "ms");
+        assert!(b.get("output").is_none());
+    }
+
+    #[test]
+    fn health_fail_is_503_with_output() {
+        let mut fail = || DbOutcome {
+            result: Err("connection refused".into()),
+            elapsed: Duration::from_millis(3),
+        };
+        let r = handle("HEAD", "/health", &mut fail);
+        assert_eq!(r.status, 503);
+        let b = body(&r);
+        assert_eq!(b["status"], "fail");
+        assert_eq!(b["output"], "postgres: connection refused");
+        assert_eq!(b["checks"]["postgres:responseTime"][0]["status"], "fail");
+    }
+
+    #[test]
+    fn livez_never_checks_the_database() {
+        let mut called = false;
+        let r = handle("GET", "/livez", &mut || {
+            called = true;
+            ok()
+        });
+        assert_eq!(r.status, 200);
+        assert!(!called);
+        assert_eq!(body(&r)["status"], "pass");
+    }
+
+    #[test]
+    fn unknown_path_and_wrong_method() {
+        let r = handle("GET", "/nope", &mut ok);
+        assert_eq!((r.status, r.content_type), (404, JSON));
+        assert_eq!(body(&r)["status"], 404);
+        let r = handle("POST", "/health", &mut || panic!("no check on 405"));
+        assert_eq!(r.status, 405);
+        assert!(r.headers.contains(&("Allow", "GET, HEAD".to_string())));
+        assert_eq!(body(&r)["status"], 405);
+    }
+
+    #[test]
+    fn time_format() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,354 @@
+//! Configuration from the environment, validated once at start.
+//!
+//! The server reads nothing else at run time: a bad or missing value stops it here with exit 2
+//! and one line naming the variable and what to fix. Parsing takes a lookup function instead of
+//! reading `std::env` directly, so every rule is unit-tested without touching the process.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::Error;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8383";
+pub const DEFAULT_WORKERS: usize = 4;
+pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_WORKERS: usize = 256;
+
+/// Help text for `server --help`; it is also the reference of every variable.
+pub const HELP: &str = "\
+tribist API server: GET /health checks PostgreSQL, GET /livez checks the process only.
+
+usage: server [--help | --version]
+
+Configuration comes from the environment:
+  DATABASE_URL              PostgreSQL connection, URL (postgres://user:pass@host:5432/db)
+                            or key=value form (host=/run/postgresql user=tribist dbname=tribist).
+                            When unset, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD
+                            and PGDATABASE are used instead (PGHOST defaults to
+                            /var/run/postgresql, PGUSER to $USER).
+  TRIBIST_LISTEN            address to listen on            (default 127.0.0.1:8383)
+  TRIBIST_WORKERS           request worker threads, 1-256   (default 4)
+  TRIBIST_DB_TIMEOUT        bound on each database check    (default 2s; e.g. 500ms, 1.5s)
+  TRIBIST_SHUTDOWN_TIMEOUT  bound on graceful shutdown      (default 10s)
+  TRIBIST_LOG_LEVEL         error, warn, info, debug, trace (default info)
+
+On start the server writes its pid to ./PID; SIGTERM or SIGINT drains in-flight requests,
+removes ./PID and exits 0. Exit codes: 1 runtime failure, 2 bad configuration, 3 another
+server already runs in this directory.
+";
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub db: DbTarget,
+    pub db_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub log_level: log::LevelFilter,
+}
+
+/// The database to check, with a description that never contains the password.
+#[derive(Clone)]
+pub struct DbTarget {
+    pub config: postgres::Config,
+    /// `user@host:port/dbname`, safe to log and to show in `/health`.
+    pub display: String,
+}
+
+impl std::fmt::Debug for DbTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, Error> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `get`, which returns a variable's value if set.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let nonempty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let listen = match nonempty("TRIBIST_LISTEN") {
+            None => DEFAULT_LISTEN.parse().map_err(|_| bad("TRIBIST_LISTEN", "bad default"))?,
+            Some(v) => v.trim().parse().map_err(|_| {
+                bad("TRIBIST_LISTEN", format!("{v:?} is not an IP:port address such as 127.0.0.1:8383"))
+            })?,
+        };
+        let workers = match nonempty("TRIBIST_WORKERS") {
+            None => DEFAULT_WORKERS,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_WORKERS).contains(&n) => n,
+                _ => {
+                    return Err(bad(
+                        "TRIBIST_WORKERS",
+                        format!("{v:?} is not a whole number from 1 to {MAX_WORKERS}"),
+                    ))
+                }
+            },
+        };
+        let db_timeout = duration_var(&nonempty, "TRIBIST_DB_TIMEOUT", DEFAULT_DB_TIMEOUT)?;
+        let shutdown_timeout =
+            duration_var(&nonempty, "TRIBIST_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT)?;
+        let log_level = match nonempty("TRIBIST_LOG_LEVEL") {
+            None => log::LevelFilter::Info,
+            Some(v) => match log::LevelFilter::from_str(v.trim()) {
+                Ok(l) if l != log::LevelFilter::Off => l,
+                _ => {
+                    return Err(bad(
+                        "TRIBIST_LOG_LEVEL",
+                        format!("{v:?} is not one of error, warn, info, debug, trace"),
+                    ))
+                }
+            },
+        };
+        let db = db_target(&get, db_timeout)?;
+        Ok(Config { listen, workers, db, db_timeout, shutdown_timeout, log_level })
+    }
+}
+
+fn bad(var: &'static str, problem: impl Into<String>) -> Error {
+    Error::Config { var, problem: problem.into() }
+}
+
+fn duration_var(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, Error> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => parse_duration(&v).ok_or_else(|| {
+            bad(var, format!("{v:?} is not a duration from 1ms to 1h such as 2s, 1.5s or 500ms"))
+        }),
+    }
+}
+
+/// Parses `500ms`, `2s`, `1.5s` or a bare number of seconds; 1 ms to 1 hour.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.001..=3600.0).contains(&secs) {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// Builds the PostgreSQL target from DATABASE_URL, or from the libpq PG* variables.
+fn db_target(get: &impl Fn(&str) -> Option<String>, timeout: Duration) -> Result<DbTarget, Error> {
+    let url = get("DATABASE_URL").filter(|v| !v.trim().is_empty());
+    let (mut config, var) = match url {
+        Some(url) => {
+            // The crate's own error can quote the string; never echo it (it may hold a password).
+            let config = postgres::Config::from_str(url.trim()).map_err(|_| {
+                bad(
+                    "DATABASE_URL",
+                    "is not a valid PostgreSQL connection string; use \
+                     postgres://user:password@host:5432/dbname or \
+                     host=... user=... password=... dbname=...",
+                )
+            })?;
+            (config, "DATABASE_URL")
+        }
+        None => (from_libpq_vars(get)?, "PGHOST"),
+    };
+    if config.get_hosts().is_empty() {
+        config.host("/var/run/postgresql");
+    }
+    if config.get_user().is_none() {
+        return Err(bad(var, "names no database user; add one (user=... or postgres://USER@...)"));
+    }
+    if config.get_ports().iter().any(|p| *p == 0) {
+        return Err(bad(var, "has port 0; use the PostgreSQL port, usually 5432"));
+    }
+    let display = describe(&config);
+    harden(&mut config, timeout);
+    Ok(DbTarget { config, display })
+}
+
+fn from_libpq_vars(get: &impl Fn(&str) -> Option<String>) -> Result<postgres::Config, Error> {
+    let var = |name: &str| get(name).filter(|v| !v.is_empty());
+    let any_set = ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"]
+        .iter()
+        .any(|n| var(n).is_some());
+    if !any_set {
+        return Err(bad(
+            "DATABASE_URL",
+            "is not set (nor any of PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE); set it to \
+             postgres://user:password@host:5432/dbname",
+        ));
+    }
+    let mut config = postgres::Config::new();
+    if let Some(host) = var("PGHOST") {
+        config.host(&host);
+    }
+    if let Some(port) = var("PGPORT") {
+        let port: u16 = port
+            .trim()
+            .parse()
+            .map_err(|_| bad("PGPORT", format!("{port:?} is not a TCP port number")))?;
+        config.port(port);
+    }
+    if let Some(user) = var("PGUSER").or_else(|| var("USER")) {
+        config.user(&user);
+    }
+    if let Some(password) = var("PGPASSWORD") {
+        config.password(password);
+    }
+    if let Some(db) = var("PGDATABASE") {
+        config.dbname(&db);
+    }
+    Ok(config)
+}
+
+/// `user@host:port/dbname`: enough to find the database, never the password.
+fn describe(config: &postgres::Config) -> String {
+    use postgres::config::Host;
+    let user = config.get_user().unwrap_or("?");
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "?".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or(user);
+    format!("{user}@{host}:{port}/{db}")
+}
+
+/// Bounds what the client can bound itself: TCP connect, dead peers, and (server-side) queries.
+/// Start-up/authentication and a peer that accepts but never answers are bounded by the
+/// caller (see `db.rs`).
+fn harden(config: &mut postgres::Config, timeout: Duration) {
+    let ms = timeout.as_millis().max(1);
+    let options = match config.get_options() {
+        Some(existing) if !existing.trim().is_empty() => {
+            format!("{existing} -c statement_timeout={ms}")
+        }
+        _ => format!("-c statement_timeout={ms}"),
+    };
+    config
+        .options(&options)
+        .connect_timeout(timeout)
+        .tcp_user_timeout(timeout.max(Duration::from_secs(1)))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3);
+    if config.get_application_name().is_none() {
+        config.application_name("tribist");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, Error> {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    fn var_of(err: Error) -> &'static str {
+        match err {
+            Error::Config { var, .. } => var,
+            other => panic!("expected a config error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_with_only_a_url() {
+        let c = parse(&[("DATABASE_URL", "postgres://u:secret@db.example:5433/app")]).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.workers, DEFAULT_WORKERS);
+        assert_eq!(c.db_timeout, DEFAULT_DB_TIMEOUT);
+        assert_eq!(c.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(c.db.display, "u@db.example:5433/app");
+        assert!(!format!("{:?}", c).contains("secret"));
+        assert_eq!(c.db.config.get_connect_timeout(), Some(&DEFAULT_DB_TIMEOUT));
+        assert_eq!(c.db.config.get_options(), Some("-c statement_timeout=2000"));
+    }
+
+    #[test]
+    fn key_value_form_and_existing_options() {
+        let c = parse(&[(
+            "DATABASE_URL",
+            "host=/run/postgresql user=t dbname=d options='-c search_path=x'",
+        )])
+        .unwrap();
+        assert_eq!(c.db.display, "t@/run/postgresql:5432/d");
+        assert_eq!(
+            c.db.config.get_options(),
+            Some("-c search_path=x -c statement_timeout=2000")
+        );
+    }
+
+    #[test]
+    fn libpq_variables_when_url_unset() {
+        let c = parse(&[
+            ("PGHOST", "127.0.0.1"),
+            ("PGPORT", "6543"),
+            ("PGUSER", "pg"),
+            ("PGPASSWORD", "pw"),
+            ("PGDATABASE", "app"),
+        ])
+        .unwrap();
+        assert_eq!(c.db.display, "pg@127.0.0.1:6543/app");
+        assert_eq!(c.db.config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(var_of(parse(&[("PGHOST", "h"), ("PGUSER", "u"), ("PGPORT", "x")]).unwrap_err()), "PGPORT");
+    }
+
+    #[test]
+    fn missing_database_is_an_error_naming_the_variable() {
+        assert_eq!(var_of(parse(&[]).unwrap_err()), "DATABASE_URL");
+        assert_eq!(var_of(parse(&[("DATABASE_URL", "postgres://[bad")]).unwrap_err()), "DATABASE_URL");
+        assert_eq!(var_of(parse(&[("DATABASE_URL", "host=h dbname=d")]).unwrap_err()), "DATABASE_URL");
+    }
+
+    #[test]
+    fn bad_url_message_does_not_echo_the_password() {
+        let err = parse(&[("DATABASE_URL", "postgres://u:hunter2@h:notaport/d")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let url = ("DATABASE_URL", "postgres://u@h/d");
+        for (var, value) in [
+            ("TRIBIST_LISTEN", "localhost"),
+            ("TRIBIST_WORKERS", "0"),
+            ("TRIBIST_WORKERS", "1000"),
+            ("TRIBIST_WORKERS", "four"),
+            ("TRIBIST_DB_TIMEOUT", "0s"),
+            ("TRIBIST_DB_TIMEOUT", "2 minutes"),
+            ("TRIBIST_SHUTDOWN_TIMEOUT", "-1"),
+            ("TRIBIST_LOG_LEVEL", "loud"),
+            ("TRIBIST_LOG_LEVEL", "off"),
+        ] {
+            let err = parse(&[url, (var, value)]).unwrap_err();
+            assert_eq!(var_of(err), var, "{var}={value}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), None);
+        assert_eq!(parse_duration("2h"), None);
+        assert_eq!(parse_duration("NaN"), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! tribist: an API server whose `/health` checks PostgreSQL, built to run under systemd.
+//!
+//! `main.rs` parses the configuration and calls [`server::run`]; everything else lives here
+//! so the integration tests and the unit tests see the same code.
+
+pub mod api;
+pub mod build;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod logging;
+pub mod pidfile;
+pub mod server;
