@@ -1,16 +1,17 @@
 //! The PostgreSQL check behind `/health`, bounded in time whatever the database does.
 //!
-//! The postgres crate bounds only the TCP connect: start-up, authentication and queries can
-//! block forever when the peer accepts and never answers. So each worker owns a `Checker`
-//! whose connection lives on a dedicated thread; the worker hands it a request and waits at
-//! most the DB timeout for the answer. A thread stuck on a silent peer stays the only one for
-//! that worker: the next check first waits for the stuck one instead of starting another, so
-//! threads and connections stay bounded at one per worker. The connection is reused across
-//! checks and dropped after any failure, so the next check reconnects.
+//! Each worker owns a `Checker` with one connection, reused across requests. A check is a
+//! query round trip on that connection, run on the worker's thread and bounded by the
+//! client's own timer (`Client::is_valid`). The postgres crate cannot bound connection
+//! start-up and authentication (only the TCP connect), so connecting runs on a short-lived
+//! thread that the worker waits for with a deadline; a new connection must answer `SELECT 1`
+//! before it is used. An attempt stuck on a silent peer is kept, not repeated, so threads and
+//! sockets stay bounded at one attempt per worker. After any failure the connection is
+//! dropped and the next check reconnects, so `/health` recovers by itself.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,8 +21,8 @@ use postgres::{Client, NoTls};
 use crate::api::DbOutcome;
 use crate::config::DbTarget;
 
-/// The query `/health` runs: one round trip, no prepared statement to cache.
-const HEALTH_QUERY: &str = "SELECT 1";
+/// The query each new connection must answer before it serves checks.
+const FIRST_QUERY: &str = "SELECT 1";
 
 /// State shared by all checkers: the last verdict (to log transitions once, not per worker)
 /// and how many connection threads are alive (so shutdown can wait for them to close).
@@ -52,20 +53,21 @@ pub struct Checker {
     target: DbTarget,
     timeout: Duration,
     shared: Arc<Shared>,
-    conn: Option<ConnThread>,
+    client: Option<Client>,
+    connecting: Option<Connecting>,
 }
 
-struct ConnThread {
-    requests: Sender<()>,
-    answers: Receiver<Result<(), String>>,
-    /// Requests sent whose answer has not been read yet (0 or 1).
-    outstanding: usize,
+/// A connection attempt running on its own thread, because the postgres crate cannot bound
+/// start-up and authentication. It is kept until it finishes, so a worker never has more than
+/// one attempt (one thread, one socket) in flight.
+struct Connecting {
+    result: Receiver<Result<Client, String>>,
     since: Instant,
 }
 
 impl Checker {
     pub fn new(id: usize, target: DbTarget, timeout: Duration, shared: Arc<Shared>) -> Checker {
-        Checker { id, target, timeout, shared, conn: None }
+        Checker { id, target, timeout, shared, client: None, connecting: None }
     }
 
     /// Runs the health query, answering within the DB timeout (plus scheduling noise).
@@ -78,84 +80,99 @@ impl Checker {
     }
 
     fn check_inner(&mut self, deadline: Instant) -> Result<(), String> {
-        let timeout = self.timeout;
-        let conn = match self.conn.take() {
-            Some(conn) => conn,
-            None => self.spawn()?,
+        if self.client.is_none() {
+            self.client = Some(self.await_connection(deadline)?);
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Err("no connection".into());
         };
-        let mut conn = conn;
-        // A check that timed out earlier may still be running: wait for it first, so at
-        // most one thread per worker is ever blocked on the database.
-        while conn.outstanding > 0 {
-            match conn.answers.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(_) => conn.outstanding -= 1,
-                Err(RecvTimeoutError::Timeout) => {
-                    let waited = conn.since.elapsed().as_secs_f64();
-                    self.conn = Some(conn);
-                    return Err(format!(
-                        "no answer within {}; a check started {waited:.1}s ago is still \
-                         waiting for the database",
-                        fmt_secs(timeout)
-                    ));
-                }
-                Err(RecvTimeoutError::Disconnected) => return Err(self.died()),
+        // The round trip runs on this thread, bounded by the client's own timer. A connect
+        // that used up most of the budget still leaves the query a fair slice of it.
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .max((self.timeout / 4).min(Duration::from_millis(500)));
+        let sent = Instant::now();
+        match client.is_valid(budget) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let reason = if sent.elapsed() >= budget {
+                    format!(
+                        "no answer within {} on an open connection (database stalled or \
+                         network dropping packets)",
+                        fmt_secs(self.timeout)
+                    )
+                } else {
+                    describe(&e)
+                };
+                self.discard_client();
+                Err(reason)
             }
         }
-        if conn.requests.send(()).is_err() {
-            return Err(self.died());
-        }
-        conn.outstanding = 1;
-        conn.since = Instant::now();
-        let answer = conn.answers.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-        match answer {
-            Ok(result) => {
-                conn.outstanding = 0;
-                self.conn = Some(conn);
-                result
-            }
+    }
+
+    fn await_connection(&mut self, deadline: Instant) -> Result<Client, String> {
+        let connecting = match self.connecting.take() {
+            Some(c) => c,
+            None => self.spawn_connect()?,
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match connecting.result.recv_timeout(wait) {
+            Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => {
-                self.conn = Some(conn);
+                let started = connecting.since.elapsed().as_secs_f64();
+                self.connecting = Some(connecting);
                 Err(format!(
-                    "no answer within {} (database host unreachable, overloaded or not \
-                     speaking the PostgreSQL protocol)",
-                    fmt_secs(timeout)
+                    "no answer within {}: connecting for {started:.1}s (database host \
+                     unreachable, overloaded or not speaking the PostgreSQL protocol)",
+                    fmt_secs(self.timeout)
                 ))
             }
-            Err(RecvTimeoutError::Disconnected) => Err(self.died()),
-        }
-    }
-
-    fn died(&mut self) -> String {
-        self.conn = None;
-        log::error!("database connection thread db-{} ended unexpectedly; restarting it", self.id);
-        "internal error: the database connection thread ended; it is restarted on the next check"
-            .into()
-    }
-
-    fn spawn(&self) -> Result<ConnThread, String> {
-        let (req_tx, req_rx) = mpsc::channel::<()>();
-        let (ans_tx, ans_rx) = mpsc::channel();
-        let target = self.target.clone();
-        let shared = Arc::clone(&self.shared);
-        shared.live_threads.fetch_add(1, Ordering::SeqCst);
-        let spawned = thread::Builder::new()
-            .name(format!("db-{}", self.id))
-            .spawn(move || {
-                let _alive = LiveGuard(Arc::clone(&shared));
-                connection_loop(&target, &req_rx, &ans_tx);
-            });
-        match spawned {
-            Ok(_) => Ok(ConnThread {
-                requests: req_tx,
-                answers: ans_rx,
-                outstanding: 0,
-                since: Instant::now(),
-            }),
-            Err(e) => {
-                self.shared.live_threads.fetch_sub(1, Ordering::SeqCst);
-                Err(format!("cannot start a database thread: {e}"))
+            Err(RecvTimeoutError::Disconnected) => {
+                log::error!("database connect thread of worker {} ended without an answer", self.id);
+                Err("internal error: the connect attempt ended without an answer".into())
             }
         }
+    }
+
+    fn spawn_connect(&self) -> Result<Connecting, String> {
+        let (tx, rx) = mpsc::channel();
+        let target = self.target.clone();
+        self.spawn_tracked(format!("db-connect-{}", self.id), move || {
+            let result = catch_unwind(AssertUnwindSafe(|| connect(&target)))
+                .unwrap_or_else(|_| Err("internal error while connecting (see the log)".into()));
+            // The worker may have given up waiting; then the connection is simply closed.
+            let _ = tx.send(result);
+        })?;
+        Ok(Connecting { result: rx, since: Instant::now() })
+    }
+
+    /// Closes the connection off the worker's thread: closing sends Terminate and waits for
+    /// the socket, which a stalled peer can hold up until the TCP user timeout.
+    fn discard_client(&mut self) {
+        if let Some(client) = self.client.take() {
+            // If no thread can be started, the closure and the client are dropped right here.
+            let _ = self.spawn_tracked(format!("db-close-{}", self.id), move || drop(client));
+        }
+    }
+
+    /// Spawns a thread counted in `Shared::live_threads`.
+    fn spawn_tracked(&self, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+        let shared = Arc::clone(&self.shared);
+        shared.live_threads.fetch_add(1, Ordering::SeqCst);
+        let spawned = thread::Builder::new().name(name).spawn(move || {
+            let _alive = LiveGuard(shared);
+            f();
+        });
+        spawned.map(|_| ()).map_err(|e| {
+            self.shared.live_threads.fetch_sub(1, Ordering::SeqCst);
+            format!("cannot start a database thread: {e}")
+        })
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.discard_client();
     }
 }
 
@@ -167,41 +184,19 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Owns one connection; answers each request with the result of the health query. Ends
-/// (closing the connection) when the worker drops its `Checker`.
-fn connection_loop(target: &DbTarget, requests: &Receiver<()>, answers: &Sender<Result<(), String>>) {
-    let mut client: Option<Client> = None;
-    while requests.recv().is_ok() {
-        let result = catch_unwind(AssertUnwindSafe(|| query(target, &mut client)))
-            .unwrap_or_else(|_| {
-                client = None;
-                Err("internal error while talking to the database (see the log)".into())
-            });
-        if answers.send(result).is_err() {
-            break;
-        }
+/// Opens a connection and proves it can run SQL: `SELECT 1` must return 1.
+fn connect(target: &DbTarget) -> Result<Client, String> {
+    let mut client = target.config.connect(NoTls).map_err(|e| describe(&e))?;
+    let rows = client.simple_query(FIRST_QUERY).map_err(|e| describe(&e))?;
+    let one = rows.iter().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    if one.as_deref() != Some("1") {
+        return Err(format!("unexpected answer to {FIRST_QUERY:?}: {one:?}"));
     }
-    if let Some(client) = client {
-        let _ = client.close();
-    }
-}
-
-fn query(target: &DbTarget, client: &mut Option<Client>) -> Result<(), String> {
-    if client.as_ref().is_none_or(Client::is_closed) {
-        let fresh = target.config.connect(NoTls).map_err(|e| describe(&e))?;
-        log::debug!("connected to database {}", target.display);
-        *client = Some(fresh);
-    }
-    let Some(conn) = client.as_mut() else {
-        return Err("no connection".into());
-    };
-    match conn.simple_query(HEALTH_QUERY) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            *client = None;
-            Err(describe(&e))
-        }
-    }
+    log::debug!("connected to database {}", target.display);
+    Ok(client)
 }
 
 /// A short reason from a postgres error: the server's message when it sent one, else the

@@ -11,6 +11,7 @@
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -29,6 +30,9 @@ use crate::pidfile::PidFile;
 /// How long a worker blocks on the queue before looking at the stop flag again; shutdown
 /// does not depend on it (it wakes the workers with `unblock`), it is only a safety net.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// How often the main thread checks that tiny_http's accept thread is alive.
+const ACCEPT_WATCH: Duration = Duration::from_millis(250);
 
 enum Event {
     Signal,
@@ -58,7 +62,12 @@ pub fn run(config: Config) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(|e| bind_err(e.into()))?;
     // Our own handle on the listening socket, to stop accepting at shutdown.
     let control = listener.try_clone().map_err(|e| bind_err(e.into()))?;
+    let threads_before = thread_ids();
     let server = Server::from_listener(listener, None).map_err(bind_err)?;
+    let accept_tid = accept_thread_id(&threads_before);
+    if accept_tid.is_none() {
+        log::warn!("cannot identify tiny_http's accept thread in /proc/self/task; its death will be noticed only on accept errors");
+    }
 
     let (events, events_rx) = mpsc::channel();
     let signal_events = events.clone();
@@ -101,9 +110,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     );
 
     let mut outcome = Ok(());
-    match events_rx.recv() {
-        Ok(Event::Signal) | Err(_) => log::info!("shutdown: termination signal received"),
-        Ok(Event::AcceptDied(e)) => {
+    match next_event(&events_rx, accept_tid) {
+        Event::Signal => log::info!("shutdown: termination signal received"),
+        Event::AcceptDied(e) => {
             log::error!("accept thread died ({e}); shutting down so the supervisor restarts us");
             outcome = Err(Error::AcceptDied(e));
         }
@@ -148,6 +157,46 @@ pub fn run(config: Config) -> Result<(), Error> {
     pid_file.remove();
     log::info!("shutdown: complete");
     outcome
+}
+
+/// Waits for a signal or for the accept thread to die. tiny_http's accept thread reports an
+/// accept(2) error before ending, but it also ends by panicking (its `try_clone` of a new
+/// connection unwraps EMFILE), which reports nothing: so it is also watched through /proc.
+fn next_event(events: &mpsc::Receiver<Event>, accept_tid: Option<u32>) -> Event {
+    loop {
+        match events.recv_timeout(ACCEPT_WATCH) {
+            Ok(event) => return event,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Event::Signal,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(tid) = accept_tid {
+                    if !Path::new(&format!("/proc/self/task/{tid}")).exists() {
+                        return Event::AcceptDied(std::io::Error::other(
+                            "tiny_http's accept thread ended without an error report (it panics \
+                             when the process is out of file descriptors)",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The kernel thread ids of this process.
+fn thread_ids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
+/// tiny_http's accept thread: the first thread created by `Server::from_listener`. It creates
+/// its connection pool threads itself, after it exists, so it has the lowest new id.
+fn accept_thread_id(before: &[u32]) -> Option<u32> {
+    let newest_before = before.iter().max()?;
+    let created: Vec<u32> = thread_ids().into_iter().filter(|t| !before.contains(t)).collect();
+    // Ids wrapped around pid_max: the order proves nothing, so do not guess.
+    if created.iter().any(|t| t < newest_before) {
+        return None;
+    }
+    created.into_iter().min()
 }
 
 /// Stops new connections at once (they are refused instead of queued): shutdown(2) on a

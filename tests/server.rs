@@ -1,0 +1,337 @@
+//! Behaviour of the real `server` binary against real PostgreSQL clusters.
+
+mod util;
+
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use util::{request, try_request, wait_for, Pg, Server, Silent, TempDir, BIN, PASSWORD};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn commit() -> String {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("commit ").nth(1).unwrap().trim_end_matches([')', '\n']).to_string()
+}
+
+#[test]
+fn health_is_200_with_health_json() {
+    let server = Server::start();
+    let r = server.get("/health");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("Content-Type"), Some("application/health+json"));
+    let b = r.json();
+    assert_eq!(b["status"], "pass");
+    assert_eq!(b["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(b["releaseId"], commit().as_str());
+    let check = &b["checks"]["postgres:responseTime"][0];
+    assert_eq!(check["status"], "pass");
+    assert_eq!(check["componentType"], "datastore");
+    assert!(check["observedValue"].as_f64().unwrap() > 0.0, "{check}");
+    assert!(b.get("output").is_none());
+}
+
+#[test]
+fn head_health_has_status_and_no_body() {
+    let server = Server::start();
+    let r = request(server.addr, "HEAD /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("application/health+json"));
+    assert_eq!(r.body, "");
+}
+
+#[test]
+fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
+    let server = Server::start();
+    let r = server.get("/nope");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["status"], 404);
+    let r = request(server.addr, "DELETE /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+    assert_eq!(r.json()["status"], 405);
+}
+
+#[test]
+fn livez_needs_no_database_and_health_says_why_it_fails() {
+    let closed = util::free_port();
+    let url = format!("postgres://tribist:{PASSWORD}@127.0.0.1:{closed}/tribist");
+    let server = Server::builder(&url).spawn();
+    let r = server.get("/livez");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "pass");
+    let r = server.get("/health");
+    assert_eq!(r.status, 503);
+    let b = r.json();
+    assert_eq!(b["status"], "fail");
+    let output = b["output"].as_str().unwrap();
+    assert!(output.contains("refused"), "{output}");
+    assert!(!r.body.contains(PASSWORD) && !server.log().contains(PASSWORD));
+}
+
+#[test]
+fn wrong_password_is_503_and_never_echoes_a_password() {
+    let pg = Pg::shared();
+    let url = pg.url.replace(PASSWORD, "not-the-password-xyz");
+    let server = Server::builder(&url).env("TRIBIST_LOG_LEVEL", "debug").spawn();
+    let r = server.get("/health");
+    assert_eq!(r.status, 503);
+    let output = r.json()["output"].as_str().unwrap().to_string();
+    assert!(output.contains("password authentication failed"), "{output}");
+    let log = server.log();
+    assert!(log.contains("check failing"), "{log}");
+    for text in [&r.body, &log] {
+        assert!(!text.contains("not-the-password-xyz") && !text.contains(PASSWORD), "{text}");
+    }
+}
+
+#[test]
+fn database_stop_and_start_without_restarting_the_server() {
+    let pg = Pg::start_new("cycle");
+    let server = Server::builder(&pg.url).env("TRIBIST_WORKERS", "2").spawn();
+    assert_eq!(server.get("/health").status, 200);
+    pg.stop();
+    // Every worker's reused connection must notice the outage.
+    for _ in 0..4 {
+        let r = server.get("/health");
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(!r.json()["output"].as_str().unwrap().is_empty());
+    }
+    pg.start();
+    wait_for("/health to pass again", Duration::from_secs(10), || {
+        (server.get("/health").status == 200).then_some(())
+    });
+    for _ in 0..4 {
+        assert_eq!(server.get("/health").status, 200);
+    }
+    assert!(server.log().contains("reachable again"), "{}", server.log());
+    assert_eq!(fs::read_to_string(server.dir.path().join("PID")).unwrap(), format!("{}\n", server.pid()));
+}
+
+#[test]
+fn silent_database_host_gives_503_within_the_timeout() {
+    let silent = Silent::start();
+    let server = Server::builder(&silent.url())
+        .env("TRIBIST_DB_TIMEOUT", "1s")
+        .env("TRIBIST_WORKERS", "1")
+        .spawn();
+    // Twice: the second check finds the first still stuck and must not wait longer.
+    for round in 0..2 {
+        let start = Instant::now();
+        let r = server.get("/health");
+        let took = start.elapsed();
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(took < Duration::from_secs(2), "round {round} took {took:?}");
+        let output = r.json()["output"].as_str().unwrap().to_string();
+        assert!(output.contains("no answer within 1s"), "{output}");
+    }
+    // Still one connection: no thread or socket is added per request.
+    assert_eq!(silent.accepted(), 1);
+}
+
+#[test]
+fn sigterm_during_a_database_wait_still_answers_and_exits_0() {
+    let silent = Silent::start();
+    let mut server = Server::builder(&silent.url()).env("TRIBIST_DB_TIMEOUT", "2s").spawn();
+    let addr = server.addr;
+    let client = std::thread::spawn(move || {
+        request(addr, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    });
+    wait_for("the check to reach the database", 5 * SECOND, || (silent.accepted() > 0).then_some(()));
+    server.signal("TERM");
+    let r = client.join().unwrap();
+    assert_eq!(r.status, 503);
+    let status = server.wait_exit(10 * SECOND);
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    let log = server.log();
+    for phase in ["termination signal", "stopped accepting", "workers finished", "shutdown: complete"] {
+        assert!(log.contains(phase), "missing {phase:?} in log:\n{log}");
+    }
+    assert!(!server.dir.path().join("PID").exists());
+    // The listener is gone: new connections are refused.
+    assert!(try_request(addr, b"GET /livez HTTP/1.1\r\n\r\n").is_err());
+}
+
+#[test]
+fn idle_server_exits_0_on_sigterm_and_sigint_quickly() {
+    for sig in ["TERM", "INT"] {
+        let mut server = Server::start();
+        assert_eq!(server.get("/health").status, 200);
+        let start = Instant::now();
+        server.signal(sig);
+        let status = server.wait_exit(5 * SECOND);
+        let took = start.elapsed();
+        assert_eq!(status.code(), Some(0), "SIG{sig}: {}", server.log());
+        assert!(took < SECOND, "SIG{sig} exit took {took:?}");
+        assert!(server.log().contains("database connections closed"), "{}", server.log());
+    }
+}
+
+#[test]
+fn pid_file_is_written_and_removed() {
+    let mut server = Server::start();
+    let pid_path = server.dir.path().join("PID");
+    assert_eq!(fs::read_to_string(&pid_path).unwrap(), format!("{}\n", server.pid()));
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(5 * SECOND).code(), Some(0));
+    assert!(!pid_path.exists());
+}
+
+#[test]
+fn second_server_in_the_same_directory_is_refused() {
+    let first = Server::start();
+    let out = Command::new(BIN)
+        .current_dir(first.dir.path())
+        .env("DATABASE_URL", &Pg::shared().url)
+        .env("TRIBIST_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already running") && err.contains(&format!("pid {}", first.pid())), "{err}");
+    // The first one is untouched.
+    assert_eq!(fs::read_to_string(first.dir.path().join("PID")).unwrap(), format!("{}\n", first.pid()));
+    assert_eq!(first.get("/livez").status, 200);
+}
+
+#[test]
+fn stale_pid_file_does_not_block_a_start() {
+    let dir = TempDir::new("stale");
+    fs::write(dir.path().join("PID"), "4194303\n").unwrap();
+    let server = Server::builder(&Pg::shared().url).dir(dir).spawn();
+    assert_eq!(server.get("/health").status, 200);
+    assert_eq!(fs::read_to_string(server.dir.path().join("PID")).unwrap(), format!("{}\n", server.pid()));
+    assert!(server.log().contains("stale"), "{}", server.log());
+}
+
+#[test]
+fn bad_configuration_exits_2_with_one_line_naming_the_variable() {
+    let good = "postgres://u@127.0.0.1/d";
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "DATABASE_URL"),
+        (&[("DATABASE_URL", "postgres://[oops")], "DATABASE_URL"),
+        (&[("DATABASE_URL", good), ("TRIBIST_LISTEN", "nowhere")], "TRIBIST_LISTEN"),
+        (&[("DATABASE_URL", good), ("TRIBIST_WORKERS", "0")], "TRIBIST_WORKERS"),
+        (&[("DATABASE_URL", good), ("TRIBIST_DB_TIMEOUT", "soon")], "TRIBIST_DB_TIMEOUT"),
+        (&[("DATABASE_URL", good), ("TRIBIST_SHUTDOWN_TIMEOUT", "0")], "TRIBIST_SHUTDOWN_TIMEOUT"),
+        (&[("DATABASE_URL", good), ("TRIBIST_LOG_LEVEL", "chatty")], "TRIBIST_LOG_LEVEL"),
+        (&[("PGHOST", "127.0.0.1"), ("PGUSER", "u"), ("PGPORT", "huge")], "PGPORT"),
+    ];
+    for (env, var) in cases {
+        let dir = TempDir::new("badcfg");
+        let out = Command::new(BIN).current_dir(dir.path()).env_clear().envs(env.iter().copied()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{env:?}: {err}");
+        assert!(err.contains(var), "{env:?}: {err}");
+        assert!(!dir.path().join("PID").exists());
+    }
+}
+
+#[test]
+fn help_version_and_bad_arguments() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DATABASE_URL"));
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(concat!("server ", env!("CARGO_PKG_VERSION"))));
+    assert!(!commit().is_empty());
+    let out = Command::new(BIN).arg("--frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--frobnicate"));
+}
+
+#[test]
+fn libpq_variables_work_when_database_url_is_unset() {
+    let pg = Pg::shared();
+    let (child, dir, _log) = Server::builder("")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", &pg.port.to_string())
+        .env("PGUSER", "tribist")
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGDATABASE", "tribist")
+        .spawn_raw();
+    drop(child);
+    drop(dir);
+    let server = Server::builder("")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", &pg.port.to_string())
+        .env("PGUSER", "tribist")
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGDATABASE", "tribist")
+        .spawn();
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn malformed_http_gets_400_and_the_server_keeps_serving() {
+    let server = Server::start();
+    for raw in [&b"NONSENSE\r\n\r\n"[..], b"GET /health HTTP/1.1\r\nBad Header Line\r\n\r\n", b"\x00\x01\x02\r\n\r\n"] {
+        let r = try_request(server.addr, raw).unwrap();
+        assert_eq!(r.status, 400, "{raw:?}");
+    }
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn journald_lines_carry_priorities_and_no_timestamps() {
+    let closed = util::free_port();
+    let url = format!("postgres://tribist:{PASSWORD}@127.0.0.1:{closed}/tribist");
+    let server = Server::builder(&url).env("JOURNAL_STREAM", "8:12345").spawn();
+    assert_eq!(server.get("/health").status, 503);
+    let log = wait_for("the warning line", 5 * SECOND, || {
+        let log = server.log();
+        log.contains("check failing").then_some(log)
+    });
+    assert!(log.lines().any(|l| l.starts_with("<6>[INFO] listening on")), "{log}");
+    assert!(log.lines().any(|l| l.starts_with("<4>[WARN] database")), "{log}");
+    assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
+}
+
+#[test]
+fn dead_accept_thread_makes_the_server_exit_nonzero() {
+    // Few descriptors: connections exhaust them, accept(2) fails with EMFILE, and tiny_http's
+    // accept thread ends for good. The server must notice and exit, not linger.
+    let mut server = Server::builder(&Pg::shared().url).wrapper("ulimit -n 40 && exec \"$0\"").spawn();
+    let mut conns = Vec::new();
+    let status = wait_for("the server to exit", 20 * SECOND, || {
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&server.addr, Duration::from_millis(100)) {
+            conns.push(c);
+        }
+        server.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(1), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("accept thread died"), "{log}");
+    assert!(log.contains("LimitNOFILE"), "{log}");
+}
+
+#[test]
+fn stalled_database_on_an_open_connection_gives_503_then_recovers() {
+    let pg = Pg::start_new("stall");
+    let server = Server::builder(&pg.url)
+        .env("TRIBIST_WORKERS", "1")
+        .env("TRIBIST_DB_TIMEOUT", "1s")
+        .spawn();
+    assert_eq!(server.get("/health").status, 200);
+    let pm = fs::read_to_string(pg.dir.path().join("data/postmaster.pid")).unwrap();
+    let pm = pm.lines().next().unwrap().to_string();
+    let freeze = |sig: &str| {
+        // The postmaster and every backend: the open connection's backend stops answering.
+        assert!(Command::new("pkill").args([sig, "-P", &pm]).status().unwrap().success());
+        assert!(Command::new("kill").args([sig, &pm]).status().unwrap().success());
+    };
+    freeze("-STOP");
+    let start = Instant::now();
+    let r = server.get("/health");
+    let took = start.elapsed();
+    freeze("-CONT");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let output = r.json()["output"].as_str().unwrap().to_string();
+    assert!(output.contains("no answer within 1s on an open connection"), "{output}");
+    wait_for("/health to pass again", 10 * SECOND, || (server.get("/health").status == 200).then_some(()));
+}
