@@ -14,11 +14,38 @@ RELEASE_BIN ?= target/release/server
 DEV_DIR ?= .dev
 DEV_PG_PORT ?= 54329
 LISTEN ?= 127.0.0.1:8383
+# --- deployment (make install / upgrade / …) ---
+# HOST: ssh destination (root@app1, or tribist@app1 for upgrades with DEPLOY_KEY authorised).
+HOST ?=
+# SSH_OPTS: passed to both ssh and scp, e.g. "-i ~/.ssh/deploy -p 2222".
+SSH_OPTS ?=
+SSH ?= ssh
+SCP ?= scp
+# BIN: the binary to ship; the default is built by `make release` first.
+BIN ?= $(RELEASE_BIN)
+# DATABASE_URL (first install only; never put on a remote command line) and DEPLOY_KEY (a
+# public key file to authorise for user tribist) are read from the environment or make's
+# command line.
+DATABASE_URL ?=
+DEPLOY_KEY ?=
+# PURGE=1: `make uninstall` also removes the configuration and user tribist.
+PURGE ?=
+LINES ?= 100
+REMOTE_BIN_DIR ?= /home/tribist/bin
+REMOTE_API_DIR ?= /home/tribist/api
+
 # Debian packages the tests and benchmarks need (installed by `make deps` when run as root).
 APT_PACKAGES ?= postgresql postgresql-contrib curl shellcheck bats bats-assert bats-support wrk \
 	debootstrap systemd-container iproute2 openssh-client openssh-server procps python3 sudo
 
-.PHONY: help deps build release run test test-unit test-scripts lint bench clean
+.PHONY: help deps build release run test test-unit test-scripts test-e2e lint bench clean \
+	install upgrade rollback status logs uninstall check-host ship-bin
+
+# One progress line per step.
+step = printf '==> %s\n' $(1)
+ssh_host = $(SSH) $(SSH_OPTS) $(HOST)
+# Runs a deploy.sh command on the host, as root directly or through sudo for another user.
+remote_deploy = $(ssh_host) 'if [ "$$(id -u)" = 0 ]; then s=; else s="sudo -n"; fi; $(1)'
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +84,50 @@ lint: ## shellcheck every script
 
 test-scripts: ## bats tests of the shell scripts
 	@if compgen -G 'tests/*.bats' >/dev/null; then $(BATS) tests/*.bats; fi
+
+check-host:
+	@[[ -n "$(HOST)" ]] || { echo "make: set HOST, the ssh destination: make $(MAKECMDGOALS) HOST=root@app1" >&2; exit 2; }
+
+# Builds the default binary; a BIN given by the user is shipped as it is.
+ship-bin:
+	@if [[ "$(BIN)" == "$(RELEASE_BIN)" ]]; then $(call step,"building $(BIN)"); $(CARGO) build --release --locked -q; fi
+	@[[ -x "$(BIN)" ]] || { echo "make: BIN=$(BIN) is not an executable file" >&2; exit 2; }
+
+install: check-host ship-bin ## first install or re-install on HOST (root or sudo): user, unit, sudoers, scripts, binary
+	@stage=$$(mktemp -d); trap 'rm -rf "$$stage"' EXIT; \
+	cp etc/tribist.service etc/tribist.sudoers etc/tribist.env.example sbin/server.sh sbin/wait_for_it.sh sbin/deploy.sh "$$stage/"; \
+	cp "$(BIN)" "$$stage/server"; \
+	if [[ -n "$${DATABASE_URL:-}" ]]; then (umask 077; printf 'DATABASE_URL=%s\n' "$$DATABASE_URL" >"$$stage/env"); fi; \
+	if [[ -n "$(DEPLOY_KEY)" ]]; then cp "$(DEPLOY_KEY)" "$$stage/deploy_key.pub"; fi; \
+	$(call step,"uploading to $(HOST)"); \
+	dir=$$($(ssh_host) 'mktemp -d /tmp/tribist-install.XXXXXX'); \
+	$(SCP) $(SSH_OPTS) -q -p "$$stage"/* "$(HOST):$$dir/"; \
+	$(call step,"installing on $(HOST)"); \
+	rc=0; $(call remote_deploy,$$s bash '"$$dir"'/deploy.sh install '"$$dir"'; rc=$$?; $$s rm -rf '"$$dir"'; exit $$rc) || rc=$$?; \
+	if (( rc != 0 )); then echo "make install: failed on $(HOST) (exit $$rc); the messages above say why" >&2; exit $$rc; fi; \
+	$(call step,"installed on $(HOST)")
+
+upgrade: check-host ship-bin ## ship BIN to HOST, restart, wait for /health; rolls back if it does not come up
+	@$(call step,"uploading $(BIN) to $(HOST)"); \
+	sum=$$(sha256sum "$(BIN)" | cut -d' ' -f1); tmp=.server_upload.$$sum.$$$$; \
+	$(SCP) $(SSH_OPTS) -q "$(BIN)" "$(HOST):$(REMOTE_API_DIR)/$$tmp"; \
+	$(call step,"activating on $(HOST)"); \
+	rc=0; $(call remote_deploy,$$s $(REMOTE_BIN_DIR)/deploy.sh upgrade '"$$tmp $$sum"') || rc=$$?; \
+	if (( rc != 0 )); then echo "make upgrade: FAILED on $(HOST) (exit $$rc); see the messages above" >&2; exit $$rc; fi; \
+	$(call step,"upgrade of $(HOST) done")
+
+rollback: check-host ## put the previous binary back on HOST and restart
+	@$(call step,"rolling back $(HOST)"); $(call remote_deploy,$$s $(REMOTE_BIN_DIR)/deploy.sh rollback)
+
+status: check-host ## service state, release and /health on HOST
+	@$(call remote_deploy,$(REMOTE_BIN_DIR)/deploy.sh status)
+
+logs: check-host ## the service's last LINES log lines on HOST
+	@$(call remote_deploy,if [ -z "$$s" ]; then journalctl -u tribist -n $(LINES) --no-pager; else sudo -n systemctl status tribist; fi)
+
+uninstall: check-host ## remove the service from HOST (keeps config and data unless PURGE=1)
+	@$(call step,"uninstalling from $(HOST)"); \
+	$(call remote_deploy,$$s $(REMOTE_BIN_DIR)/deploy.sh uninstall $(if $(PURGE),--purge))
 
 bench: release ## wrk on /health vs pgbench SELECT 1, with RSS
 	BIN=$(RELEASE_BIN) tests/support/bench.sh

@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# Host side of `make install`, `make upgrade`, `make rollback`, `make status` and
+# `make uninstall`: everything that must happen on the server, in one place, run over ssh.
+#
+# Installed as /home/tribist/bin/deploy.sh (root-owned). `install` and `uninstall` need root;
+# `upgrade`, `rollback` and `status` also work as user tribist, through the sudoers drop-in.
+set -euo pipefail
+
+readonly PROG=deploy.sh
+readonly UNIT=tribist
+readonly USER_NAME=tribist
+readonly HOME_DIR=/home/tribist
+readonly API_DIR=$HOME_DIR/api
+readonly BIN_DIR=$HOME_DIR/bin
+readonly CONF_DIR=/etc/tribist
+readonly ENV_FILE=$CONF_DIR/env
+readonly UNIT_FILE=/etc/systemd/system/$UNIT.service
+readonly SUDOERS_FILE=/etc/sudoers.d/$UNIT
+WAIT=${TRIBIST_WAIT:-30}
+
+usage() {
+  cat <<USAGE
+usage: $PROG install BUNDLE_DIR          (root) install or update everything from BUNDLE_DIR
+       $PROG upgrade FILE SHA256         verify FILE (uploaded to $API_DIR), make it
+                                         server_new, restart, wait; roll back on failure
+       $PROG rollback                    put server.prev back, restart, wait
+       $PROG status                      unit state, pid, release and /health
+       $PROG uninstall [--purge]         (root) stop and remove the service; --purge also
+                                         removes $CONF_DIR and user $USER_NAME with its home
+       $PROG --help
+
+TRIBIST_WAIT sets how long to wait for /health (default 30 s).
+Exit codes: 0 done, 1 failed (the message says why and what state the host is in), 2 misuse.
+USAGE
+}
+
+say() { echo "$PROG: $*"; }
+warn() { echo "$PROG: $*" >&2; }
+die() {
+  warn "$*"
+  exit 1
+}
+
+is_root() { [[ $(id -u) -eq 0 ]]; }
+
+need_root() { is_root || die "'$1' must run as root (or through sudo)"; }
+
+# systemctl VERB tribist: directly as root, else through the sudoers drop-in.
+sctl() {
+  if is_root; then
+    systemctl "$1" "$UNIT"
+  else
+    sudo -n systemctl "$1" "$UNIT"
+  fi
+}
+
+# The /health URL, following TRIBIST_LISTEN in the environment file when it is readable.
+health_url() {
+  local listen=""
+  if [[ -r "$ENV_FILE" ]]; then
+    listen=$(sed -n 's/^[[:space:]]*TRIBIST_LISTEN=//p' "$ENV_FILE" | tail -n 1 | tr -d "\"' ")
+  fi
+  listen=${listen:-127.0.0.1:8383}
+  listen=${listen/0.0.0.0/127.0.0.1}
+  listen=${listen/\[::\]/[::1]}
+  echo "http://$listen/health"
+}
+
+# The commit a binary reports with --version (run as the service user).
+release_of() {
+  local bin=$1 out
+  if is_root; then
+    out=$(timeout 10 runuser -u "$USER_NAME" -- "$bin" --version 2>&1) || return 1
+  else
+    out=$(timeout 10 "$bin" --version 2>&1) || return 1
+  fi
+  out=${out##*commit }
+  echo "${out%)*}"
+}
+
+# The releaseId /health reports now, or nothing.
+serving_release() {
+  curl -sS --max-time 5 "$(health_url)" 2>/dev/null |
+    sed -n 's/.*"releaseId":"\([^"]*\)".*/\1/p'
+}
+
+# Last lines of the service's log: the whole journal as root, `systemctl status` otherwise.
+recent_log() {
+  if is_root; then
+    journalctl -u "$UNIT" -n 25 --no-pager 2>&1 || true
+  else
+    sudo -n systemctl status "$UNIT" 2>&1 || true
+  fi
+}
+
+# Restarts through systemd (which promotes server_new) and waits for a healthy server that
+# reports release $1 (any release when empty). On failure prints why and returns 1.
+restart_and_wait() {
+  local want=$1 got rc=0
+  sctl restart || {
+    warn "'systemctl restart $UNIT' failed"
+    return 1
+  }
+  "$BIN_DIR/wait_for_it.sh" -q -t "$WAIT" "$(health_url)" || rc=$?
+  if ((rc != 0)); then
+    "$BIN_DIR/wait_for_it.sh" -t 0 "$(health_url)" 2>&1 | sed -n 's/^wait_for_it.sh: last/health, last/p' >&2 || true
+    warn "the server did not become healthy within ${WAIT}s; its last log lines:"
+    recent_log | sed 's/^/    /' >&2
+    return 1
+  fi
+  if [[ -n "$want" ]]; then
+    got=$(serving_release)
+    if [[ "$got" != "$want" ]]; then
+      warn "healthy, but serving release '${got:-unknown}' instead of '$want'"
+      return 1
+    fi
+  fi
+}
+
+cmd_install() {
+  local bundle=$1
+  need_root install
+  [[ -d /run/systemd/system ]] || die "systemd is not running on this host; tribist needs it"
+  for f in server tribist.service tribist.sudoers tribist.env.example server.sh wait_for_it.sh deploy.sh; do
+    [[ -f "$bundle/$f" ]] || die "the upload is incomplete: $bundle/$f is missing; run make install again"
+  done
+  command -v curl >/dev/null || die "curl is missing on this host: apt-get install curl"
+  command -v sudo >/dev/null || die "sudo is missing on this host: apt-get install sudo"
+
+  if ! id "$USER_NAME" >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir "$HOME_DIR" --create-home --shell /bin/bash "$USER_NAME"
+    say "created user $USER_NAME"
+  fi
+  # No password, but not locked either: key-only ssh logins (DEPLOY_KEY) must work.
+  usermod -p '*' "$USER_NAME"
+  install -d -o "$USER_NAME" -g "$USER_NAME" -m 0750 "$HOME_DIR" "$API_DIR"
+  install -d -o root -g root -m 0755 "$BIN_DIR"
+  install -d -o root -g "$USER_NAME" -m 0750 "$CONF_DIR"
+  for f in server.sh wait_for_it.sh deploy.sh; do
+    install -o root -g root -m 0755 "$bundle/$f" "$BIN_DIR/.$f.tmp"
+    mv -f "$BIN_DIR/.$f.tmp" "$BIN_DIR/$f"
+  done
+  install -o root -g root -m 0644 "$bundle/tribist.env.example" "$CONF_DIR/env.example"
+
+  if [[ -e "$ENV_FILE" ]]; then
+    say "keeping the existing $ENV_FILE"
+  elif [[ -f "$bundle/env" ]]; then
+    install -o root -g "$USER_NAME" -m 0640 "$bundle/env" "$ENV_FILE"
+    say "wrote $ENV_FILE from DATABASE_URL"
+  else
+    install -o root -g "$USER_NAME" -m 0640 "$bundle/tribist.env.example" "$ENV_FILE"
+    warn "no DATABASE_URL given: wrote the example $ENV_FILE; edit it, then: systemctl restart $UNIT"
+  fi
+  # Whatever was there before, the secret is readable by root and the service only.
+  chown root:"$USER_NAME" "$ENV_FILE"
+  chmod 0640 "$ENV_FILE"
+
+  visudo -c -q -f "$bundle/tribist.sudoers" || die "the sudoers drop-in does not parse; nothing installed for sudo"
+  install -o root -g root -m 0440 "$bundle/tribist.sudoers" "$SUDOERS_FILE"
+
+  if [[ -f "$bundle/deploy_key.pub" ]]; then
+    install -d -o "$USER_NAME" -g "$USER_NAME" -m 0700 "$HOME_DIR/.ssh"
+    touch "$HOME_DIR/.ssh/authorized_keys"
+    grep -qxF "$(cat "$bundle/deploy_key.pub")" "$HOME_DIR/.ssh/authorized_keys" ||
+      cat "$bundle/deploy_key.pub" >>"$HOME_DIR/.ssh/authorized_keys"
+    chown "$USER_NAME:$USER_NAME" "$HOME_DIR/.ssh/authorized_keys"
+    chmod 0600 "$HOME_DIR/.ssh/authorized_keys"
+    say "authorised the deploy key for $USER_NAME"
+  fi
+
+  # The binary becomes server_new; the restart below promotes it (first install included).
+  install -o "$USER_NAME" -g "$USER_NAME" -m 0750 "$bundle/server" "$API_DIR/.server_new.tmp"
+  mv -f "$API_DIR/.server_new.tmp" "$API_DIR/server_new"
+
+  install -o root -g root -m 0644 "$bundle/tribist.service" "$UNIT_FILE"
+  systemctl daemon-reload
+  systemctl enable --quiet "$UNIT"
+  say "starting $UNIT and waiting up to ${WAIT}s for $(health_url)"
+  restart_and_wait "" || die "installed, but $UNIT is not healthy (see above); fix $ENV_FILE or the database, then: systemctl restart $UNIT"
+  say "installed: $UNIT is healthy, release $(serving_release)"
+}
+
+cmd_upgrade() {
+  local upload=$1 sum=$2 new old
+  [[ "$upload" == */* ]] || upload="$API_DIR/$upload"
+  [[ "$(dirname "$upload")" == "$API_DIR" && -f "$upload" ]] || die "no uploaded file $upload"
+  if [[ "$(sha256sum "$upload" | cut -d' ' -f1)" != "$sum" ]]; then
+    rm -f "$upload"
+    die "checksum mismatch: the upload is damaged or incomplete; nothing changed, run make upgrade again"
+  fi
+  is_root && chown "$USER_NAME:$USER_NAME" "$upload"
+  chmod 0750 "$upload"
+  if ! new=$(release_of "$upload"); then
+    rm -f "$upload"
+    die "the new binary does not run on this host ('server --version' failed); nothing changed"
+  fi
+  old=$(release_of "$API_DIR/server" 2>/dev/null || echo none)
+  # rename(2) in the same directory: a partial upload can never become server_new.
+  mv -f "$upload" "$API_DIR/server_new"
+  say "upgrading $old -> $new: restarting $UNIT and waiting up to ${WAIT}s"
+  if restart_and_wait "$new"; then
+    say "upgraded: release $new is serving"
+    return 0
+  fi
+  warn "upgrade to $new failed; rolling back to $old"
+  if roll_back "$old"; then
+    die "upgrade to $new failed and was rolled back: release $old is serving again"
+  fi
+  die "upgrade to $new failed AND the rollback to $old failed: $UNIT is down; see 'journalctl -u $UNIT'"
+}
+
+# Puts server.prev back as server (atomically) and restarts; keeps the failed binary.
+roll_back() {
+  local want=$1
+  [[ -e "$API_DIR/server.prev" ]] || {
+    warn "there is no server.prev to roll back to"
+    return 1
+  }
+  rm -f "$API_DIR/server_new"
+  cp -p "$API_DIR/server" "$API_DIR/server.failed" 2>/dev/null || true
+  mv -f "$API_DIR/server.prev" "$API_DIR/server"
+  restart_and_wait "$want"
+}
+
+cmd_rollback() {
+  local prev
+  [[ -e "$API_DIR/server.prev" ]] || die "there is no $API_DIR/server.prev to roll back to (already rolled back?)"
+  prev=$(release_of "$API_DIR/server.prev") || die "server.prev does not run ('--version' failed); not rolling back"
+  say "rolling back to $prev"
+  roll_back "$prev" || die "rollback to $prev failed: see the log lines above"
+  say "rolled back: release $prev is serving"
+}
+
+cmd_status() {
+  local rc=0
+  systemctl show "$UNIT" -p ActiveState -p SubState -p MainPID -p NRestarts -p ExecMainStartTimestamp || true
+  if [[ -r "$API_DIR/PID" ]]; then echo "PID file: $(cat "$API_DIR/PID")"; fi
+  echo "installed release: $(release_of "$API_DIR/server" 2>/dev/null || echo unknown)"
+  [[ -e "$API_DIR/server.prev" ]] && echo "rollback target: $(release_of "$API_DIR/server.prev" 2>/dev/null || echo unknown)"
+  echo "health: $(curl -sS --max-time 5 -w ' (HTTP %{http_code})' "$(health_url)" 2>&1)" || rc=1
+  return "$rc"
+}
+
+cmd_uninstall() {
+  local purge=${1:-}
+  need_root uninstall
+  systemctl disable --now --quiet "$UNIT" 2>/dev/null || true
+  rm -f "$UNIT_FILE" "$SUDOERS_FILE"
+  systemctl daemon-reload
+  systemctl reset-failed "$UNIT" 2>/dev/null || true
+  if [[ "$purge" == --purge ]]; then
+    rm -rf "$CONF_DIR"
+    userdel -r "$USER_NAME" 2>/dev/null || rm -rf "$HOME_DIR"
+    say "removed the service, its configuration, user $USER_NAME and $HOME_DIR"
+  else
+    say "removed the service; kept $ENV_FILE and $HOME_DIR (uninstall --purge removes them)"
+  fi
+}
+
+main() {
+  local cmd=${1:-}
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    -h | --help) usage ;;
+    install) [[ $# -eq 1 ]] || { usage >&2; exit 2; }; cmd_install "$1" ;;
+    upgrade) [[ $# -eq 2 ]] || { usage >&2; exit 2; }; cmd_upgrade "$1" "$2" ;;
+    rollback) [[ $# -eq 0 ]] || { usage >&2; exit 2; }; cmd_rollback ;;
+    status) [[ $# -eq 0 ]] || { usage >&2; exit 2; }; cmd_status ;;
+    uninstall)
+      [[ $# -eq 0 || "$*" == --purge ]] || { usage >&2; exit 2; }
+      cmd_uninstall "${1:-}"
+      ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Waits until an HTTP endpoint answers 2xx: by default tribist's http://localhost:8383/health.
+set -euo pipefail
+
+readonly PROG=wait_for_it.sh
+readonly DEFAULT_URL=http://localhost:8383/health
+readonly EXIT_TIMEOUT=124
+readonly EXIT_USAGE=2
+
+usage() {
+  cat <<USAGE
+usage: $PROG [-t SECONDS] [-q] [URL] [-- COMMAND [ARG...]]
+
+Polls URL (default $DEFAULT_URL) until it answers with a 2xx status.
+  -t SECONDS  give up after this long (default 30; 0 tries once)
+  -q          quiet: print nothing on success or while waiting
+  -- COMMAND  run COMMAND after success (exec: its exit code becomes ours)
+  -h, --help  this help
+
+Exit codes: 0 success, $EXIT_TIMEOUT timed out (the last status and body seen are printed),
+$EXIT_USAGE misuse, or COMMAND's own.
+USAGE
+}
+
+usage_error() {
+  echo "$PROG: $*" >&2
+  echo "try: $PROG --help" >&2
+  exit "$EXIT_USAGE"
+}
+
+say() { [[ -n "$QUIET" ]] || echo "$PROG: $*" >&2; }
+
+# Milliseconds on a monotonic-enough clock (bash's EPOCHREALTIME, microseconds).
+now_ms() {
+  local t=${EPOCHREALTIME/[.,]/}
+  echo $((10#${t:0:${#t}-3}))
+}
+
+# One attempt: sets STATUS (000 when nothing answered) and BODY.
+probe() {
+  local url=$1 max=$2 out
+  out=$(curl -sS -o - -w '\n%{http_code}' --max-time "$max" "$url" 2>&1) || true
+  STATUS=${out##*$'\n'}
+  BODY=${out%$'\n'*}
+  BODY=${BODY%$'\n'}
+  [[ "$STATUS" =~ ^[0-9]{3}$ ]] || STATUS=000
+  [[ "$STATUS" == 2?? ]]
+}
+
+main() {
+  local timeout=30 url=$DEFAULT_URL url_set=""
+  QUIET=""
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -h | --help) usage; exit 0 ;;
+      -q) QUIET=1 ;;
+      -t)
+        [[ $# -ge 2 ]] || usage_error "-t needs a number of seconds"
+        [[ "$2" =~ ^[0-9]+$ ]] || usage_error "-t needs a whole number of seconds, got '$2'"
+        timeout=$2
+        shift
+        ;;
+      -t*) set -- -t "${1#-t}" "${@:2}"; continue ;;
+      --) shift; break ;;
+      -*) usage_error "unknown option '$1'" ;;
+      *)
+        [[ -z "$url_set" ]] || usage_error "more than one URL: '$url' and '$1'"
+        url=$1
+        url_set=1
+        ;;
+    esac
+    shift
+  done
+  command -v curl >/dev/null || { echo "$PROG: curl is required (apt-get install curl)" >&2; exit 1; }
+
+  local start deadline left
+  start=$(now_ms)
+  deadline=$((start + timeout * 1000))
+  say "waiting up to ${timeout}s for $url"
+  while true; do
+    left=$((deadline - $(now_ms)))
+    # Each attempt is bounded by the time left (at least 0.2 s, at most 5 s).
+    left=$(((left < 200) ? 200 : (left > 5000 ? 5000 : left)))
+    if probe "$url" "$((left / 1000)).$(printf '%03d' $((left % 1000)))"; then
+      say "$url answered $STATUS after $(( ($(now_ms) - start) / 1000 ))s"
+      break
+    fi
+    if (($(now_ms) >= deadline)); then
+      echo "$PROG: timed out after ${timeout}s waiting for $url" >&2
+      if [[ "$STATUS" == 000 ]]; then
+        echo "$PROG: last attempt: no HTTP answer (${BODY:-nothing listening})" >&2
+      else
+        echo "$PROG: last answer: HTTP $STATUS ${BODY:0:2000}" >&2
+      fi
+      exit "$EXIT_TIMEOUT"
+    fi
+    sleep 0.5
+  done
+  if [[ $# -gt 0 ]]; then
+    exec "$@"
+  fi
+}
+
+main "$@"

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Throwaway Debian hosts with a real systemd, for the end-to-end tests and `make demo`.
+#
+# Each host is a copy of a cached debootstrap root file system booted with systemd-nspawn in a
+# network namespace of its own (`tribist-NAME`) that has only a loopback interface; the
+# developer side reaches its sshd with `ip netns exec tribist-NAME ssh root@127.0.0.1`, so no
+# traffic ever leaves this machine.
+set -euo pipefail
+
+readonly CACHE=${TRIBIST_E2E_CACHE:-/var/cache/tribist-e2e}
+readonly RUN=${TRIBIST_E2E_RUN:-/var/tmp/tribist-e2e}
+readonly SUITE=bookworm
+readonly MIRROR=${TRIBIST_E2E_MIRROR:-http://deb.debian.org/debian}
+readonly PACKAGES=systemd,systemd-sysv,dbus,openssh-server,sudo,curl,postgresql,procps,iproute2
+# Bump when the preparation below changes, so cached copies are rebuilt.
+readonly BASE_VERSION=2
+
+usage() {
+  cat <<'USAGE'
+usage: host.sh prepare         build the cached root file system if missing (~2 min, once)
+       host.sh up NAME         boot host NAME; prints nothing, returns once its sshd answers
+       host.sh down NAME       power it off and delete it (also its network namespace)
+       host.sh reboot NAME     power it off and boot the same file system again
+       host.sh ssh NAME CMD…   run CMD as root on host NAME
+       host.sh ssh-cmd NAME    print the ssh command line for NAME (for SSH=… in make)
+       host.sh scp-cmd NAME    print the scp command line for NAME
+       host.sh cleanup         delete every host left by an interrupted run
+       host.sh --help
+
+TRIBIST_E2E_CACHE (default /var/cache/tribist-e2e) holds the root file system and the ssh key;
+TRIBIST_E2E_RUN (default /var/tmp/tribist-e2e) the running hosts. Needs root, debootstrap,
+systemd-container and iproute2.
+USAGE
+}
+
+die() {
+  echo "host.sh: $*" >&2
+  exit 1
+}
+
+log() { echo "host.sh: $*" >&2; }
+
+base() { echo "$CACHE/rootfs-$SUITE"; }
+
+prepare() {
+  local dir marker
+  dir=$(base)
+  marker="$dir/.tribist-base-$BASE_VERSION"
+  [[ -f "$marker" ]] && return 0
+  [[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap, systemd-nspawn, ip netns)"
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/.lock"
+  flock 9
+  [[ -f "$marker" ]] && return 0
+  if [[ ! -f "$dir/.debootstrap-done" ]]; then
+    log "building the $SUITE root file system in $dir (about 2 minutes, cached afterwards)"
+    rm -rf "$dir.tmp"
+    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$dir.tmp" "$MIRROR" \
+      >"$CACHE/debootstrap.log" 2>&1 || die "debootstrap failed; see $CACHE/debootstrap.log"
+    rm -rf "$dir"
+    mv "$dir.tmp" "$dir"
+    touch "$dir/.debootstrap-done"
+  fi
+  # sshd's pam_loginuid cannot write the login uid inside a container.
+  sed -i 's/^session\s\+required\s\+pam_loginuid.so/session optional pam_loginuid.so/' "$dir/etc/pam.d/sshd"
+  # A console getty is useless here and slows shutdown.
+  ln -sf /dev/null "$dir/etc/systemd/system/console-getty.service"
+  ln -sf /dev/null "$dir/etc/systemd/system/getty@.service"
+  [[ -f "$CACHE/id_ed25519" ]] || ssh-keygen -q -t ed25519 -N '' -C tribist-e2e -f "$CACHE/id_ed25519"
+  install -d -m 700 "$dir/root/.ssh"
+  install -m 600 "$CACHE/id_ed25519.pub" "$dir/root/.ssh/authorized_keys"
+  : >"$dir/etc/machine-id"
+  touch "$marker"
+}
+
+netns() { echo "tribist-$1"; }
+
+check_name() {
+  [[ "${1:-}" =~ ^[a-z][a-z0-9]{0,11}$ ]] || die "host name must be 1-12 lowercase letters/digits, got '${1:-}'"
+}
+
+ssh_cmd() {
+  echo "ip netns exec $(netns "$1") ssh -i $CACHE/id_ed25519 -o StrictHostKeyChecking=no" \
+    "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5 -o BatchMode=yes"
+}
+
+scp_cmd() {
+  echo "ip netns exec $(netns "$1") scp -i $CACHE/id_ed25519 -o StrictHostKeyChecking=no" \
+    "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5 -o BatchMode=yes"
+}
+
+boot() {
+  local name=$1 dir="$RUN/$1"
+  ip netns list | grep -qx "$(netns "$name")\( .*\)\?" || {
+    ip netns add "$(netns "$name")"
+    ip -n "$(netns "$name")" link set lo up
+  }
+  setsid systemd-nspawn -D "$dir/root" -b --network-namespace-path="/run/netns/$(netns "$name")" \
+    --register=no --keep-unit -M "$name" --console=passive \
+    </dev/null >>"$dir/console.log" 2>&1 &
+  echo $! >"$dir/nspawn.pid"
+  local deadline=$((SECONDS + 90))
+  # shellcheck disable=SC2046 # the command line is meant to split
+  until $(ssh_cmd "$name") root@127.0.0.1 true 2>/dev/null; do
+    kill -0 "$(cat "$dir/nspawn.pid")" 2>/dev/null || die "host $name did not boot; see $dir/console.log"
+    ((SECONDS < deadline)) || die "host $name: no ssh after 90 s; see $dir/console.log"
+    sleep 0.5
+  done
+}
+
+up() {
+  local name=$1 dir="$RUN/$1"
+  check_name "$name"
+  prepare
+  [[ -e "$dir" ]] && down "$name"
+  mkdir -p "$dir"
+  cp -a --reflink=auto "$(base)" "$dir/root"
+  echo "$name" >"$dir/root/etc/hostname"
+  printf '127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost\n' "$name" >"$dir/root/etc/hosts"
+  boot "$name"
+}
+
+poweroff() {
+  local name=$1 dir="$RUN/$1" pid
+  [[ -f "$dir/nspawn.pid" ]] || return 0
+  pid=$(cat "$dir/nspawn.pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    # SIGTERM makes nspawn ask the container's systemd to power off.
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/nspawn.pid"
+}
+
+down() {
+  local name=$1
+  check_name "$name"
+  poweroff "$name"
+  ip netns del "$(netns "$name")" 2>/dev/null || true
+  rm -rf "${RUN:?}/$name"
+}
+
+reboot_host() {
+  check_name "$1"
+  poweroff "$1"
+  boot "$1"
+}
+
+cleanup() {
+  local d
+  for d in "$RUN"/*/; do
+    [[ -d "$d" ]] || continue
+    down "$(basename "$d")"
+  done
+  # Namespaces whose directory is already gone.
+  ip netns list | awk '{print $1}' | grep '^tribist-' | while read -r ns; do ip netns del "$ns"; done || true
+}
+
+main() {
+  local cmd=${1:-}
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    -h | --help) usage ;;
+    prepare) prepare ;;
+    up) [[ $# -eq 1 ]] || die "usage: host.sh up NAME"; up "$1" ;;
+    down) [[ $# -eq 1 ]] || die "usage: host.sh down NAME"; down "$1" ;;
+    reboot) [[ $# -eq 1 ]] || die "usage: host.sh reboot NAME"; reboot_host "$1" ;;
+    ssh)
+      [[ $# -ge 2 ]] || die "usage: host.sh ssh NAME CMD..."
+      local name=$1
+      shift
+      # shellcheck disable=SC2046 # the command line is meant to split
+      $(ssh_cmd "$name") root@127.0.0.1 "$@"
+      ;;
+    ssh-cmd) [[ $# -eq 1 ]] || die "usage: host.sh ssh-cmd NAME"; ssh_cmd "$1" ;;
+    scp-cmd) [[ $# -eq 1 ]] || die "usage: host.sh scp-cmd NAME"; scp_cmd "$1" ;;
+    cleanup) cleanup ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"
