@@ -15,7 +15,8 @@ DEV_DIR ?= .dev
 DEV_PG_PORT ?= 54329
 LISTEN ?= 127.0.0.1:8383
 # --- deployment (make install / upgrade / …) ---
-# HOST: ssh destination (root@app1, or tribist@app1 for upgrades with DEPLOY_KEY authorised).
+# HOST: ssh destination. install/uninstall: root or a user with full sudo; upgrade, rollback,
+# status, logs: root or tribist (tribist@app1 once DEPLOY_KEY is authorised).
 HOST ?=
 # SSH_OPTS: passed to both ssh and scp, e.g. "-i ~/.ssh/deploy -p 2222".
 SSH_OPTS ?=
@@ -35,7 +36,7 @@ REMOTE_BIN_DIR ?= /home/tribist/bin
 REMOTE_API_DIR ?= /home/tribist/api
 
 # Debian packages the tests and benchmarks need (installed by `make deps` when run as root).
-APT_PACKAGES ?= postgresql postgresql-contrib curl shellcheck bats bats-assert bats-support wrk \
+APT_PACKAGES ?= postgresql postgresql-contrib curl bc shellcheck bats bats-assert bats-support wrk \
 	debootstrap systemd-container iproute2 openssh-client openssh-server procps python3 sudo
 
 .PHONY: help deps build release run test test-unit test-scripts test-e2e lint bench clean \
@@ -74,16 +75,16 @@ run: release ## serve on $(LISTEN); starts a local PostgreSQL in $(DEV_DIR) unle
 	fi; \
 	cd $(DEV_DIR)/run && TRIBIST_LISTEN=$(LISTEN) exec ../../$(RELEASE_BIN)
 
-test: deps lint test-unit test-scripts ## every test: unit, integration, scripts (installs what it needs)
+test: deps lint test-unit test-scripts test-e2e ## every test: unit, integration, scripts, end to end (installs what it needs)
 
 test-unit: ## Rust unit and integration tests against real PostgreSQL clusters
 	$(CARGO) test --locked
 
 lint: ## shellcheck every script
-	$(SHELLCHECK) tests/support/*.sh $(wildcard sbin/*.sh)
+	$(SHELLCHECK) sbin/*.sh tests/support/*.sh tests/e2e/*.sh
 
 test-scripts: ## bats tests of the shell scripts
-	@if compgen -G 'tests/*.bats' >/dev/null; then $(BATS) tests/*.bats; fi
+	$(BATS) tests/scripts.bats
 
 check-host:
 	@[[ -n "$(HOST)" ]] || { echo "make: set HOST, the ssh destination: make $(MAKECMDGOALS) HOST=root@app1" >&2; exit 2; }
@@ -112,15 +113,15 @@ upgrade: check-host ship-bin ## ship BIN to HOST, restart, wait for /health; rol
 	sum=$$(sha256sum "$(BIN)" | cut -d' ' -f1); tmp=.server_upload.$$sum.$$$$; \
 	$(SCP) $(SSH_OPTS) -q "$(BIN)" "$(HOST):$(REMOTE_API_DIR)/$$tmp"; \
 	$(call step,"activating on $(HOST)"); \
-	rc=0; $(call remote_deploy,$$s $(REMOTE_BIN_DIR)/deploy.sh upgrade '"$$tmp $$sum"') || rc=$$?; \
+	rc=0; $(ssh_host) "$(REMOTE_BIN_DIR)/deploy.sh upgrade $$tmp $$sum" || rc=$$?; \
 	if (( rc != 0 )); then echo "make upgrade: FAILED on $(HOST) (exit $$rc); see the messages above" >&2; exit $$rc; fi; \
 	$(call step,"upgrade of $(HOST) done")
 
 rollback: check-host ## put the previous binary back on HOST and restart
-	@$(call step,"rolling back $(HOST)"); $(call remote_deploy,$$s $(REMOTE_BIN_DIR)/deploy.sh rollback)
+	@$(call step,"rolling back $(HOST)"); $(ssh_host) $(REMOTE_BIN_DIR)/deploy.sh rollback
 
 status: check-host ## service state, release and /health on HOST
-	@$(call remote_deploy,$(REMOTE_BIN_DIR)/deploy.sh status)
+	@$(ssh_host) $(REMOTE_BIN_DIR)/deploy.sh status
 
 logs: check-host ## the service's last LINES log lines on HOST
 	@$(call remote_deploy,if [ -z "$$s" ]; then journalctl -u tribist -n $(LINES) --no-pager; else sudo -n systemctl status tribist; fi)
@@ -128,6 +129,11 @@ logs: check-host ## the service's last LINES log lines on HOST
 uninstall: check-host ## remove the service from HOST (keeps config and data unless PURGE=1)
 	@$(call step,"uninstalling from $(HOST)"); \
 	$(call remote_deploy,$$s $(REMOTE_BIN_DIR)/deploy.sh uninstall $(if $(PURGE),--purge))
+
+test-e2e: deps ## deploy with this Makefile to a throwaway systemd host (root; systemd-nspawn)
+	@[[ $$(id -u) -eq 0 ]] || { echo "make test-e2e: needs root (debootstrap, systemd-nspawn, ip netns)" >&2; exit 1; }
+	tests/e2e/host.sh prepare
+	$(BATS) tests/e2e.bats
 
 bench: release ## wrk on /health vs pgbench SELECT 1, with RSS
 	BIN=$(RELEASE_BIN) tests/support/bench.sh

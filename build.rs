@@ -11,10 +11,14 @@ fn main() {
     if let Ok(out) = Command::new("git").args(["rev-parse", "--git-dir"]).output() {
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if out.status.success() && !dir.is_empty() {
-            // HEAD moves on commit/checkout; the ref it points at moves on commit.
-            println!("cargo:rerun-if-changed={dir}/HEAD");
-            println!("cargo:rerun-if-changed={dir}/refs/heads");
-            println!("cargo:rerun-if-changed={dir}/packed-refs");
+            // HEAD moves on checkout; the ref it points at moves on commit. Only existing
+            // paths: cargo reruns the script every build for a missing one.
+            for path in ["HEAD", "refs/heads", "packed-refs"] {
+                let path = std::path::Path::new(&dir).join(path);
+                if path.exists() {
+                    println!("cargo:rerun-if-changed={}", path.display());
+                }
+            }
         }
     }
     println!("cargo:rustc-env=TRIBIST_COMMIT={}", commit.unwrap_or_else(|| "unknown".into()));

@@ -40,13 +40,13 @@ impl PidFile {
         Ok(PidFile { dir: dir.to_path_buf(), path, _lock: lock })
     }
 
-    /// Writes this process's id, atomically.
+    /// Writes this process's id, atomically. No fsync: the file only matters while this
+    /// process lives, and a torn file after a power loss reads as no pid at all.
     pub fn write(&self) -> Result<(), Error> {
         let tmp = self.dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
         let result = (|| -> io::Result<()> {
             let mut f = File::create(&tmp)?;
             writeln!(f, "{}", std::process::id())?;
-            f.sync_all()?;
             fs::rename(&tmp, &self.path)
         })();
         result.map_err(|source| {

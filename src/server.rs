@@ -82,6 +82,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         in_flight: AtomicUsize::new(0),
         events,
     });
+    // Before any worker answers: whoever sees /health answer can rely on PID.
+    pid_file.write()?;
     let db_shared = Arc::new(db::Shared::default());
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(config.workers);
@@ -98,7 +100,6 @@ pub fn run(config: Config) -> Result<(), Error> {
             .map_err(|source| Error::Thread { what: "worker", source })?;
         handles.push(handle);
     }
-    pid_file.write()?;
     log::info!(
         "listening on http://{addr} (pid {}, {} workers, database {}, db timeout {:?}, release {} {})",
         std::process::id(),
