@@ -11,3 +11,4 @@ pub mod error;
 pub mod logging;
 pub mod pidfile;
 pub mod server;
+pub mod systemd;

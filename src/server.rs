@@ -3,19 +3,26 @@
 //! tiny_http's own accept thread accepts connections and queues parsed requests; a fixed pool
 //! of workers takes them from the queue, each with its own database `Checker`. The main thread
 //! only waits for an event: a termination signal, or the death of tiny_http's accept thread
-//! (it ends for good on an accept error such as running out of file descriptors). Either way
-//! it stops accepting, lets the workers answer everything already queued or in flight, waits
-//! for them within the shutdown deadline, closes the database connections and removes `PID`.
-//! A dead accept thread makes the process exit non-zero, so systemd restarts it: never a live
-//! process with a dead listener.
+//! (it ends for good on an accept error, and panics when out of file descriptors). Either way
+//! it stops accepting, lets the workers answer everything already received, waits for them
+//! within the shutdown deadline, closes the database connections and removes `PID`. A dead
+//! accept thread makes the process exit non-zero, so systemd restarts it: never a live process
+//! with a dead listener.
+//!
+//! Under systemd the listening socket may come from `tribist.socket` (socket activation): it
+//! then outlives this process, and connections arriving during a restart wait in its backlog
+//! for the next one. Stopping to accept must then leave the socket itself alone (see
+//! `Listener::stop_accepting`).
 
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -26,10 +33,15 @@ use crate::config::Config;
 use crate::db::{self, Checker};
 use crate::error::Error;
 use crate::pidfile::PidFile;
+use crate::systemd::{self, Notifier};
 
-/// How long a worker blocks on the queue before looking at the stop flag again; shutdown
-/// does not depend on it (it wakes the workers with `unblock`), it is only a safety net.
-const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How long a worker waits on the queue before looking at the shutdown state again; also the
+/// quiet period that ends the drain once nothing is accepted any more.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Bound on the drain after accepting stopped: keep-alive clients that keep sending requests
+/// cannot hold the shutdown open longer than this.
+const DRAIN_WINDOW: Duration = Duration::from_secs(2);
 
 /// How often the main thread checks that tiny_http's accept thread is alive.
 const ACCEPT_WATCH: Duration = Duration::from_millis(250);
@@ -43,27 +55,105 @@ enum Event {
 struct Pool {
     server: Server,
     stopping: AtomicBool,
+    /// Set once no connection can be accepted any more: the drain may end.
+    accept_stopped: OnceLock<Instant>,
     in_flight: AtomicUsize,
     events: Sender<Event>,
 }
 
+/// Where connections come from.
+struct Listener {
+    addr: SocketAddr,
+    /// The descriptor tiny_http's accept thread uses.
+    fd: RawFd,
+    /// Our own handle on a socket we bound ourselves; `None` under socket activation.
+    own: Option<TcpListener>,
+}
+
+impl Listener {
+    fn open(config: &Config) -> Result<(Listener, TcpListener), Error> {
+        let bind_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Bind {
+            addr: config.listen.to_string(),
+            source,
+        };
+        let (listener, own) = match systemd::take_listener().map_err(|e| bind_err(e.into()))? {
+            Some(listener) => (listener, None),
+            None => {
+                let listener = TcpListener::bind(config.listen).map_err(|e| bind_err(e.into()))?;
+                let own = listener.try_clone().map_err(|e| bind_err(e.into()))?;
+                (listener, Some(own))
+            }
+        };
+        let addr = listener.local_addr().map_err(|e| bind_err(e.into()))?;
+        Ok((Listener { addr, fd: listener.as_raw_fd(), own }, listener))
+    }
+
+    fn activated(&self) -> bool {
+        self.own.is_none()
+    }
+
+    /// An address this process can connect to itself.
+    fn local_target(&self) -> SocketAddr {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        addr
+    }
+
+    /// Makes tiny_http's accept thread stop for good.
+    ///
+    /// A socket we bound: shutdown(2) it; the kernel stops listening (new connections are
+    /// refused) and the blocked accept fails. A socket from systemd must keep listening for
+    /// the next process, so instead its descriptor number is pointed at a socket that cannot
+    /// accept (dup2), and one connection to ourselves wakes the accept blocked on it: that
+    /// accept returns one connection (served like any other), the next one fails, the thread
+    /// ends, and whatever arrives later waits in the backlog for the next process.
+    fn stop_accepting(&self) {
+        extern "C" {
+            fn shutdown(fd: i32, how: i32) -> i32;
+            fn dup2(old: i32, new: i32) -> i32;
+        }
+        const SHUT_RDWR: i32 = 2;
+        if let Some(own) = &self.own {
+            // SAFETY: the descriptor is owned by `own`, which outlives this call.
+            if unsafe { shutdown(own.as_raw_fd(), SHUT_RDWR) } != 0 {
+                log::warn!("shutdown: cannot stop the listener: {}", std::io::Error::last_os_error());
+            }
+            return;
+        }
+        match UnixDatagram::unbound() {
+            // SAFETY: both descriptors are open; dup2 atomically replaces `self.fd`, which
+            // only tiny_http's accept thread uses.
+            Ok(dummy) => {
+                if unsafe { dup2(dummy.as_raw_fd(), self.fd) } < 0 {
+                    log::warn!("shutdown: cannot detach the listener: {}", std::io::Error::last_os_error());
+                }
+            }
+            Err(e) => log::warn!("shutdown: cannot detach the listener: {e}"),
+        }
+        let _ = TcpStream::connect_timeout(&self.local_target(), Duration::from_millis(200));
+    }
+}
+
 /// Serves until SIGTERM/SIGINT (Ok) or until the listener dies (Err).
 pub fn run(config: Config) -> Result<(), Error> {
+    let notifier = Notifier::from_env();
     let dir = std::env::current_dir().map_err(|source| Error::PidFile {
         path: crate::pidfile::FILE_NAME.into(),
         source,
     })?;
     let pid_file = PidFile::lock(&dir)?;
-    let bind_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Bind {
-        addr: config.listen.to_string(),
-        source,
-    };
-    let listener = TcpListener::bind(config.listen).map_err(|e| bind_err(e.into()))?;
-    let addr = listener.local_addr().map_err(|e| bind_err(e.into()))?;
-    // Our own handle on the listening socket, to stop accepting at shutdown.
-    let control = listener.try_clone().map_err(|e| bind_err(e.into()))?;
+    let (listener, socket) = Listener::open(&config)?;
     let threads_before = thread_ids();
-    let server = Server::from_listener(listener, None).map_err(bind_err)?;
+    let server = Server::from_listener(socket, None).map_err(|source| Error::Bind {
+        addr: listener.addr.to_string(),
+        source,
+    })?;
     let accept_tid = accept_thread_id(&threads_before);
     if accept_tid.is_none() {
         log::warn!("cannot identify tiny_http's accept thread in /proc/self/task; its death will be noticed only on accept errors");
@@ -79,6 +169,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let pool = Arc::new(Pool {
         server,
         stopping: AtomicBool::new(false),
+        accept_stopped: OnceLock::new(),
         in_flight: AtomicUsize::new(0),
         events,
     });
@@ -101,14 +192,23 @@ pub fn run(config: Config) -> Result<(), Error> {
         handles.push(handle);
     }
     log::info!(
-        "listening on http://{addr} (pid {}, {} workers, database {}, db timeout {:?}, release {} {})",
+        "listening on http://{} (pid {}, {} workers, {}, database {}, db timeout {:?}, release {} {})",
+        listener.addr,
         std::process::id(),
         config.workers,
+        if listener.activated() { "socket from systemd" } else { "socket bound by itself" },
         config.db.display,
         config.db_timeout,
         crate::build::VERSION,
         crate::build::COMMIT,
     );
+    notifier.send(&format!(
+        "READY=1\nSTATUS=serving on {} with {} workers",
+        listener.addr, config.workers
+    ));
+    if let Some(every) = systemd::watchdog_interval() {
+        start_watchdog(Arc::clone(&pool), listener.local_target(), every)?;
+    }
 
     let mut outcome = Ok(());
     match next_event(&events_rx, accept_tid) {
@@ -120,17 +220,22 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let deadline = Instant::now() + config.shutdown_timeout;
     pool.stopping.store(true, Ordering::SeqCst);
-    stop_listening(&control);
+    notifier.send("STOPPING=1\nSTATUS=draining");
+    listener.stop_accepting();
+    if let Some(tid) = accept_tid {
+        let limit = Instant::now() + Duration::from_secs(1);
+        while thread_alive(tid) && Instant::now() < limit.min(deadline) {
+            thread::sleep(Duration::from_millis(2));
+        }
+        if thread_alive(tid) {
+            log::warn!("shutdown: the accept thread is still running; draining anyway");
+        }
+    }
+    let _ = pool.accept_stopped.set(Instant::now());
     log::info!(
         "shutdown: stopped accepting; draining {} request(s) in flight",
         pool.in_flight.load(Ordering::SeqCst)
     );
-    // Each `unblock` wakes one blocked `recv`. A worker consumes at most two wake-up markers
-    // (one ends its loop; its final `try_recv` drain may swallow another), so 2 per worker
-    // guarantees that every worker is woken.
-    for _ in 0..2 * config.workers {
-        pool.server.unblock();
-    }
     let mut finished = 0;
     while finished < config.workers {
         match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -170,7 +275,7 @@ fn next_event(events: &mpsc::Receiver<Event>, accept_tid: Option<u32>) -> Event 
             Err(mpsc::RecvTimeoutError::Disconnected) => return Event::Signal,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Some(tid) = accept_tid {
-                    if !Path::new(&format!("/proc/self/task/{tid}")).exists() {
+                    if !thread_alive(tid) {
                         return Event::AcceptDied(std::io::Error::other(
                             "tiny_http's accept thread ended without an error report (it panics \
                              when the process is out of file descriptors)",
@@ -180,6 +285,10 @@ fn next_event(events: &mpsc::Receiver<Event>, accept_tid: Option<u32>) -> Event 
             }
         }
     }
+}
+
+fn thread_alive(tid: u32) -> bool {
+    Path::new(&format!("/proc/self/task/{tid}")).exists()
 }
 
 /// The kernel thread ids of this process.
@@ -200,36 +309,62 @@ fn accept_thread_id(before: &[u32]) -> Option<u32> {
     created.into_iter().min()
 }
 
-/// Stops new connections at once (they are refused instead of queued): shutdown(2) on a
-/// listening socket makes the kernel stop listening and wakes tiny_http's blocked accept.
-fn stop_listening(listener: &TcpListener) {
-    extern "C" {
-        fn shutdown(fd: i32, how: i32) -> i32;
-    }
-    const SHUT_RDWR: i32 = 2;
-    // SAFETY: the descriptor is owned by `listener`, which outlives this call.
-    let rc = unsafe { shutdown(listener.as_raw_fd(), SHUT_RDWR) };
-    if rc != 0 {
-        log::warn!("shutdown: cannot stop the listener: {}", std::io::Error::last_os_error());
+/// Sends WATCHDOG=1 every `every`, but only after a request to our own `/livez` went through
+/// the whole path (accept thread, connection thread, queue, a worker) within `every`: a server
+/// whose workers are all stuck, or whose listener is dead, stops pinging and systemd restarts it.
+fn start_watchdog(pool: Arc<Pool>, target: SocketAddr, every: Duration) -> Result<(), Error> {
+    let notifier = Notifier::from_env();
+    log::info!("watchdog: self-probe of /livez every {every:?}");
+    thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            while !pool.stopping.load(Ordering::SeqCst) {
+                let start = Instant::now();
+                match probe_livez(target, every) {
+                    Ok(()) => notifier.send("WATCHDOG=1"),
+                    Err(e) => log::warn!("watchdog: self-probe of /livez failed ({e}); not pinging systemd"),
+                }
+                thread::sleep(every.saturating_sub(start.elapsed()));
+            }
+        })
+        .map(|_| ())
+        .map_err(|source| Error::Thread { what: "watchdog", source })
+}
+
+fn probe_livez(target: SocketAddr, timeout: Duration) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"GET /livez HTTP/1.1\r\nHost: watchdog\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    if &head[9..12] == b"200" {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("answered {:?}", String::from_utf8_lossy(&head))))
     }
 }
 
 fn worker(pool: &Pool, mut checker: Checker) {
     loop {
-        match pool.server.recv_timeout(IDLE_WAIT) {
+        let waiting_since = Instant::now();
+        match pool.server.recv_timeout(POLL) {
             Ok(Some(request)) => serve(pool, request, &mut checker),
-            Ok(None) if pool.stopping.load(Ordering::SeqCst) => break,
-            Ok(None) => {}
+            Ok(None) => {
+                // Idle for a whole POLL that began after accepting stopped: drained.
+                if pool.accept_stopped.get().is_some_and(|at| *at <= waiting_since) {
+                    break;
+                }
+            }
             Err(e) => {
                 if !pool.stopping.load(Ordering::SeqCst) {
                     let _ = pool.events.send(Event::AcceptDied(e));
                 }
             }
         }
-    }
-    // Requests queued after the wake-up markers (e.g. pipelined on an open connection).
-    while let Ok(Some(request)) = pool.server.try_recv() {
-        serve(pool, request, &mut checker);
+        if pool.accept_stopped.get().is_some_and(|at| at.elapsed() > DRAIN_WINDOW) {
+            break;
+        }
     }
 }
 

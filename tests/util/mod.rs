@@ -126,6 +126,7 @@ pub struct Builder {
     env: Vec<(String, String)>,
     dir: Option<TempDir>,
     wrapper: Option<String>,
+    fd3: Option<std::os::fd::RawFd>,
 }
 
 impl Server {
@@ -137,6 +138,7 @@ impl Server {
             ],
             dir: None,
             wrapper: None,
+            fd3: None,
         }
     }
 
@@ -186,6 +188,14 @@ impl Builder {
         self
     }
 
+    /// Passes `listener` as fd 3 with LISTEN_PID/LISTEN_FDS, as systemd's socket activation.
+    pub fn socket_activated(mut self, listener: &TcpListener) -> Builder {
+        use std::os::fd::AsRawFd;
+        self.fd3 = Some(listener.as_raw_fd());
+        self.wrapper = Some("export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\"".into());
+        self
+    }
+
     /// Starts the server without waiting for it.
     pub fn spawn_raw(self) -> (Child, TempDir, PathBuf) {
         let dir = self.dir.unwrap_or_else(|| TempDir::new("srv"));
@@ -205,6 +215,24 @@ impl Builder {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap());
+        if let Some(fd) = self.fd3 {
+            use std::os::unix::process::CommandExt;
+            extern "C" {
+                fn dup2(old: i32, new: i32) -> i32;
+                fn fcntl(fd: i32, cmd: i32, arg: i32) -> i32;
+            }
+            const F_SETFD: i32 = 2;
+            // SAFETY: dup2 and fcntl are async-signal-safe; fd is open in the parent, so in the
+            // child. fcntl clears close-on-exec also when fd already is 3 (dup2 is then a no-op).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if dup2(fd, 3) < 0 || fcntl(3, F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         (cmd.spawn().expect("spawn server"), dir, log)
     }
 

@@ -1,0 +1,105 @@
+//! The systemd protocols, with this test playing systemd's part for real: a listening socket
+//! passed as fd 3 (socket activation) and a datagram socket as NOTIFY_SOCKET.
+
+mod util;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use util::{request, try_request, wait_for, Pg, Server, TempDir};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = TempDir::new("activated");
+    let dir_path = dir.path().to_path_buf();
+    let mut first = Server::builder(&Pg::shared().url)
+        .env("TRIBIST_LISTEN", "127.0.0.1:1") // ignored: the socket comes from "systemd"
+        .socket_activated(&listener)
+        .dir(dir)
+        .spawn();
+    assert_eq!(first.addr, addr);
+    assert!(first.log().contains("socket from systemd"), "{}", first.log());
+
+    // A client sending request after request, each on a new connection, throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_client = Arc::clone(&stop);
+    let client = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop_client.load(Ordering::SeqCst) {
+            match try_request(addr, b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n") {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => failed.push(format!("status {}", r.status)),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(10 * SECOND).code(), Some(0), "{}", first.log());
+    // Between two processes: connections wait in the backlog instead of being refused.
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Server::builder(&Pg::shared().url)
+        .socket_activated(&listener)
+        .dir(TempDir(dir_path.clone()))
+        .spawn();
+    assert_eq!(second.addr, addr);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = client.join().unwrap();
+    assert!(failed.is_empty(), "{} failed requests, first: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(ok > 20, "only {ok} requests");
+    assert_eq!(request(addr, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").status, 200);
+    std::mem::forget(TempDir(dir_path)); // removed by `second`'s TempDir
+}
+
+#[test]
+fn notify_ready_stopping_and_watchdog() {
+    let dir = TempDir::new("notify");
+    let sock_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&sock_path).unwrap();
+    notify.set_read_timeout(Some(5 * SECOND)).unwrap();
+    let mut server = Server::builder(&Pg::shared().url)
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "200000")
+        .spawn();
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let first = recv();
+    assert!(first.starts_with("READY=1\n"), "{first}");
+    assert!(first.contains(&format!("STATUS=serving on {}", server.addr)), "{first}");
+    // Keep-alive pings follow, each after a successful self-probe of /livez.
+    for _ in 0..3 {
+        assert_eq!(recv(), "WATCHDOG=1");
+    }
+    server.signal("TERM");
+    let stopping = wait_for("STOPPING=1", 5 * SECOND, || {
+        let m = recv();
+        m.starts_with("STOPPING=1").then_some(m)
+    });
+    assert!(stopping.contains("STATUS=draining"));
+    assert_eq!(server.wait_exit(5 * SECOND).code(), Some(0));
+}
+
+#[test]
+fn abstract_notify_socket_is_supported() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("tribist-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let notify = UnixDatagram::bind_addr(&addr).unwrap();
+    notify.set_read_timeout(Some(5 * SECOND)).unwrap();
+    let _server = Server::builder(&Pg::shared().url).env("NOTIFY_SOCKET", &format!("@{name}")).spawn();
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"READY=1"));
+}
