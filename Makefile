@@ -29,6 +29,10 @@ BIN ?= $(RELEASE_BIN)
 # command line.
 DATABASE_URL ?=
 DEPLOY_KEY ?=
+# HOSTS="app1 app2 …": `make upgrade` goes through them one at a time (HOST is ignored).
+HOSTS ?=
+# Who deploys, for the host's deploy lock and audit log.
+DEPLOYER ?= $(shell id -un)@$(shell hostname)
 # PURGE=1: `make uninstall` also removes the configuration and user tribist.
 PURGE ?=
 LINES ?= 100
@@ -37,14 +41,17 @@ REMOTE_API_DIR ?= /home/tribist/api
 
 # Debian packages the tests and benchmarks need (installed by `make deps` when run as root).
 APT_PACKAGES ?= postgresql postgresql-contrib curl bc shellcheck bats bats-assert bats-support wrk \
-	debootstrap systemd-container iproute2 openssh-client openssh-server procps python3 sudo
+	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 sudo
 
 .PHONY: help deps build release run test test-unit test-scripts test-e2e lint bench clean \
-	install upgrade rollback status logs uninstall check-host ship-bin
+	install upgrade upgrade-host rollback status logs uninstall unlock check-host ship-bin
 
 # One progress line per step.
 step = printf '==> %s\n' $(1)
-ssh_host = $(SSH) $(SSH_OPTS) $(HOST)
+# -t when make runs in a terminal: Ctrl-C then reaches deploy.sh on the host, which rolls back
+# what it had started and releases the deploy lock.
+ssh_host = $(SSH) $$([[ -t 0 ]] && echo -t) $(SSH_OPTS) $(HOST)
+deploy_sh = $(REMOTE_BIN_DIR)/deploy.sh --by '$(DEPLOYER)'
 # Runs a deploy.sh command on the host, as root directly or through sudo for another user.
 remote_deploy = $(ssh_host) 'if [ "$$(id -u)" = 0 ]; then s=; else s="sudo -n"; fi; $(1)'
 
@@ -96,7 +103,7 @@ ship-bin:
 
 install: check-host ship-bin ## first install or re-install on HOST (root or sudo): user, unit, sudoers, scripts, binary
 	@stage=$$(mktemp -d); trap 'rm -rf "$$stage"' EXIT; \
-	cp etc/tribist.service etc/tribist.sudoers etc/tribist.env.example sbin/server.sh sbin/wait_for_it.sh sbin/deploy.sh "$$stage/"; \
+	cp etc/tribist.service etc/tribist.socket etc/tribist.sudoers etc/tribist.env.example sbin/server.sh sbin/wait_for_it.sh sbin/deploy.sh "$$stage/"; \
 	cp "$(BIN)" "$$stage/server"; \
 	if [[ -n "$${DATABASE_URL:-}" ]]; then (umask 077; printf 'DATABASE_URL=%s\n' "$$DATABASE_URL" >"$$stage/env"); fi; \
 	if [[ -n "$(DEPLOY_KEY)" ]]; then cp "$(DEPLOY_KEY)" "$$stage/deploy_key.pub"; fi; \
@@ -104,21 +111,35 @@ install: check-host ship-bin ## first install or re-install on HOST (root or sud
 	dir=$$($(ssh_host) 'mktemp -d /tmp/tribist-install.XXXXXX'); \
 	$(SCP) $(SSH_OPTS) -q -p "$$stage"/* "$(HOST):$$dir/"; \
 	$(call step,"installing on $(HOST)"); \
-	rc=0; $(call remote_deploy,$$s bash '"$$dir"'/deploy.sh install '"$$dir"'; rc=$$?; $$s rm -rf '"$$dir"'; exit $$rc) || rc=$$?; \
+	rc=0; $(call remote_deploy,$$s bash '"$$dir"'/deploy.sh --by '"'$(DEPLOYER)'"' install '"$$dir"'; rc=$$?; $$s rm -rf '"$$dir"'; exit $$rc) || rc=$$?; \
 	if (( rc != 0 )); then echo "make install: failed on $(HOST) (exit $$rc); the messages above say why" >&2; exit $$rc; fi; \
 	$(call step,"installed on $(HOST)")
 
-upgrade: check-host ship-bin ## ship BIN to HOST, restart, wait for /health; rolls back if it does not come up
+upgrade: ship-bin ## ship BIN to HOST (or to each of HOSTS in turn), restart, wait; rolls back a host that fails
+	@if [[ -z "$(strip $(HOSTS))" ]]; then $(MAKE) upgrade-host HOST=$(HOST) BIN=$(BIN); exit; fi; \
+	hosts=($(HOSTS)); failed=""; \
+	for h in "$${hosts[@]}"; do \
+		$(call step,"rolling upgrade: $$h"); \
+		if ! $(MAKE) upgrade-host HOST=$$h BIN=$(BIN); then failed=$$h; break; fi; \
+	done; \
+	echo "==> releases now serving:"; \
+	for h in "$${hosts[@]}"; do \
+		r=$$($(SSH) $(SSH_OPTS) $$h "curl -sS --max-time 5 http://localhost:8383/health" 2>/dev/null | sed -n 's/.*"releaseId":"\([^"]*\)".*/\1/p'); \
+		printf '    %-24s %s\n' "$$h" "$${r:-unreachable or not healthy}"; \
+	done; \
+	if [[ -n "$$failed" ]]; then echo "make upgrade: stopped at $$failed (rolled back); hosts after it were not touched" >&2; exit 1; fi
+
+upgrade-host: check-host
 	@$(call step,"uploading $(BIN) to $(HOST)"); \
 	sum=$$(sha256sum "$(BIN)" | cut -d' ' -f1); tmp=.server_upload.$$sum.$$$$; \
 	$(SCP) $(SSH_OPTS) -q "$(BIN)" "$(HOST):$(REMOTE_API_DIR)/$$tmp"; \
 	$(call step,"activating on $(HOST)"); \
-	rc=0; $(ssh_host) "$(REMOTE_BIN_DIR)/deploy.sh upgrade $$tmp $$sum" || rc=$$?; \
+	rc=0; $(ssh_host) "$(deploy_sh) upgrade $$tmp $$sum" || rc=$$?; \
 	if (( rc != 0 )); then echo "make upgrade: FAILED on $(HOST) (exit $$rc); see the messages above" >&2; exit $$rc; fi; \
 	$(call step,"upgrade of $(HOST) done")
 
 rollback: check-host ## put the previous binary back on HOST and restart
-	@$(call step,"rolling back $(HOST)"); $(ssh_host) $(REMOTE_BIN_DIR)/deploy.sh rollback
+	@$(call step,"rolling back $(HOST)"); $(ssh_host) "$(deploy_sh) rollback"
 
 status: check-host ## service state, release and /health on HOST
 	@$(ssh_host) $(REMOTE_BIN_DIR)/deploy.sh status
@@ -128,7 +149,10 @@ logs: check-host ## the service's last LINES log lines on HOST
 
 uninstall: check-host ## remove the service from HOST (keeps config and data unless PURGE=1)
 	@$(call step,"uninstalling from $(HOST)"); \
-	$(call remote_deploy,$$s $(REMOTE_BIN_DIR)/deploy.sh uninstall $(if $(PURGE),--purge))
+	$(call remote_deploy,$$s $(deploy_sh) uninstall $(if $(PURGE),--purge))
+
+unlock: check-host ## break a stuck deploy lock on HOST on purpose (its holder rolls back)
+	@$(call step,"breaking the deploy lock on $(HOST)"); $(ssh_host) "$(deploy_sh) unlock"
 
 test-e2e: deps ## deploy with this Makefile to a throwaway systemd host (root; systemd-nspawn)
 	@[[ $$(id -u) -eq 0 ]] || { echo "make test-e2e: needs root (debootstrap, systemd-nspawn, ip netns)" >&2; exit 1; }

@@ -2,9 +2,10 @@
 # Throwaway Debian hosts with a real systemd, for the end-to-end tests and `make demo`.
 #
 # Each host is a copy of a cached debootstrap root file system booted with systemd-nspawn in a
-# network namespace of its own (`tribist-NAME`) that has only a loopback interface; the
-# developer side reaches its sshd with `ip netns exec tribist-NAME ssh root@127.0.0.1`, so no
-# traffic ever leaves this machine.
+# network namespace of its own (`tribist-NAME`) that has only a loopback interface. The
+# developer side reaches its sshd through `ip netns exec tribist-NAME nc 127.0.0.1 22` as an
+# ssh ProxyCommand (see `ssh-config`), so `ssh -F CONFIG NAME` works like for any server and
+# no traffic ever leaves this machine.
 set -euo pipefail
 
 readonly CACHE=${TRIBIST_E2E_CACHE:-/var/cache/tribist-e2e}
@@ -22,14 +23,14 @@ usage: host.sh prepare         build the cached root file system if missing (~2 
        host.sh down NAME       power it off and delete it (also its network namespace)
        host.sh reboot NAME     power it off and boot the same file system again
        host.sh ssh NAME CMD…   run CMD as root on host NAME
-       host.sh ssh-cmd NAME    print the ssh command line for NAME (for SSH=… in make)
-       host.sh scp-cmd NAME    print the scp command line for NAME
+       host.sh ssh-config      print the path of an ssh_config that reaches every host by
+                               its NAME (for make: SSH_OPTS="-F PATH" HOST=root@NAME)
        host.sh cleanup         delete every host left by an interrupted run
        host.sh --help
 
 TRIBIST_E2E_CACHE (default /var/cache/tribist-e2e) holds the root file system and the ssh key;
 TRIBIST_E2E_RUN (default /var/tmp/tribist-e2e) the running hosts. Needs root, debootstrap,
-systemd-container and iproute2.
+systemd-container, iproute2 and netcat-openbsd.
 USAGE
 }
 
@@ -79,14 +80,24 @@ check_name() {
   [[ "${1:-}" =~ ^[a-z][a-z0-9]{0,11}$ ]] || die "host name must be 1-12 lowercase letters/digits, got '${1:-}'"
 }
 
-ssh_cmd() {
-  echo "ip netns exec $(netns "$1") ssh -i $CACHE/id_ed25519 -o StrictHostKeyChecking=no" \
-    "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5 -o BatchMode=yes"
-}
-
-scp_cmd() {
-  echo "ip netns exec $(netns "$1") scp -i $CACHE/id_ed25519 -o StrictHostKeyChecking=no" \
-    "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5 -o BatchMode=yes"
+# Writes (if needed) and prints the ssh_config that reaches each host by name.
+ssh_config() {
+  local cfg="$RUN/ssh_config"
+  mkdir -p "$RUN"
+  cat >"$cfg.tmp" <<CONFIG
+# Written by tests/e2e/host.sh: host NAME is the sshd in network namespace tribist-NAME.
+Host *
+  User root
+  IdentityFile $CACHE/id_ed25519
+  ProxyCommand ip netns exec tribist-%h nc 127.0.0.1 22
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+  ConnectTimeout 5
+  BatchMode yes
+CONFIG
+  mv -f "$cfg.tmp" "$cfg"
+  echo "$cfg"
 }
 
 boot() {
@@ -99,9 +110,9 @@ boot() {
     --register=no --keep-unit -M "$name" --console=passive \
     </dev/null >>"$dir/console.log" 2>&1 &
   echo $! >"$dir/nspawn.pid"
-  local deadline=$((SECONDS + 90))
-  # shellcheck disable=SC2046 # the command line is meant to split
-  until $(ssh_cmd "$name") root@127.0.0.1 true 2>/dev/null; do
+  local deadline=$((SECONDS + 90)) cfg
+  cfg=$(ssh_config)
+  until ssh -F "$cfg" "$name" true 2>/dev/null; do
     kill -0 "$(cat "$dir/nspawn.pid")" 2>/dev/null || die "host $name did not boot; see $dir/console.log"
     ((SECONDS < deadline)) || die "host $name: no ssh after 90 s; see $dir/console.log"
     sleep 0.5
@@ -171,11 +182,9 @@ main() {
       [[ $# -ge 2 ]] || die "usage: host.sh ssh NAME CMD..."
       local name=$1
       shift
-      # shellcheck disable=SC2046 # the command line is meant to split
-      $(ssh_cmd "$name") root@127.0.0.1 "$@"
+      ssh -F "$(ssh_config)" "$name" "$@"
       ;;
-    ssh-cmd) [[ $# -eq 1 ]] || die "usage: host.sh ssh-cmd NAME"; ssh_cmd "$1" ;;
-    scp-cmd) [[ $# -eq 1 ]] || die "usage: host.sh scp-cmd NAME"; scp_cmd "$1" ;;
+    ssh-config) ssh_config ;;
     cleanup) cleanup ;;
     *) usage >&2; exit 2 ;;
   esac

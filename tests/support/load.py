@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Steady HTTP load with an exact failure count, for zero-downtime checks and bench-upgrade.
+
+usage: load.py [--concurrency N] [--max-seconds S] [--stop-file F] [--timeout T] URL...
+
+Each worker thread sends GET requests in turn to the URLs, each on a new connection (as a
+health probe does), until the stop file exists or max-seconds pass (the loop is bounded in
+time; it never targets anything but the URLs given, which the callers keep on loopback).
+Prints one JSON object: requests sent, failures by kind (refused, reset, timeout, http-5xx,
+other), the maximum and 99th percentile latency in ms.
+"""
+import argparse
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("urls", nargs="+")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--max-seconds", type=float, default=120)
+    ap.add_argument("--stop-file")
+    ap.add_argument("--timeout", type=float, default=5)
+    args = ap.parse_args()
+    deadline = time.monotonic() + args.max_seconds
+    lock = threading.Lock()
+    latencies, failures, examples = [], {}, []
+
+    def stopped():
+        return time.monotonic() > deadline or (args.stop_file and os.path.exists(args.stop_file))
+
+    def one(url):
+        u = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=args.timeout)
+        try:
+            conn.request("GET", u.path or "/", headers={"Connection": "close"})
+            resp = conn.getresponse()
+            resp.read()
+            return None if resp.status < 500 else "http-%d" % resp.status
+        except ConnectionRefusedError:
+            return "refused"
+        except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+            return "reset"
+        except (socket.timeout, TimeoutError):
+            return "timeout"
+        except Exception as e:  # noqa: BLE001 - every failure counts, whatever its kind
+            return "other:" + type(e).__name__
+        finally:
+            conn.close()
+
+    def worker(i):
+        n = i
+        while not stopped():
+            url = args.urls[n % len(args.urls)]
+            n += 1
+            start = time.monotonic()
+            failure = one(url)
+            ms = (time.monotonic() - start) * 1000
+            with lock:
+                latencies.append(ms)
+                if failure:
+                    failures[failure] = failures.get(failure, 0) + 1
+                    if len(examples) < 5:
+                        examples.append("%s %s after %.0f ms" % (url, failure, ms))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else 0
+    print(json.dumps({
+        "sent": len(latencies),
+        "failed": sum(failures.values()),
+        "failures": failures,
+        "examples": examples,
+        "max_ms": round(latencies[-1], 1) if latencies else 0,
+        "p99_ms": round(p99, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
