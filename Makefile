@@ -43,7 +43,7 @@ REMOTE_API_DIR ?= /home/tribist/api
 APT_PACKAGES ?= postgresql postgresql-contrib curl bc shellcheck bats bats-assert bats-support wrk \
 	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 sudo
 
-.PHONY: help deps build release run test test-unit test-scripts test-e2e lint bench clean \
+.PHONY: help deps build release run test test-unit test-scripts test-e2e lint bench bench-upgrade demo clean \
 	install upgrade upgrade-host rollback status logs uninstall unlock check-host ship-bin
 
 # One progress line per step.
@@ -158,6 +158,12 @@ test-e2e: deps ## deploy with this Makefile to a throwaway systemd host (root; s
 	@[[ $$(id -u) -eq 0 ]] || { echo "make test-e2e: needs root (debootstrap, systemd-nspawn, ip netns)" >&2; exit 1; }
 	tests/e2e/host.sh prepare
 	$(BATS) tests/e2e.bats
+
+bench-upgrade: ## clients' view of make upgrade on a test host, with and without socket activation (root)
+	tests/e2e/bench-upgrade.sh
+
+demo: ## boot a throwaway systemd host and narrate install, upgrade, failed upgrade, rollback (root)
+	tests/e2e/demo.sh
 
 bench: release ## wrk on /health vs pgbench SELECT 1, with RSS
 	BIN=$(RELEASE_BIN) tests/support/bench.sh

@@ -201,7 +201,8 @@ recent_log() {
 restart_and_wait() {
   local want=$1 got rc=0
   sctl restart || {
-    warn "'systemctl restart $UNIT' failed"
+    warn "'systemctl restart $UNIT' failed: the server did not start or did not report ready; its last log lines:"
+    recent_log | sed 's/^/    /' >&2
     return 1
   }
   # In the background, so a signal's trap runs at once instead of after the wait.
@@ -324,12 +325,17 @@ cmd_upgrade() {
   fi
   old=$FROM_RELEASE
   TO_RELEASE=$new
+  # The promotion turns server.prev into the current binary; keep the one before, so that a
+  # failed upgrade puts everything back as it was.
+  rm -f "$API_DIR/.server.prev.keep"
+  [[ -e "$API_DIR/server.prev" ]] && ln -f "$API_DIR/server.prev" "$API_DIR/.server.prev.keep"
   SWITCHING=1
   # rename(2) in the same directory: a partial upload can never become server_new.
   mv -f "$upload" "$API_DIR/server_new"
   say "upgrading $old -> $new: restarting $UNIT and waiting up to ${WAIT}s"
   if restart_and_wait "$new"; then
     SWITCHING=""
+    rm -f "$API_DIR/.server.prev.keep"
     audit ok
     say "upgraded: release $new is serving"
     return 0
@@ -347,19 +353,31 @@ cmd_upgrade() {
 
 # Puts server.prev back as server (atomically) and restarts; keeps the failed binary.
 roll_back() {
-  local want=$1
-  rm -f "$API_DIR/server_new"
-  if [[ -n "$want" && "$(release_of "$API_DIR/server" 2>/dev/null)" == "$want" ]]; then
+  local want=$1 api=$API_DIR
+  rm -f "$api/server_new"
+  if [[ -n "$want" && "$(release_of "$api/server" 2>/dev/null)" == "$want" ]]; then
     # Interrupted before the promotion: the previous binary is still in place.
     restart_and_wait "$want"
     return
   fi
-  [[ -e "$API_DIR/server.prev" ]] || {
+  [[ -e "$api/server.prev" ]] || {
     warn "there is no server.prev to roll back to"
     return 1
   }
-  cp -p "$API_DIR/server" "$API_DIR/server.failed" 2>/dev/null || true
-  mv -f "$API_DIR/server.prev" "$API_DIR/server"
+  # Each step is a rename or a hard link: `server` exists at every instant.
+  ln -f "$api/server" "$api/.server.rolled-back"
+  mv -f "$api/server.prev" "$api/server"
+  if [[ -n "$SWITCHING" ]]; then
+    # Undoing an upgrade: the release before it becomes the rollback target again, as if
+    # the upgrade never happened; the failed binary is kept as server.failed for a post-mortem.
+    if [[ -e "$api/.server.prev.keep" ]]; then
+      mv -f "$api/.server.prev.keep" "$api/server.prev"
+    fi
+    mv -f "$api/.server.rolled-back" "$api/server.failed"
+  else
+    # A manual rollback: the two releases swap, so a second rollback undoes the first.
+    mv -f "$api/.server.rolled-back" "$api/server.prev"
+  fi
   restart_and_wait "$want"
 }
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# `make demo`: the whole mission on one machine, narrated. Boots a throwaway Debian host with
+# systemd (tests/e2e/host.sh), then runs, with this very Makefile: install, upgrade to another
+# release, an upgrade to a broken binary that is rolled back, and a rollback. Cleans up after
+# itself, also when interrupted.
+set -euo pipefail
+
+readonly NAME=tribdemo
+readonly DB_PASSWORD=demo-db-password
+
+usage() {
+  cat <<'USAGE'
+usage: demo.sh [--help]      (root, Debian: debootstrap, systemd-nspawn, ip netns)
+USAGE
+}
+
+narrate() { printf '\n\033[1m### %s\033[0m\n' "$*"; }
+run() {
+  printf '$ %s\n' "$*"
+  "$@"
+}
+
+main() {
+  case "${1:-}" in
+    -h | --help) usage; return 0 ;;
+    "") ;;
+    *) usage >&2; exit 2 ;;
+  esac
+  [[ $(id -u) -eq 0 ]] || { echo "demo.sh: needs root" >&2; exit 1; }
+  local repo hostsh cfg work
+  repo=$(cd "$(dirname "$0")/../.." && pwd)
+  hostsh="$repo/tests/e2e/host.sh"
+  work=$(mktemp -d)
+  # shellcheck disable=SC2064 # expand now
+  trap "echo; echo '### cleaning up: powering off $NAME'; '$hostsh' down $NAME >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
+  cd "$repo"
+
+  narrate "1. Two releases: this checkout, and the same code one commit later"
+  make -s release
+  tests/e2e/build-alt.sh "$work/server-next"
+  # shellcheck disable=SC2016 # $1 belongs to the generated script
+  printf '#!/bin/sh\n[ "$1" = --version ] && { echo "server 0.0.0 (commit broken-build)"; exit 0; }\necho "panic: cannot start" >&2; exit 1\n' >"$work/server-broken"
+  chmod 755 "$work/server-broken"
+  echo "current: $(target/release/server --version)"
+  echo "next:    $("$work/server-next" --version)"
+
+  narrate "2. A fresh Debian host with systemd, sshd and PostgreSQL (systemd-nspawn, loopback only)"
+  "$hostsh" up "$NAME"
+  cfg=$("$hostsh" ssh-config)
+  "$hostsh" ssh "$NAME" "cd / && runuser -u postgres -- psql -q -c \"CREATE ROLE tribist LOGIN PASSWORD '$DB_PASSWORD'\" -c 'CREATE DATABASE tribist OWNER tribist'"
+  echo "host $NAME is up; ssh reaches it by name through $cfg"
+
+  narrate "3. make install: user, units, sudoers, scripts, binary, configuration; then wait for /health"
+  DATABASE_URL="postgres://tribist:$DB_PASSWORD@localhost/tribist" \
+    run make -s install HOST="root@$NAME" SSH_OPTS="-F $cfg"
+  run "$hostsh" ssh "$NAME" curl -sS http://localhost:8383/health
+  echo
+
+  narrate "4. make upgrade: the next release, health-checked, no connection refused meanwhile"
+  run make -s upgrade HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$work/server-next"
+
+  narrate "5. make upgrade to a broken binary: it fails, says why, and the previous release serves again"
+  run make -s upgrade HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$work/server-broken" || echo "(make exited $? — as it should)"
+
+  narrate "6. make rollback: back to the first release"
+  run make -s rollback HOST="root@$NAME" SSH_OPTS="-F $cfg"
+  run make -s status HOST="root@$NAME" SSH_OPTS="-F $cfg"
+
+  narrate "7. The host's audit log of what just happened"
+  run "$hostsh" ssh "$NAME" cat /home/tribist/deploy-audit.log
+}
+
+main "$@"
