@@ -43,7 +43,7 @@ REMOTE_API_DIR ?= /home/tribist/api
 APT_PACKAGES ?= postgresql postgresql-contrib curl bc shellcheck bats bats-assert bats-support wrk \
 	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 sudo
 
-.PHONY: help deps build release run test test-unit test-scripts test-e2e lint bench bench-upgrade demo clean \
+.PHONY: help deps build release run test test-unit test-api test-scripts test-e2e lint bench bench-upgrade demo clean \
 	install upgrade upgrade-host rollback status logs uninstall unlock check-host ship-bin
 
 # One progress line per step.
@@ -82,13 +82,14 @@ run: release ## serve on $(LISTEN); starts a local PostgreSQL in $(DEV_DIR) unle
 	fi; \
 	cd $(DEV_DIR)/run && TRIBIST_LISTEN=$(LISTEN) exec ../../$(RELEASE_BIN)
 
-test: deps lint test-unit test-scripts test-e2e ## every test: unit, integration, scripts, end to end (installs what it needs)
+test: deps lint test-unit test-api test-scripts test-e2e ## every test: unit, integration, scripts, end to end (installs what it needs)
 
 test-unit: ## Rust unit and integration tests against real PostgreSQL clusters
 	$(CARGO) test --locked
 
 lint: ## shellcheck every script
 	$(SHELLCHECK) sbin/*.sh tests/support/*.sh tests/e2e/*.sh
+	python3 -m py_compile tests/support/*.py
 
 test-scripts: ## bats tests of the shell scripts
 	$(BATS) tests/scripts.bats
@@ -153,6 +154,10 @@ uninstall: check-host ## remove the service from HOST (keeps config and data unl
 
 unlock: check-host ## break a stuck deploy lock on HOST on purpose (its holder rolls back)
 	@$(call step,"breaking the deploy lock on $(HOST)"); $(ssh_host) "$(deploy_sh) unlock"
+
+test-api: deps ## schemathesis fuzzes the live server against api/openapi.yaml
+	$(CARGO) build --locked -q
+	tests/support/api-test.sh
 
 test-e2e: deps ## deploy with this Makefile to a throwaway systemd host (root; systemd-nspawn)
 	@[[ $$(id -u) -eq 0 ]] || { echo "make test-e2e: needs root (debootstrap, systemd-nspawn, ip netns)" >&2; exit 1; }

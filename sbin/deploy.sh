@@ -188,7 +188,9 @@ serving_release() {
 }
 
 # Last lines of the service's log: the whole journal as root, `systemctl status` otherwise.
+# A server that just died may still have its last words in flight to journald: let it settle.
 recent_log() {
+  sleep 1
   if is_root; then
     journalctl -u "$UNIT" -n 25 --no-pager 2>&1 || true
   else

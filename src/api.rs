@@ -51,9 +51,62 @@ pub struct DbOutcome {
 
 const ALLOW: &str = "GET, HEAD";
 
+/// The RFC 9112 rules that tiny_http 0.12 lets through: returns why the request must be
+/// answered 400, or `None`. `headers` are (name, value) as received.
+pub fn reject_reason(version: (u8, u8), headers: &[(&str, &str)]) -> Option<String> {
+    fn named<'h>(
+        headers: &'h [(&'h str, &'h str)],
+        name: &'static str,
+    ) -> impl Iterator<Item = &'h (&'h str, &'h str)> {
+        headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+    }
+    for (name, value) in headers {
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Some(format!("control character in the {name} header"));
+        }
+    }
+    match named(headers, "Host").count() {
+        0 if version >= (1, 1) => return Some("HTTP/1.1 request without a Host header".into()),
+        0 | 1 => {}
+        _ => return Some("more than one Host header".into()),
+    }
+    let mut length: Option<&str> = None;
+    for (_, value) in named(headers, "Content-Length") {
+        for part in value.split(',').map(str::trim) {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Some(format!("invalid Content-Length {value:?}: only digits are allowed"));
+            }
+            match length {
+                Some(seen) if seen.trim_start_matches('0') != part.trim_start_matches('0') => {
+                    return Some("conflicting Content-Length values".into())
+                }
+                _ => length = Some(part),
+            }
+        }
+    }
+    let encodings: Vec<&str> = named(headers, "Transfer-Encoding").map(|(_, v)| v.trim()).collect();
+    if !encodings.is_empty() {
+        if version < (1, 1) {
+            return Some("Transfer-Encoding in an HTTP/1.0 request".into());
+        }
+        if length.is_some() {
+            return Some("both Transfer-Encoding and Content-Length".into());
+        }
+        if encodings.len() > 1 || !encodings[0].eq_ignore_ascii_case("chunked") {
+            return Some(format!("unsupported Transfer-Encoding {:?}: only chunked", encodings.join(", ")));
+        }
+    }
+    None
+}
+
 /// Routes one request. `check_db` runs the database check; it is called only by `/health`.
 pub fn handle(method: &str, url: &str, check_db: &mut dyn FnMut() -> DbOutcome) -> Reply {
     let path = url.split(['?', '#']).next().unwrap_or("");
+    // A way for the tests to make a handler panic; compiled only into debug builds.
+    #[cfg(debug_assertions)]
+    if path == "/__test/panic" && std::env::var_os("TRIBIST_TEST_PANIC").is_some() {
+        panic!("test panic requested through /__test/panic");
+    }
     let known = matches!(path, "/health" | "/livez");
     if !known {
         return Reply::error(404, "not found: the endpoints are GET /health and GET /livez");
@@ -203,6 +256,30 @@ mod tests {
         assert_eq!(r.status, 405);
         assert!(r.headers.contains(&("Allow", "GET, HEAD".to_string())));
         assert_eq!(body(&r)["status"], 405);
+    }
+
+    #[test]
+    fn rfc9112_framing_rules() {
+        let ok = |v, h: &[(&str, &str)]| assert_eq!(reject_reason(v, h), None, "{h:?}");
+        let bad = |v, h: &[(&str, &str)], why: &str| {
+            let reason = reject_reason(v, h).unwrap_or_else(|| panic!("{h:?} accepted"));
+            assert!(reason.contains(why), "{reason}");
+        };
+        ok((1, 1), &[("Host", "a")]);
+        ok((1, 0), &[]);
+        ok((1, 1), &[("host", "a"), ("Content-Length", "5"), ("content-length", "005")]);
+        ok((1, 1), &[("Host", "a"), ("Transfer-Encoding", "Chunked")]);
+        bad((1, 1), &[], "without a Host");
+        bad((1, 1), &[("Host", "a"), ("HOST", "b")], "more than one Host");
+        bad((1, 1), &[("Host", "a"), ("Content-Length", "+5")], "only digits");
+        bad((1, 1), &[("Host", "a"), ("Content-Length", "-1")], "only digits");
+        bad((1, 1), &[("Host", "a"), ("Content-Length", "5, 6")], "conflicting");
+        bad((1, 1), &[("Host", "a"), ("Content-Length", "5"), ("Content-Length", "6")], "conflicting");
+        bad((1, 1), &[("Host", "a"), ("Transfer-Encoding", "gzip")], "unsupported Transfer-Encoding");
+        bad((1, 1), &[("Host", "a"), ("Transfer-Encoding", "gzip, chunked")], "unsupported");
+        bad((1, 1), &[("Host", "a"), ("Transfer-Encoding", "chunked"), ("Content-Length", "3")], "both");
+        bad((1, 0), &[("Transfer-Encoding", "chunked")], "HTTP/1.0");
+        bad((1, 1), &[("Host", "a"), ("X-Evil", "a\0b")], "control character in the X-Evil");
     }
 
     #[test]

@@ -373,8 +373,13 @@ fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
     let start = Instant::now();
     let method = request.method().as_str().to_owned();
     let url = request.url().to_owned();
-    let reply = catch_unwind(AssertUnwindSafe(|| {
-        api::handle(&method, &url, &mut || checker.check())
+    let version = request.http_version();
+    let headers: Vec<(&str, &str)> =
+        request.headers().iter().map(|h| (h.field.as_str().as_str(), h.value.as_str())).collect();
+    let rejected = api::reject_reason((version.0, version.1), &headers);
+    let reply = catch_unwind(AssertUnwindSafe(|| match &rejected {
+        Some(reason) => Reply::error(400, &format!("bad request: {reason}")),
+        None => api::handle(&method, &url, &mut || checker.check()),
     }))
     .unwrap_or_else(|_| {
         log::error!("panic while handling {method} {}; answered 500", clip(&url));
