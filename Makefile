@@ -40,10 +40,10 @@ REMOTE_BIN_DIR ?= /home/tribist/bin
 REMOTE_API_DIR ?= /home/tribist/api
 
 # Debian packages the tests and benchmarks need (installed by `make deps` when run as root).
-APT_PACKAGES ?= postgresql postgresql-contrib curl bc shellcheck bats bats-assert bats-support wrk \
+APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck bats bats-assert bats-support wrk \
 	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 sudo
 
-.PHONY: help deps build release run test test-unit test-api test-scripts test-e2e lint bench bench-upgrade demo clean \
+.PHONY: help deps build release run test test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo clean \
 	install upgrade upgrade-host rollback status logs uninstall unlock check-host ship-bin
 
 # One progress line per step.
@@ -82,7 +82,7 @@ run: release ## serve on $(LISTEN); starts a local PostgreSQL in $(DEV_DIR) unle
 	fi; \
 	cd $(DEV_DIR)/run && TRIBIST_LISTEN=$(LISTEN) exec ../../$(RELEASE_BIN)
 
-test: deps lint test-unit test-api test-scripts test-e2e ## every test: unit, integration, scripts, end to end (installs what it needs)
+test: deps lint test-unit test-api test-robust test-scripts test-e2e ## every test: unit, integration, scripts, end to end (installs what it needs)
 
 test-unit: ## Rust unit and integration tests against real PostgreSQL clusters
 	$(CARGO) test --locked
@@ -158,6 +158,10 @@ unlock: check-host ## break a stuck deploy lock on HOST on purpose (its holder r
 test-api: deps ## schemathesis fuzzes the live server against api/openapi.yaml
 	$(CARGO) build --locked -q
 	tests/support/api-test.sh
+
+test-robust: deps ## 500 slowloris connections while /health is probed every 100 ms
+	$(CARGO) build --locked -q
+	$(BATS) tests/robustness.bats
 
 test-e2e: deps ## deploy with this Makefile to a throwaway systemd host (root; systemd-nspawn)
 	@[[ $$(id -u) -eq 0 ]] || { echo "make test-e2e: needs root (debootstrap, systemd-nspawn, ip netns)" >&2; exit 1; }
