@@ -335,3 +335,43 @@ fn stalled_database_on_an_open_connection_gives_503_then_recovers() {
     assert!(output.contains("no answer within 1s on an open connection"), "{output}");
     wait_for("/health to pass again", 10 * SECOND, || (server.get("/health").status == 200).then_some(()));
 }
+
+fn proc_count(pid: u32, what: &str) -> usize {
+    match what {
+        "threads" => fs::read_dir(format!("/proc/{pid}/task")).unwrap().count(),
+        _ => fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count(),
+    }
+}
+
+#[test]
+fn hundred_database_outages_leak_no_thread_descriptor_or_connection() {
+    let pg = Pg::start_new("hundred");
+    let server = Server::builder(&pg.url).env("TRIBIST_WORKERS", "2").env("TRIBIST_DB_TIMEOUT", "1s").spawn();
+    let healthy = || wait_for("/health 200", 10 * SECOND, || (server.get("/health").status == 200).then_some(()));
+    healthy();
+    healthy();
+    let (threads, fds) = (proc_count(server.pid(), "threads"), proc_count(server.pid(), "fds"));
+    for cycle in 0..100 {
+        pg.stop();
+        let start = Instant::now();
+        let r = server.get("/health");
+        assert_eq!(r.status, 503, "cycle {cycle}: {r:?}");
+        assert!(start.elapsed() < Duration::from_secs(2), "cycle {cycle}: {:?}", start.elapsed());
+        pg.start();
+        healthy();
+    }
+    // Both workers reconnect, and nothing accumulated on either side.
+    for _ in 0..4 {
+        assert_eq!(server.get("/health").status, 200);
+    }
+    let (threads_after, fds_after) = (proc_count(server.pid(), "threads"), proc_count(server.pid(), "fds"));
+    eprintln!("after 100 outages: threads {threads} -> {threads_after}, fds {fds} -> {fds_after}");
+    assert!(threads_after <= threads + 2, "threads {threads} -> {threads_after}");
+    assert!(fds_after <= fds + 2, "fds {fds} -> {fds_after}");
+    let mut admin = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tribist'", &[])
+        .unwrap()
+        .get(0);
+    assert!(n <= 2, "{n} server connections for 2 workers");
+}
