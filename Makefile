@@ -43,7 +43,7 @@ REMOTE_API_DIR ?= /home/tribist/api
 APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck bats bats-assert bats-support wrk \
 	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 sudo
 
-.PHONY: help deps build release run test test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo clean \
+.PHONY: help deps build release run test test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo soak clean \
 	install upgrade upgrade-host rollback status logs uninstall unlock check-host ship-bin
 
 # One progress line per step.
@@ -82,7 +82,7 @@ run: release ## serve on $(LISTEN); starts a local PostgreSQL in $(DEV_DIR) unle
 	fi; \
 	cd $(DEV_DIR)/run && TRIBIST_LISTEN=$(LISTEN) exec ../../$(RELEASE_BIN)
 
-test: deps lint test-unit test-api test-robust test-scripts test-e2e ## every test: unit, integration, scripts, end to end (installs what it needs)
+test: deps lint test-unit test-api test-robust test-scripts test-e2e soak ## every test: unit, integration, scripts, end to end (installs what it needs)
 
 test-unit: ## Rust unit and integration tests against real PostgreSQL clusters
 	$(CARGO) test --locked
@@ -167,6 +167,9 @@ test-e2e: deps ## deploy with this Makefile to a throwaway systemd host (root; s
 	@[[ $$(id -u) -eq 0 ]] || { echo "make test-e2e: needs root (debootstrap, systemd-nspawn, ip netns)" >&2; exit 1; }
 	tests/e2e/host.sh prepare
 	$(BATS) tests/e2e.bats
+
+soak: release ## 5 minutes of steady /health load: no error, RSS growth < 1 MiB after warm-up
+	BIN=$(RELEASE_BIN) tests/support/soak.sh
 
 bench-upgrade: ## clients' view of make upgrade on a test host, with and without socket activation (root)
 	tests/e2e/bench-upgrade.sh

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `make soak`: steady load on /health (wrk, 16 connections) against the release server with a
+# real PostgreSQL for SOAK_SECONDS (default 300). Fails on any error or non-2xx answer, or if
+# RSS grows by 1 MiB or more between the end of a 30 s warm-up and the end of the run.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: soak.sh [--help]
+Environment: BIN (default target/release/server), SOAK_SECONDS (300), CONNECTIONS (16).
+USAGE
+}
+
+die() {
+  echo "soak.sh: $*" >&2
+  exit 1
+}
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+main() {
+  case "${1:-}" in
+    -h | --help) usage; return 0 ;;
+    "") ;;
+    *) usage >&2; exit 2 ;;
+  esac
+  local repo bin secs work pg_port url port pid warm end
+  repo=$(cd "$(dirname "$0")/../.." && pwd)
+  bin=${BIN:-$repo/target/release/server}
+  secs=${SOAK_SECONDS:-300}
+  [[ -x "$bin" ]] || die "no server binary at $bin"
+  work=$(mktemp -d /tmp/tribist-soak.XXXXXX)
+  chmod 755 "$work"
+  # shellcheck disable=SC2064 # expand now
+  trap "kill \$(cat '$work/run/PID' 2>/dev/null) 2>/dev/null; '$repo/tests/support/pg.sh' stop '$work/pg' 2>/dev/null; rm -rf '$work'" EXIT
+  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  url=$("$repo/tests/support/pg.sh" start "$work/pg" "$pg_port")
+  mkdir -p "$work/run"
+  (cd "$work/run" && DATABASE_URL=$url TRIBIST_LISTEN=127.0.0.1:0 exec "$bin" 2>"$work/server.log") &
+  for _ in $(seq 100); do grep -q 'listening on' "$work/server.log" 2>/dev/null && break; sleep 0.05; done
+  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/server.log")
+  [[ -n "$port" ]] || die "server did not start: $(cat "$work/server.log")"
+  pid=$(cat "$work/run/PID")
+  echo "soak: ${secs}s of /health, ${CONNECTIONS:-16} connections; idle RSS $(rss_kb "$pid") kB"
+  wrk -t2 -c"${CONNECTIONS:-16}" -d"${secs}s" "http://127.0.0.1:$port/health" >"$work/wrk.txt" &
+  local load=$!
+  sleep 30
+  warm=$(rss_kb "$pid")
+  wait "$load"
+  end=$(rss_kb "$pid")
+  local requests errors
+  requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+  errors=$(grep -E 'Non-2xx|Socket errors' "$work/wrk.txt" || true)
+  echo "soak: $requests requests, errors: ${errors:-none}; RSS after warm-up $warm kB, at the end $end kB (growth $((end - warm)) kB)"
+  [[ -z "$errors" ]] || die "errors under steady load"
+  ((end - warm < 1024)) || die "RSS grew by $((end - warm)) kB"
+}
+
+main "$@"
