@@ -88,7 +88,7 @@ test-unit: ## Rust unit and integration tests against real PostgreSQL clusters
 	$(CARGO) test --locked
 
 lint: ## shellcheck every script
-	$(SHELLCHECK) sbin/*.sh tests/support/*.sh tests/e2e/*.sh
+	$(SHELLCHECK) -x sbin/*.sh tests/support/*.sh tests/e2e/*.sh
 	python3 -m py_compile tests/support/*.py
 
 test-scripts: ## bats tests of the shell scripts

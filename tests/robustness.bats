@@ -10,26 +10,19 @@ REPO=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
 BIN=${BIN:-$REPO/target/debug/server}
 
 setup_file() {
-  local work port
-  work=$(mktemp -d /tmp/tribist-robust.XXXXXX)
-  chmod 755 "$work"
-  export WORK=$work
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  export DATABASE_URL
-  DATABASE_URL=$("$REPO/tests/support/pg.sh" start "$work/pg" "$port")
-  mkdir -p "$work/run"
-  (cd "$work/run" && TRIBIST_LISTEN=127.0.0.1:0 exec "$BIN" 2>"$work/server.log") 3>&- &
-  local i
-  for i in $(seq 100); do grep -q 'listening on' "$work/server.log" 2>/dev/null && break; sleep 0.05; done
-  export PORT SERVER_PID
-  PORT=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/server.log")
-  SERVER_PID=$(cat "$work/run/PID")
+  # shellcheck source=tests/support/stack.sh
+  source "$REPO/tests/support/stack.sh"
+  export WORK PORT SERVER_PID
+  WORK=$(mktemp -d /tmp/tribist-robust.XXXXXX)
+  stack_up "$WORK" "$BIN" 3>&-
+  PORT=$STACK_PORT
+  SERVER_PID=$STACK_PID
 }
 
 teardown_file() {
-  kill "$SERVER_PID" 2>/dev/null || true
-  "$REPO/tests/support/pg.sh" stop "$WORK/pg" 2>/dev/null || true
-  rm -rf "$WORK"
+  # shellcheck source=tests/support/stack.sh
+  source "$REPO/tests/support/stack.sh"
+  stack_down "$WORK"
 }
 
 threads() { awk '/^Threads/ {print $2}' "/proc/$SERVER_PID/status"; }

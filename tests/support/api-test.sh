@@ -5,6 +5,8 @@
 set -euo pipefail
 
 readonly SCHEMATHESIS_VERSION=4.32.5
+# shellcheck source=tests/support/stack.sh
+source "$(dirname "$0")/stack.sh"
 
 usage() {
   cat <<'USAGE'
@@ -25,7 +27,7 @@ main() {
     "") ;;
     *) usage >&2; exit 2 ;;
   esac
-  local repo venv bin work pg_port port url
+  local repo venv bin work port
   repo=$(cd "$(dirname "$0")/../.." && pwd)
   venv=${VENV:-$HOME/.cache/tribist/venv}
   bin=${BIN:-$repo/target/debug/server}
@@ -36,16 +38,10 @@ main() {
     "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" || die "pip install schemathesis failed"
   fi
   work=$(mktemp -d /tmp/tribist-api.XXXXXX)
-  chmod 755 "$work"
-  # shellcheck disable=SC2064 # expand now
-  trap "kill \$(cat '$work/run/PID' 2>/dev/null) 2>/dev/null; '$repo/tests/support/pg.sh' stop '$work/pg' 2>/dev/null; rm -rf '$work'" EXIT
-  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  url=$("$repo/tests/support/pg.sh" start "$work/pg" "$pg_port")
-  mkdir -p "$work/run"
-  (cd "$work/run" && DATABASE_URL=$url TRIBIST_LISTEN=127.0.0.1:0 exec "$bin" 2>"$work/server.log") &
-  for _ in $(seq 100); do grep -q 'listening on' "$work/server.log" 2>/dev/null && break; sleep 0.05; done
-  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/server.log")
-  [[ -n "$port" ]] || die "server did not start: $(cat "$work/server.log")"
+  # shellcheck disable=SC2064 # expand now: the path is fixed
+  trap "stack_down '$work'" EXIT
+  stack_up "$work" "$bin" || die "cannot start PostgreSQL and the server"
+  port=$STACK_PORT
   "$venv/bin/schemathesis" run "$repo/api/openapi.yaml" --url "http://127.0.0.1:$port" \
     --checks all --max-time "${MAX_TIME:-20}" --seed 4711
 }

@@ -17,7 +17,8 @@ die() {
   exit 1
 }
 
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# shellcheck source=tests/support/stack.sh
+source "$(dirname "$0")/stack.sh"
 
 main() {
   case "${1:-}" in
@@ -25,8 +26,7 @@ main() {
     "") ;;
     *) usage >&2; exit 2 ;;
   esac
-  local here bin workers conns secs work pg_port url port pid
-  here=$(cd "$(dirname "$0")" && pwd)
+  local bin workers conns secs work pg_port port pid
   bin=${BIN:-target/release/server}
   workers=${WORKERS:-4}
   conns=${CONNECTIONS:-64}
@@ -34,19 +34,13 @@ main() {
   [[ -x "$bin" ]] || die "no server binary at $bin (run: cargo build --release)"
   command -v wrk >/dev/null || die "wrk is missing (apt-get install wrk)"
   work=$(mktemp -d /tmp/tribist-bench.XXXXXX)
-  chmod 755 "$work"
-  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  url=$("$here/pg.sh" start "$work/pg" "$pg_port")
-  # shellcheck disable=SC2064 # expand now: the paths are fixed
-  trap "kill \$(cat '$work/run/PID' 2>/dev/null) 2>/dev/null; '$here/pg.sh' stop '$work/pg' 2>/dev/null; rm -rf '$work'" EXIT
-  mkdir -p "$work/run"
-  (cd "$work/run" && DATABASE_URL=$url TRIBIST_LISTEN=127.0.0.1:0 TRIBIST_WORKERS=$workers \
-    TRIBIST_LOG_LEVEL=info exec "$OLDPWD/$bin" 2>"$work/server.log") &
-  for _ in $(seq 100); do [[ -s "$work/run/PID" ]] && break; sleep 0.05; done
-  [[ -s "$work/run/PID" ]] || die "server did not start: $(cat "$work/server.log")"
-  pid=$(cat "$work/run/PID")
-  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/server.log")
-  [[ -n "$port" ]] || die "cannot find the server's port"
+  # shellcheck disable=SC2064 # expand now: the path is fixed
+  trap "stack_down '$work'" EXIT
+  stack_up "$work" "$bin" TRIBIST_WORKERS="$workers" || die "cannot start PostgreSQL and the server"
+  pid=$STACK_PID
+  port=$STACK_PORT
+  pg_port=${STACK_URL##*:}
+  pg_port=${pg_port%%/*}
   echo "server pid $pid on 127.0.0.1:$port, $workers workers, PostgreSQL on port $pg_port"
   echo "idle RSS before any request: $(rss_kb "$pid") kB"
   curl -fsS "http://127.0.0.1:$port/health" >/dev/null || die "/health is not 200"

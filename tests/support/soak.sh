@@ -16,7 +16,8 @@ die() {
   exit 1
 }
 
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# shellcheck source=tests/support/stack.sh
+source "$(dirname "$0")/stack.sh"
 
 main() {
   case "${1:-}" in
@@ -24,23 +25,17 @@ main() {
     "") ;;
     *) usage >&2; exit 2 ;;
   esac
-  local repo bin secs work pg_port url port pid warm end
+  local repo bin secs work port pid warm end
   repo=$(cd "$(dirname "$0")/../.." && pwd)
   bin=${BIN:-$repo/target/release/server}
   secs=${SOAK_SECONDS:-300}
   [[ -x "$bin" ]] || die "no server binary at $bin"
   work=$(mktemp -d /tmp/tribist-soak.XXXXXX)
-  chmod 755 "$work"
-  # shellcheck disable=SC2064 # expand now
-  trap "kill \$(cat '$work/run/PID' 2>/dev/null) 2>/dev/null; '$repo/tests/support/pg.sh' stop '$work/pg' 2>/dev/null; rm -rf '$work'" EXIT
-  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  url=$("$repo/tests/support/pg.sh" start "$work/pg" "$pg_port")
-  mkdir -p "$work/run"
-  (cd "$work/run" && DATABASE_URL=$url TRIBIST_LISTEN=127.0.0.1:0 exec "$bin" 2>"$work/server.log") &
-  for _ in $(seq 100); do grep -q 'listening on' "$work/server.log" 2>/dev/null && break; sleep 0.05; done
-  port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$work/server.log")
-  [[ -n "$port" ]] || die "server did not start: $(cat "$work/server.log")"
-  pid=$(cat "$work/run/PID")
+  # shellcheck disable=SC2064 # expand now: the path is fixed
+  trap "stack_down '$work'" EXIT
+  stack_up "$work" "$bin" || die "cannot start PostgreSQL and the server"
+  pid=$STACK_PID
+  port=$STACK_PORT
   echo "soak: ${secs}s of /health, ${CONNECTIONS:-16} connections; idle RSS $(rss_kb "$pid") kB"
   wrk -t2 -c"${CONNECTIONS:-16}" -d"${secs}s" "http://127.0.0.1:$port/health" >"$work/wrk.txt" &
   local load=$!
