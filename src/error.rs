@@ -81,7 +81,8 @@ impl fmt::Display for Error {
             Error::AcceptDied(_) => write!(
                 f,
                 "the HTTP accept thread died, so no new connection can be served; exiting so \
-                 the supervisor restarts the server (check LimitNOFILE / open file descriptors)"
+                 the supervisor restarts the server (out of file descriptors or threads? check \
+                 LimitNOFILE= and TasksMax=)"
             ),
             Error::ShutdownDeadline { secs, busy } => write!(
                 f,

@@ -278,7 +278,7 @@ fn next_event(events: &mpsc::Receiver<Event>, accept_tid: Option<u32>) -> Event 
                     if !thread_alive(tid) {
                         return Event::AcceptDied(std::io::Error::other(
                             "tiny_http's accept thread ended without an error report (it panics \
-                             when the process is out of file descriptors)",
+                             when the process is out of file descriptors or threads)",
                         ));
                     }
                 }

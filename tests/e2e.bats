@@ -180,6 +180,23 @@ teardown_file() {
   assert_equal "$(on_host cat /home/tribist/api/PID)" "$after"
 }
 
+@test "database faults on the host: stopped -> 503 within the timeout with a reason, back -> 200 by itself" {
+  local pid
+  pid=$(on_host systemctl show -p MainPID --value tribist)
+  on_host "systemctl stop postgresql"
+  run on_host "curl -sS --max-time 10 -w '\n%{http_code} %{time_total}' http://localhost:8383/health"
+  on_host "systemctl start postgresql"
+  assert_line --partial '"status":"fail"'
+  assert_line --partial '"output":"postgres:'
+  local code secs
+  read -r code secs <<<"${lines[-1]}"
+  assert_equal "$code" 503
+  (($(bc <<<"$secs < 3.0"))) || fail "took $secs s (DB timeout 2 s)"
+  run on_host "/home/tribist/bin/wait_for_it.sh -t 20"
+  assert_success
+  assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
+}
+
 @test "make upgrade under load: the new releaseId serves and no request fails" {
   start_load "$A"
   run timed "make upgrade" deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b"

@@ -310,6 +310,28 @@ fn dead_accept_thread_makes_the_server_exit_nonzero() {
 }
 
 #[test]
+fn out_of_threads_the_server_exits_nonzero_too() {
+    // RLIMIT_NPROC does not apply to root: run as nobody, with room for ~30 threads. tiny_http
+    // then fails to spawn a connection thread and panics in its accept thread.
+    assert_eq!(Command::new("id").arg("-u").output().unwrap().stdout, b"0\n", "this test needs root (runuser)");
+    let dir = TempDir::new("nproc");
+    assert!(Command::new("chown").args(["nobody", dir.path().to_str().unwrap()]).status().unwrap().success());
+    let mut server = Server::builder(&Pg::shared().url)
+        .dir(dir)
+        .wrapper("exec runuser -u nobody -- prlimit --nproc=30 \"$0\"")
+        .spawn();
+    let mut conns = Vec::new();
+    let status = wait_for("the server to exit", 20 * SECOND, || {
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&server.addr, Duration::from_millis(100)) {
+            conns.push(c);
+        }
+        server.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(1), "{}", server.log());
+    assert!(server.log().contains("TasksMax"), "{}", server.log());
+}
+
+#[test]
 fn stalled_database_on_an_open_connection_gives_503_then_recovers() {
     let pg = Pg::start_new("stall");
     let server = Server::builder(&pg.url)
