@@ -291,18 +291,25 @@ fn journald_lines_carry_priorities_and_no_timestamps() {
     assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
 }
 
+/// Opens (and keeps) connections until the server exits; returns how it exited.
+fn connect_until_exit(server: &mut Server) -> std::process::ExitStatus {
+    let mut conns = Vec::new();
+    let addr = server.addr;
+    let child = &mut server.child;
+    wait_for("the server to exit", 20 * SECOND, || {
+        if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            conns.push(c);
+        }
+        child.try_wait().unwrap()
+    })
+}
+
 #[test]
 fn dead_accept_thread_makes_the_server_exit_nonzero() {
     // Few descriptors: connections exhaust them, accept(2) fails with EMFILE, and tiny_http's
     // accept thread ends for good. The server must notice and exit, not linger.
     let mut server = Server::builder(&Pg::shared().url).wrapper("ulimit -n 40 && exec \"$0\"").spawn();
-    let mut conns = Vec::new();
-    let status = wait_for("the server to exit", 20 * SECOND, || {
-        if let Ok(c) = std::net::TcpStream::connect_timeout(&server.addr, Duration::from_millis(100)) {
-            conns.push(c);
-        }
-        server.child.try_wait().unwrap()
-    });
+    let status = connect_until_exit(&mut server);
     assert_eq!(status.code(), Some(1), "{}", server.log());
     let log = server.log();
     assert!(log.contains("accept thread died"), "{log}");
@@ -320,13 +327,7 @@ fn out_of_threads_the_server_exits_nonzero_too() {
         .dir(dir)
         .wrapper("exec runuser -u nobody -- prlimit --nproc=30 \"$0\"")
         .spawn();
-    let mut conns = Vec::new();
-    let status = wait_for("the server to exit", 20 * SECOND, || {
-        if let Ok(c) = std::net::TcpStream::connect_timeout(&server.addr, Duration::from_millis(100)) {
-            conns.push(c);
-        }
-        server.child.try_wait().unwrap()
-    });
+    let status = connect_until_exit(&mut server);
     assert_eq!(status.code(), Some(1), "{}", server.log());
     assert!(server.log().contains("TasksMax"), "{}", server.log());
 }
