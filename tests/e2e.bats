@@ -74,9 +74,7 @@ wait_locked() {
   return 1
 }
 
-install_db() {
-  on "$1" "runuser -u postgres -- psql -q -c \"CREATE ROLE tribist LOGIN PASSWORD '$DB_PASSWORD'\" -c 'CREATE DATABASE tribist OWNER tribist'"
-}
+install_db() { "$HOSTSH" db "$1" "$DB_PASSWORD"; }
 
 setup_file() {
   "$HOSTSH" cleanup

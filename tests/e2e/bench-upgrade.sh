@@ -39,7 +39,7 @@ main() {
   say "booting a throwaway systemd host ($NAME)"
   "$hostsh" up "$NAME"
   cfg=$("$hostsh" ssh-config)
-  "$hostsh" ssh "$NAME" "cd / && runuser -u postgres -- psql -q -c \"CREATE ROLE tribist LOGIN PASSWORD '$DB_PASSWORD'\" -c 'CREATE DATABASE tribist OWNER tribist'"
+  "$hostsh" db "$NAME" "$DB_PASSWORD"
   DATABASE_URL="postgres://tribist:$DB_PASSWORD@localhost/tribist" \
     make -s -C "$repo" install HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$work/server-a" >/dev/null
 

@@ -47,7 +47,7 @@ main() {
   narrate "2. A fresh Debian host with systemd, sshd and PostgreSQL (systemd-nspawn, loopback only)"
   "$hostsh" up "$NAME"
   cfg=$("$hostsh" ssh-config)
-  "$hostsh" ssh "$NAME" "cd / && runuser -u postgres -- psql -q -c \"CREATE ROLE tribist LOGIN PASSWORD '$DB_PASSWORD'\" -c 'CREATE DATABASE tribist OWNER tribist'"
+  "$hostsh" db "$NAME" "$DB_PASSWORD"
   echo "host $NAME is up; ssh reaches it by name through $cfg"
 
   narrate "3. make install: user, units, sudoers, scripts, binary, configuration; then wait for /health"

@@ -23,6 +23,7 @@ usage: host.sh prepare         build the cached root file system if missing (~2 
        host.sh down NAME       power it off and delete it (also its network namespace)
        host.sh reboot NAME     power it off and boot the same file system again
        host.sh ssh NAME CMD…   run CMD as root on host NAME
+       host.sh db NAME PASS    create PostgreSQL role and database tribist (password PASS) on NAME
        host.sh ssh-config      print the path of an ssh_config that reaches every host by
                                its NAME (for make: SSH_OPTS="-F PATH" HOST=root@NAME)
        host.sh cleanup         delete every host left by an interrupted run
@@ -185,6 +186,10 @@ main() {
       ssh -F "$(ssh_config)" "$name" "$@"
       ;;
     ssh-config) ssh_config ;;
+    db)
+      [[ $# -eq 2 ]] || die "usage: host.sh db NAME PASSWORD"
+      ssh -F "$(ssh_config)" "$1" "cd / && runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -c \"CREATE ROLE tribist LOGIN PASSWORD '$2'\" -c 'CREATE DATABASE tribist OWNER tribist'"
+      ;;
     cleanup) cleanup ;;
     *) usage >&2; exit 2 ;;
   esac
