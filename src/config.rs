@@ -169,7 +169,7 @@ fn db_target(get: &impl Fn(&str) -> Option<String>, timeout: Duration) -> Result
     if config.get_user().is_none() {
         return Err(bad(var, "names no database user; add one (user=... or postgres://USER@...)"));
     }
-    if config.get_ports().iter().any(|p| *p == 0) {
+    if config.get_ports().contains(&0) {
         return Err(bad(var, "has port 0; use the PostgreSQL port, usually 5432"));
     }
     let display = describe(&config);

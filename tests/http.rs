@@ -69,7 +69,7 @@ fn a_one_mib_header_line_is_survived_and_memory_returns() {
     assert_eq!(server.get("/livez").status, 200);
     let before = rss_kb(server.pid());
     let mut big = b"GET /livez HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
-    big.extend(std::iter::repeat(b'a').take(1 << 20));
+    big.extend(std::iter::repeat_n(b'a', 1 << 20));
     big.extend(b"\r\nConnection: close\r\n\r\n");
     let send = |n| {
         for _ in 0..n {
