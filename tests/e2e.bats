@@ -195,6 +195,18 @@ teardown_file() {
   assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
 }
 
+@test "database rejecting the password on the host: 503 saying so, the password nowhere" {
+  on_host "cp -p /etc/tribist/env /root/env.saved && sed -i 's/$DB_PASSWORD/wrong-pass-0815/' /etc/tribist/env && systemctl restart tribist"
+  run on_host "curl -sS --max-time 10 -w '\n%{http_code}\n' http://localhost:8383/health; journalctl -u tribist -n 20 --no-pager"
+  on_host "cp -p /root/env.saved /etc/tribist/env && systemctl restart tribist"
+  assert_line 503
+  assert_output --partial 'password authentication failed for user'
+  refute_output --partial wrong-pass-0815
+  refute_output --partial "$DB_PASSWORD"
+  run on_host "/home/tribist/bin/wait_for_it.sh -t 20"
+  assert_success
+}
+
 @test "make upgrade under load: the new releaseId serves and no request fails" {
   start_load "$A"
   run timed "make upgrade" deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b"
