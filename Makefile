@@ -56,7 +56,7 @@ deploy_sh = $(REMOTE_BIN_DIR)/deploy.sh --by '$(DEPLOYER)'
 remote_deploy = $(ssh_host) 'if [ "$$(id -u)" = 0 ]; then s=; else s="sudo -n"; fi; $(1)'
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 deps: ## install the Debian packages the tests need (root), or say which are missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | \
@@ -82,7 +82,7 @@ run: release ## serve on $(LISTEN); starts a local PostgreSQL in $(DEV_DIR) unle
 	fi; \
 	cd $(DEV_DIR)/run && TRIBIST_LISTEN=$(LISTEN) exec ../../$(RELEASE_BIN)
 
-test: deps lint test-unit test-api test-robust test-scripts test-e2e soak ## every test: unit, integration, scripts, end to end (installs what it needs)
+test: deps lint test-unit test-api test-robust test-scripts test-e2e soak ## everything CI runs: lint, Rust, API fuzzing, slowloris, scripts, end to end, soak (root)
 
 test-unit: ## Rust unit and integration tests against real PostgreSQL clusters
 	$(CARGO) test --locked
