@@ -150,7 +150,7 @@ logs: check-host ## the service's last LINES log lines on HOST
 
 uninstall: check-host ## remove the service from HOST (keeps config and data unless PURGE=1)
 	@$(call step,"uninstalling from $(HOST)"); \
-	$(call remote_deploy,$$s $(deploy_sh) uninstall $(if $(PURGE),--purge))
+	$(call remote_deploy,$$s $(REMOTE_BIN_DIR)/deploy.sh --by '"'$(DEPLOYER)'"' uninstall $(if $(PURGE),--purge))
 
 unlock: check-host ## break a stuck deploy lock on HOST on purpose (its holder rolls back)
 	@$(call step,"breaking the deploy lock on $(HOST)"); $(ssh_host) "$(deploy_sh) unlock"
