@@ -1,10 +1,25 @@
 #!/usr/bin/env bash
-# Host side of `make install`, `make upgrade`, `make rollback`, `make status` and
-# `make uninstall`: everything that must happen on the server, in one place, run over ssh.
+# Host side of `make install`, `upgrade`, `rollback`, `status`, `logs`, `unlock`, `audit` and
+# `uninstall`: everything that must happen on the server, in one place, run over ssh.
 #
-# Installed as /home/tribist/bin/deploy.sh (root-owned). `install` and `uninstall` need root;
-# `upgrade`, `rollback` and `status` also work as user tribist, through the sudoers drop-in.
+# Installed as /home/tribist/bin/deploy.sh (root-owned). `install`, `uninstall` and `audit`
+# need root; the rest also works as user tribist (the deploy-key holder), who may only run
+# `systemctl start|stop|restart|status tribist` through sudo.
+#
+# THE RULE: no step that runs as root reads, writes, creates, truncates, appends to, chowns,
+# chmods or executes a path that user tribist can create, rename or replace.
+#
+# It holds by construction (README, "Who owns what on the host"): /home/tribist, bin/, .ssh/
+# and the scripts are root's; tribist owns only api/ (binaries, uploads) and the service's
+# runtime directory /run/tribist (PID). Whatever has to happen in those is done as tribist:
+# `as_tribist` runs releases.sh (or the binary's --version) through setpriv with no
+# capabilities, a clean environment, no terminal (a new session), stdin from /dev/null and no
+# descriptor of root's but a pipe, whose output is bounded and stripped of control characters.
+# The deploy lock, the holder note root writes and root's audit record live in
+# /var/lib/tribist-deploy (root's). Nothing the deployer sends is ever evaluated: arguments
+# arrive as words, --by is checked, releases and notes are printed only after sanitising.
 set -euo pipefail
+export LC_ALL=C
 
 readonly PROG=deploy.sh
 readonly UNIT=tribist
@@ -12,13 +27,20 @@ readonly USER_NAME=tribist
 readonly HOME_DIR=/home/tribist
 readonly API_DIR=$HOME_DIR/api
 readonly BIN_DIR=$HOME_DIR/bin
+readonly SSH_DIR=$HOME_DIR/.ssh
+readonly RUN_DIR=/run/tribist
 readonly CONF_DIR=/etc/tribist
 readonly ENV_FILE=$CONF_DIR/env
+readonly STATE_DIR=/var/lib/tribist-deploy
+readonly LOCK_FILE=$STATE_DIR/lock
+readonly HOLDER_FILE=$STATE_DIR/holder
+readonly AUDIT_LOG=$STATE_DIR/audit.log
+readonly TRIBIST_NOTE=$API_DIR/.deploy.holder
 readonly UNIT_FILE=/etc/systemd/system/$UNIT.service
 readonly SOCKET_FILE=/etc/systemd/system/$UNIT.socket
 readonly SUDOERS_FILE=/etc/sudoers.d/$UNIT
-readonly LOCK_FILE=$API_DIR/.deploy.lock
-readonly AUDIT_LOG=$HOME_DIR/deploy-audit.log
+readonly SCRIPTS=(server.sh wait_for_it.sh deploy.sh releases.sh)
+readonly EXIT_USAGE=2
 readonly EXIT_LOCKED=3
 WAIT=${TRIBIST_WAIT:-30}
 BY=unknown
@@ -27,25 +49,35 @@ ACTION=""
 SWITCHING=""
 FROM_RELEASE=""
 TO_RELEASE=""
+# An upload to remove if the lock is refused.
+UPLOAD=""
 
 usage() {
   cat <<USAGE
 usage: $PROG [--by WHO] COMMAND
-       $PROG install BUNDLE_DIR          (root) install or update everything from BUNDLE_DIR
-       $PROG upgrade FILE SHA256         verify FILE (uploaded to $API_DIR), make it
-                                         server_new, restart, wait; roll back on failure
-       $PROG rollback                    put server.prev back, restart, wait
-       $PROG status                      unit state, pid, release and /health
-       $PROG uninstall [--purge]         (root) stop and remove the service; --purge also
-                                         removes $CONF_DIR and user $USER_NAME with its home
-       $PROG unlock                      break the deploy lock on purpose (stops its holder)
+       $PROG install BUNDLE_DIR      (root) install or update everything from BUNDLE_DIR
+       $PROG receive SHA256          read a binary from stdin into $API_DIR (as tribist),
+                                     check its SHA-256, print the upload's name
+       $PROG upgrade UPLOAD          make UPLOAD server_new, restart, wait for the new
+                                     release; roll back on failure
+       $PROG rollback                put server.prev back, restart, wait
+       $PROG status                  unit state, pid, releases and /health
+       $PROG serving                 the releaseId /health reports now
+       $PROG logs [LINES]            the service's last LINES (default 100) log lines
+       $PROG audit                   (root) every deployment recorded on this host
+       $PROG unlock                  break the deploy lock on purpose (stops its holder)
+       $PROG uninstall [--purge]     (root) stop and remove the service; --purge also
+                                     removes $CONF_DIR, $STATE_DIR and user $USER_NAME
        $PROG --help
 
-install, upgrade, rollback and uninstall take the host's deploy lock ($LOCK_FILE): a second
-one is refused, naming the holder and since when; the lock goes with its holder's process,
-whether it succeeds, fails or is interrupted (Ctrl-C rolls back a half-done upgrade). Each
-of them appends one line to $AUDIT_LOG and to the journal (tag tribist-deploy):
-time, who (--by, and the ssh user and address), from which release to which, result.
+--by WHO says who deploys (printable text, at most 100 characters); it is recorded as the
+deployer's claim, beside the identity the host itself knows (root, the sudo user, tribist).
+
+install, upgrade, rollback and uninstall take the host's deploy lock ($LOCK_FILE): a
+second one is refused (exit $EXIT_LOCKED), naming the holder; the lock goes with its holder's
+process, whether it succeeds, fails or is interrupted (Ctrl-C rolls back a half-done upgrade).
+Root's deployments are recorded in $AUDIT_LOG (root's alone) and in the journal; tribist's
+in the journal, under the sender's uid as the kernel reports it (tag tribist-deploy).
 
 TRIBIST_WAIT sets how long to wait for /health (default 30 s).
 Exit codes: 0 done, 1 failed (the message says why and what state the host is in), 2 misuse,
@@ -59,60 +91,133 @@ die() {
   warn "$*"
   exit 1
 }
-
-is_root() { [[ $(id -u) -eq 0 ]]; }
-
-# Who runs this: --by from the developer's machine, the ssh account and its address.
-who() {
-  local from=${SSH_CLIENT%% *}
-  echo "${BY} as $(id -un)@${from:-local}"
+usage_error() {
+  warn "$*"
+  echo "try: $PROG --help" >&2
+  exit "$EXIT_USAGE"
 }
 
-# One line per install, upgrade, rollback: to the audit file and to the journal.
+is_root() { [[ $(id -u) -eq 0 ]]; }
+now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
+
+# Text from elsewhere (tribist, a binary, the deployer), made safe to print and to log: no
+# control characters, at most $2 bytes.
+clean() { printf '%s' "$1" | tr -d '\000-\037\177' | head -c "${2:-200}"; }
+
+# Runs "$@" as user tribist with nothing of root's (see the header): stdin from FILE (or
+# /dev/null), stdout and stderr through pipes that drop control characters but newlines.
+as_tribist() { as_tribist_from /dev/null "$@"; }
+as_tribist_from() {
+  local input=$1
+  shift
+  [[ ! -t 0 || "$input" != /dev/stdin ]] || die "refusing to hand a terminal to user $USER_NAME"
+  if is_root; then
+    setsid -w setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups --no-new-privs \
+      --inh-caps=-all --bounding-set=-all --reset-env -- "$@" <"$input" 8<&- 9<&- \
+      2> >(printable >&2) | printable
+  else
+    "$@" <"$input" 8<&- 9<&-
+  fi
+}
+printable() { tr -d '\000-\011\013-\037\177'; }
+
+releases() { as_tribist "$BIN_DIR/releases.sh" "$@"; }
+
+# The commit a binary in api/ reports, or nothing (exit 1).
+release_of() {
+  local out
+  out=$(releases version "$1" 2>/dev/null | head -c 100) || return 1
+  [[ "$out" =~ ^[A-Za-z0-9._+-]{1,64}$ ]] || return 1
+  echo "$out"
+}
+
+# Who acts, as far as the host knows: root, the sudo user behind root, or tribist.
+actor() {
+  if is_root && [[ -n "${SUDO_USER:-}" ]]; then
+    echo "$(clean "$SUDO_USER" 32)(sudo)"
+  else
+    id -un
+  fi
+}
+
+from_addr() {
+  local from=${SSH_CLIENT:-}
+  from=${from%% *}
+  clean "${from:-local}" 64
+}
+
+# A value for key="..." in an audit line.
+quoted() {
+  local v
+  v=$(clean "$1" 120)
+  v=${v//\\/\\\\}
+  printf '"%s"' "${v//\"/\\\"}"
+}
+
+# One line per install, upgrade, rollback, uninstall: to the journal (whose _UID field the
+# sender cannot choose) and, when root acts, to root's own audit file.
 audit() {
   local result=$1 line
-  line="$(date -u +%Y-%m-%dT%H:%M:%SZ) host=$(hostname) action=$ACTION by=\"$(who)\" from=${FROM_RELEASE:-none} to=${TO_RELEASE:-none} result=$result"
-  if [[ -d "$HOME_DIR" ]]; then
+  line="$(now) host=$(hostname) action=$ACTION user=$(actor) from=$(from_addr) by=$(quoted "$BY") release_from=${FROM_RELEASE:-none} release_to=${TO_RELEASE:-none} result=$result"
+  if is_root; then
     { echo "$line" >>"$AUDIT_LOG"; } 2>/dev/null || warn "cannot append to $AUDIT_LOG"
   fi
   logger -t tribist-deploy -- "$line" 2>/dev/null || true
 }
 
-# Takes the host's deploy lock for ACTION, or exits $EXIT_LOCKED naming the holder.
+holder_text() { printf '%s by %s as %s@%s (pid %s) since %s' "$ACTION" "$(clean "$BY" 100)" "$(actor)" "$(from_addr)" "$$" "$(now)"; }
+
+# Who holds the lock, for a refusal: root's note (root's file) or tribist's (read as tribist).
+holder_note() {
+  local note=""
+  [[ -r "$HOLDER_FILE" ]] && note=$(clean "$(head -c 400 "$HOLDER_FILE")" 300)
+  if [[ -z "$note" ]]; then
+    note=$(as_tribist head -c 400 -- "$TRIBIST_NOTE" 2>/dev/null || true)
+    note=$(clean "$note" 300)
+    [[ -z "$note" ]] || note="$note (as user tribist wrote it)"
+  fi
+  echo "${note:-unknown holder}"
+}
+
+# Takes the host's deploy lock for ACTION, or exits $EXIT_LOCKED naming the holder. The lock
+# file is root's and only read: flock(2) needs no write access, so tribist can take it too.
 lock() {
   ACTION=$1
-  [[ -d "$API_DIR" ]] || die "$API_DIR does not exist: is tribist installed? (make install)"
-  if [[ ! -e "$LOCK_FILE" ]]; then
-    (umask 007 && : >>"$LOCK_FILE")
-    is_root && chown "$USER_NAME:$USER_NAME" "$LOCK_FILE"
-  fi
-  exec 8<>"$LOCK_FILE" || die "cannot open the deploy lock $LOCK_FILE"
+  [[ -f "$LOCK_FILE" ]] || die "$LOCK_FILE is missing: is tribist installed? (make install)"
+  exec 8<"$LOCK_FILE" || die "cannot open the deploy lock $LOCK_FILE"
   if ! flock -n 8; then
-    local holder
-    holder=$(head -n 1 "$LOCK_FILE" 2>/dev/null)
-    warn "refused: another deployment holds the lock on $(hostname): ${holder:-unknown holder}"
+    if [[ -n "$UPLOAD" ]]; then releases discard "$UPLOAD" || true; fi
+    warn "refused: another deployment holds the lock on $(hostname): $(holder_note)"
     warn "wait for it to finish, or if it is stuck break the lock on purpose: make unlock HOST=…"
     exit "$EXIT_LOCKED"
   fi
-  # Holder line, for whoever is refused; the lock itself goes with this process.
-  printf '%s (pid %s) since %s\n' "$ACTION by $(who)" "$$" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$LOCK_FILE"
+  if is_root; then
+    holder_text >"$HOLDER_FILE"
+  else
+    (umask 027 && holder_text >"$TRIBIST_NOTE") || true
+  fi
   trap on_interrupt INT TERM HUP
   trap unlock_on_exit EXIT
 }
 
 unlock_on_exit() {
-  : >"$LOCK_FILE" 2>/dev/null || true
+  if is_root; then
+    : >"$HOLDER_FILE" 2>/dev/null || true
+  else
+    rm -f "$TRIBIST_NOTE" 2>/dev/null || true
+  fi
 }
 
-# Ctrl-C (SIGINT through ssh -t), SIGTERM or a lost session: never leave a half-switched
-# binary behind. The lock is released when this process exits.
+# Ctrl-C (SIGINT through ssh -t), SIGTERM (make unlock) or a lost session: never leave a
+# half-switched binary behind. The lock is released when this process exits.
 on_interrupt() {
   trap '' INT TERM HUP
   warn "interrupted"
   if [[ -n "$SWITCHING" ]]; then
     warn "the upgrade to ${TO_RELEASE:-?} was interrupted; restoring ${FROM_RELEASE:-the previous release}"
-    if roll_back "$FROM_RELEASE"; then
+    if revert_upgrade; then
       audit "interrupted-rolled-back"
+      warn "rolled back: release ${FROM_RELEASE:-?} is serving again"
     else
       audit "interrupted-rollback-failed"
     fi
@@ -122,37 +227,49 @@ on_interrupt() {
   exit 130
 }
 
+# The processes that have the lock file open, as the kernel says (/proc/PID/fd), never as a
+# note says: so unlock can only ever signal a deployment (or one of tribist's own processes).
+lock_holders() {
+  local fd pid
+  for fd in /proc/[0-9]*/fd/*; do
+    [[ "$(readlink "$fd" 2>/dev/null)" == "$LOCK_FILE" ]] || continue
+    pid=${fd#/proc/}
+    pid=${pid%%/*}
+    [[ "$pid" != "$$" && "$pid" != "$BASHPID" ]] && echo "$pid"
+  done | sort -un
+}
+
 cmd_unlock() {
-  local holder pid
-  [[ -e "$LOCK_FILE" ]] || { say "no deploy lock on this host"; return 0; }
-  holder=$(head -n 1 "$LOCK_FILE" 2>/dev/null)
-  if flock -n "$LOCK_FILE" true; then
-    say "the deploy lock is free${holder:+ (stale note: $holder)}"
-    : >"$LOCK_FILE"
+  local pids
+  [[ -f "$LOCK_FILE" ]] || { say "no deploy lock on this host"; return 0; }
+  if flock -n "$LOCK_FILE" true 8<&-; then
+    say "the deploy lock is free"
     return 0
   fi
-  pid=$(sed -n 's/.*(pid \([0-9]*\)).*/\1/p' <<<"$holder")
-  [[ -n "$pid" ]] || die "the lock is held but its holder is unknown; find it with: fuser $LOCK_FILE"
-  warn "breaking the deploy lock held by: $holder"
-  kill -TERM "$pid" 2>/dev/null || die "cannot signal pid $pid (try as root)"
+  mapfile -t pids < <(lock_holders)
+  if ((${#pids[@]} == 0)); then
+    die "the lock is held by a process $(id -un) cannot see (a root deployment?); break it as root: make unlock HOST=root@…"
+  fi
+  warn "breaking the deploy lock held by: $(holder_note) [pid ${pids[*]}]"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
   local deadline=$((SECONDS + 40))
-  until flock -n "$LOCK_FILE" true; do
-    ((SECONDS < deadline)) || die "pid $pid still holds the lock after 40 s"
+  until flock -n "$LOCK_FILE" true 8<&-; do
+    ((SECONDS < deadline)) || die "pid ${pids[*]} still holds the lock after 40 s"
     sleep 0.2
   done
   say "lock released (its holder rolled back what it had started)"
 }
 
-need_root() { is_root || die "'$1' must run as root (or through sudo)"; }
+need_root() { is_root || die "'$1' must run as root (or through sudo): HOST=root@… or a user with sudo"; }
 
 # systemctl VERB tribist: directly as root, else through the sudoers drop-in. In the
 # background, so that an interrupt's trap runs at once rather than after a start that may
 # take TimeoutStartSec (a later restart replaces a start job left pending).
 sctl() {
   if is_root; then
-    systemctl "$1" "$UNIT" &
+    systemctl "$1" "$UNIT" 8<&- &
   else
-    sudo -n systemctl "$1" "$UNIT" &
+    sudo -n systemctl "$1" "$UNIT" 8<&- &
   fi
   wait $!
 }
@@ -169,22 +286,10 @@ health_url() {
   echo "http://$listen/health"
 }
 
-# The commit a binary reports with --version (run as the service user).
-release_of() {
-  local bin=$1 out
-  if is_root; then
-    out=$(timeout 10 runuser -u "$USER_NAME" -- "$bin" --version 2>&1) || return 1
-  else
-    out=$(timeout 10 "$bin" --version 2>&1) || return 1
-  fi
-  out=${out##*commit }
-  echo "${out%)*}"
-}
-
 # The releaseId /health reports now, or nothing.
 serving_release() {
   curl -sS --max-time 5 "$(health_url)" 2>/dev/null |
-    sed -n 's/.*"releaseId":"\([^"]*\)".*/\1/p'
+    sed -n 's/.*"releaseId":"\([A-Za-z0-9._+-]*\)".*/\1/p' | head -n 1
 }
 
 # Last lines of the service's log: the whole journal as root, `systemctl status` otherwise.
@@ -208,7 +313,7 @@ restart_and_wait() {
     return 1
   }
   # In the background, so a signal's trap runs at once instead of after the wait.
-  "$BIN_DIR/wait_for_it.sh" -q -t "$WAIT" "$(health_url)" &
+  "$BIN_DIR/wait_for_it.sh" -q -t "$WAIT" "$(health_url)" 8<&- &
   wait $! || rc=$?
   if ((rc != 0)); then
     "$BIN_DIR/wait_for_it.sh" -t 0 "$(health_url)" 2>&1 | sed -n 's/^wait_for_it.sh: last/health, last/p' >&2 || true
@@ -225,45 +330,118 @@ restart_and_wait() {
   fi
 }
 
-cmd_install() {
-  local bundle=$1
-  need_root install
-  [[ -d /run/systemd/system ]] || die "systemd is not running on this host; tribist needs it"
-  for f in server tribist.service tribist.socket tribist.sudoers tribist.env.example server.sh wait_for_it.sh deploy.sh; do
-    [[ -f "$bundle/$f" ]] || die "the upload is incomplete: $bundle/$f is missing; run make install again"
-  done
-  command -v curl >/dev/null || die "curl is missing on this host: apt-get install curl"
-  command -v sudo >/dev/null || die "sudo is missing on this host: apt-get install sudo"
+# --- install --------------------------------------------------------------------------------
 
+# A path root is about to use in the home directory must be exactly what install made: a real
+# directory or file (never a symlink) of the expected owner. Anything else — left by an older
+# layout in which tribist owned the home directory — is moved, not opened, into a root-only
+# quarantine directory, and the operator is told.
+QUARANTINE=""
+quarantine() {
+  local path=$1
+  if [[ -z "$QUARANTINE" ]]; then
+    QUARANTINE=$HOME_DIR/.quarantine-$(date -u +%Y%m%dT%H%M%SZ)-$$
+    install -d -o root -g root -m 0700 "$QUARANTINE"
+  fi
+  mv -f -T -- "$path" "$QUARANTINE/$(basename "$path")"
+  warn "moved aside $path (not the root-owned directory install expects): now in $QUARANTINE; inspect it, then delete it"
+}
+
+# expect PATH TYPE OWNER: keeps PATH if it is a TYPE (d or f, not a symlink) owned by OWNER and
+# writable by its owner alone; otherwise moves it to the quarantine.
+expect() {
+  local path=$1 type=$2 owner=$3 st
+  [[ -e "$path" || -L "$path" ]] || return 0
+  st=$(stat -c '%F|%U|%A' -- "$path")
+  case "$type" in
+    d) [[ "$st" == "directory|$owner|"?????-??-? ]] && return 0 ;;
+    f) [[ "$st" == "regular file|$owner|"?????-??-? || "$st" == "regular empty file|$owner|"?????-??-? ]] && return 0 ;;
+  esac
+  quarantine "$path"
+}
+
+# Public keys (one per line, no options) from a file, checked; prints them.
+valid_keys() {
+  local line n=0
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    [[ -z "$line" || "$line" == \#* ]] && continue
+    [[ "$line" =~ ^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+)\ [A-Za-z0-9+/]+=*(\ [[:print:]]*)?$ ]] || return 1
+    echo "$line"
+    n=$((n + 1))
+  done
+  ((n > 0))
+}
+
+# The layout of the README's ownership table; see `expect` for what an older one leaves.
+make_layout() {
+  local old_keys=""
   if ! id "$USER_NAME" >/dev/null 2>&1; then
-    useradd --system --user-group --home-dir "$HOME_DIR" --create-home --shell /bin/bash "$USER_NAME"
+    useradd --system --user-group --home-dir "$HOME_DIR" --no-create-home --shell /bin/bash "$USER_NAME"
     say "created user $USER_NAME"
   fi
   # No password, but not locked either: key-only ssh logins (DEPLOY_KEY) must work.
   usermod -p '*' "$USER_NAME"
-  install -d -o "$USER_NAME" -g "$USER_NAME" -m 0750 "$HOME_DIR" "$API_DIR"
-  install -d -o root -g root -m 0755 "$BIN_DIR"
+  # /home is root's, so /home/tribist itself cannot be swapped; once it is root's too, tribist
+  # can no longer create, rename or remove anything directly in it.
+  if [[ -L "$HOME_DIR" || (-e "$HOME_DIR" && ! -d "$HOME_DIR") ]]; then
+    die "$HOME_DIR is not a directory; move it away and run make install again"
+  fi
+  if [[ -d "$HOME_DIR" && "$(stat -c %U "$HOME_DIR")" == "$USER_NAME" && -d "$SSH_DIR" && ! -L "$SSH_DIR" ]]; then
+    # An older layout: tribist's own authorized_keys. Keep the keys (read as tribist: they
+    # only ever granted what tribist has), so a re-install does not lock the deploy key out.
+    old_keys=$(as_tribist head -c 65536 -- "$SSH_DIR/authorized_keys" 2>/dev/null | valid_keys 2>/dev/null || true)
+  fi
+  install -d -o root -g "$USER_NAME" -m 0750 "$HOME_DIR"
+  chown root:"$USER_NAME" "$HOME_DIR"
+  chmod 0750 "$HOME_DIR"
+  expect "$BIN_DIR" d root
+  expect "$SSH_DIR" d root
+  expect "$API_DIR" d "$USER_NAME"
+  expect "$HOME_DIR/deploy-audit.log" none root
+  install -d -o root -g root -m 0755 "$BIN_DIR" "$SSH_DIR"
+  install -d -o "$USER_NAME" -g "$USER_NAME" -m 0750 "$API_DIR"
+  expect "$SSH_DIR/authorized_keys" f root
+  if [[ -n "$old_keys" && ! -e "$SSH_DIR/authorized_keys" ]]; then
+    install -o root -g root -m 0644 /dev/null "$SSH_DIR/.authorized_keys.tmp"
+    echo "$old_keys" >"$SSH_DIR/.authorized_keys.tmp"
+    mv -f "$SSH_DIR/.authorized_keys.tmp" "$SSH_DIR/authorized_keys"
+    say "kept tribist's authorised keys in the now root-owned $SSH_DIR/authorized_keys"
+  fi
+  install -d -o root -g root -m 0755 "$STATE_DIR"
+  [[ -f "$LOCK_FILE" && ! -L "$LOCK_FILE" ]] || install -o root -g root -m 0644 /dev/null "$LOCK_FILE"
+  [[ -f "$AUDIT_LOG" && ! -L "$AUDIT_LOG" ]] || install -o root -g root -m 0600 /dev/null "$AUDIT_LOG"
   install -d -o root -g "$USER_NAME" -m 0750 "$CONF_DIR"
-  lock install
-  FROM_RELEASE=$(release_of "$API_DIR/server" 2>/dev/null || echo none)
-  install -o "$USER_NAME" -g "$USER_NAME" -m 0750 "$bundle/server" "$API_DIR/.server_new.tmp"
-  TO_RELEASE=$(release_of "$API_DIR/.server_new.tmp" 2>/dev/null) || {
-    rm -f "$API_DIR/.server_new.tmp"
-    audit refused-does-not-run
-    die "the binary to install does not run on this host ('server --version' failed); nothing installed"
-  }
-  [[ -e "$AUDIT_LOG" ]] || install -o "$USER_NAME" -g "$USER_NAME" -m 0640 /dev/null "$AUDIT_LOG"
-  for f in server.sh wait_for_it.sh deploy.sh; do
-    install -o root -g root -m 0755 "$bundle/$f" "$BIN_DIR/.$f.tmp"
-    mv -f "$BIN_DIR/.$f.tmp" "$BIN_DIR/$f"
-  done
-  install -o root -g root -m 0644 "$bundle/tribist.env.example" "$CONF_DIR/env.example"
+}
 
+# systemd's EnvironmentFile= reads "…" with \ " $ ` escaped back to exactly these bytes.
+env_line() {
+  local name=$1 v=$2
+  v=${v//\\/\\\\}
+  v=${v//\"/\\\"}
+  v=${v//\$/\\\$}
+  v=${v//\`/\\\`}
+  printf '%s="%s"\n' "$name" "$v"
+}
+
+# A value systemd can carry: UTF-8 without control characters.
+representable() {
+  [[ "$1" != *[[:cntrl:]]* ]] && printf '%s' "$1" | iconv -f UTF-8 -t UTF-8 >/dev/null 2>&1
+}
+
+write_env() {
+  local bundle=$1 url
   if [[ -e "$ENV_FILE" ]]; then
-    say "keeping the existing $ENV_FILE"
-  elif [[ -f "$bundle/env" ]]; then
-    install -o root -g "$USER_NAME" -m 0640 "$bundle/env" "$ENV_FILE"
-    say "wrote $ENV_FILE from DATABASE_URL"
+    say "keeping the existing $ENV_FILE${2:+ (the DATABASE_URL given was not used)}"
+  elif [[ -f "$bundle/database_url" ]]; then
+    url=$(cat "$bundle/database_url")
+    representable "$url" || die "DATABASE_URL holds a control character or is not UTF-8: systemd cannot pass it on; nothing written"
+    install -o root -g "$USER_NAME" -m 0640 /dev/null "$ENV_FILE.tmp"
+    {
+      echo "# Written by make install. \`server --help\` lists every setting."
+      env_line DATABASE_URL "$url"
+    } >"$ENV_FILE.tmp"
+    mv -f "$ENV_FILE.tmp" "$ENV_FILE"
+    say "wrote $ENV_FILE with the DATABASE_URL given"
   else
     install -o root -g "$USER_NAME" -m 0640 "$bundle/tribist.env.example" "$ENV_FILE"
     warn "no DATABASE_URL given: wrote the example $ENV_FILE; edit it, then: systemctl restart $UNIT"
@@ -271,22 +449,55 @@ cmd_install() {
   # Whatever was there before, the secret is readable by root and the service only.
   chown root:"$USER_NAME" "$ENV_FILE"
   chmod 0640 "$ENV_FILE"
+}
+
+authorise_key() {
+  local bundle=$1 keys tmp=$SSH_DIR/.authorized_keys.tmp
+  [[ -f "$bundle/deploy_key.pub" ]] || return 0
+  keys=$(valid_keys <"$bundle/deploy_key.pub") || die "DEPLOY_KEY is not a public key file (one key per line, no options)"
+  install -o root -g root -m 0644 /dev/null "$tmp"
+  if [[ -f "$SSH_DIR/authorized_keys" ]]; then cat "$SSH_DIR/authorized_keys" >"$tmp"; fi
+  while IFS= read -r key; do
+    grep -qxF -- "$key" "$tmp" || echo "$key" >>"$tmp"
+  done <<<"$keys"
+  mv -f "$tmp" "$SSH_DIR/authorized_keys"
+  say "authorised the deploy key for $USER_NAME"
+}
+
+cmd_install() {
+  local bundle=$1 upload sum f
+  need_root install
+  [[ -d /run/systemd/system ]] || die "systemd is not running on this host; tribist needs it"
+  for f in server tribist.service tribist.socket tribist.sudoers tribist.env.example "${SCRIPTS[@]}"; do
+    [[ -f "$bundle/$f" ]] || die "the upload is incomplete: $bundle/$f is missing; run make install again"
+  done
+  for f in curl sudo setpriv setsid flock logger iconv; do
+    command -v "$f" >/dev/null || die "$f is missing on this host: install it (Debian: apt-get install curl sudo util-linux bsdutils libc-bin)"
+  done
+  make_layout
+  for f in "${SCRIPTS[@]}"; do
+    install -o root -g root -m 0755 "$bundle/$f" "$BIN_DIR/.$f.tmp"
+    mv -f "$BIN_DIR/.$f.tmp" "$BIN_DIR/$f"
+  done
+  lock install
+  FROM_RELEASE=$(release_of server || echo none)
+  sum=$(sha256sum "$bundle/server" | cut -d' ' -f1)
+  upload=$(as_tribist_from "$bundle/server" "$BIN_DIR/releases.sh" receive "$sum" | head -c 100) ||
+    die "could not store the binary in $API_DIR (as tribist); nothing installed"
+  TO_RELEASE=$(release_of "$upload") || {
+    releases discard "$upload" || true
+    audit refused-does-not-run
+    die "the binary to install does not run on this host ('server --version' failed); nothing installed"
+  }
+  install -o root -g root -m 0644 "$bundle/tribist.env.example" "$CONF_DIR/env.example"
+  write_env "$bundle" "$([[ -f "$bundle/database_url" ]] && echo given)"
 
   visudo -c -q -f "$bundle/tribist.sudoers" || die "the sudoers drop-in does not parse; nothing installed for sudo"
   install -o root -g root -m 0440 "$bundle/tribist.sudoers" "$SUDOERS_FILE"
-
-  if [[ -f "$bundle/deploy_key.pub" ]]; then
-    install -d -o "$USER_NAME" -g "$USER_NAME" -m 0700 "$HOME_DIR/.ssh"
-    touch "$HOME_DIR/.ssh/authorized_keys"
-    grep -qxF "$(cat "$bundle/deploy_key.pub")" "$HOME_DIR/.ssh/authorized_keys" ||
-      cat "$bundle/deploy_key.pub" >>"$HOME_DIR/.ssh/authorized_keys"
-    chown "$USER_NAME:$USER_NAME" "$HOME_DIR/.ssh/authorized_keys"
-    chmod 0600 "$HOME_DIR/.ssh/authorized_keys"
-    say "authorised the deploy key for $USER_NAME"
-  fi
+  authorise_key "$bundle"
 
   # The binary becomes server_new; the restart below promotes it (first install included).
-  mv -f "$API_DIR/.server_new.tmp" "$API_DIR/server_new"
+  releases stage "$upload"
 
   install -o root -g root -m 0644 "$bundle/tribist.service" "$UNIT_FILE"
   install -o root -g root -m 0644 "$bundle/tribist.socket" "$SOCKET_FILE"
@@ -298,52 +509,50 @@ cmd_install() {
     systemctl start "$UNIT.socket" || die "cannot start $UNIT.socket (is port 8383 taken?); see: journalctl -u $UNIT.socket"
   fi
   say "starting $UNIT and waiting up to ${WAIT}s for $(health_url)"
-  SWITCHING=""
   if ! restart_and_wait "$TO_RELEASE"; then
     audit failed
     die "installed, but $UNIT is not healthy (see above); fix $ENV_FILE or the database, then: systemctl restart $UNIT"
   fi
+  releases commit
   audit ok
   say "installed: $UNIT is healthy, release $(serving_release)"
 }
 
+# --- upgrade and rollback -------------------------------------------------------------------
+
+cmd_receive() {
+  local sum=$1
+  [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || usage_error "'$sum' is not a SHA-256 (64 hex digits)"
+  [[ -d "$API_DIR" ]] || die "$API_DIR does not exist: is tribist installed? (make install)"
+  as_tribist_from /dev/stdin "$BIN_DIR/releases.sh" receive "$sum"
+}
+
 cmd_upgrade() {
-  local upload=$1 sum=$2 new old
+  local upload=$1 new old
+  [[ "$upload" =~ ^\.upload\.[A-Za-z0-9]{6,16}$ ]] || usage_error "'$upload' is not an upload name (deploy.sh receive prints it)"
+  UPLOAD=$upload
   lock upgrade
-  [[ "$upload" == */* ]] || upload="$API_DIR/$upload"
-  [[ "$(dirname "$upload")" == "$API_DIR" && -f "$upload" ]] || die "no uploaded file $upload"
-  FROM_RELEASE=$(release_of "$API_DIR/server" 2>/dev/null || echo none)
-  if [[ "$(sha256sum "$upload" | cut -d' ' -f1)" != "$sum" ]]; then
-    rm -f "$upload"
-    audit refused-checksum
-    die "checksum mismatch: the upload is damaged or incomplete; nothing changed, run make upgrade again"
-  fi
-  is_root && chown "$USER_NAME:$USER_NAME" "$upload"
-  chmod 0750 "$upload"
+  FROM_RELEASE=$(release_of server || echo none)
   if ! new=$(release_of "$upload"); then
-    rm -f "$upload"
+    releases discard "$upload" || true
+    TO_RELEASE=invalid
     audit refused-does-not-run
-    die "the new binary does not run on this host ('server --version' failed); nothing changed"
+    die "the new binary does not run on this host, or its --version is not 'server VERSION (commit ID)'; nothing changed"
   fi
   old=$FROM_RELEASE
   TO_RELEASE=$new
-  # The promotion turns server.prev into the current binary; keep the one before, so that a
-  # failed upgrade puts everything back as it was.
-  rm -f "$API_DIR/.server.prev.keep"
-  [[ -e "$API_DIR/server.prev" ]] && ln -f "$API_DIR/server.prev" "$API_DIR/.server.prev.keep"
   SWITCHING=1
-  # rename(2) in the same directory: a partial upload can never become server_new.
-  mv -f "$upload" "$API_DIR/server_new"
+  releases stage "$upload"
   say "upgrading $old -> $new: restarting $UNIT and waiting up to ${WAIT}s"
   if restart_and_wait "$new"; then
     SWITCHING=""
-    rm -f "$API_DIR/.server.prev.keep"
+    releases commit
     audit ok
     say "upgraded: release $new is serving"
     return 0
   fi
   warn "upgrade to $new failed; rolling back to $old"
-  if roll_back "$old"; then
+  if revert_upgrade; then
     SWITCHING=""
     audit failed-rolled-back
     die "upgrade to $new failed and was rolled back: release $old is serving again"
@@ -353,48 +562,24 @@ cmd_upgrade() {
   die "upgrade to $new failed AND the rollback to $old failed: $UNIT is down; see 'journalctl -u $UNIT'"
 }
 
-# Puts server.prev back as server (atomically) and restarts; keeps the failed binary.
-roll_back() {
-  local want=$1 api=$API_DIR
-  rm -f "$api/server_new"
-  if [[ -n "$want" && "$(release_of "$api/server" 2>/dev/null)" == "$want" ]]; then
-    # Interrupted before the promotion: the previous binary is still in place.
-    restart_and_wait "$want"
-    return
-  fi
-  [[ -e "$api/server.prev" ]] || {
-    warn "there is no server.prev to roll back to"
-    return 1
-  }
-  # Each step is a rename or a hard link: `server` exists at every instant.
-  ln -f "$api/server" "$api/.server.rolled-back"
-  mv -f "$api/server.prev" "$api/server"
-  if [[ -n "$SWITCHING" ]]; then
-    # Undoing an upgrade: the release before it becomes the rollback target again, as if
-    # the upgrade never happened; the failed binary is kept as server.failed for a post-mortem.
-    if [[ -e "$api/.server.prev.keep" ]]; then
-      mv -f "$api/.server.prev.keep" "$api/server.prev"
-    fi
-    mv -f "$api/.server.rolled-back" "$api/server.failed"
-  else
-    # A manual rollback: the two releases swap, so a second rollback undoes the first.
-    mv -f "$api/.server.rolled-back" "$api/server.prev"
-  fi
-  restart_and_wait "$want"
+# Undoes a staged or promoted upgrade (everything back as it was), restarts and waits.
+revert_upgrade() {
+  releases revert "${FROM_RELEASE/none/}" | sed "s/^/$PROG: /" || return 1
+  restart_and_wait "${FROM_RELEASE/none/}"
 }
 
 cmd_rollback() {
   local prev
   lock rollback
-  FROM_RELEASE=$(release_of "$API_DIR/server" 2>/dev/null || echo none)
-  [[ -e "$API_DIR/server.prev" ]] || {
+  FROM_RELEASE=$(release_of server || echo none)
+  prev=$(release_of server.prev) || {
     audit refused-no-previous
-    die "there is no $API_DIR/server.prev to roll back to (already rolled back?)"
+    die "there is no server.prev that runs ('--version' failed or it is missing); not rolling back"
   }
-  prev=$(release_of "$API_DIR/server.prev") || die "server.prev does not run ('--version' failed); not rolling back"
   TO_RELEASE=$prev
   say "rolling back to $prev"
-  if ! roll_back "$prev"; then
+  releases swap || die "could not swap server and server.prev; nothing changed"
+  if ! restart_and_wait "$prev"; then
     audit failed
     die "rollback to $prev failed: see the log lines above"
   fi
@@ -402,55 +587,106 @@ cmd_rollback() {
   say "rolled back: release $prev is serving"
 }
 
+# --- reports ----------------------------------------------------------------------------------
+
 cmd_status() {
-  local rc=0
-  systemctl show "$UNIT" -p ActiveState -p SubState -p MainPID -p NRestarts -p ExecMainStartTimestamp || true
-  if [[ -r "$API_DIR/PID" ]]; then echo "PID file: $(cat "$API_DIR/PID")"; fi
-  echo "installed release: $(release_of "$API_DIR/server" 2>/dev/null || echo unknown)"
-  [[ -e "$API_DIR/server.prev" ]] && echo "rollback target: $(release_of "$API_DIR/server.prev" 2>/dev/null || echo unknown)"
-  echo "health: $(curl -sS --max-time 5 -w ' (HTTP %{http_code})' "$(health_url)" 2>&1)" || rc=1
+  local rc=0 pid main
+  systemctl show "$UNIT" -p ActiveState -p SubState -p MainPID -p NRestarts -p ExecMainStartTimestamp 8<&- || true
+  pid=$(as_tribist head -c 32 -- "$RUN_DIR/PID" 2>/dev/null || true)
+  main=$(systemctl show -p MainPID --value "$UNIT" 2>/dev/null || true)
+  if [[ "$pid" =~ ^[0-9]+$ ]]; then
+    echo "PID file: $pid$([[ "$pid" == "$main" ]] && echo " (systemd's MainPID)")"
+  fi
+  echo "installed release: $(release_of server || echo unknown)"
+  local prev
+  if prev=$(release_of server.prev); then echo "rollback target: $prev"; fi
+  echo "health: $(curl -sS --max-time 5 -w ' (HTTP %{http_code})' "$(health_url)" 2>&1 | tr -d '\000-\011\013-\037\177' | head -c 2000)" || rc=1
   return "$rc"
+}
+
+cmd_logs() {
+  local lines=${1:-100}
+  [[ "$lines" =~ ^[1-9][0-9]{0,5}$ ]] || usage_error "LINES must be a whole number from 1 to 999999, got '$(clean "$lines" 40)'"
+  if is_root; then
+    journalctl -u "$UNIT" -n "$lines" --no-pager
+  else
+    say "as $(id -un) only 'systemctl status' is allowed (its last lines); all $lines lines need root"
+    sudo -n systemctl status "$UNIT" || true
+  fi
+}
+
+cmd_audit() {
+  local uid name
+  need_root audit
+  echo "== $AUDIT_LOG: root's deployments (only root can write it) =="
+  if [[ -s "$AUDIT_LOG" ]]; then cat "$AUDIT_LOG"; else echo "(empty)"; fi
+  echo
+  echo "== the journal, tag tribist-deploy, by the sender's uid (set by the kernel, not the sender) =="
+  for uid in $(journalctl -t tribist-deploy -F _UID 2>/dev/null | sort -n); do
+    [[ "$uid" =~ ^[0-9]+$ ]] || continue
+    name=$(id -nu "$uid" 2>/dev/null || echo "uid $uid")
+    echo "-- sent by $name (_UID=$uid):"
+    journalctl -t tribist-deploy "_UID=$uid" -o short-iso --no-pager -q | sed 's/^/   /'
+  done
 }
 
 cmd_uninstall() {
   local purge=${1:-}
   need_root uninstall
-  [[ -d "$API_DIR" ]] && lock uninstall
-  FROM_RELEASE=$(release_of "$API_DIR/server" 2>/dev/null || echo none)
+  [[ -f "$LOCK_FILE" ]] && lock uninstall
+  FROM_RELEASE=$(release_of server 2>/dev/null || echo none)
   systemctl disable --now --quiet "$UNIT.socket" "$UNIT.service" 2>/dev/null || true
   rm -f "$UNIT_FILE" "$SOCKET_FILE" "$SUDOERS_FILE"
   [[ -n "$ACTION" ]] && audit ok
   systemctl daemon-reload
   systemctl reset-failed "$UNIT" 2>/dev/null || true
   if [[ "$purge" == --purge ]]; then
-    rm -rf "$CONF_DIR"
-    userdel -r "$USER_NAME" 2>/dev/null || rm -rf "$HOME_DIR"
-    say "removed the service, its configuration, user $USER_NAME and $HOME_DIR"
+    if id "$USER_NAME" >/dev/null 2>&1; then
+      # No tribist process may be left to race the removal of its files: no new login
+      # (account expired, keys gone), then every process of the user killed.
+      usermod --expiredate 1 "$USER_NAME" 2>/dev/null || true
+      rm -f "$SSH_DIR/authorized_keys"
+      pkill -KILL -u "$USER_NAME" 2>/dev/null || true
+      local _
+      for _ in $(seq 50); do pgrep -u "$USER_NAME" >/dev/null || break; sleep 0.1; done
+      userdel -r "$USER_NAME" 2>/dev/null || true
+    fi
+    rm -rf --one-file-system "$HOME_DIR" "$CONF_DIR" "$STATE_DIR"
+    say "removed the service, its configuration, $STATE_DIR, user $USER_NAME and $HOME_DIR"
   else
-    say "removed the service; kept $ENV_FILE and $HOME_DIR (uninstall --purge removes them)"
+    say "removed the service; kept $ENV_FILE, $HOME_DIR and $AUDIT_LOG (uninstall --purge removes them)"
   fi
 }
 
 main() {
+  cd /
   if [[ "${1:-}" == --by ]]; then
-    [[ $# -ge 2 ]] || { usage >&2; exit 2; }
+    [[ $# -ge 2 ]] || usage_error "--by needs a value"
+    [[ "$2" != *[[:cntrl:]]* && ${#2} -le 100 && -n "$2" ]] ||
+      usage_error "--by must be 1-100 printable characters (no newline or control character)"
     BY=$2
     shift 2
   fi
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
-  case "$cmd" in
-    -h | --help) usage ;;
-    install) [[ $# -eq 1 ]] || { usage >&2; exit 2; }; cmd_install "$1" ;;
-    upgrade) [[ $# -eq 2 ]] || { usage >&2; exit 2; }; cmd_upgrade "$1" "$2" ;;
-    rollback) [[ $# -eq 0 ]] || { usage >&2; exit 2; }; cmd_rollback ;;
-    unlock) [[ $# -eq 0 ]] || { usage >&2; exit 2; }; cmd_unlock ;;
-    status) [[ $# -eq 0 ]] || { usage >&2; exit 2; }; cmd_status ;;
-    uninstall)
-      [[ $# -eq 0 || "$*" == --purge ]] || { usage >&2; exit 2; }
-      cmd_uninstall "${1:-}"
+  case "$cmd $#" in
+    "-h "* | "--help "*) usage ;;
+    "install 1") cmd_install "$1" ;;
+    "receive 1") cmd_receive "$1" ;;
+    "upgrade 1") cmd_upgrade "$1" ;;
+    "rollback 0") cmd_rollback ;;
+    "unlock 0") cmd_unlock ;;
+    "status 0") cmd_status ;;
+    "serving 0") serving_release ;;
+    "logs 0") cmd_logs ;;
+    "logs 1") cmd_logs "$1" ;;
+    "audit 0") cmd_audit ;;
+    "uninstall 0") cmd_uninstall ;;
+    "uninstall 1")
+      [[ "$1" == --purge ]] || usage_error "uninstall takes only --purge"
+      cmd_uninstall --purge
       ;;
-    *) usage >&2; exit 2 ;;
+    *) usage_error "unknown command or wrong arguments: '$(clean "$cmd" 40)'" ;;
   esac
 }
 

@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# Starts, stops and restarts the tribist service, promoting a newly uploaded binary first.
+# Starts, stops and restarts the tribist service; every start promotes a newly uploaded binary.
 #
-# Installed as /home/tribist/bin/server.sh. `start` and `restart` move
-# /home/tribist/api/server_new over /home/tribist/api/server (the replaced binary is kept as
-# server.prev), then ask systemd. The unit runs `server.sh promote` before every start too, so
-# a plain `systemctl restart tribist` promotes as well.
+# Installed as /home/tribist/bin/server.sh (root-owned). The unit runs
+# `releases.sh promote` (as user tribist) before every start: it moves
+# /home/tribist/api/server_new over /home/tribist/api/server and keeps the replaced binary as
+# server.prev. So tribist can `scp` a binary to api/server_new and `server.sh restart` (or
+# `sudo systemctl restart tribist`) to run it, as the original design has it.
 set -euo pipefail
 
 readonly PROG=server.sh
 readonly UNIT=tribist
 readonly API_DIR=${TRIBIST_API_DIR:-/home/tribist/api}
+readonly RELEASES=${TRIBIST_RELEASES:-/home/tribist/bin/releases.sh}
 
 usage() {
   cat <<USAGE
 usage: $PROG start|stop|restart|status|promote
 
-  start    promote $API_DIR/server_new if present, then systemctl start $UNIT
-  restart  promote $API_DIR/server_new if present, then systemctl restart $UNIT
+  start    systemctl start $UNIT (which first promotes $API_DIR/server_new if present)
+  restart  systemctl restart $UNIT (the same)
   stop     systemctl stop $UNIT
   status   systemctl status $UNIT
-  promote  only the move: server -> server.prev, server_new -> server (each step atomic)
+  promote  only the move, as user tribist: server -> server.prev, server_new -> server
+           (each step atomic; $RELEASES promote)
 
 Runs systemctl through sudo unless root. Exit codes: 0 done, 1 the step failed (the message
 says which), 2 misuse.
@@ -51,25 +54,16 @@ change() {
 }
 
 promote() {
-  local new="$API_DIR/server_new" cur="$API_DIR/server" prev="$API_DIR/server.prev" had_prev=""
-  [[ -e "$new" ]] || return 0
-  [[ -f "$new" && -x "$new" ]] || die "$new is not an executable file; fix or remove it"
-  if [[ -e "$cur" ]]; then
-    # A hard link keeps the running binary as server.prev while `server` stays in place.
-    ln -f "$cur" "$prev" || die "cannot keep $cur as $prev"
-    had_prev=1
-  fi
-  # rename(2): `server` is the old or the new binary at every instant, never missing.
-  mv -f "$new" "$cur" || die "cannot move $new to $cur"
-  echo "$PROG: promoted server_new to server${had_prev:+ (previous binary kept as server.prev)}"
+  [[ $(id -u) -ne 0 ]] || die "promote runs as user tribist, never as root (api/ is tribist's); as root: systemctl restart $UNIT"
+  exec "$RELEASES" promote
 }
 
 main() {
   [[ $# -eq 1 ]] || { usage >&2; exit 2; }
   case "$1" in
     -h | --help) usage ;;
-    start) promote; change start ;;
-    restart) promote; change restart ;;
+    start) change start ;;
+    restart) change restart ;;
     stop) change stop ;;
     status) systemctl_ status ;; # exit code as systemctl's: 3 when not running
     promote) promote ;;

@@ -16,6 +16,8 @@ listen() {
 
 teardown() {
   [[ -n "${STUB_PID_KEEP:-}" ]] && kill "$STUB_PID_KEEP" 2>/dev/null || true
+  [[ -n "${API_PARENT:-}" ]] && rm -rf "$API_PARENT"
+  true
 }
 
 free_port() {
@@ -109,34 +111,119 @@ ms() { local t=${EPOCHREALTIME/./}; echo $((10#${t:0:${#t}-3})); }
   assert_output --partial "unknown command"
 }
 
-@test "server.sh promote: server_new replaces server, the old one is kept as server.prev" {
-  local api="$BATS_TEST_TMPDIR/api"
-  mkdir -p "$api"
-  printf '#!/bin/sh\necho old\n' >"$api/server"
-  printf '#!/bin/sh\necho new\n' >"$api/server_new"
-  chmod 750 "$api/server" "$api/server_new"
-  TRIBIST_API_DIR=$api run "$SERVER_SH" promote
-  assert_success
-  assert_output --partial "previous binary kept as server.prev"
-  assert_equal "$("$api/server")" new
-  assert_equal "$("$api/server.prev")" old
-  [[ ! -e "$api/server_new" ]]
-  # Nothing to promote: nothing changes.
-  TRIBIST_API_DIR=$api run "$SERVER_SH" promote
-  assert_success
-  assert_equal "$("$api/server")" new
+# releases.sh refuses root: run it as nobody in a directory nobody owns.
+RELEASES="$BATS_TEST_DIRNAME/../sbin/releases.sh"
+as_nobody() {
+  setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env env TRIBIST_API_DIR="$API" "$@"
+}
+new_api() {
+  # Outside bats' temporary directories, which nobody cannot enter.
+  API_PARENT=$(mktemp -d /tmp/tribist-releases.XXXXXX)
+  chmod 755 "$API_PARENT"
+  API="$API_PARENT/api"
+  mkdir -p "$API"
+  printf '#!/bin/sh\necho "server 1.0 (commit old)"\n' >"$API/server"
+  chmod 750 "$API/server"
+  chown -R nobody:nogroup "$API"
 }
 
-@test "server.sh promote: a non-executable server_new is refused and nothing moves" {
-  local api="$BATS_TEST_TMPDIR/api"
-  mkdir -p "$api"
-  printf '#!/bin/sh\necho old\n' >"$api/server"
-  chmod 750 "$api/server"
-  echo junk >"$api/server_new"
-  TRIBIST_API_DIR=$api run "$SERVER_SH" promote
+@test "releases.sh: refuses root, --help exits 0, misuse exits 2" {
+  new_api
+  run env TRIBIST_API_DIR="$API" "$RELEASES" promote
+  assert_failure 1
+  assert_output --partial "refusing to run as root"
+  run "$RELEASES" --help
+  assert_success
+  assert_output --partial "receive SHA256"
+  run as_nobody "$RELEASES" stage ../../etc/passwd
+  assert_equal "$status" 2
+  assert_output --partial "not an upload name"
+  run as_nobody "$RELEASES" version /bin/sh
+  assert_equal "$status" 2
+}
+
+@test "releases.sh promote: server_new replaces server, the old one is kept as server.prev" {
+  new_api
+  printf '#!/bin/sh\necho new\n' >"$API/server_new"
+  chmod 750 "$API/server_new"
+  chown nobody:nogroup "$API/server_new"
+  run as_nobody "$RELEASES" promote
+  assert_success
+  assert_output --partial "previous binary kept as server.prev"
+  assert_equal "$("$API/server")" new
+  assert_equal "$("$API/server.prev")" "server 1.0 (commit old)"
+  [[ ! -e "$API/server_new" ]]
+  # Nothing to promote: nothing changes.
+  run as_nobody "$RELEASES" promote
+  assert_success
+  assert_equal "$("$API/server")" new
+}
+
+@test "releases.sh promote: a non-executable server_new is refused and nothing moves" {
+  new_api
+  echo junk >"$API/server_new"
+  chown nobody:nogroup "$API/server_new"
+  run as_nobody "$RELEASES" promote
   assert_failure 1
   assert_output --partial "not an executable file"
-  assert_equal "$("$api/server")" old
+  assert_equal "$("$API/server")" "server 1.0 (commit old)"
+}
+
+@test "releases.sh receive: a matching upload is kept, a damaged one removed (exit 3)" {
+  new_api
+  local bin="$BATS_TEST_TMPDIR/bin" sum
+  printf '#!/bin/sh\necho "server 2.0 (commit new)"\n' >"$bin"
+  sum=$(sha256sum "$bin" | cut -d' ' -f1)
+  run as_nobody "$RELEASES" receive "$sum" <"$bin"
+  assert_success
+  assert_output --regexp '^\.upload\.[A-Za-z0-9]{6}$'
+  local name=$output
+  run as_nobody "$RELEASES" version "$name"
+  assert_output new
+  run as_nobody "$RELEASES" receive "$sum" < <(head -c 10 "$bin")
+  assert_equal "$status" 3
+  assert_output --partial "checksum mismatch"
+  assert_equal "$(find "$API" -name '.upload.*' | wc -l)" 1
+}
+
+@test "releases.sh version: output that is not 'server V (commit C)' is refused, never echoed" {
+  new_api
+  printf '#!/bin/sh\nprintf "server 1.0 (commit a\\nb)\\n* * * * * root touch /tmp/x\\n\\033[2J"\n' >"$API/server"
+  run as_nobody "$RELEASES" version server
+  assert_failure 1
+  refute_output --partial "* * *"
+  refute_output --partial $'\033'
+}
+
+@test "releases.sh stage, revert and swap: a failed upgrade puts everything back as it was" {
+  new_api
+  local v
+  for v in prev new; do
+    printf '#!/bin/sh\necho "server 1.0 (commit %s)"\n' "$v" >"$BATS_TEST_TMPDIR/$v"
+  done
+  cp "$BATS_TEST_TMPDIR/prev" "$API/server.prev"
+  cp "$BATS_TEST_TMPDIR/new" "$API/.upload.abcdef"
+  chmod 750 "$API"/*  "$API/.upload.abcdef"
+  chown -R nobody:nogroup "$API"
+  as_nobody "$RELEASES" stage .upload.abcdef
+  as_nobody "$RELEASES" promote
+  assert_equal "$(as_nobody "$RELEASES" version server)" new
+  run as_nobody "$RELEASES" revert old
+  assert_success
+  assert_equal "$(as_nobody "$RELEASES" version server)" old
+  assert_equal "$(as_nobody "$RELEASES" version server.prev)" prev
+  assert_equal "$(as_nobody "$RELEASES" version server.failed)" new
+  # A manual rollback swaps; a second one undoes it.
+  as_nobody "$RELEASES" swap
+  assert_equal "$(as_nobody "$RELEASES" version server)" prev
+  as_nobody "$RELEASES" swap
+  assert_equal "$(as_nobody "$RELEASES" version server)" old
+}
+
+@test "server.sh promote refuses root (api/ is tribist's)" {
+  run "$SERVER_SH" promote
+  assert_failure 1
+  assert_output --partial "never as root"
 }
 
 @test "deploy.sh: --help exits 0, misuse exits 2, install needs root" {
@@ -147,6 +234,83 @@ ms() { local t=${EPOCHREALTIME/./}; echo $((10#${t:0:${#t}-3})); }
   assert_equal "$status" 2
   run "$deploy" upgrade onlyone
   assert_equal "$status" 2
+}
+
+REMOTE="$BATS_TEST_DIRNAME/../sbin/remote.sh"
+MAKE_DIR="$BATS_TEST_DIRNAME/.."
+
+@test "remote.sh: the remote command line rebuilds exactly our words, in sh and bash" {
+  source "$REMOTE"
+  local words=("o'brien" '$(touch /tmp/tribist-pwned)' '`touch /tmp/tribist-pwned`' 'a;b' $'new\nline' ' x ' '\' '"' '' '*')
+  local line expected
+  line=$(remote_line printf '[%s]\n' "${words[@]}")
+  expected=$(printf '[%s]\n' "${words[@]}")
+  run sh -c "$line"
+  assert_success
+  assert_output "$expected"
+  run bash -c "$line"
+  assert_output "$expected"
+  [[ ! -e /tmp/tribist-pwned ]]
+}
+
+@test "remote.sh: hostile or malformed values are refused with exit 2 before anything runs" {
+  local stub="$BATS_TEST_TMPDIR/ssh"
+  printf '#!/bin/sh\ntouch "%s/ssh-ran"\n' "$BATS_TEST_TMPDIR" >"$stub"
+  chmod 755 "$stub"
+  export SSH=$stub BIN=/bin/true
+  HOST='root@app1; touch /tmp/x' run "$REMOTE" status
+  assert_equal "$status" 2
+  assert_output --partial "not an ssh destination"
+  HOST='-oProxyCommand=touch /tmp/x' run "$REMOTE" status
+  assert_equal "$status" 2
+  HOSTS='app1 app$(id)' run "$REMOTE" upgrade
+  assert_equal "$status" 2
+  HOST=app1 LINES='5; id' run "$REMOTE" logs
+  assert_equal "$status" 2
+  assert_output --partial "LINES must be a whole number"
+  HOST=app1 DEPLOYER=$'alice\nresult=ok' run "$REMOTE" rollback
+  assert_equal "$status" 2
+  assert_output --partial "DEPLOYER must be printable"
+  HOST=app1 SSH_OPTS="-o 'User=x" run "$REMOTE" status
+  assert_equal "$status" 2
+  assert_output --partial "unmatched quote"
+  HOST=app1 PURGE=yes run "$REMOTE" uninstall
+  assert_equal "$status" 2
+  HOST=app1 BIN="$BATS_TEST_TMPDIR/no such file" run "$REMOTE" upgrade
+  assert_equal "$status" 2
+  ssh-keygen -q -t ed25519 -N '' -f "$BATS_TEST_TMPDIR/k"
+  HOST=app1 DEPLOY_KEY="$BATS_TEST_TMPDIR/k" run "$REMOTE" install
+  assert_equal "$status" 2
+  assert_output --partial "private key"
+  [[ ! -e "$BATS_TEST_TMPDIR/ssh-ran" ]]
+}
+
+@test "make install refuses DATABASE_URL on its command line (ps, shell history) and says what to do" {
+  run make -s -C "$MAKE_DIR" install HOST=app1 'DATABASE_URL=postgres://u:pa$word@h/d' SSH=/bin/false
+  assert_failure
+  assert_output --partial "DATABASE_URL_FILE=path"
+  refute_output --partial "pa"'$'"word"
+}
+
+@test "make passes deployment values through literally: no \$ expansion, no quote processing" {
+  local stub="$BATS_TEST_TMPDIR/ssh"
+  # The stub ssh records its arguments one per line and answers nothing.
+  printf '#!/bin/sh\nfor a in "$@"; do printf "%%s\\n" "$a"; done >"%s/argv"\nexit 7\n' "$BATS_TEST_TMPDIR" >"$stub"
+  chmod 755 "$stub"
+  run make -s -C "$MAKE_DIR" rollback HOST=app1 SSH="$stub" 'DEPLOYER=o'"'"'brien $(id) `id` ; $$x' 'SSH_OPTS=-o "User=a b" -p 2222'
+  assert_failure
+  run cat "$BATS_TEST_TMPDIR/argv"
+  assert_line --index 0 -- "-o"
+  assert_line --index 1 -- "User=a b"
+  assert_line --index 2 -- "-p"
+  assert_line --index 3 -- "2222"
+  assert_line --index 5 -- "--"
+  assert_line --index 6 -- "app1"
+  # The remote line, run by a shell, gives back DEPLOYER exactly as typed.
+  local line
+  line=$(sed -n '8,$p' "$BATS_TEST_TMPDIR/argv" | sed "s|'/home/tribist/bin/deploy.sh'|printf '[%s]\\\\n'|")
+  run sh -c "$line"
+  assert_line '[o'"'"'brien $(id) `id` ; $$x]'
 }
 
 @test "sudoers drop-in parses" {

@@ -40,8 +40,9 @@ main() {
   "$hostsh" up "$NAME"
   cfg=$("$hostsh" ssh-config)
   "$hostsh" db "$NAME" "$DB_PASSWORD"
-  DATABASE_URL="postgres://tribist:$DB_PASSWORD@localhost/tribist" \
-    make -s -C "$repo" install HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$work/server-a" >/dev/null
+  (umask 077 && echo "postgres://tribist:$DB_PASSWORD@localhost/tribist" >"$work/database_url")
+  make -s -C "$repo" install HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$work/server-a" \
+    DATABASE_URL_FILE="$work/database_url" >/dev/null
 
   local results=()
   for mode in socket-activation self-bound; do

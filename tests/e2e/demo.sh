@@ -51,8 +51,8 @@ main() {
   echo "host $NAME is up; ssh reaches it by name through $cfg"
 
   narrate "3. make install: user, units, sudoers, scripts, binary, configuration; then wait for /health"
-  DATABASE_URL="postgres://tribist:$DB_PASSWORD@localhost/tribist" \
-    run make -s install HOST="root@$NAME" SSH_OPTS="-F $cfg"
+  (umask 077 && echo "postgres://tribist:$DB_PASSWORD@localhost/tribist" >"$work/database_url")
+  run make -s install HOST="root@$NAME" SSH_OPTS="-F $cfg" DATABASE_URL_FILE="$work/database_url"
   run "$hostsh" ssh "$NAME" curl -sS http://localhost:8383/health
   echo
 
@@ -66,8 +66,8 @@ main() {
   run make -s rollback HOST="root@$NAME" SSH_OPTS="-F $cfg"
   run make -s status HOST="root@$NAME" SSH_OPTS="-F $cfg"
 
-  narrate "7. The host's audit log of what just happened"
-  run "$hostsh" ssh "$NAME" cat /home/tribist/deploy-audit.log
+  narrate "7. The host's audit trail of what just happened"
+  run make -s audit HOST="root@$NAME" SSH_OPTS="-F $cfg"
 }
 
 main "$@"

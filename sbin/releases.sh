@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Every binary state and rename in /home/tribist/api, in one place, always as user tribist.
+#
+# Installed as /home/tribist/bin/releases.sh (root-owned). api/ is the one directory user
+# tribist owns on the host, so nothing that runs as root may work in it (README, "Who owns
+# what"): root's deploy.sh calls this script through setpriv as tribist, the unit's pre-start
+# step does too, and tribist's own deploy.sh calls it directly. It refuses to run as root.
+#
+# The states (all files in api/, owned by tribist):
+#
+# | name              | what                                           | written by            |
+# | ----------------- | ---------------------------------------------- | --------------------- |
+# | server            | the binary systemd runs                        | promote, revert, swap |
+# | server_new        | staged; the next start promotes it             | stage, or tribist's scp |
+# | server.prev       | the binary before the last promotion:          | promote, revert, swap |
+# |                   | the rollback target                            |                       |
+# | server.failed     | the binary of the last failed upgrade          | revert                |
+# | .server.prev.keep | during an upgrade: the rollback target before  | stage; removed by     |
+# |                   | it, put back if the upgrade fails              | commit and revert     |
+# | .upload.XXXXXX    | an upload, checksum verified by receive        | receive; discard      |
+# | .deploy.holder    | who holds the deploy lock, when tribist does   | deploy.sh as tribist  |
+#
+# Every step is a rename(2) or a hard link in the same directory: `server` exists at every
+# instant and is always a complete binary.
+set -euo pipefail
+export LC_ALL=C
+
+readonly PROG=releases.sh
+readonly API_DIR=${TRIBIST_API_DIR:-/home/tribist/api}
+readonly EXIT_CHECKSUM=3
+
+usage() {
+  cat <<USAGE
+usage: $PROG COMMAND   (as user tribist; in $API_DIR)
+
+  receive SHA256   read a binary from stdin into a new .upload.XXXXXX, check its SHA-256
+                   (exit $EXIT_CHECKSUM and remove it on a mismatch), print its name
+  version NAME     print the commit NAME reports with --version (server, server.prev,
+                   server_new, server.failed or an upload); exit 1 if it does not run or
+                   prints no valid commit
+  stage NAME       make upload NAME server_new, keeping server.prev as .server.prev.keep
+  commit           the staged upgrade succeeded: drop .server.prev.keep
+  revert TO        a staged upgrade failed: server_new removed; if server is not release TO,
+                   server.prev becomes server, .server.prev.keep server.prev, the failed
+                   binary server.failed
+  swap             a manual rollback: server and server.prev change places
+  promote          server -> server.prev, server_new -> server (the unit's pre-start step)
+  discard NAME     remove upload NAME
+  --help
+
+Exit codes: 0 done, 1 failed (the message says why), 2 misuse, $EXIT_CHECKSUM checksum mismatch.
+USAGE
+}
+
+die() {
+  echo "$PROG: $*" >&2
+  exit 1
+}
+
+usage_error() {
+  echo "$PROG: $*" >&2
+  echo "try: $PROG --help" >&2
+  exit 2
+}
+
+# An upload's name as receive makes it; nothing else is accepted where an upload is meant.
+check_upload() {
+  [[ "$1" =~ ^\.upload\.[A-Za-z0-9]{6,16}$ ]] || usage_error "'$1' is not an upload name (.upload.XXXXXX)"
+}
+
+cmd_receive() {
+  local want=$1 tmp got
+  [[ "$want" =~ ^[0-9a-f]{64}$ ]] || usage_error "'$want' is not a SHA-256 (64 hex digits)"
+  tmp=$(mktemp "$API_DIR/.upload.XXXXXX")
+  if ! cat >"$tmp"; then
+    rm -f "$tmp"
+    die "the upload was cut off; nothing changed, run it again"
+  fi
+  got=$(sha256sum "$tmp" | cut -d' ' -f1)
+  if [[ "$got" != "$want" ]]; then
+    rm -f "$tmp"
+    echo "$PROG: checksum mismatch: the upload is damaged or incomplete; nothing changed, run make upgrade again" >&2
+    exit "$EXIT_CHECKSUM"
+  fi
+  chmod 0750 "$tmp"
+  basename "$tmp"
+}
+
+# The commit in `server X.Y.Z (commit C)`; only a plain token is ever printed.
+cmd_version() {
+  local name=$1 out commit
+  case "$name" in
+    server | server.prev | server_new | server.failed) ;;
+    *) check_upload "$name" ;;
+  esac
+  [[ -f "$API_DIR/$name" ]] || die "$name: no such binary"
+  out=$(cd "$API_DIR" && timeout -k 2 10 "./$name" --version </dev/null 2>&1 | head -c 2000) ||
+    die "$name does not run on this host ('$name --version' failed)"
+  commit=$(sed -n 's/^server [^ ]* (commit \([A-Za-z0-9._+-]\{1,64\}\))$/\1/p' <<<"$out" | head -n 1)
+  [[ -n "$commit" ]] || die "$name --version did not print 'server VERSION (commit ID)'"
+  echo "$commit"
+}
+
+cmd_stage() {
+  local name=$1
+  check_upload "$name"
+  [[ -f "$API_DIR/$name" ]] || die "no upload $name"
+  cd "$API_DIR"
+  rm -f .server.prev.keep
+  if [[ -e server.prev ]]; then ln -f server.prev .server.prev.keep; fi
+  mv -f "$name" server_new
+}
+
+cmd_commit() { rm -f "$API_DIR/.server.prev.keep"; }
+
+cmd_revert() {
+  local to=$1
+  cd "$API_DIR"
+  rm -f server_new
+  if [[ -n "$to" && "$(cmd_version server 2>/dev/null)" == "$to" ]]; then
+    # Interrupted before the promotion: the previous binary is still in place.
+    rm -f .server.prev.keep
+    echo "$PROG: server is still release $to"
+    return 0
+  fi
+  [[ -e server.prev ]] || die "there is no server.prev to go back to"
+  ln -f server .server.rolled-back
+  mv -f server.prev server
+  if [[ -e .server.prev.keep ]]; then mv -f .server.prev.keep server.prev; fi
+  mv -f .server.rolled-back server.failed
+  echo "$PROG: server.prev is server again; the failed binary is kept as server.failed"
+}
+
+cmd_swap() {
+  cd "$API_DIR"
+  [[ -e server.prev ]] || die "there is no server.prev to roll back to (already rolled back?)"
+  ln -f server .server.rolled-back
+  mv -f server.prev server
+  mv -f .server.rolled-back server.prev
+}
+
+cmd_promote() {
+  local had_prev=""
+  cd "$API_DIR"
+  [[ -e server_new ]] || return 0
+  [[ -f server_new && -x server_new ]] || die "$API_DIR/server_new is not an executable file; fix or remove it"
+  if [[ -e server ]]; then
+    # A hard link keeps the running binary as server.prev while `server` stays in place.
+    ln -f server server.prev || die "cannot keep server as server.prev"
+    had_prev=1
+  fi
+  # rename(2): `server` is the old or the new binary at every instant, never missing.
+  mv -f server_new server || die "cannot move server_new to server"
+  echo "$PROG: promoted server_new to server${had_prev:+ (previous binary kept as server.prev)}"
+}
+
+cmd_discard() {
+  check_upload "$1"
+  rm -f "$API_DIR/$1"
+}
+
+main() {
+  local cmd=${1:-}
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    -h | --help) usage; return 0 ;;
+    "") usage >&2; exit 2 ;;
+  esac
+  [[ $(id -u) -ne 0 ]] || die "refusing to run as root: api/ belongs to user tribist; deploy.sh runs this through setpriv"
+  [[ -d "$API_DIR" ]] || die "$API_DIR does not exist: is tribist installed? (make install)"
+  umask 027
+  case "$cmd $#" in
+    "receive 1") cmd_receive "$1" ;;
+    "version 1") cmd_version "$1" ;;
+    "stage 1") cmd_stage "$1" ;;
+    "commit 0") cmd_commit ;;
+    "revert 1") cmd_revert "$1" ;;
+    "swap 0") cmd_swap ;;
+    "promote 0") cmd_promote ;;
+    "discard 1") cmd_discard "$1" ;;
+    *) usage_error "unknown command or wrong arguments: $cmd" ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# The developer's side of every deployment target: `make install|upgrade|rollback|status|logs|
+# audit|unlock|uninstall` each call this script, which talks to the host over ssh.
+#
+# Every value from the deployer's side (HOST, HOSTS, SSH_OPTS, BIN, DEPLOYER, LINES,
+# DATABASE_URL_FILE, DEPLOY_KEY, TO) is data, never code: it is checked here and refused with
+# exit 2 when it cannot be carried literally, files travel as files (a tar stream or a binary
+# on ssh's stdin), and the one command line that ssh must hand to the remote login shell is
+# built from constants and words quoted one by one, so that shell rebuilds exactly this argv.
+# No captured ssh call allocates a terminal (so its output has no \r); the long-running ones
+# do when this runs at a terminal, so Ctrl-C reaches deploy.sh on the host, which rolls back.
+set -euo pipefail
+export LC_ALL=C
+
+readonly PROG=remote.sh
+readonly REMOTE_BIN_DIR=/home/tribist/bin
+readonly REMOTE_DEPLOY=$REMOTE_BIN_DIR/deploy.sh
+readonly EXIT_USAGE=2
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly REPO
+readonly RELEASE_BIN=${RELEASE_BIN:-target/release/server}
+
+usage() {
+  cat <<USAGE
+usage: $PROG COMMAND       (normally through make: make COMMAND HOST=…)
+
+  install     first install or re-install on HOST (root, or a user with sudo)
+  upgrade     ship BIN to HOST, or to each of HOSTS in turn; rolls back a host that fails
+  rollback    put the previous release back on HOST
+  status      service state, releases and /health on HOST
+  logs        the service's last LINES log lines on HOST
+  audit       every deployment recorded on HOST (root or sudo)
+  unlock      break a stuck deploy lock on HOST (its holder rolls back)
+  uninstall   remove the service from HOST (PURGE=1: also configuration and user tribist)
+
+Settings, from the environment (make passes its variables through unchanged):
+  HOST               ssh destination: [user@]host, letters, digits and . _ - @ : [ ] %
+  HOSTS              several destinations, separated by spaces (upgrade only)
+  SSH_OPTS           options for ssh, split at spaces; quote a word with ' or " to keep a
+                     space in it; ~/ at the start of a word is your home. Better: a Host
+                     entry in ~/.ssh/config, which scp and rsync follow too
+  BIN                the binary to ship (default: $RELEASE_BIN, built first)
+  DEPLOYER           who deploys, for the lock and the audit (default: you@this-machine);
+                     any printable text up to 100 characters, carried literally
+  DATABASE_URL_FILE  install: a file holding the database URL (one final newline ignored);
+                     at a terminal without it, install asks for the URL without echoing it
+  DEPLOY_KEY         install: a public key file to authorise for user tribist
+  LINES              logs: how many lines (default 100)
+  PURGE              uninstall: 1 also removes the configuration and user tribist
+
+Exit codes: 0 done, 1 failed on the host (the messages say why), 2 a value was refused
+(nothing was sent), 3 another deployment holds the host's lock.
+USAGE
+}
+
+say() { printf '==> %s\n' "$*"; }
+warn() { echo "$PROG: $*" >&2; }
+die() {
+  warn "$*"
+  exit 1
+}
+refuse() {
+  warn "$*"
+  exit "$EXIT_USAGE"
+}
+
+# Shows a refused value without letting it act on the terminal.
+shown() { printf '%q' "$1"; }
+
+# One word for a POSIX shell (sh, dash, bash, zsh): inside single quotes nothing is special.
+quote() {
+  local q="'\\''"
+  printf "'%s'" "${1//\'/$q}"
+}
+
+check_host() {
+  local name=$1 h=$2
+  [[ -n "$h" ]] || refuse "set $name, the ssh destination: make ${COMMAND} $name=root@app1"
+  local ok='^[]A-Za-z0-9_.@:%[-]+$'
+  [[ "$h" != -* && "$h" =~ $ok ]] ||
+    refuse "$name=$(shown "$h") is not an ssh destination ([user@]host: letters, digits and . _ - @ : [ ] % only)"
+}
+
+# SSH_OPTS as words: split at blanks, ' and " group (xargs's rules: nothing is expanded,
+# no command runs), a leading ~/ is $HOME/.
+SSH_ARGS=()
+parse_ssh_opts() {
+  local opts=${SSH_OPTS:-} word
+  SSH_ARGS=()
+  [[ -n "$opts" ]] || return 0
+  [[ "$opts" != *[[:cntrl:]]* ]] || refuse "SSH_OPTS holds a newline or control character: $(shown "$opts")"
+  local words
+  words=$(printf '%s' "$opts" | xargs -r printf '%s\n' 2>/dev/null) ||
+    refuse "SSH_OPTS=$(shown "$opts") does not split into words (an unmatched quote?)"
+  while IFS= read -r word; do
+    [[ "$word" == \~/* ]] && word=$HOME/${word#"~/"}
+    SSH_ARGS+=("$word")
+  done <<<"$words"
+  [[ "${SSH_ARGS[0]:-}" == -* ]] || refuse "SSH_OPTS must start with an option (-i, -o, -F, …): $(shown "$opts")"
+}
+
+deployer() {
+  local d=${DEPLOYER:-}
+  [[ -n "$d" ]] || d="$(id -un)@$(hostname)"
+  [[ "$d" != *[[:cntrl:]]* && ${#d} -le 100 ]] ||
+    refuse "DEPLOYER must be printable text of at most 100 characters (no newline): $(shown "$d")"
+  printf '%s' "$d"
+}
+
+# The remote command: run "$@" on the host as the login user if that is root or tribist,
+# else through `sudo -n` (so a sudo user needs no terminal for a password). As root, a script
+# in /home/tribist/bin runs only if it, bin/ and the home directory are root's alone: on a
+# host with an older layout (home directory owned by tribist) or one tampered with, root
+# refuses instead of running what tribist may have put there. Only constants and quoted words.
+# shellcheck disable=SC2016 # expanded by the remote shell, on purpose
+readonly GUARD='if [ "$(id -u)" -eq 0 ]; then
+  case "$1" in /home/tribist/bin/*)
+    for p in /home/tribist /home/tribist/bin "$1"; do
+      if [ -z "$(find "$p" -maxdepth 0 -user root ! -perm /022 2>/dev/null)" ]; then
+        echo "on $(hostname): $p is not root'"'"'s alone (a layout from before tribist 0.2, or tampered with): not running it as root; make install fixes the layout" >&2
+        exit 1
+      fi
+    done ;;
+  esac
+fi
+exec "$@"'
+# shellcheck disable=SC2016 # expanded by the remote shell, on purpose
+readonly WRAPPER='guard=$1
+shift
+if [ "$(id -u)" -eq 0 ] || [ "$(id -un)" = tribist ]; then exec sh -c "$guard" tribist-guard "$@"; fi
+if ! sudo -n true 2>/dev/null; then
+  echo "on $(hostname), $(id -un) is neither root nor tribist and has no password-less sudo: use HOST=root@…, a user with sudo, or tribist@… for upgrades" >&2
+  exit 1
+fi
+exec sudo -n -- sh -c "$guard" tribist-guard "$@"'
+
+remote_line() {
+  local line word
+  line="sh -c $(quote "$WRAPPER") tribist-remote $(quote "$GUARD")"
+  for word in "$@"; do line+=" $(quote "$word")"; done
+  printf '%s' "$line"
+}
+
+# ssh_to HOST TTY ARG…: runs ARG… on HOST through the wrapper. TTY: -T (captured or fed on
+# stdin), or -t when at a terminal (Ctrl-C reaches the host).
+ssh_to() {
+  local host=$1 tty=$2
+  shift 2
+  if [[ "$tty" == -t && ! -t 0 ]]; then tty=-T; fi
+  "${SSH:-ssh}" "${SSH_ARGS[@]}" "$tty" -- "$host" "$(remote_line "$@")"
+}
+
+ship_bin() {
+  local bin=${BIN:-}
+  if [[ -z "$bin" || "$bin" == "$RELEASE_BIN" ]]; then
+    bin=$RELEASE_BIN
+    say "building $bin" >&2
+    (cd "$REPO" && "${CARGO:-cargo}" build --release --locked -q) || die "the release build failed"
+    bin=$REPO/$RELEASE_BIN
+  fi
+  [[ -f "$bin" && -x "$bin" ]] || refuse "BIN=$(shown "$bin") is not an executable file"
+  printf '%s' "$bin"
+}
+
+# The database URL for install: from DATABASE_URL_FILE, or asked at a terminal, never from a
+# command line. Written to $1 when given.
+database_url() {
+  local out=$1 url=""
+  if [[ "${DATABASE_URL_ORIGIN:-}" == "command line" ]]; then
+    refuse "DATABASE_URL on make's command line puts the password in 'ps' and your shell history (and make eats \$): put it in a file and pass DATABASE_URL_FILE=path; if it held a real password, change that password"
+  fi
+  if [[ -n "${DATABASE_URL_FILE:-}" ]]; then
+    [[ -f "$DATABASE_URL_FILE" && -r "$DATABASE_URL_FILE" ]] ||
+      refuse "DATABASE_URL_FILE=$(shown "$DATABASE_URL_FILE") is not a readable file"
+    url=$(cat "$DATABASE_URL_FILE"; printf x)
+    url=${url%x}
+    url=${url%$'\n'}
+    [[ -n "$url" ]] || refuse "DATABASE_URL_FILE=$(shown "$DATABASE_URL_FILE") is empty"
+  elif [[ -t 0 && -r /dev/tty ]] && ! ssh_to "$HOST_NOW" -T test -e /etc/tribist/env; then
+    # At a terminal, for a host without a configuration yet.
+    IFS= read -r -s -p "DATABASE_URL for $HOST_NOW (not echoed; empty: write the example, to edit on the host): " url </dev/tty || true
+    echo >&2
+  fi
+  [[ -n "$url" ]] || return 0
+  [[ "$url" != *[[:cntrl:]]* ]] || refuse "the database URL holds a newline or control character: systemd's environment file cannot carry it"
+  printf '%s' "$url" | iconv -f UTF-8 -t UTF-8 >/dev/null 2>&1 || refuse "the database URL is not UTF-8: systemd's environment file cannot carry it"
+  (umask 077 && printf '%s' "$url" >"$out")
+}
+
+deploy_key() {
+  local out=$1 key=${DEPLOY_KEY:-}
+  [[ -n "$key" ]] || return 0
+  [[ "$key" == \~/* ]] && key=$HOME/${key#"~/"}
+  [[ -f "$key" && -r "$key" ]] || refuse "DEPLOY_KEY=$(shown "$key") is not a readable file"
+  if grep -q 'PRIVATE KEY' "$key"; then refuse "DEPLOY_KEY=$(shown "$key") is a private key: give the .pub file"; fi
+  grep -Eqv '^((ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/]+=*( [[:print:]]*)?|#.*|)$' "$key" &&
+    refuse "DEPLOY_KEY=$(shown "$key") is not a public key file (lines 'ssh-ed25519 AAAA… comment', no options)"
+  cp "$key" "$out"
+}
+
+# --- commands ---------------------------------------------------------------------------------
+
+cmd_install() {
+  local host=${HOST:-} bin by stage dir rc=0 f
+  check_host HOST "$host"
+  HOST_NOW=$host
+  by=$(deployer)
+  bin=$(ship_bin)
+  stage=$(mktemp -d)
+  STAGE=$stage
+  trap 'rm -rf "$STAGE"' EXIT
+  for f in etc/tribist.service etc/tribist.socket etc/tribist.sudoers etc/tribist.env.example \
+    sbin/server.sh sbin/wait_for_it.sh sbin/deploy.sh sbin/releases.sh; do
+    cp "$REPO/$f" "$stage/"
+  done
+  cp "$bin" "$stage/server"
+  database_url "$stage/database_url"
+  deploy_key "$stage/deploy_key.pub"
+  say "uploading to $host"
+  # shellcheck disable=SC2016 # expanded on the host, on purpose
+  dir=$(tar -C "$stage" -cf - . | "${SSH:-ssh}" "${SSH_ARGS[@]}" -T -- "$host" \
+    "$(remote_line sh -c 'umask 077 && d=$(mktemp -d /tmp/tribist-install.XXXXXX) && tar -xf - -C "$d" --no-same-owner && echo "$d"')") ||
+    die "could not upload to $host (exit $?); the ssh messages above say why"
+  [[ "$dir" =~ ^/tmp/tribist-install\.[A-Za-z0-9]{6}$ ]] || die "the host answered an unexpected upload directory: $(shown "$dir")"
+  say "installing on $host"
+  # shellcheck disable=SC2016 # expanded on the host, on purpose
+  ssh_to "$host" -t sh -c 'bash "$1/deploy.sh" --by "$2" install "$1"; rc=$?; rm -rf "$1"; exit $rc' sh "$dir" "$by" || rc=$?
+  ((rc == 0)) || die "make install: failed on $host (exit $rc); the messages above say why"
+  say "installed on $host"
+}
+
+upgrade_host() {
+  local host=$1 bin=$2 by=$3 sum upload rc=0
+  say "uploading $bin to $host"
+  sum=$(sha256sum "$bin" | cut -d' ' -f1)
+  upload=$(ssh_to "$host" -T "$REMOTE_DEPLOY" receive "$sum" <"$bin") || {
+    rc=$?
+    warn "make upgrade: the upload to $host failed (exit $rc); nothing changed there"
+    return "$rc"
+  }
+  [[ "$upload" =~ ^\.upload\.[A-Za-z0-9]{6,16}$ ]] || die "the host answered an unexpected upload name: $(shown "$upload")"
+  say "activating on $host"
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" upgrade "$upload" || rc=$?
+  if ((rc != 0)); then
+    warn "make upgrade: FAILED on $host (exit $rc); see the messages above"
+    return "$rc"
+  fi
+  say "upgrade of $host done"
+}
+
+cmd_upgrade() {
+  local bin by hosts=() h failed="" rc=0 r
+  if [[ -n "${HOSTS:-}" ]]; then
+    read -r -a hosts <<<"${HOSTS//$'\n'/ }"
+  else
+    hosts=("${HOST:-}")
+  fi
+  for h in "${hosts[@]}"; do check_host "$([[ -n "${HOSTS:-}" ]] && echo HOSTS || echo HOST)" "$h"; done
+  by=$(deployer)
+  bin=$(ship_bin)
+  if ((${#hosts[@]} == 1)) && [[ -z "${HOSTS:-}" ]]; then
+    upgrade_host "${hosts[0]}" "$bin" "$by"
+    return
+  fi
+  for h in "${hosts[@]}"; do
+    say "rolling upgrade: $h"
+    upgrade_host "$h" "$bin" "$by" || { rc=$?; failed=$h; break; }
+  done
+  echo "==> releases now serving:"
+  for h in "${hosts[@]}"; do
+    r=$(ssh_to "$h" -T "$REMOTE_DEPLOY" serving 2>/dev/null | tr -cd 'A-Za-z0-9._+-' | head -c 64) || true
+    printf '    %-24s %s\n' "$h" "${r:-unreachable or not healthy}"
+  done
+  if [[ -n "$failed" ]]; then
+    warn "make upgrade: stopped at $failed (rolled back); hosts after it were not touched"
+    return "$rc"
+  fi
+}
+
+one_host() {
+  check_host HOST "${HOST:-}"
+  printf '%s' "$HOST"
+}
+
+cmd_rollback() {
+  local host by
+  host=$(one_host)
+  by=$(deployer)
+  say "rolling back $host"
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" rollback
+}
+
+cmd_logs() {
+  local host lines=${LINES:-100}
+  host=$(one_host)
+  [[ "$lines" =~ ^[1-9][0-9]{0,5}$ ]] || refuse "LINES must be a whole number from 1 to 999999, got $(shown "$lines")"
+  ssh_to "$host" -T "$REMOTE_DEPLOY" logs "$lines"
+}
+
+cmd_uninstall() {
+  local host by purge=()
+  host=$(one_host)
+  by=$(deployer)
+  case "${PURGE:-}" in
+    "" | 0) ;;
+    1) purge=(--purge) ;;
+    *) refuse "PURGE must be 1 (or empty), got $(shown "$PURGE")" ;;
+  esac
+  say "uninstalling from $host"
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" uninstall "${purge[@]}"
+}
+
+cmd_unlock() {
+  local host by
+  host=$(one_host)
+  by=$(deployer)
+  say "breaking the deploy lock on $host"
+  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" unlock
+}
+
+main() {
+  COMMAND=${1:-}
+  case "$COMMAND" in
+    -h | --help) usage; return 0 ;;
+    install | upgrade | rollback | status | logs | audit | unlock | uninstall) ;;
+    *) warn "unknown command '$(shown "$COMMAND")'"; usage >&2; exit "$EXIT_USAGE" ;;
+  esac
+  [[ $# -eq 1 ]] || refuse "$COMMAND takes no arguments; settings come from the environment (see --help)"
+  parse_ssh_opts
+  case "$COMMAND" in
+    install) cmd_install ;;
+    upgrade) cmd_upgrade ;;
+    rollback) cmd_rollback ;;
+    status | audit)
+      local host
+      host=$(one_host)
+      ssh_to "$host" -T "$REMOTE_DEPLOY" "$COMMAND"
+      ;;
+    logs) cmd_logs ;;
+    unlock) cmd_unlock ;;
+    uninstall) cmd_uninstall ;;
+  esac
+}
+
+# Sourced by the tests for its functions; run, it does its job.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi
