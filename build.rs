@@ -4,11 +4,22 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=TRIBIST_RELEASE_ID");
-    let commit = std::env::var("TRIBIST_RELEASE_ID").ok().filter(|s| !s.is_empty()).or_else(|| {
-        let out = Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    });
-    if let Ok(out) = Command::new("git").args(["rev-parse", "--git-dir"]).output() {
+    let commit = std::env::var("TRIBIST_RELEASE_ID")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            let out = Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        });
+    if let Ok(out) = Command::new("git")
+        .args(["rev-parse", "--git-dir"])
+        .output()
+    {
         let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if out.status.success() && !dir.is_empty() {
             // HEAD moves on checkout; the ref it points at moves on commit. Only existing
@@ -21,5 +32,8 @@ fn main() {
             }
         }
     }
-    println!("cargo:rustc-env=TRIBIST_COMMIT={}", commit.unwrap_or_else(|| "unknown".into()));
+    println!(
+        "cargo:rustc-env=TRIBIST_COMMIT={}",
+        commit.unwrap_or_else(|| "unknown".into())
+    );
 }

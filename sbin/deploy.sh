@@ -66,6 +66,8 @@ usage: $PROG [--by WHO] COMMAND
        $PROG logs [LINES]            the service's last LINES (default 100) log lines
        $PROG audit                   (root) every deployment recorded on this host
        $PROG unlock                  break the deploy lock on purpose (stops its holder)
+       $PROG on-start                (root) the unit's pre-start step: promote server_new
+                                     (as tribist) and record the start in root's audit
        $PROG uninstall [--purge]     (root) stop and remove the service; --purge also
                                      removes $CONF_DIR, $STATE_DIR and user $USER_NAME
        $PROG --help
@@ -102,24 +104,30 @@ now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
 # Text from elsewhere (tribist, a binary, the deployer), made safe to print and to log: no
 # control characters, at most $2 bytes.
-clean() { printf '%s' "$1" | tr -d '\000-\037\177' | head -c "${2:-200}"; }
+# Printable ASCII only: no control character, and no byte of a UTF-8 sequence either (C1
+# controls such as CSI and OSC arrive as UTF-8 and terminals obey them).
+clean() { printf '%s' "$1" | tr -cd '\040-\176' | head -c "${2:-200}"; }
+printable() { tr -cd '\n\040-\176'; }
 
 # Runs "$@" as user tribist with nothing of root's (see the header): stdin from FILE (or
-# /dev/null), stdout and stderr through pipes that drop control characters but newlines.
+# /dev/null), stdout and stderr through pipes that keep printable ASCII and newlines only.
+# Bounded in time ($TRIBIST_TIMEOUT seconds, default 15), the readers included: whatever
+# tribist's process does (hang, fork a child that keeps the pipe open, stop itself), root
+# waits no longer than that.
+TRIBIST_TIMEOUT=15
 as_tribist() { as_tribist_from /dev/null "$@"; }
 as_tribist_from() {
-  local input=$1
+  local input=$1 t=$TRIBIST_TIMEOUT
   shift
   [[ ! -t 0 || "$input" != /dev/stdin ]] || die "refusing to hand a terminal to user $USER_NAME"
   if is_root; then
-    setsid -w setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups --no-new-privs \
-      --inh-caps=-all --bounding-set=-all --reset-env -- "$@" <"$input" 8<&- 9<&- \
-      2> >(printable >&2) | printable
+    timeout -k 1 "$t" setsid -w setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups \
+      --no-new-privs --inh-caps=-all --bounding-set=-all --reset-env -- "$@" <"$input" 8<&- 9<&- \
+      2> >(timeout -k 1 "$((t + 1))" tr -cd '\n\040-\176' >&2) | timeout -k 1 "$((t + 1))" tr -cd '\n\040-\176'
   else
     "$@" <"$input" 8<&- 9<&-
   fi
 }
-printable() { tr -d '\000-\011\013-\037\177'; }
 
 releases() { as_tribist "$BIN_DIR/releases.sh" "$@"; }
 
@@ -202,7 +210,7 @@ lock() {
 
 unlock_on_exit() {
   if is_root; then
-    : >"$HOLDER_FILE" 2>/dev/null || true
+    { : >"$HOLDER_FILE"; } 2>/dev/null || true
   else
     rm -f "$TRIBIST_NOTE" 2>/dev/null || true
   fi
@@ -239,22 +247,36 @@ lock_holders() {
   done | sort -un
 }
 
+# True if process $1 has the lock file open now (as the kernel says).
+holds_lock() {
+  local fd
+  for fd in /proc/"$1"/fd/*; do
+    [[ "$(readlink "$fd" 2>/dev/null)" == "$LOCK_FILE" ]] && return 0
+  done
+  return 1
+}
+
 cmd_unlock() {
-  local pids
+  local note pids=() pid signalled=()
   [[ -f "$LOCK_FILE" ]] || { say "no deploy lock on this host"; return 0; }
   if flock -n "$LOCK_FILE" true 8<&-; then
     say "the deploy lock is free"
     return 0
   fi
+  # The note first (it may take until as_tribist's time bound), the holders after: a holder
+  # found is signalled at once, after checking again that it still has the lock open.
+  note=$(holder_note)
   mapfile -t pids < <(lock_holders)
-  if ((${#pids[@]} == 0)); then
-    die "the lock is held by a process $(id -un) cannot see (a root deployment?); break it as root: make unlock HOST=root@…"
+  for pid in "${pids[@]}"; do
+    if holds_lock "$pid" && kill -TERM "$pid" 2>/dev/null; then signalled+=("$pid"); fi
+  done
+  if ((${#signalled[@]} == 0)); then
+    die "the lock is held by a process $(id -un) cannot see or signal (a root deployment?); break it as root: make unlock HOST=root@…"
   fi
-  warn "breaking the deploy lock held by: $(holder_note) [pid ${pids[*]}]"
-  kill -TERM "${pids[@]}" 2>/dev/null || true
+  warn "broke the deploy lock held by: $note [pid ${signalled[*]}]"
   local deadline=$((SECONDS + 40))
   until flock -n "$LOCK_FILE" true 8<&-; do
-    ((SECONDS < deadline)) || die "pid ${pids[*]} still holds the lock after 40 s"
+    ((SECONDS < deadline)) || die "pid ${signalled[*]} still holds the lock after 40 s"
     sleep 0.2
   done
   say "lock released (its holder rolled back what it had started)"
@@ -340,8 +362,9 @@ QUARANTINE=""
 quarantine() {
   local path=$1
   if [[ -z "$QUARANTINE" ]]; then
-    QUARANTINE=$HOME_DIR/.quarantine-$(date -u +%Y%m%dT%H%M%SZ)-$$
-    install -d -o root -g root -m 0700 "$QUARANTINE"
+    # A name nobody can guess, made with O_EXCL semantics (mkdir never follows a symlink
+    # planted in advance); the home directory is root's by now.
+    QUARANTINE=$(mktemp -d "$HOME_DIR/.quarantine-$(date -u +%Y%m%d)-XXXXXXXX")
   fi
   mv -f -T -- "$path" "$QUARANTINE/$(basename "$path")"
   warn "moved aside $path (not the root-owned directory install expects): now in $QUARANTINE; inspect it, then delete it"
@@ -482,7 +505,7 @@ cmd_install() {
   lock install
   FROM_RELEASE=$(release_of server || echo none)
   sum=$(sha256sum "$bundle/server" | cut -d' ' -f1)
-  upload=$(as_tribist_from "$bundle/server" "$BIN_DIR/releases.sh" receive "$sum" | head -c 100) ||
+  upload=$(TRIBIST_TIMEOUT=120 as_tribist_from "$bundle/server" "$BIN_DIR/releases.sh" receive "$sum" | head -c 100) ||
     die "could not store the binary in $API_DIR (as tribist); nothing installed"
   TO_RELEASE=$(release_of "$upload") || {
     releases discard "$upload" || true
@@ -524,7 +547,7 @@ cmd_receive() {
   local sum=$1
   [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || usage_error "'$sum' is not a SHA-256 (64 hex digits)"
   [[ -d "$API_DIR" ]] || die "$API_DIR does not exist: is tribist installed? (make install)"
-  as_tribist_from /dev/stdin "$BIN_DIR/releases.sh" receive "$sum"
+  TRIBIST_TIMEOUT=900 as_tribist_from /dev/stdin "$BIN_DIR/releases.sh" receive "$sum"
 }
 
 cmd_upgrade() {
@@ -630,6 +653,25 @@ cmd_audit() {
   done
 }
 
+# The unit's pre-start step, as root outside the sandbox (`ExecStartPre=+`): promotes
+# server_new (as tribist, through releases.sh) and records every start in root's audit file,
+# whoever asked for it — tribist's own `sudo systemctl restart` included — with the SHA-256 of
+# the binary about to run (computed as tribist). tribist can flood the journal, never this.
+cmd_on_start() {
+  local out promoted=no sum
+  need_root on-start
+  ACTION=service-start
+  out=$(releases promote) || die "could not promote server_new: ${out:-see the lines above}"
+  if [[ -n "$out" ]]; then
+    promoted=yes
+    say "$out"
+  fi
+  sum=$(releases digest server 2>/dev/null) || sum=unknown
+  [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || sum=unknown
+  { echo "$(now) host=$(hostname) action=service-start user=systemd promoted=$promoted server_sha256=$sum" >>"$AUDIT_LOG"; } 2>/dev/null ||
+    warn "cannot append to $AUDIT_LOG"
+}
+
 cmd_uninstall() {
   local purge=${1:-}
   need_root uninstall
@@ -646,10 +688,16 @@ cmd_uninstall() {
       # (account expired, keys gone), then every process of the user killed.
       usermod --expiredate 1 "$USER_NAME" 2>/dev/null || true
       rm -f "$SSH_DIR/authorized_keys"
-      pkill -KILL -u "$USER_NAME" 2>/dev/null || true
       local _
-      for _ in $(seq 50); do pgrep -u "$USER_NAME" >/dev/null || break; sleep 0.1; done
+      for _ in $(seq 50); do
+        pkill -KILL -u "$USER_NAME" 2>/dev/null || break
+        sleep 0.1
+      done
+      if pgrep -u "$USER_NAME" >/dev/null; then
+        die "processes of user $USER_NAME survive being killed; nothing of theirs was removed; try again: make uninstall PURGE=1"
+      fi
       userdel -r "$USER_NAME" 2>/dev/null || true
+      id "$USER_NAME" >/dev/null 2>&1 && die "userdel $USER_NAME failed; remove the user by hand (userdel -r $USER_NAME)"
     fi
     rm -rf --one-file-system "$HOME_DIR" "$CONF_DIR" "$STATE_DIR"
     say "removed the service, its configuration, $STATE_DIR, user $USER_NAME and $HOME_DIR"
@@ -681,6 +729,7 @@ main() {
     "logs 0") cmd_logs ;;
     "logs 1") cmd_logs "$1" ;;
     "audit 0") cmd_audit ;;
+    "on-start 0") cmd_on_start ;;
     "uninstall 0") cmd_uninstall ;;
     "uninstall 1")
       [[ "$1" == --purge ]] || usage_error "uninstall takes only --purge"

@@ -45,6 +45,7 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
                    binary server.failed
   swap             a manual rollback: server and server.prev change places
   promote          server -> server.prev, server_new -> server (the unit's pre-start step)
+  digest NAME      print the SHA-256 of server or server.prev
   discard NAME     remove upload NAME
   --help
 
@@ -154,6 +155,12 @@ cmd_promote() {
   echo "$PROG: promoted server_new to server${had_prev:+ (previous binary kept as server.prev)}"
 }
 
+cmd_digest() {
+  case "$1" in server | server.prev) ;; *) usage_error "digest takes server or server.prev" ;; esac
+  [[ -f "$API_DIR/$1" ]] || die "$1: no such binary"
+  sha256sum <"$API_DIR/$1" | cut -d' ' -f1
+}
+
 cmd_discard() {
   check_upload "$1"
   rm -f "$API_DIR/$1"
@@ -178,6 +185,7 @@ main() {
     "swap 0") cmd_swap ;;
     "promote 0") cmd_promote ;;
     "discard 1") cmd_discard "$1" ;;
+    "digest 1") cmd_digest "$1" ;;
     *) usage_error "unknown command or wrong arguments: $cmd" ;;
   esac
 }

@@ -36,9 +36,10 @@ usage: $PROG COMMAND       (normally through make: make COMMAND HOST=…)
 Settings, from the environment (make passes its variables through unchanged):
   HOST               ssh destination: [user@]host, letters, digits and . _ - @ : [ ] %
   HOSTS              several destinations, separated by spaces (upgrade only)
-  SSH_OPTS           options for ssh, split at spaces; quote a word with ' or " to keep a
-                     space in it; ~/ at the start of a word is your home. Better: a Host
-                     entry in ~/.ssh/config, which scp and rsync follow too
+  SSH_OPTS           options for ssh, split as a shell would (' " and \ quote) but with
+                     nothing expanded; ~/ at the start of a word is your home; every word
+                     is an option or its argument. Better: a Host entry in ~/.ssh/config,
+                     which scp and rsync follow too
   BIN                the binary to ship (default: $RELEASE_BIN, built first)
   DEPLOYER           who deploys, for the lock and the audit (default: you@this-machine);
                      any printable text up to 100 characters, carried literally
@@ -81,22 +82,32 @@ check_host() {
     refuse "$name=$(shown "$h") is not an ssh destination ([user@]host: letters, digits and . _ - @ : [ ] % only)"
 }
 
-# SSH_OPTS as words: split at blanks, ' and " group (xargs's rules: nothing is expanded,
-# no command runs), a leading ~/ is $HOME/.
+# SSH_OPTS as words, split the way a shell would but with nothing expanded and no command
+# run (xargs's rules: blanks separate, ' and " group, \ escapes); a leading ~/ is $HOME/.
+# Every word must be an option or the argument of the option before it, so no stray word can
+# become the destination or the remote command.
+readonly SSH_ARG_OPTS=BbcDEeFIiJLlmOoPpQRSWw
 SSH_ARGS=()
 parse_ssh_opts() {
-  local opts=${SSH_OPTS:-} word
+  local opts=${SSH_OPTS:-} word words expect_arg=""
   SSH_ARGS=()
   [[ -n "$opts" ]] || return 0
   [[ "$opts" != *[[:cntrl:]]* ]] || refuse "SSH_OPTS holds a newline or control character: $(shown "$opts")"
-  local words
   words=$(printf '%s' "$opts" | xargs -r printf '%s\n' 2>/dev/null) ||
     refuse "SSH_OPTS=$(shown "$opts") does not split into words (an unmatched quote?)"
   while IFS= read -r word; do
+    if [[ -n "$expect_arg" ]]; then
+      expect_arg=""
+    elif [[ "$word" == -?* ]]; then
+      # -i KEY takes the next word; -iKEY and flags such as -4 or -vv do not.
+      [[ ${#word} -eq 2 && "$SSH_ARG_OPTS" == *"${word:1:1}"* ]] && expect_arg=1
+    else
+      refuse "SSH_OPTS=$(shown "$opts"): $(shown "$word") is neither an option nor an option's argument"
+    fi
     [[ "$word" == \~/* ]] && word=$HOME/${word#"~/"}
     SSH_ARGS+=("$word")
   done <<<"$words"
-  [[ "${SSH_ARGS[0]:-}" == -* ]] || refuse "SSH_OPTS must start with an option (-i, -o, -F, …): $(shown "$opts")"
+  [[ -z "$expect_arg" ]] || refuse "SSH_OPTS=$(shown "$opts") ends with an option that needs an argument"
 }
 
 deployer() {
@@ -172,7 +183,7 @@ database_url() {
   if [[ -n "${DATABASE_URL_FILE:-}" ]]; then
     [[ -f "$DATABASE_URL_FILE" && -r "$DATABASE_URL_FILE" ]] ||
       refuse "DATABASE_URL_FILE=$(shown "$DATABASE_URL_FILE") is not a readable file"
-    url=$(cat "$DATABASE_URL_FILE"; printf x)
+    url=$(cat -- "$DATABASE_URL_FILE"; printf x)
     url=${url%x}
     url=${url%$'\n'}
     [[ -n "$url" ]] || refuse "DATABASE_URL_FILE=$(shown "$DATABASE_URL_FILE") is empty"
@@ -192,10 +203,10 @@ deploy_key() {
   [[ -n "$key" ]] || return 0
   [[ "$key" == \~/* ]] && key=$HOME/${key#"~/"}
   [[ -f "$key" && -r "$key" ]] || refuse "DEPLOY_KEY=$(shown "$key") is not a readable file"
-  if grep -q 'PRIVATE KEY' "$key"; then refuse "DEPLOY_KEY=$(shown "$key") is a private key: give the .pub file"; fi
-  grep -Eqv '^((ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/]+=*( [[:print:]]*)?|#.*|)$' "$key" &&
+  if grep -q -- 'PRIVATE KEY' "$key"; then refuse "DEPLOY_KEY=$(shown "$key") is a private key: give the .pub file"; fi
+  grep -Eqv -- '^((ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/]+=*( [[:print:]]*)?|#.*|)$' "$key" &&
     refuse "DEPLOY_KEY=$(shown "$key") is not a public key file (lines 'ssh-ed25519 AAAA… comment', no options)"
-  cp "$key" "$out"
+  cp -- "$key" "$out"
 }
 
 # --- commands ---------------------------------------------------------------------------------
@@ -213,7 +224,7 @@ cmd_install() {
     sbin/server.sh sbin/wait_for_it.sh sbin/deploy.sh sbin/releases.sh; do
     cp "$REPO/$f" "$stage/"
   done
-  cp "$bin" "$stage/server"
+  cp -- "$bin" "$stage/server"
   database_url "$stage/database_url"
   deploy_key "$stage/deploy_key.pub"
   say "uploading to $host"
@@ -232,7 +243,7 @@ cmd_install() {
 upgrade_host() {
   local host=$1 bin=$2 by=$3 sum upload rc=0
   say "uploading $bin to $host"
-  sum=$(sha256sum "$bin" | cut -d' ' -f1)
+  sum=$(sha256sum <"$bin" | cut -d' ' -f1)
   upload=$(ssh_to "$host" -T "$REMOTE_DEPLOY" receive "$sum" <"$bin") || {
     rc=$?
     warn "make upgrade: the upload to $host failed (exit $rc); nothing changed there"
@@ -252,6 +263,7 @@ cmd_upgrade() {
   local bin by hosts=() h failed="" rc=0 r
   if [[ -n "${HOSTS:-}" ]]; then
     read -r -a hosts <<<"${HOSTS//$'\n'/ }"
+    ((${#hosts[@]} > 0)) || refuse "HOSTS is empty: name the ssh destinations, e.g. HOSTS=\"app1 app2\""
   else
     hosts=("${HOST:-}")
   fi

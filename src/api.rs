@@ -58,7 +58,9 @@ pub fn reject_reason(version: (u8, u8), headers: &[(&str, &str)]) -> Option<Stri
         headers: &'h [(&'h str, &'h str)],
         name: &'static str,
     ) -> impl Iterator<Item = &'h (&'h str, &'h str)> {
-        headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
     }
     for (name, value) in headers {
         if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
@@ -74,7 +76,9 @@ pub fn reject_reason(version: (u8, u8), headers: &[(&str, &str)]) -> Option<Stri
     for (_, value) in named(headers, "Content-Length") {
         for part in value.split(',').map(str::trim) {
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Some(format!("invalid Content-Length {value:?}: only digits are allowed"));
+                return Some(format!(
+                    "invalid Content-Length {value:?}: only digits are allowed"
+                ));
             }
             match length {
                 Some(seen) if seen.trim_start_matches('0') != part.trim_start_matches('0') => {
@@ -84,7 +88,9 @@ pub fn reject_reason(version: (u8, u8), headers: &[(&str, &str)]) -> Option<Stri
             }
         }
     }
-    let encodings: Vec<&str> = named(headers, "Transfer-Encoding").map(|(_, v)| v.trim()).collect();
+    let encodings: Vec<&str> = named(headers, "Transfer-Encoding")
+        .map(|(_, v)| v.trim())
+        .collect();
     if !encodings.is_empty() {
         if version < (1, 1) {
             return Some("Transfer-Encoding in an HTTP/1.0 request".into());
@@ -93,7 +99,10 @@ pub fn reject_reason(version: (u8, u8), headers: &[(&str, &str)]) -> Option<Stri
             return Some("both Transfer-Encoding and Content-Length".into());
         }
         if encodings.len() > 1 || !encodings[0].eq_ignore_ascii_case("chunked") {
-            return Some(format!("unsupported Transfer-Encoding {:?}: only chunked", encodings.join(", ")));
+            return Some(format!(
+                "unsupported Transfer-Encoding {:?}: only chunked",
+                encodings.join(", ")
+            ));
         }
     }
     None
@@ -109,7 +118,10 @@ pub fn handle(method: &str, url: &str, check_db: &mut dyn FnMut() -> DbOutcome) 
     }
     let known = matches!(path, "/health" | "/livez");
     if !known {
-        return Reply::error(404, "not found: the endpoints are GET /health and GET /livez");
+        return Reply::error(
+            404,
+            "not found: the endpoints are GET /health and GET /livez",
+        );
     }
     if method != "GET" && method != "HEAD" {
         let mut reply = Reply::error(405, "method not allowed: use GET or HEAD");
@@ -161,7 +173,11 @@ pub fn health(db: &DbOutcome, now: SystemTime) -> Reply {
         body["output"] = json!(output);
     }
     body["checks"]["postgres:responseTime"] = json!([check]);
-    Reply::json(if db.result.is_ok() { 200 } else { 503 }, HEALTH_JSON, &body)
+    Reply::json(
+        if db.result.is_ok() { 200 } else { 503 },
+        HEALTH_JSON,
+        &body,
+    )
 }
 
 /// Formats a time as RFC 3339 in UTC with millisecond precision.
@@ -198,7 +214,10 @@ mod tests {
     use super::*;
 
     fn ok() -> DbOutcome {
-        DbOutcome { result: Ok(()), elapsed: Duration::from_micros(1234) }
+        DbOutcome {
+            result: Ok(()),
+            elapsed: Duration::from_micros(1234),
+        }
     }
 
     fn body(reply: &Reply) -> Value {
@@ -267,19 +286,70 @@ mod tests {
         };
         ok((1, 1), &[("Host", "a")]);
         ok((1, 0), &[]);
-        ok((1, 1), &[("host", "a"), ("Content-Length", "5"), ("content-length", "005")]);
+        ok(
+            (1, 1),
+            &[
+                ("host", "a"),
+                ("Content-Length", "5"),
+                ("content-length", "005"),
+            ],
+        );
         ok((1, 1), &[("Host", "a"), ("Transfer-Encoding", "Chunked")]);
         bad((1, 1), &[], "without a Host");
-        bad((1, 1), &[("Host", "a"), ("HOST", "b")], "more than one Host");
-        bad((1, 1), &[("Host", "a"), ("Content-Length", "+5")], "only digits");
-        bad((1, 1), &[("Host", "a"), ("Content-Length", "-1")], "only digits");
-        bad((1, 1), &[("Host", "a"), ("Content-Length", "5, 6")], "conflicting");
-        bad((1, 1), &[("Host", "a"), ("Content-Length", "5"), ("Content-Length", "6")], "conflicting");
-        bad((1, 1), &[("Host", "a"), ("Transfer-Encoding", "gzip")], "unsupported Transfer-Encoding");
-        bad((1, 1), &[("Host", "a"), ("Transfer-Encoding", "gzip, chunked")], "unsupported");
-        bad((1, 1), &[("Host", "a"), ("Transfer-Encoding", "chunked"), ("Content-Length", "3")], "both");
+        bad(
+            (1, 1),
+            &[("Host", "a"), ("HOST", "b")],
+            "more than one Host",
+        );
+        bad(
+            (1, 1),
+            &[("Host", "a"), ("Content-Length", "+5")],
+            "only digits",
+        );
+        bad(
+            (1, 1),
+            &[("Host", "a"), ("Content-Length", "-1")],
+            "only digits",
+        );
+        bad(
+            (1, 1),
+            &[("Host", "a"), ("Content-Length", "5, 6")],
+            "conflicting",
+        );
+        bad(
+            (1, 1),
+            &[
+                ("Host", "a"),
+                ("Content-Length", "5"),
+                ("Content-Length", "6"),
+            ],
+            "conflicting",
+        );
+        bad(
+            (1, 1),
+            &[("Host", "a"), ("Transfer-Encoding", "gzip")],
+            "unsupported Transfer-Encoding",
+        );
+        bad(
+            (1, 1),
+            &[("Host", "a"), ("Transfer-Encoding", "gzip, chunked")],
+            "unsupported",
+        );
+        bad(
+            (1, 1),
+            &[
+                ("Host", "a"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Length", "3"),
+            ],
+            "both",
+        );
         bad((1, 0), &[("Transfer-Encoding", "chunked")], "HTTP/1.0");
-        bad((1, 1), &[("Host", "a"), ("X-Evil", "a\0b")], "control character in the X-Evil");
+        bad(
+            (1, 1),
+            &[("Host", "a"), ("X-Evil", "a\0b")],
+            "control character in the X-Evil",
+        );
     }
 
     #[test]

@@ -14,13 +14,20 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8383";
 pub const DEFAULT_WORKERS: usize = 4;
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEEPALIVE_MAX: Duration = Duration::from_millis(50);
 const MAX_WORKERS: usize = 256;
 
 /// Help text for `server --help`; it is also the reference of every variable.
 pub const HELP: &str = "\
 tribist API server: GET /health checks PostgreSQL, GET /livez checks the process only.
 
-usage: server [--help | --version]
+usage: server [--env-file FILE]       serve
+       server --check-config [FILE]  check the configuration (FILE, or the environment)
+                                     and that the database answers; exit 0, 1 or 2
+       server --help | --version
+
+FILE is in systemd's EnvironmentFile= format (/etc/tribist/env); variables set in the
+environment override the file's.
 
 Configuration comes from the environment:
   DATABASE_URL              PostgreSQL connection, URL (postgres://user:pass@host:5432/db)
@@ -32,6 +39,10 @@ Configuration comes from the environment:
   TRIBIST_WORKERS           request worker threads, 1-256   (default 4)
   TRIBIST_DB_TIMEOUT        bound on each database check    (default 2s; e.g. 500ms, 1.5s)
   TRIBIST_SHUTDOWN_TIMEOUT  bound on graceful shutdown      (default 10s)
+  TRIBIST_KEEPALIVE_MAX     a keep-alive connection's first request this long ago, the
+                            next answer says Connection: close (default 50ms): each
+                            connection holds a thread, so this gives every waiting
+                            connection its turn soon
   TRIBIST_LOG_LEVEL         error, warn, info, debug, trace (default info)
 
 On start the server writes its pid to ./PID; SIGTERM or SIGINT drains in-flight requests,
@@ -46,6 +57,7 @@ pub struct Config {
     pub db: DbTarget,
     pub db_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub keepalive_max: Duration,
     pub log_level: log::LevelFilter,
 }
 
@@ -73,9 +85,14 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
         let nonempty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let listen = match nonempty("TRIBIST_LISTEN") {
-            None => DEFAULT_LISTEN.parse().map_err(|_| bad("TRIBIST_LISTEN", "bad default"))?,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| bad("TRIBIST_LISTEN", "bad default"))?,
             Some(v) => v.trim().parse().map_err(|_| {
-                bad("TRIBIST_LISTEN", format!("{v:?} is not an IP:port address such as 127.0.0.1:8383"))
+                bad(
+                    "TRIBIST_LISTEN",
+                    format!("{v:?} is not an IP:port address such as 127.0.0.1:8383"),
+                )
             })?,
         };
         let workers = match nonempty("TRIBIST_WORKERS") {
@@ -91,8 +108,13 @@ impl Config {
             },
         };
         let db_timeout = duration_var(&nonempty, "TRIBIST_DB_TIMEOUT", DEFAULT_DB_TIMEOUT)?;
-        let shutdown_timeout =
-            duration_var(&nonempty, "TRIBIST_SHUTDOWN_TIMEOUT", DEFAULT_SHUTDOWN_TIMEOUT)?;
+        let shutdown_timeout = duration_var(
+            &nonempty,
+            "TRIBIST_SHUTDOWN_TIMEOUT",
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        )?;
+        let keepalive_max =
+            duration_var(&nonempty, "TRIBIST_KEEPALIVE_MAX", DEFAULT_KEEPALIVE_MAX)?;
         let log_level = match nonempty("TRIBIST_LOG_LEVEL") {
             None => log::LevelFilter::Info,
             Some(v) => match log::LevelFilter::from_str(v.trim()) {
@@ -106,12 +128,23 @@ impl Config {
             },
         };
         let db = db_target(&get, db_timeout)?;
-        Ok(Config { listen, workers, db, db_timeout, shutdown_timeout, log_level })
+        Ok(Config {
+            listen,
+            workers,
+            db,
+            db_timeout,
+            shutdown_timeout,
+            keepalive_max,
+            log_level,
+        })
     }
 }
 
 fn bad(var: &'static str, problem: impl Into<String>) -> Error {
-    Error::Config { var, problem: problem.into() }
+    Error::Config {
+        var,
+        problem: problem.into(),
+    }
 }
 
 fn duration_var(
@@ -122,7 +155,10 @@ fn duration_var(
     match get(var) {
         None => Ok(default),
         Some(v) => parse_duration(&v).ok_or_else(|| {
-            bad(var, format!("{v:?} is not a duration from 1ms to 1h such as 2s, 1.5s or 500ms"))
+            bad(
+                var,
+                format!("{v:?} is not a duration from 1ms to 1h such as 2s, 1.5s or 500ms"),
+            )
         }),
     }
 }
@@ -167,10 +203,16 @@ fn db_target(get: &impl Fn(&str) -> Option<String>, timeout: Duration) -> Result
         config.host("/var/run/postgresql");
     }
     if config.get_user().is_none() {
-        return Err(bad(var, "names no database user; add one (user=... or postgres://USER@...)"));
+        return Err(bad(
+            var,
+            "names no database user; add one (user=... or postgres://USER@...)",
+        ));
     }
     if config.get_ports().contains(&0) {
-        return Err(bad(var, "has port 0; use the PostgreSQL port, usually 5432"));
+        return Err(bad(
+            var,
+            "has port 0; use the PostgreSQL port, usually 5432",
+        ));
     }
     let display = describe(&config);
     harden(&mut config, timeout);
@@ -256,8 +298,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn parse(vars: &[(&str, &str)]) -> Result<Config, Error> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -307,14 +351,23 @@ mod tests {
         .unwrap();
         assert_eq!(c.db.display, "pg@127.0.0.1:6543/app");
         assert_eq!(c.db.config.get_password(), Some(&b"pw"[..]));
-        assert_eq!(var_of(parse(&[("PGHOST", "h"), ("PGUSER", "u"), ("PGPORT", "x")]).unwrap_err()), "PGPORT");
+        assert_eq!(
+            var_of(parse(&[("PGHOST", "h"), ("PGUSER", "u"), ("PGPORT", "x")]).unwrap_err()),
+            "PGPORT"
+        );
     }
 
     #[test]
     fn missing_database_is_an_error_naming_the_variable() {
         assert_eq!(var_of(parse(&[]).unwrap_err()), "DATABASE_URL");
-        assert_eq!(var_of(parse(&[("DATABASE_URL", "postgres://[bad")]).unwrap_err()), "DATABASE_URL");
-        assert_eq!(var_of(parse(&[("DATABASE_URL", "host=h dbname=d")]).unwrap_err()), "DATABASE_URL");
+        assert_eq!(
+            var_of(parse(&[("DATABASE_URL", "postgres://[bad")]).unwrap_err()),
+            "DATABASE_URL"
+        );
+        assert_eq!(
+            var_of(parse(&[("DATABASE_URL", "host=h dbname=d")]).unwrap_err()),
+            "DATABASE_URL"
+        );
     }
 
     #[test]

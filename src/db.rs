@@ -57,6 +57,18 @@ pub struct Checker {
     connecting: Option<Connecting>,
 }
 
+/// One check with a fresh connection, for `server --check-config`: the same bounded path as
+/// a worker's first `/health`.
+pub fn check_once(config: &crate::config::Config) -> DbOutcome {
+    let mut checker = Checker::new(
+        0,
+        config.db.clone(),
+        config.db_timeout,
+        Arc::new(Shared::default()),
+    );
+    checker.check()
+}
+
 /// A connection attempt running on its own thread, because the postgres crate cannot bound
 /// start-up and authentication. It is kept until it finishes, so a worker never has more than
 /// one attempt (one thread, one socket) in flight.
@@ -67,14 +79,24 @@ struct Connecting {
 
 impl Checker {
     pub fn new(id: usize, target: DbTarget, timeout: Duration, shared: Arc<Shared>) -> Checker {
-        Checker { id, target, timeout, shared, client: None, connecting: None }
+        Checker {
+            id,
+            target,
+            timeout,
+            shared,
+            client: None,
+            connecting: None,
+        }
     }
 
     /// Runs the health query, answering within the DB timeout (plus scheduling noise).
     pub fn check(&mut self) -> DbOutcome {
         let start = Instant::now();
         let result = self.check_inner(start + self.timeout);
-        let outcome = DbOutcome { result, elapsed: start.elapsed() };
+        let outcome = DbOutcome {
+            result,
+            elapsed: start.elapsed(),
+        };
         self.shared.record(&outcome, &self.target.display);
         outcome
     }
@@ -128,7 +150,10 @@ impl Checker {
                 ))
             }
             Err(RecvTimeoutError::Disconnected) => {
-                log::error!("database connect thread of worker {} ended without an answer", self.id);
+                log::error!(
+                    "database connect thread of worker {} ended without an answer",
+                    self.id
+                );
                 Err("internal error: the connect attempt ended without an answer".into())
             }
         }
@@ -143,7 +168,10 @@ impl Checker {
             // The worker may have given up waiting; then the connection is simply closed.
             let _ = tx.send(result);
         })?;
-        Ok(Connecting { result: rx, since: Instant::now() })
+        Ok(Connecting {
+            result: rx,
+            since: Instant::now(),
+        })
     }
 
     /// Closes the connection off the worker's thread: closing sends Terminate and waits for

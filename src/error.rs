@@ -26,13 +26,21 @@ pub enum Error {
     /// Writing, reading or locking the PID file failed.
     PidFile { path: PathBuf, source: io::Error },
     /// The listen address could not be bound.
-    Bind { addr: String, source: Box<dyn std::error::Error + Send + Sync> },
+    Bind {
+        addr: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The signal handler could not be installed.
     Signal(ctrlc::Error),
     /// A thread could not be started.
-    Thread { what: &'static str, source: io::Error },
+    Thread {
+        what: &'static str,
+        source: io::Error,
+    },
     /// tiny_http's accept thread died: the process no longer accepts connections.
     AcceptDied(io::Error),
+    /// `--check-config`: the configuration parses but the database does not answer.
+    CheckFailed(String),
     /// Graceful shutdown did not finish within its deadline.
     ShutdownDeadline { secs: f64, busy: usize },
 }
@@ -78,6 +86,7 @@ impl fmt::Display for Error {
             ),
             Error::Signal(_) => write!(f, "cannot install the SIGTERM/SIGINT handler"),
             Error::Thread { what, .. } => write!(f, "cannot start the {what} thread"),
+            Error::CheckFailed(msg) => write!(f, "{msg}"),
             Error::AcceptDied(_) => write!(
                 f,
                 "the HTTP accept thread died, so no new connection can be served; exiting so \

@@ -6,7 +6,9 @@
 pub mod api;
 pub mod build;
 pub mod config;
+pub mod connection;
 pub mod db;
+pub mod envfile;
 pub mod error;
 pub mod logging;
 pub mod pidfile;

@@ -27,7 +27,10 @@ pub fn init(level: LevelFilter) {
     } else {
         builder.set_time_format_rfc3339();
     }
-    let writer = PriorityPrefix { journald, line: Vec::with_capacity(256) };
+    let writer = PriorityPrefix {
+        journald,
+        line: Vec::with_capacity(256),
+    };
     // Fails only if a logger is already installed (tests): keep that one.
     let _ = WriteLogger::init(level, builder.build(), writer);
 }

@@ -4,35 +4,103 @@ use std::process::ExitCode;
 
 use tribist::config::{self, Config};
 use tribist::error::{self, Error};
-use tribist::{build, logging, server};
+use tribist::{build, db, envfile, logging, server};
 
 fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Under journald, `<3>` marks the line as an error (see logging.rs).
-            let prefix = if std::env::var_os("JOURNAL_STREAM").is_some() { "<3>" } else { "" };
+            let prefix = if std::env::var_os("JOURNAL_STREAM").is_some() {
+                "<3>"
+            } else {
+                ""
+            };
             eprintln!("{prefix}server: error: {}", error::chain(&err));
             ExitCode::from(err.exit_code() as u8)
         }
     }
 }
 
-fn run() -> Result<(), Error> {
-    let mut args = std::env::args().skip(1);
-    match (args.next().as_deref(), args.next()) {
-        (None, _) => {}
-        (Some("-h" | "--help"), None) => {
-            print!("{}", config::HELP);
-            return Ok(());
-        }
-        (Some("-V" | "--version"), None) => {
-            println!("server {} (commit {})", build::VERSION, build::COMMIT);
-            return Ok(());
-        }
-        (Some(arg), _) => return Err(Error::Usage(format!("unexpected argument {arg:?}"))),
+/// What the command line asks for.
+enum Command {
+    Serve { env_file: Option<String> },
+    CheckConfig { env_file: Option<String> },
+    Help,
+    Version,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Error> {
+    let first = args.next();
+    let second = args.next();
+    if let Some(extra) = args.next() {
+        return Err(Error::Usage(format!("unexpected argument {extra:?}")));
     }
-    let config = Config::from_env()?;
-    logging::init(config.log_level);
-    server::run(config)
+    match (first.as_deref(), second) {
+        (None, _) => Ok(Command::Serve { env_file: None }),
+        (Some("-h" | "--help"), None) => Ok(Command::Help),
+        (Some("-V" | "--version"), None) => Ok(Command::Version),
+        (Some("--env-file"), Some(file)) => Ok(Command::Serve {
+            env_file: Some(file),
+        }),
+        (Some("--check-config"), file) => Ok(Command::CheckConfig { env_file: file }),
+        (Some(arg), _) => Err(Error::Usage(format!("unexpected argument {arg:?}"))),
+    }
+}
+
+/// The configuration from the environment, or from an environment file in systemd's format
+/// whose variables the process environment overrides (so a preflight can move the port).
+fn load_config(env_file: Option<&str>) -> Result<Config, Error> {
+    match env_file {
+        None => Config::from_env(),
+        Some(path) => {
+            let vars = envfile::read(path)?;
+            Config::from_lookup(|name| {
+                std::env::var(name).ok().or_else(|| {
+                    vars.iter()
+                        .rev()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                })
+            })
+        }
+    }
+}
+
+fn run() -> Result<(), Error> {
+    match parse_args(std::env::args().skip(1))? {
+        Command::Help => {
+            print!("{}", config::HELP);
+            Ok(())
+        }
+        Command::Version => {
+            println!("server {} (commit {})", build::VERSION, build::COMMIT);
+            Ok(())
+        }
+        Command::CheckConfig { env_file } => {
+            let config = load_config(env_file.as_deref())?;
+            let outcome = db::check_once(&config);
+            match outcome.result {
+                Ok(()) => {
+                    println!(
+                        "configuration OK: {} workers, listen {}, database {} answered in {:.1} ms",
+                        config.workers,
+                        config.listen,
+                        config.db.display,
+                        outcome.elapsed.as_secs_f64() * 1e3
+                    );
+                    Ok(())
+                }
+                Err(reason) => Err(Error::CheckFailed(format!(
+                    "database {}: {reason}",
+                    config.db.display
+                ))),
+            }
+        }
+        Command::Serve { env_file } => {
+            let config = load_config(env_file.as_deref())?;
+            logging::init(config.log_level);
+            server::run(config)
+        }
+    }
 }

@@ -25,25 +25,37 @@ impl PidFile {
     /// Locks `dir`; fails with `AlreadyRunning` if another server holds it.
     pub fn lock(dir: &Path) -> Result<PidFile, Error> {
         let path = dir.join(FILE_NAME);
-        let pid_err = |source| Error::PidFile { path: path.clone(), source };
+        let pid_err = |source| Error::PidFile {
+            path: path.clone(),
+            source,
+        };
         let lock = File::open(dir).map_err(pid_err)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                return Err(Error::AlreadyRunning { dir: dir.to_path_buf(), pid: read(&path) })
+                return Err(Error::AlreadyRunning {
+                    dir: dir.to_path_buf(),
+                    pid: read(&path),
+                })
             }
             Err(TryLockError::Error(e)) => return Err(pid_err(e)),
         }
         if let Some(stale) = read(&path) {
             log::warn!("replacing stale {FILE_NAME} file (pid {stale} is not a running server)");
         }
-        Ok(PidFile { dir: dir.to_path_buf(), path, _lock: lock })
+        Ok(PidFile {
+            dir: dir.to_path_buf(),
+            path,
+            _lock: lock,
+        })
     }
 
     /// Writes this process's id, atomically. No fsync: the file only matters while this
     /// process lives, and a torn file after a power loss reads as no pid at all.
     pub fn write(&self) -> Result<(), Error> {
-        let tmp = self.dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
         let result = (|| -> io::Result<()> {
             let mut f = File::create(&tmp)?;
             writeln!(f, "{}", std::process::id())?;
@@ -51,7 +63,10 @@ impl PidFile {
         })();
         result.map_err(|source| {
             let _ = fs::remove_file(&tmp);
-            Error::PidFile { path: self.path.clone(), source }
+            Error::PidFile {
+                path: self.path.clone(),
+                source,
+            }
         })
     }
 

@@ -22,26 +22,33 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use tiny_http::{Header, Request, Response, Server};
+use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::api::{self, Reply};
 use crate::config::Config;
+use crate::connection::{self, Connections};
 use crate::db::{self, Checker};
 use crate::error::Error;
 use crate::pidfile::PidFile;
 use crate::systemd::{self, Notifier};
 
-/// How long a worker waits on the queue before looking at the shutdown state again; also the
-/// quiet period that ends the drain once nothing is accepted any more.
+/// How long a worker waits on the queue before looking at the shutdown state again.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Bound on the drain after accepting stopped: keep-alive clients that keep sending requests
-/// cannot hold the shutdown open longer than this.
-const DRAIN_WINDOW: Duration = Duration::from_secs(2);
+/// While draining, how often the queue and the open connections are looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(2);
+
+/// After accepting stopped, how long keep-alive connections have to send one more request
+/// (answered with `Connection: close`) before the ones still idle are closed. Clients that
+/// keep sending close their connections within a request's time; the rest are idle, and
+/// closing them before they send gives their clients the best chance to reconnect (to the
+/// next process, through the socket's backlog) instead of losing a request. Connections
+/// waiting in the backlog wait this long at most, plus the next process's start.
+const DRAIN_WINDOW: Duration = Duration::from_millis(25);
 
 /// How often the main thread checks that tiny_http's accept thread is alive.
 const ACCEPT_WATCH: Duration = Duration::from_millis(250);
@@ -55,10 +62,14 @@ enum Event {
 struct Pool {
     server: Server,
     stopping: AtomicBool,
-    /// Set once no connection can be accepted any more: the drain may end.
-    accept_stopped: OnceLock<Instant>,
+    /// Set once no connection can be accepted any more and the open ones were told to close:
+    /// workers end once the queue is empty.
+    drained: AtomicBool,
     in_flight: AtomicUsize,
     events: Sender<Event>,
+    connections: Connections,
+    /// The port clients connect to, to find their connections when draining.
+    port: u16,
 }
 
 /// Where connections come from.
@@ -85,7 +96,14 @@ impl Listener {
             }
         };
         let addr = listener.local_addr().map_err(|e| bind_err(e.into()))?;
-        Ok((Listener { addr, fd: listener.as_raw_fd(), own }, listener))
+        Ok((
+            Listener {
+                addr,
+                fd: listener.as_raw_fd(),
+                own,
+            },
+            listener,
+        ))
     }
 
     fn activated(&self) -> bool {
@@ -122,7 +140,10 @@ impl Listener {
         if let Some(own) = &self.own {
             // SAFETY: the descriptor is owned by `own`, which outlives this call.
             if unsafe { shutdown(own.as_raw_fd(), SHUT_RDWR) } != 0 {
-                log::warn!("shutdown: cannot stop the listener: {}", std::io::Error::last_os_error());
+                log::warn!(
+                    "shutdown: cannot stop the listener: {}",
+                    std::io::Error::last_os_error()
+                );
             }
             return;
         }
@@ -131,7 +152,10 @@ impl Listener {
             // only tiny_http's accept thread uses.
             Ok(dummy) => {
                 if unsafe { dup2(dummy.as_raw_fd(), self.fd) } < 0 {
-                    log::warn!("shutdown: cannot detach the listener: {}", std::io::Error::last_os_error());
+                    log::warn!(
+                        "shutdown: cannot detach the listener: {}",
+                        std::io::Error::last_os_error()
+                    );
                 }
             }
             Err(e) => log::warn!("shutdown: cannot detach the listener: {e}"),
@@ -169,9 +193,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     let pool = Arc::new(Pool {
         server,
         stopping: AtomicBool::new(false),
-        accept_stopped: OnceLock::new(),
+        drained: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         events,
+        connections: Connections::new(config.keepalive_max),
+        port: listener.addr.port(),
     });
     // Before any worker answers: whoever sees /health answer can rely on PID.
     pid_file.write()?;
@@ -179,7 +205,12 @@ pub fn run(config: Config) -> Result<(), Error> {
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(config.workers);
     for id in 1..=config.workers {
-        let checker = Checker::new(id, config.db.clone(), config.db_timeout, Arc::clone(&db_shared));
+        let checker = Checker::new(
+            id,
+            config.db.clone(),
+            config.db_timeout,
+            Arc::clone(&db_shared),
+        );
         let pool = Arc::clone(&pool);
         let done = done_tx.clone();
         let handle = thread::Builder::new()
@@ -188,7 +219,10 @@ pub fn run(config: Config) -> Result<(), Error> {
                 worker(&pool, checker);
                 let _ = done.send(id);
             })
-            .map_err(|source| Error::Thread { what: "worker", source })?;
+            .map_err(|source| Error::Thread {
+                what: "worker",
+                source,
+            })?;
         handles.push(handle);
     }
     log::info!(
@@ -231,11 +265,23 @@ pub fn run(config: Config) -> Result<(), Error> {
             log::warn!("shutdown: the accept thread is still running; draining anyway");
         }
     }
-    let _ = pool.accept_stopped.set(Instant::now());
     log::info!(
-        "shutdown: stopped accepting; draining {} request(s) in flight",
-        pool.in_flight.load(Ordering::SeqCst)
+        "shutdown: stopped accepting; draining {} request(s) in flight, {} open connection(s)",
+        pool.in_flight.load(Ordering::SeqCst),
+        client_sockets(pool.port).len()
     );
+    // Every request still arriving is answered with `Connection: close` (see `serve`);
+    // connections still open and idle after the window are closed before they send.
+    let window = Instant::now() + DRAIN_WINDOW;
+    while Instant::now() < window.min(deadline) {
+        if pool.in_flight.load(Ordering::SeqCst) == 0 && client_sockets(pool.port).is_empty() {
+            break;
+        }
+        thread::sleep(DRAIN_POLL);
+    }
+    let idle = end_client_reads(pool.port);
+    pool.drained.store(true, Ordering::SeqCst);
+    log::info!("shutdown: closed {idle} idle connection(s); answering what is queued");
     let mut finished = 0;
     while finished < config.workers {
         match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -250,12 +296,20 @@ pub fn run(config: Config) -> Result<(), Error> {
         log::info!("shutdown: all {} workers finished", config.workers);
     } else {
         let busy = config.workers - finished;
-        log::error!("shutdown: deadline {:?} passed with {busy} worker(s) busy", config.shutdown_timeout);
+        log::error!(
+            "shutdown: deadline {:?} passed with {busy} worker(s) busy",
+            config.shutdown_timeout
+        );
         if outcome.is_ok() {
-            outcome = Err(Error::ShutdownDeadline { secs: config.shutdown_timeout.as_secs_f64(), busy });
+            outcome = Err(Error::ShutdownDeadline {
+                secs: config.shutdown_timeout.as_secs_f64(),
+                busy,
+            });
         }
     }
-    let grace = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+    let grace = deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(1));
     match db::wait_closed(&db_shared, grace) {
         0 => log::info!("shutdown: database connections closed"),
         n => log::warn!("shutdown: {n} database connection(s) still blocked; abandoning them"),
@@ -287,21 +341,66 @@ fn next_event(events: &mpsc::Receiver<Event>, accept_tid: Option<u32>) -> Event 
     }
 }
 
+/// The descriptors of this process's client connections: TCP sockets connected to `port`.
+///
+/// They belong to tiny_http's connection threads and are only looked at here; one closed and
+/// reused meanwhile could at worst be a database connection, which `end_client_reads` would
+/// make reconnect.
+fn client_sockets(port: u16) -> Vec<RawFd> {
+    use std::os::fd::FromRawFd;
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| {
+            // SAFETY: `fd` is an open socket of this process; ManuallyDrop never closes it.
+            let stream = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+            stream.local_addr().is_ok_and(|a| a.port() == port) && stream.peer_addr().is_ok()
+        })
+        .collect()
+}
+
+/// Ends the reading side of every client connection: one waiting idle for its next request
+/// ends at once (tiny_http's thread reads end-of-file and closes it), so its client sees it
+/// closed before it sends anything; a request already received is still answered. Returns
+/// how many.
+fn end_client_reads(port: u16) -> usize {
+    use std::os::fd::FromRawFd;
+    client_sockets(port)
+        .into_iter()
+        .filter(|&fd| {
+            // SAFETY: as in `client_sockets`.
+            let stream = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+            stream.shutdown(std::net::Shutdown::Read).is_ok()
+        })
+        .count()
+}
+
 fn thread_alive(tid: u32) -> bool {
     Path::new(&format!("/proc/self/task/{tid}")).exists()
 }
 
 /// The kernel thread ids of this process.
 fn thread_ids() -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// tiny_http's accept thread: the first thread created by `Server::from_listener`. It creates
 /// its connection pool threads itself, after it exists, so it has the lowest new id.
 fn accept_thread_id(before: &[u32]) -> Option<u32> {
     let newest_before = before.iter().max()?;
-    let created: Vec<u32> = thread_ids().into_iter().filter(|t| !before.contains(t)).collect();
+    let created: Vec<u32> = thread_ids()
+        .into_iter()
+        .filter(|t| !before.contains(t))
+        .collect();
     // Ids wrapped around pid_max: the order proves nothing, so do not guess.
     if created.iter().any(|t| t < newest_before) {
         return None;
@@ -322,13 +421,18 @@ fn start_watchdog(pool: Arc<Pool>, target: SocketAddr, every: Duration) -> Resul
                 let start = Instant::now();
                 match probe_livez(target, every) {
                     Ok(()) => notifier.send("WATCHDOG=1"),
-                    Err(e) => log::warn!("watchdog: self-probe of /livez failed ({e}); not pinging systemd"),
+                    Err(e) => log::warn!(
+                        "watchdog: self-probe of /livez failed ({e}); not pinging systemd"
+                    ),
                 }
                 thread::sleep(every.saturating_sub(start.elapsed()));
             }
         })
         .map(|_| ())
-        .map_err(|source| Error::Thread { what: "watchdog", source })
+        .map_err(|source| Error::Thread {
+            what: "watchdog",
+            source,
+        })
 }
 
 fn probe_livez(target: SocketAddr, timeout: Duration) -> std::io::Result<()> {
@@ -341,29 +445,34 @@ fn probe_livez(target: SocketAddr, timeout: Duration) -> std::io::Result<()> {
     if &head[9..12] == b"200" {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("answered {:?}", String::from_utf8_lossy(&head))))
+        Err(std::io::Error::other(format!(
+            "answered {:?}",
+            String::from_utf8_lossy(&head)
+        )))
     }
 }
 
 fn worker(pool: &Pool, mut checker: Checker) {
     loop {
-        let waiting_since = Instant::now();
-        match pool.server.recv_timeout(POLL) {
+        let poll = if pool.stopping.load(Ordering::SeqCst) {
+            DRAIN_POLL
+        } else {
+            POLL
+        };
+        match pool.server.recv_timeout(poll) {
             Ok(Some(request)) => serve(pool, request, &mut checker),
             Ok(None) => {
-                // Idle for a whole POLL that began after accepting stopped: drained.
-                if pool.accept_stopped.get().is_some_and(|at| *at <= waiting_since) {
+                if pool.drained.load(Ordering::SeqCst) {
                     break;
                 }
             }
             Err(e) => {
                 if !pool.stopping.load(Ordering::SeqCst) {
                     let _ = pool.events.send(Event::AcceptDied(e));
+                } else if pool.drained.load(Ordering::SeqCst) {
+                    break;
                 }
             }
-        }
-        if pool.accept_stopped.get().is_some_and(|at| at.elapsed() > DRAIN_WINDOW) {
-            break;
         }
     }
 }
@@ -374,8 +483,11 @@ fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
     let method = request.method().as_str().to_owned();
     let url = request.url().to_owned();
     let version = request.http_version();
-    let headers: Vec<(&str, &str)> =
-        request.headers().iter().map(|h| (h.field.as_str().as_str(), h.value.as_str())).collect();
+    let headers: Vec<(&str, &str)> = request
+        .headers()
+        .iter()
+        .map(|h| (h.field.as_str().as_str(), h.value.as_str()))
+        .collect();
     let rejected = api::reject_reason((version.0, version.1), &headers);
     let reply = catch_unwind(AssertUnwindSafe(|| match &rejected {
         Some(reason) => Reply::error(400, &format!("bad request: {reason}")),
@@ -386,16 +498,41 @@ fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
         Reply::error(500, "internal error; the server log has the details")
     });
     let status = reply.status;
-    if let Err(e) = request.respond(to_response(reply)) {
-        log::debug!("{method} {}: client went away before the answer: {e}", clip(&url));
+    let client = request.remote_addr().copied();
+    let closing = pool.stopping.load(Ordering::SeqCst)
+        || pool
+            .connections
+            .should_close(client.as_ref(), Instant::now());
+    let sent = if closing {
+        pool.connections.forget(client.as_ref());
+        let bytes = connection::closing_answer(
+            &reply,
+            *request.method() == Method::Head,
+            SystemTime::now(),
+        );
+        let mut writer = request.into_writer();
+        writer.write_all(&bytes).and_then(|()| writer.flush())
+    } else {
+        request.respond(to_response(reply))
+    };
+    if let Err(e) = sent {
+        log::debug!(
+            "{method} {}: client went away before the answer: {e}",
+            clip(&url)
+        );
     }
-    log::debug!("{method} {} {status} {:.3}ms", clip(&url), start.elapsed().as_secs_f64() * 1e3);
+    log::debug!(
+        "{method} {} {status} {:.3}ms",
+        clip(&url),
+        start.elapsed().as_secs_f64() * 1e3
+    );
     pool.in_flight.fetch_sub(1, Ordering::SeqCst);
 }
 
 fn to_response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
     let mut response = Response::from_string(reply.body).with_status_code(reply.status);
-    let headers = std::iter::once(("Content-Type", reply.content_type.to_owned())).chain(reply.headers);
+    let headers =
+        std::iter::once(("Content-Type", reply.content_type.to_owned())).chain(reply.headers);
     for (name, value) in headers {
         if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
             response.add_header(header);

@@ -22,27 +22,37 @@ pub fn take_listener() -> Result<Option<TcpListener>, String> {
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);
     }
-    let (Some(pid), Some(fds)) = (pid, fds) else { return Ok(None) };
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(None);
+    };
     if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
         return Ok(None);
     }
     match fds.trim().parse::<u32>() {
         Ok(0) => return Ok(None),
         Ok(1) => {}
-        Ok(n) => return Err(format!("systemd passed {n} sockets; tribist.socket must have exactly one ListenStream=")),
+        Ok(n) => {
+            return Err(format!(
+                "systemd passed {n} sockets; tribist.socket must have exactly one ListenStream="
+            ))
+        }
         Err(_) => return Err(format!("LISTEN_FDS={fds:?} is not a number")),
     }
     // Duplicate before owning: if fd 3 is not open after all, owning it would make std abort
     // when it fails to close it. SAFETY: fd 3 is only borrowed for the duration of the call.
     let fd = unsafe { BorrowedFd::borrow_raw(LISTEN_FDS_START) }
         .try_clone_to_owned()
-        .map_err(|e| format!("LISTEN_FDS is set but fd 3 is not open ({e}); check tribist.socket"))?;
+        .map_err(|e| {
+            format!("LISTEN_FDS is set but fd 3 is not open ({e}); check tribist.socket")
+        })?;
     // SAFETY: fd 3 is open (it was just duplicated) and this process owns it from now on.
     drop(unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) });
     let listener = TcpListener::from(fd);
     match listener.local_addr() {
         Ok(_) => Ok(Some(listener)),
-        Err(e) => Err(format!("fd 3 from systemd is not a TCP listening socket ({e}); check tribist.socket")),
+        Err(e) => Err(format!(
+            "fd 3 from systemd is not a TCP listening socket ({e}); check tribist.socket"
+        )),
     }
 }
 

@@ -56,9 +56,16 @@ start_load() {
   sleep 1
 }
 
+# Prints load.py's JSON once it has written it (called in $(…), so it cannot `wait`).
 stop_load() {
   touch "$BATS_FILE_TMPDIR/stop-load"
-  wait "$LOAD_PID" || echo "load.py failed: $(cat "$BATS_FILE_TMPDIR/load.err")" >&2
+  local i
+  for i in $(seq 100); do
+    json_field sent <"$BATS_FILE_TMPDIR/load.json" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  json_field sent <"$BATS_FILE_TMPDIR/load.json" >/dev/null 2>&1 ||
+    echo "load.py wrote no result: $(cat "$BATS_FILE_TMPDIR/load.err")" >&2
   cat "$BATS_FILE_TMPDIR/load.json"
 }
 
@@ -361,7 +368,7 @@ teardown_file() {
   wait_locked
   run deploy unlock HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_success
-  assert_output --partial "breaking the deploy lock held by: upgrade by"
+  assert_output --partial "broke the deploy lock held by: upgrade by"
   rc=0
   wait "$job" || rc=$?
   ((rc != 0))
@@ -381,6 +388,8 @@ teardown_file() {
   assert_line --partial "-- sent by tribist (_UID="
   assert_line --regexp "action=upgrade user=tribist .* by=\"alice@laptop\" release_from=$b release_to=hanging-release result=failed-rolled-back"
   assert_line --partial "result=interrupted-rolled-back"
+  # Every start is in root's record too, with the binary's digest, whoever asked for it.
+  assert_line --regexp "action=service-start user=systemd promoted=yes server_sha256=[0-9a-f]{64}"
   refute_output --partial "$DB_PASSWORD"
   # tribist cannot read root's record, and the audit needs root.
   run as_tribist_on_host "cat /var/lib/tribist-deploy/audit.log"

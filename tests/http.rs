@@ -10,12 +10,20 @@ use std::time::{Duration, Instant};
 use util::{try_request, Server};
 
 fn raw(server: &Server, bytes: &[u8]) -> util::Response {
-    try_request(server.addr, bytes).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(bytes)))
+    try_request(server.addr, bytes)
+        .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(bytes)))
 }
 
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -46,9 +54,19 @@ fn unusual_but_valid_requests_are_served() {
     assert_eq!(raw(&server, b"GET /livez HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").status, 200);
     assert_eq!(raw(&server, b"GET /livez HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n").status, 200);
     // Unknown methods: 405 with Allow on a known path, 404 elsewhere.
-    let r = raw(&server, b"BREW /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let r = raw(
+        &server,
+        b"BREW /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!((r.status, r.header("Allow")), (405, Some("GET, HEAD")));
-    assert_eq!(raw(&server, b"BREW /pot HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").status, 404);
+    assert_eq!(
+        raw(
+            &server,
+            b"BREW /pot HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        .status,
+        404
+    );
 }
 
 #[test]
@@ -59,7 +77,10 @@ fn pipelined_requests_are_all_answered_in_order() {
     s.write_all(b"GET /livez HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\nGET /livez HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
     let mut all = String::new();
     s.read_to_string(&mut all).unwrap();
-    let statuses: Vec<&str> = all.match_indices("HTTP/1.1 ").map(|(i, _)| &all[i + 9..i + 12]).collect();
+    let statuses: Vec<&str> = all
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &all[i + 9..i + 12])
+        .collect();
     assert_eq!(statuses, ["200", "404", "200"], "{all}");
 }
 
@@ -74,7 +95,11 @@ fn a_one_mib_header_line_is_survived_and_memory_returns() {
     let send = |n| {
         for _ in 0..n {
             let r = raw(&server, &big);
-            assert!(r.status == 200 || (400..500).contains(&r.status), "{}", r.status);
+            assert!(
+                r.status == 200 || (400..500).contains(&r.status),
+                "{}",
+                r.status
+            );
         }
     };
     // tiny_http buffers a header line whole; the allocator keeps the few MiB it needed for
@@ -84,7 +109,10 @@ fn a_one_mib_header_line_is_survived_and_memory_returns() {
     send(30);
     let after = rss_kb(server.pid());
     eprintln!("RSS {before} kB idle, {warm} kB after 5 requests with a 1 MiB header, {after} kB after 30 more");
-    assert!(after < warm + 1024, "RSS kept growing: {warm} -> {after} kB");
+    assert!(
+        after < warm + 1024,
+        "RSS kept growing: {warm} -> {after} kB"
+    );
     assert!(after < 64 * 1024, "RSS {after} kB");
     assert_eq!(server.get("/livez").status, 200);
 }
@@ -102,7 +130,13 @@ fn a_panicking_handler_answers_500_and_its_worker_survives() {
         // The single worker is still there.
         assert_eq!(server.get("/livez").status, 200);
     }
-    assert!(server.log().contains("panic while handling GET /__test/panic; answered 500"), "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("panic while handling GET /__test/panic; answered 500"),
+        "{}",
+        server.log()
+    );
 }
 
 #[test]
@@ -111,19 +145,81 @@ fn requests_tiny_http_never_hands_over_hold_only_their_own_connection() {
     // until the client goes away (no read timeout). Others are served meanwhile.
     let server = Server::start();
     let mut held = Vec::new();
-    for bytes in [&b"GET /livez HTTP/1.1\nHost: a\n\n"[..], b"GET /livez HTTP/2.0\r\nHost: a\r\n\r\n"] {
+    for bytes in [
+        &b"GET /livez HTTP/1.1\nHost: a\n\n"[..],
+        b"GET /livez HTTP/2.0\r\nHost: a\r\n\r\n",
+    ] {
         let mut s = TcpStream::connect(server.addr).unwrap();
         s.write_all(bytes).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
         let start = Instant::now();
         let mut buf = [0u8; 256];
         let got = s.read(&mut buf);
-        eprintln!("{:?}: {:?} after {:?}", String::from_utf8_lossy(bytes), got.as_ref().map(|n| String::from_utf8_lossy(&buf[..*n]).to_string()), start.elapsed());
+        eprintln!(
+            "{:?}: {:?} after {:?}",
+            String::from_utf8_lossy(bytes),
+            got.as_ref()
+                .map(|n| String::from_utf8_lossy(&buf[..*n]).to_string()),
+            start.elapsed()
+        );
         // Documented in the README's Limits: no answer, the connection stays open.
-        assert!(got.is_err(), "tiny_http answered after all: update the README's Limits");
+        assert!(
+            got.is_err(),
+            "tiny_http answered after all: update the README's Limits"
+        );
         held.push(s);
     }
     let start = Instant::now();
     assert_eq!(server.get("/livez").status, 200);
     assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+/// N keep-alive connections opened at once (a proxy's pool reconnecting after a restart):
+/// tiny_http's connection pool can queue one behind a thread that is about to take another,
+/// and that one then waits until some other connection closes. Every connection must get its
+/// first answer soon and its share of the answers.
+#[test]
+fn keep_alive_connections_opened_at_once_all_get_served() {
+    for n in [64usize, 256] {
+        let server = Server::start();
+        let run = Duration::from_secs(3);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+        let start = Instant::now();
+        let clients: Vec<_> = (0..n)
+            .map(|_| {
+                let (addr, barrier) = (server.addr, barrier.clone());
+                std::thread::spawn(move || {
+                    let mut c = util::KeepAlive::new(addr);
+                    c.connect().unwrap();
+                    barrier.wait();
+                    let opened = Instant::now();
+                    let (mut first, mut count) = (None, 0u32);
+                    while opened.elapsed() < run {
+                        let a = c.get("/livez").unwrap();
+                        assert_eq!(a.status, 200);
+                        first.get_or_insert(opened.elapsed());
+                        count += 1;
+                    }
+                    (first.unwrap_or(run), count)
+                })
+            })
+            .collect();
+        let results: Vec<(Duration, u32)> =
+            clients.into_iter().map(|t| t.join().unwrap()).collect();
+        let slowest_first = results.iter().map(|r| r.0).max().unwrap();
+        let (min, max) = (
+            results.iter().map(|r| r.1).min().unwrap(),
+            results.iter().map(|r| r.1).max().unwrap(),
+        );
+        eprintln!("{n} connections: slowest first answer {slowest_first:?}, answers per connection {min}..{max} in {:?}", start.elapsed());
+        assert!(
+            slowest_first < Duration::from_secs(1),
+            "{n} connections: one waited {slowest_first:?} for its first answer"
+        );
+        assert!(
+            min * 10 >= max,
+            "{n} connections: answers per connection {min}..{max}"
+        );
+    }
 }

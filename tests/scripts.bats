@@ -274,6 +274,13 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   HOST=app1 SSH_OPTS="-o 'User=x" run "$REMOTE" status
   assert_equal "$status" 2
   assert_output --partial "unmatched quote"
+  HOST=app1 SSH_OPTS="-p 22 evil-host" run "$REMOTE" status
+  assert_equal "$status" 2
+  assert_output --partial "neither an option nor an option's argument"
+  HOST=app1 SSH_OPTS="-i" run "$REMOTE" status
+  assert_equal "$status" 2
+  HOSTS=" " run "$REMOTE" upgrade
+  assert_equal "$status" 2
   HOST=app1 PURGE=yes run "$REMOTE" uninstall
   assert_equal "$status" 2
   HOST=app1 BIN="$BATS_TEST_TMPDIR/no such file" run "$REMOTE" upgrade

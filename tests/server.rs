@@ -13,7 +13,11 @@ const SECOND: Duration = Duration::from_secs(1);
 fn commit() -> String {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    text.split("commit ").nth(1).unwrap().trim_end_matches([')', '\n']).to_string()
+    text.split("commit ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches([')', '\n'])
+        .to_string()
 }
 
 #[test]
@@ -36,7 +40,10 @@ fn health_is_200_with_health_json() {
 #[test]
 fn head_health_has_status_and_no_body() {
     let server = Server::start();
-    let r = request(server.addr, "HEAD /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let r = request(
+        server.addr,
+        "HEAD /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Content-Type"), Some("application/health+json"));
     assert_eq!(r.body, "");
@@ -48,7 +55,10 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     let r = server.get("/nope");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["status"], 404);
-    let r = request(server.addr, "DELETE /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let r = request(
+        server.addr,
+        "DELETE /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(r.status, 405);
     assert_eq!(r.header("Allow"), Some("GET, HEAD"));
     assert_eq!(r.json()["status"], 405);
@@ -75,15 +85,23 @@ fn livez_needs_no_database_and_health_says_why_it_fails() {
 fn wrong_password_is_503_and_never_echoes_a_password() {
     let pg = Pg::shared();
     let url = pg.url.replace(PASSWORD, "not-the-password-xyz");
-    let server = Server::builder(&url).env("TRIBIST_LOG_LEVEL", "debug").spawn();
+    let server = Server::builder(&url)
+        .env("TRIBIST_LOG_LEVEL", "debug")
+        .spawn();
     let r = server.get("/health");
     assert_eq!(r.status, 503);
     let output = r.json()["output"].as_str().unwrap().to_string();
-    assert!(output.contains("password authentication failed"), "{output}");
+    assert!(
+        output.contains("password authentication failed"),
+        "{output}"
+    );
     let log = server.log();
     assert!(log.contains("check failing"), "{log}");
     for text in [&r.body, &log] {
-        assert!(!text.contains("not-the-password-xyz") && !text.contains(PASSWORD), "{text}");
+        assert!(
+            !text.contains("not-the-password-xyz") && !text.contains(PASSWORD),
+            "{text}"
+        );
     }
 }
 
@@ -107,7 +125,10 @@ fn database_stop_and_start_without_restarting_the_server() {
         assert_eq!(server.get("/health").status, 200);
     }
     assert!(server.log().contains("reachable again"), "{}", server.log());
-    assert_eq!(fs::read_to_string(server.dir.path().join("PID")).unwrap(), format!("{}\n", server.pid()));
+    assert_eq!(
+        fs::read_to_string(server.dir.path().join("PID")).unwrap(),
+        format!("{}\n", server.pid())
+    );
 }
 
 #[test]
@@ -134,19 +155,31 @@ fn silent_database_host_gives_503_within_the_timeout() {
 #[test]
 fn sigterm_during_a_database_wait_still_answers_and_exits_0() {
     let silent = Silent::start();
-    let mut server = Server::builder(&silent.url()).env("TRIBIST_DB_TIMEOUT", "2s").spawn();
+    let mut server = Server::builder(&silent.url())
+        .env("TRIBIST_DB_TIMEOUT", "2s")
+        .spawn();
     let addr = server.addr;
     let client = std::thread::spawn(move || {
-        request(addr, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        request(
+            addr,
+            "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
     });
-    wait_for("the check to reach the database", 5 * SECOND, || (silent.accepted() > 0).then_some(()));
+    wait_for("the check to reach the database", 5 * SECOND, || {
+        (silent.accepted() > 0).then_some(())
+    });
     server.signal("TERM");
     let r = client.join().unwrap();
     assert_eq!(r.status, 503);
     let status = server.wait_exit(10 * SECOND);
     assert_eq!(status.code(), Some(0), "{}", server.log());
     let log = server.log();
-    for phase in ["termination signal", "stopped accepting", "workers finished", "shutdown: complete"] {
+    for phase in [
+        "termination signal",
+        "stopped accepting",
+        "workers finished",
+        "shutdown: complete",
+    ] {
         assert!(log.contains(phase), "missing {phase:?} in log:\n{log}");
     }
     assert!(!server.dir.path().join("PID").exists());
@@ -165,7 +198,11 @@ fn idle_server_exits_0_on_sigterm_and_sigint_quickly() {
         let took = start.elapsed();
         assert_eq!(status.code(), Some(0), "SIG{sig}: {}", server.log());
         assert!(took < SECOND, "SIG{sig} exit took {took:?}");
-        assert!(server.log().contains("database connections closed"), "{}", server.log());
+        assert!(
+            server.log().contains("database connections closed"),
+            "{}",
+            server.log()
+        );
     }
 }
 
@@ -173,7 +210,10 @@ fn idle_server_exits_0_on_sigterm_and_sigint_quickly() {
 fn pid_file_is_written_and_removed() {
     let mut server = Server::start();
     let pid_path = server.dir.path().join("PID");
-    assert_eq!(fs::read_to_string(&pid_path).unwrap(), format!("{}\n", server.pid()));
+    assert_eq!(
+        fs::read_to_string(&pid_path).unwrap(),
+        format!("{}\n", server.pid())
+    );
     server.signal("TERM");
     assert_eq!(server.wait_exit(5 * SECOND).code(), Some(0));
     assert!(!pid_path.exists());
@@ -190,9 +230,15 @@ fn second_server_in_the_same_directory_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("already running") && err.contains(&format!("pid {}", first.pid())), "{err}");
+    assert!(
+        err.contains("already running") && err.contains(&format!("pid {}", first.pid())),
+        "{err}"
+    );
     // The first one is untouched.
-    assert_eq!(fs::read_to_string(first.dir.path().join("PID")).unwrap(), format!("{}\n", first.pid()));
+    assert_eq!(
+        fs::read_to_string(first.dir.path().join("PID")).unwrap(),
+        format!("{}\n", first.pid())
+    );
     assert_eq!(first.get("/livez").status, 200);
 }
 
@@ -202,7 +248,10 @@ fn stale_pid_file_does_not_block_a_start() {
     fs::write(dir.path().join("PID"), "4194303\n").unwrap();
     let server = Server::builder(&Pg::shared().url).dir(dir).spawn();
     assert_eq!(server.get("/health").status, 200);
-    assert_eq!(fs::read_to_string(server.dir.path().join("PID")).unwrap(), format!("{}\n", server.pid()));
+    assert_eq!(
+        fs::read_to_string(server.dir.path().join("PID")).unwrap(),
+        format!("{}\n", server.pid())
+    );
     assert!(server.log().contains("stale"), "{}", server.log());
 }
 
@@ -212,16 +261,39 @@ fn bad_configuration_exits_2_with_one_line_naming_the_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[], "DATABASE_URL"),
         (&[("DATABASE_URL", "postgres://[oops")], "DATABASE_URL"),
-        (&[("DATABASE_URL", good), ("TRIBIST_LISTEN", "nowhere")], "TRIBIST_LISTEN"),
-        (&[("DATABASE_URL", good), ("TRIBIST_WORKERS", "0")], "TRIBIST_WORKERS"),
-        (&[("DATABASE_URL", good), ("TRIBIST_DB_TIMEOUT", "soon")], "TRIBIST_DB_TIMEOUT"),
-        (&[("DATABASE_URL", good), ("TRIBIST_SHUTDOWN_TIMEOUT", "0")], "TRIBIST_SHUTDOWN_TIMEOUT"),
-        (&[("DATABASE_URL", good), ("TRIBIST_LOG_LEVEL", "chatty")], "TRIBIST_LOG_LEVEL"),
-        (&[("PGHOST", "127.0.0.1"), ("PGUSER", "u"), ("PGPORT", "huge")], "PGPORT"),
+        (
+            &[("DATABASE_URL", good), ("TRIBIST_LISTEN", "nowhere")],
+            "TRIBIST_LISTEN",
+        ),
+        (
+            &[("DATABASE_URL", good), ("TRIBIST_WORKERS", "0")],
+            "TRIBIST_WORKERS",
+        ),
+        (
+            &[("DATABASE_URL", good), ("TRIBIST_DB_TIMEOUT", "soon")],
+            "TRIBIST_DB_TIMEOUT",
+        ),
+        (
+            &[("DATABASE_URL", good), ("TRIBIST_SHUTDOWN_TIMEOUT", "0")],
+            "TRIBIST_SHUTDOWN_TIMEOUT",
+        ),
+        (
+            &[("DATABASE_URL", good), ("TRIBIST_LOG_LEVEL", "chatty")],
+            "TRIBIST_LOG_LEVEL",
+        ),
+        (
+            &[("PGHOST", "127.0.0.1"), ("PGUSER", "u"), ("PGPORT", "huge")],
+            "PGPORT",
+        ),
     ];
     for (env, var) in cases {
         let dir = TempDir::new("badcfg");
-        let out = Command::new(BIN).current_dir(dir.path()).env_clear().envs(env.iter().copied()).output().unwrap();
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{env:?}: {err}");
@@ -237,7 +309,8 @@ fn help_version_and_bad_arguments() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("DATABASE_URL"));
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with(concat!("server ", env!("CARGO_PKG_VERSION"))));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .starts_with(concat!("server ", env!("CARGO_PKG_VERSION"))));
     assert!(!commit().is_empty());
     let out = Command::new(BIN).arg("--frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -269,7 +342,11 @@ fn libpq_variables_work_when_database_url_is_unset() {
 #[test]
 fn malformed_http_gets_400_and_the_server_keeps_serving() {
     let server = Server::start();
-    for raw in [&b"NONSENSE\r\n\r\n"[..], b"GET /health HTTP/1.1\r\nBad Header Line\r\n\r\n", b"\x00\x01\x02\r\n\r\n"] {
+    for raw in [
+        &b"NONSENSE\r\n\r\n"[..],
+        b"GET /health HTTP/1.1\r\nBad Header Line\r\n\r\n",
+        b"\x00\x01\x02\r\n\r\n",
+    ] {
         let r = try_request(server.addr, raw).unwrap();
         assert_eq!(r.status, 400, "{raw:?}");
     }
@@ -280,14 +357,22 @@ fn malformed_http_gets_400_and_the_server_keeps_serving() {
 fn journald_lines_carry_priorities_and_no_timestamps() {
     let closed = util::free_port();
     let url = format!("postgres://tribist:{PASSWORD}@127.0.0.1:{closed}/tribist");
-    let server = Server::builder(&url).env("JOURNAL_STREAM", "8:12345").spawn();
+    let server = Server::builder(&url)
+        .env("JOURNAL_STREAM", "8:12345")
+        .spawn();
     assert_eq!(server.get("/health").status, 503);
     let log = wait_for("the warning line", 5 * SECOND, || {
         let log = server.log();
         log.contains("check failing").then_some(log)
     });
-    assert!(log.lines().any(|l| l.starts_with("<6>[INFO] listening on")), "{log}");
-    assert!(log.lines().any(|l| l.starts_with("<4>[WARN] database")), "{log}");
+    assert!(
+        log.lines().any(|l| l.starts_with("<6>[INFO] listening on")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.starts_with("<4>[WARN] database")),
+        "{log}"
+    );
     assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
 }
 
@@ -308,7 +393,9 @@ fn connect_until_exit(server: &mut Server) -> std::process::ExitStatus {
 fn dead_accept_thread_makes_the_server_exit_nonzero() {
     // Few descriptors: connections exhaust them, accept(2) fails with EMFILE, and tiny_http's
     // accept thread ends for good. The server must notice and exit, not linger.
-    let mut server = Server::builder(&Pg::shared().url).wrapper("ulimit -n 40 && exec \"$0\"").spawn();
+    let mut server = Server::builder(&Pg::shared().url)
+        .wrapper("ulimit -n 40 && exec \"$0\"")
+        .spawn();
     let status = connect_until_exit(&mut server);
     assert_eq!(status.code(), Some(1), "{}", server.log());
     let log = server.log();
@@ -320,9 +407,17 @@ fn dead_accept_thread_makes_the_server_exit_nonzero() {
 fn out_of_threads_the_server_exits_nonzero_too() {
     // RLIMIT_NPROC does not apply to root: run as nobody, with room for ~30 threads. tiny_http
     // then fails to spawn a connection thread and panics in its accept thread.
-    assert_eq!(Command::new("id").arg("-u").output().unwrap().stdout, b"0\n", "this test needs root (runuser)");
+    assert_eq!(
+        Command::new("id").arg("-u").output().unwrap().stdout,
+        b"0\n",
+        "this test needs root (runuser)"
+    );
     let dir = TempDir::new("nproc");
-    assert!(Command::new("chown").args(["nobody", dir.path().to_str().unwrap()]).status().unwrap().success());
+    assert!(Command::new("chown")
+        .args(["nobody", dir.path().to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
     let mut server = Server::builder(&Pg::shared().url)
         .dir(dir)
         .wrapper("exec runuser -u nobody -- prlimit --nproc=30 \"$0\"")
@@ -344,8 +439,16 @@ fn stalled_database_on_an_open_connection_gives_503_then_recovers() {
     let pm = pm.lines().next().unwrap().to_string();
     let freeze = |sig: &str| {
         // The postmaster and every backend: the open connection's backend stops answering.
-        assert!(Command::new("pkill").args([sig, "-P", &pm]).status().unwrap().success());
-        assert!(Command::new("kill").args([sig, &pm]).status().unwrap().success());
+        assert!(Command::new("pkill")
+            .args([sig, "-P", &pm])
+            .status()
+            .unwrap()
+            .success());
+        assert!(Command::new("kill")
+            .args([sig, &pm])
+            .status()
+            .unwrap()
+            .success());
     };
     freeze("-STOP");
     let start = Instant::now();
@@ -355,8 +458,13 @@ fn stalled_database_on_an_open_connection_gives_503_then_recovers() {
     assert_eq!(r.status, 503, "{r:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let output = r.json()["output"].as_str().unwrap().to_string();
-    assert!(output.contains("no answer within 1s on an open connection"), "{output}");
-    wait_for("/health to pass again", 10 * SECOND, || (server.get("/health").status == 200).then_some(()));
+    assert!(
+        output.contains("no answer within 1s on an open connection"),
+        "{output}"
+    );
+    wait_for("/health to pass again", 10 * SECOND, || {
+        (server.get("/health").status == 200).then_some(())
+    });
 }
 
 fn proc_count(pid: u32, what: &str) -> usize {
@@ -369,17 +477,31 @@ fn proc_count(pid: u32, what: &str) -> usize {
 #[test]
 fn hundred_database_outages_leak_no_thread_descriptor_or_connection() {
     let pg = Pg::start_new("hundred");
-    let server = Server::builder(&pg.url).env("TRIBIST_WORKERS", "2").env("TRIBIST_DB_TIMEOUT", "1s").spawn();
-    let healthy = || wait_for("/health 200", 10 * SECOND, || (server.get("/health").status == 200).then_some(()));
+    let server = Server::builder(&pg.url)
+        .env("TRIBIST_WORKERS", "2")
+        .env("TRIBIST_DB_TIMEOUT", "1s")
+        .spawn();
+    let healthy = || {
+        wait_for("/health 200", 10 * SECOND, || {
+            (server.get("/health").status == 200).then_some(())
+        })
+    };
     healthy();
     healthy();
-    let (threads, fds) = (proc_count(server.pid(), "threads"), proc_count(server.pid(), "fds"));
+    let (threads, fds) = (
+        proc_count(server.pid(), "threads"),
+        proc_count(server.pid(), "fds"),
+    );
     for cycle in 0..100 {
         pg.stop();
         let start = Instant::now();
         let r = server.get("/health");
         assert_eq!(r.status, 503, "cycle {cycle}: {r:?}");
-        assert!(start.elapsed() < Duration::from_secs(2), "cycle {cycle}: {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "cycle {cycle}: {:?}",
+            start.elapsed()
+        );
         pg.start();
         healthy();
     }
@@ -387,13 +509,22 @@ fn hundred_database_outages_leak_no_thread_descriptor_or_connection() {
     for _ in 0..4 {
         assert_eq!(server.get("/health").status, 200);
     }
-    let (threads_after, fds_after) = (proc_count(server.pid(), "threads"), proc_count(server.pid(), "fds"));
+    let (threads_after, fds_after) = (
+        proc_count(server.pid(), "threads"),
+        proc_count(server.pid(), "fds"),
+    );
     eprintln!("after 100 outages: threads {threads} -> {threads_after}, fds {fds} -> {fds_after}");
-    assert!(threads_after <= threads + 2, "threads {threads} -> {threads_after}");
+    assert!(
+        threads_after <= threads + 2,
+        "threads {threads} -> {threads_after}"
+    );
     assert!(fds_after <= fds + 2, "fds {fds} -> {fds_after}");
     let mut admin = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
     let n: i64 = admin
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tribist'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tribist'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(n <= 2, "{n} server connections for 2 workers");

@@ -4,9 +4,9 @@
 mod util;
 
 use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use util::{request, try_request, wait_for, Pg, Server, TempDir};
@@ -25,7 +25,11 @@ fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
         .dir(dir)
         .spawn();
     assert_eq!(first.addr, addr);
-    assert!(first.log().contains("socket from systemd"), "{}", first.log());
+    assert!(
+        first.log().contains("socket from systemd"),
+        "{}",
+        first.log()
+    );
 
     // A client sending request after request, each on a new connection, throughout.
     let stop = Arc::new(AtomicBool::new(false));
@@ -33,7 +37,10 @@ fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
     let client = std::thread::spawn(move || {
         let (mut ok, mut failed) = (0, Vec::new());
         while !stop_client.load(Ordering::SeqCst) {
-            match try_request(addr, b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n") {
+            match try_request(
+                addr,
+                b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            ) {
                 Ok(r) if r.status == 200 => ok += 1,
                 Ok(r) => failed.push(format!("status {}", r.status)),
                 Err(e) => failed.push(e.to_string()),
@@ -43,7 +50,12 @@ fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
     });
     std::thread::sleep(Duration::from_millis(300));
     first.signal("TERM");
-    assert_eq!(first.wait_exit(10 * SECOND).code(), Some(0), "{}", first.log());
+    assert_eq!(
+        first.wait_exit(10 * SECOND).code(),
+        Some(0),
+        "{}",
+        first.log()
+    );
     // Between two processes: connections wait in the backlog instead of being refused.
     std::thread::sleep(Duration::from_millis(300));
     let second = Server::builder(&Pg::shared().url)
@@ -54,9 +66,21 @@ fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = client.join().unwrap();
-    assert!(failed.is_empty(), "{} failed requests, first: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, first: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(ok > 20, "only {ok} requests");
-    assert_eq!(request(addr, "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").status, 200);
+    assert_eq!(
+        request(
+            addr,
+            "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .status,
+        200
+    );
     std::mem::forget(TempDir(dir_path)); // removed by `second`'s TempDir
 }
 
@@ -77,7 +101,10 @@ fn notify_ready_stopping_and_watchdog() {
     };
     let first = recv();
     assert!(first.starts_with("READY=1\n"), "{first}");
-    assert!(first.contains(&format!("STATUS=serving on {}", server.addr)), "{first}");
+    assert!(
+        first.contains(&format!("STATUS=serving on {}", server.addr)),
+        "{first}"
+    );
     // Keep-alive pings follow, each after a successful self-probe of /livez.
     for _ in 0..3 {
         assert_eq!(recv(), "WATCHDOG=1");
@@ -98,8 +125,78 @@ fn abstract_notify_socket_is_supported() {
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let notify = UnixDatagram::bind_addr(&addr).unwrap();
     notify.set_read_timeout(Some(5 * SECOND)).unwrap();
-    let _server = Server::builder(&Pg::shared().url).env("NOTIFY_SOCKET", &format!("@{name}")).spawn();
+    let _server = Server::builder(&Pg::shared().url)
+        .env("NOTIFY_SOCKET", &format!("@{name}"))
+        .spawn();
     let mut buf = [0u8; 512];
     let n = notify.recv(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"READY=1"));
+}
+
+/// Keep-alive clients (wrk's way, a proxy's pool) across a restart under socket activation:
+/// every request the old process still gets is answered with `Connection: close`, idle
+/// connections are closed before their clients send on them, and the clients reconnect to
+/// the backlog, where the next process answers. Not one request may fail.
+#[test]
+fn keep_alive_clients_lose_nothing_across_a_socket_activated_restart() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = TempDir::new("keepalive-restart");
+    let dir_path = dir.path().to_path_buf();
+    let mut first = Server::builder(&Pg::shared().url)
+        .socket_activated(&listener)
+        .dir(dir)
+        .spawn();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut c = util::KeepAlive::new(addr);
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(Ordering::SeqCst) {
+                    match c.get("/livez") {
+                        Ok(a) if a.status == 200 => ok += 1,
+                        Ok(a) => failed.push(format!("status {}", a.status)),
+                        Err(e) => {
+                            failed.push(e.to_string());
+                            c = util::KeepAlive::new(addr);
+                        }
+                    }
+                }
+                (ok, c.connects, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    first.signal("TERM");
+    assert_eq!(
+        first.wait_exit(10 * SECOND).code(),
+        Some(0),
+        "{}",
+        first.log()
+    );
+    let second = Server::builder(&Pg::shared().url)
+        .socket_activated(&listener)
+        .dir(TempDir(dir_path.clone()))
+        .spawn();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let failed: Vec<&String> = results.iter().flat_map(|r| &r.2).collect();
+    let ok: u32 = results.iter().map(|r| r.0).sum();
+    eprintln!(
+        "{ok} answers, {} failed; connections per client: {:?}",
+        failed.len(),
+        results.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, first: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "only {ok} requests");
+    assert_eq!(second.get("/livez").status, 200);
+    std::mem::forget(TempDir(dir_path)); // removed by `second`'s TempDir
 }

@@ -25,7 +25,10 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option
         if let Some(v) = cond() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -58,7 +61,11 @@ impl Drop for TempDir {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A real PostgreSQL cluster of this test run.
@@ -87,7 +94,11 @@ impl Pg {
     }
 
     pub fn start(&self) {
-        pg_sh(&["start", self.dir.path().to_str().unwrap(), &self.port.to_string()]);
+        pg_sh(&[
+            "start",
+            self.dir.path().to_str().unwrap(),
+            &self.port.to_string(),
+        ]);
     }
 }
 
@@ -105,7 +116,10 @@ fn pg_sh_path() -> PathBuf {
 }
 
 fn pg_sh(args: &[&str]) -> String {
-    let out = Command::new(pg_sh_path()).args(args).output().expect("run tests/support/pg.sh");
+    let out = Command::new(pg_sh_path())
+        .args(args)
+        .output()
+        .expect("run tests/support/pg.sh");
     assert!(
         out.status.success(),
         "pg.sh {args:?} failed: {}",
@@ -156,8 +170,13 @@ impl Server {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status();
-        assert!(ok.map(|s| s.success()).unwrap_or(false), "kill -{sig} failed");
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status();
+        assert!(
+            ok.map(|s| s.success()).unwrap_or(false),
+            "kill -{sig} failed"
+        );
     }
 
     /// Waits for the process to exit, within `limit`.
@@ -167,7 +186,10 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> Response {
-        request(self.addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+        request(
+            self.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        )
     }
 }
 
@@ -241,13 +263,21 @@ impl Builder {
         let (mut child, dir, log) = self.spawn_raw();
         let addr = wait_for("the server to listen", Duration::from_secs(10), || {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("server exited with {status}: {}", fs::read_to_string(&log).unwrap_or_default());
+                panic!(
+                    "server exited with {status}: {}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             let text = fs::read_to_string(&log).ok()?;
             let rest = text.split("listening on http://").nth(1)?;
             rest.split_whitespace().next()?.parse().ok()
         });
-        Server { child, dir, addr, log }
+        Server {
+            child,
+            dir,
+            addr,
+            log,
+        }
     }
 }
 
@@ -291,7 +321,10 @@ pub fn try_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     parse(&buf).ok_or_else(|| {
-        std::io::Error::other(format!("unparseable response: {:?}", String::from_utf8_lossy(&buf)))
+        std::io::Error::other(format!(
+            "unparseable response: {:?}",
+            String::from_utf8_lossy(&buf)
+        ))
     })
 }
 
@@ -304,7 +337,11 @@ fn parse(buf: &[u8]) -> Option<Response> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Some(Response { status, headers, body: body.to_string() })
+    Some(Response {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }
 
 /// A TCP listener that accepts connections and never answers: a hung database host.
@@ -335,5 +372,81 @@ impl Silent {
 
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// A client that keeps its connection alive, as wrk and reverse proxies do, and opens a new one
+/// only when the server answers `Connection: close` or closes.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<std::io::BufReader<TcpStream>>,
+    /// Connections opened so far.
+    pub connects: usize,
+}
+
+/// One answer on a keep-alive connection.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub close: bool,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            addr,
+            conn: None,
+            connects: 0,
+        }
+    }
+
+    /// Opens the connection now (without sending anything).
+    pub fn connect(&mut self) -> std::io::Result<()> {
+        let s = TcpStream::connect(self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        self.conn = Some(std::io::BufReader::new(s));
+        self.connects += 1;
+        Ok(())
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Answer> {
+        use std::io::BufRead;
+        if self.conn.is_none() {
+            self.connect()?;
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        conn.get_mut()
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())?;
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let (mut length, mut close) = (0usize, false);
+        loop {
+            line.clear();
+            conn.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().map_err(std::io::Error::other)?;
+                } else if k.eq_ignore_ascii_case("connection")
+                    && v.trim().eq_ignore_ascii_case("close")
+                {
+                    close = true;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body)?;
+        if close {
+            self.conn = None;
+        }
+        Ok(Answer { status, close })
     }
 }

@@ -1,0 +1,191 @@
+//! When a keep-alive connection must end, and the answer that ends it.
+//!
+//! tiny_http gives every connection a thread of its own until the client closes it, and its
+//! thread pool can queue a newly accepted connection behind a thread that is about to take
+//! another one: that connection then waits until some *other* connection ends. A burst of
+//! keep-alive clients (a proxy's pool reconnecting after a restart) can leave one of them
+//! unanswered for seconds. So no connection is kept forever: once `keepalive_max` has passed
+//! since its first request, or while the server drains, the answer carries
+//! `Connection: close`; the client then opens a new connection (to this process, or during an
+//! upgrade to the next one, through the socket's backlog) and a thread becomes free for
+//! whoever waits. tiny_http cannot send that header itself, so such answers are written raw
+//! through `Request::into_writer`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::api::Reply;
+
+/// Past this many tracked connections, entries older than the bound are dropped: they belong
+/// to connections the client closed itself.
+const PRUNE_AT: usize = 4096;
+
+/// The first request of every open keep-alive connection, by the client's address.
+pub struct Connections {
+    max_age: Duration,
+    first_seen: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl Connections {
+    pub fn new(max_age: Duration) -> Connections {
+        Connections {
+            max_age,
+            first_seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Called for every request: true when its answer must close the connection.
+    pub fn should_close(&self, client: Option<&SocketAddr>, now: Instant) -> bool {
+        let Some(client) = client else { return false };
+        let mut seen = self
+            .first_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let first = *seen.entry(*client).or_insert(now);
+        if now.duration_since(first) >= self.max_age {
+            seen.remove(client);
+            return true;
+        }
+        if seen.len() > PRUNE_AT {
+            let max_age = self.max_age;
+            seen.retain(|_, t| now.duration_since(*t) < max_age);
+        }
+        false
+    }
+
+    /// Forgets a connection that is closed anyway.
+    pub fn forget(&self, client: Option<&SocketAddr>) {
+        if let Some(client) = client {
+            self.first_seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(client);
+        }
+    }
+}
+
+/// The bytes of `reply` as an HTTP/1.1 answer that ends the connection; no body for HEAD.
+pub fn closing_answer(reply: &Reply, head: bool, now: SystemTime) -> Vec<u8> {
+    let reason = tiny_http::StatusCode(reply.status).default_reason_phrase();
+    let mut out = format!(
+        "HTTP/1.1 {} {reason}\r\nDate: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        reply.status,
+        http_date(now),
+        reply.content_type,
+        reply.body.len()
+    );
+    for (name, value) in &reply.headers {
+        // A header value from our own code; never let one break the framing.
+        if !value.bytes().any(|b| b == b'\r' || b == b'\n') {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut bytes = out.into_bytes();
+    if !head {
+        bytes.extend_from_slice(reply.body.as_bytes());
+    }
+    bytes
+}
+
+/// RFC 9110 IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        WEEKDAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_connection_is_closed_at_its_first_request_past_the_bound_and_then_starts_afresh() {
+        let c = Connections::new(Duration::from_millis(50));
+        let t0 = Instant::now();
+        assert!(!c.should_close(Some(&addr(1)), t0));
+        assert!(!c.should_close(Some(&addr(1)), t0 + Duration::from_millis(49)));
+        assert!(!c.should_close(Some(&addr(2)), t0 + Duration::from_millis(49)));
+        assert!(c.should_close(Some(&addr(1)), t0 + Duration::from_millis(50)));
+        // The client's next connection may reuse the port: a new first request.
+        assert!(!c.should_close(Some(&addr(1)), t0 + Duration::from_millis(60)));
+        assert!(!c.should_close(None, t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn entries_of_connections_closed_by_their_clients_do_not_pile_up() {
+        let c = Connections::new(Duration::from_millis(10));
+        let t0 = Instant::now();
+        for port in 0..=PRUNE_AT as u16 {
+            c.should_close(Some(&addr(port)), t0);
+        }
+        c.should_close(Some(&addr(60_000)), t0 + Duration::from_secs(1));
+        assert_eq!(c.first_seen.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_closing_answer_is_framed_and_says_close() {
+        let reply = Reply::error(503, "x");
+        let text = String::from_utf8(closing_answer(&reply, false, UNIX_EPOCH)).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}\r\n", reply.body.len())),
+            "{head}"
+        );
+        assert!(head.ends_with("\r\nConnection: close"), "{head}");
+        assert_eq!(body, reply.body);
+        let head_only = closing_answer(&reply, true, UNIX_EPOCH);
+        assert!(String::from_utf8(head_only)
+            .unwrap()
+            .ends_with("Connection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn http_dates() {
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(http_date(at(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(at(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(
+            http_date(at(1_795_996_800)),
+            "Mon, 30 Nov 2026 00:00:00 GMT"
+        );
+    }
+}
