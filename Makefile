@@ -17,10 +17,10 @@ LISTEN ?= 127.0.0.1:8383
 # --- deployment (make install / upgrade / …): sbin/remote.sh --help explains each ---
 # HOST (ssh destination), HOSTS ("app1 app2": upgrade one after the other), SSH_OPTS (options
 # for ssh; better: a Host entry in ~/.ssh/config), BIN (default: the release build),
-# DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LINES, PURGE. They reach sbin/remote.sh through the
+# DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LINES, PURGE, PREFLIGHT. They reach sbin/remote.sh through the
 # environment exactly as typed: make does not expand $ in them, and no recipe line contains
 # them, so quotes, $(), backticks and ; stay text.
-DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LINES PURGE
+DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LINES PURGE PREFLIGHT
 $(foreach v,$(DEPLOY_VARS),$(eval override $(v) := $$(value $(v)))$(if $(value $(v)),$(eval export $(v))))
 export RELEASE_BIN CARGO
 # A DATABASE_URL typed on make's command line is refused (it is in ps and the shell history).
@@ -54,8 +54,10 @@ test: deps lint test-unit test-api test-robust test-scripts test-e2e soak ## eve
 test-unit: ## Rust unit and integration tests against real PostgreSQL clusters
 	$(CARGO) test --locked
 
-lint: ## shellcheck every script (every line of shell lives in one)
+lint: ## shellcheck every script (every line of shell lives in one); rustfmt and clippy
 	$(SHELLCHECK) -x sbin/*.sh tests/support/*.sh tests/e2e/*.sh
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -q -- -D warnings
 	python3 -m py_compile tests/support/*.py
 
 test-scripts: ## bats tests of the shell scripts

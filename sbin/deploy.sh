@@ -43,6 +43,8 @@ readonly SCRIPTS=(server.sh wait_for_it.sh deploy.sh releases.sh)
 readonly EXIT_USAGE=2
 readonly EXIT_LOCKED=3
 WAIT=${TRIBIST_WAIT:-30}
+# Seconds the new binary has to answer /health beside the serving one (--preflight).
+PREFLIGHT=10
 BY=unknown
 ACTION=""
 # What an interrupt must undo: set while a new binary is being switched in.
@@ -54,7 +56,7 @@ UPLOAD=""
 
 usage() {
   cat <<USAGE
-usage: $PROG [--by WHO] COMMAND
+usage: $PROG [--by WHO] [--preflight SECONDS] COMMAND
        $PROG install BUNDLE_DIR      (root) install or update everything from BUNDLE_DIR
        $PROG receive SHA256          read a binary from stdin into $API_DIR (as tribist),
                                      check its SHA-256, print the upload's name
@@ -74,6 +76,13 @@ usage: $PROG [--by WHO] COMMAND
 
 --by WHO says who deploys (printable text, at most 100 characters); it is recorded as the
 deployer's claim, beside the identity the host itself knows (root, the sudo user, tribist).
+
+upgrade and rollback first run the binary they are about to switch to beside the serving
+one (as tribist, with $ENV_FILE, on a free loopback port, in a scratch directory) and go
+ahead only once its /health answers 200 with the expected releaseId, within --preflight
+SECONDS (default $PREFLIGHT): a release that exits, hangs or answers otherwise never gets
+traffic (result refused-preflight). The health check after the switch, and the automatic
+rollback, stay for what a preflight cannot see.
 
 install, upgrade, rollback and uninstall take the host's deploy lock ($LOCK_FILE): a
 second one is refused (exit $EXIT_LOCKED), naming the holder; the lock goes with its holder's
@@ -221,6 +230,12 @@ unlock_on_exit() {
 on_interrupt() {
   trap '' INT TERM HUP
   warn "interrupted"
+  if is_root; then
+    pkill -TERM -u "$USER_NAME" -f "releases.sh preflight" 2>/dev/null || true
+  else
+    pkill -TERM -u "$(id -u)" -f "releases.sh preflight" 2>/dev/null || true
+  fi
+  if [[ -n "$UPLOAD" ]]; then releases discard "$UPLOAD" || true; fi
   if [[ -n "$SWITCHING" ]]; then
     warn "the upgrade to ${TO_RELEASE:-?} was interrupted; restoring ${FROM_RELEASE:-the previous release}"
     if revert_upgrade; then
@@ -564,7 +579,13 @@ cmd_upgrade() {
   fi
   old=$FROM_RELEASE
   TO_RELEASE=$new
+  if ! preflight "$upload" "$new"; then
+    releases discard "$upload" || true
+    audit refused-preflight
+    die "refused: release $new failed its preflight (above); nothing changed, release $old still serves"
+  fi
   SWITCHING=1
+  UPLOAD=""
   releases stage "$upload"
   say "upgrading $old -> $new: restarting $UNIT and waiting up to ${WAIT}s"
   if restart_and_wait "$new"; then
@@ -585,9 +606,19 @@ cmd_upgrade() {
   die "upgrade to $new failed AND the rollback to $old failed: $UNIT is down; see 'journalctl -u $UNIT'"
 }
 
+# Runs releases.sh preflight in the background (so an interrupt's trap runs at once) and
+# prints what it says, indented. Returns its status.
+preflight() {
+  local rc=0
+  say "preflight: starting release $2 beside the serving one (up to ${PREFLIGHT}s)"
+  TRIBIST_TIMEOUT=$((PREFLIGHT + 10)) as_tribist "$BIN_DIR/releases.sh" preflight "$1" "$2" "$PREFLIGHT" "$ENV_FILE" 2>&1 | sed 's/^/    /' &
+  wait $! || rc=$?
+  return "$rc"
+}
+
 # Undoes a staged or promoted upgrade (everything back as it was), restarts and waits.
 revert_upgrade() {
-  releases revert "${FROM_RELEASE/none/}" | sed "s/^/$PROG: /" || return 1
+  releases revert | sed "s/^/$PROG: /" || return 1
   restart_and_wait "${FROM_RELEASE/none/}"
 }
 
@@ -600,6 +631,10 @@ cmd_rollback() {
     die "there is no server.prev that runs ('--version' failed or it is missing); not rolling back"
   }
   TO_RELEASE=$prev
+  if ! preflight server.prev "$prev"; then
+    audit refused-preflight
+    die "refused: release $prev (server.prev) failed its preflight (above); nothing changed"
+  fi
   say "rolling back to $prev"
   releases swap || die "could not swap server and server.prev; nothing changed"
   if ! restart_and_wait "$prev"; then
@@ -656,18 +691,20 @@ cmd_audit() {
 # The unit's pre-start step, as root outside the sandbox (`ExecStartPre=+`): promotes
 # server_new (as tribist, through releases.sh) and records every start in root's audit file,
 # whoever asked for it — tribist's own `sudo systemctl restart` included — with the SHA-256 of
-# the binary about to run (computed as tribist). tribist can flood the journal, never this.
+# a newly promoted binary (computed as tribist). tribist can flood the journal, never this.
 cmd_on_start() {
   local out promoted=no sum
   need_root on-start
   ACTION=service-start
+  # One call as tribist, in the restart's critical path: the digest only when promoted.
   out=$(releases promote) || die "could not promote server_new: ${out:-see the lines above}"
+  sum=unchanged
   if [[ -n "$out" ]]; then
     promoted=yes
     say "$out"
+    sum=${out##*sha256 }
+    [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || sum=unknown
   fi
-  sum=$(releases digest server 2>/dev/null) || sum=unknown
-  [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || sum=unknown
   { echo "$(now) host=$(hostname) action=service-start user=systemd promoted=$promoted server_sha256=$sum" >>"$AUDIT_LOG"; } 2>/dev/null ||
     warn "cannot append to $AUDIT_LOG"
 }
@@ -708,13 +745,23 @@ cmd_uninstall() {
 
 main() {
   cd /
-  if [[ "${1:-}" == --by ]]; then
-    [[ $# -ge 2 ]] || usage_error "--by needs a value"
-    [[ "$2" != *[[:cntrl:]]* && ${#2} -le 100 && -n "$2" ]] ||
-      usage_error "--by must be 1-100 printable characters (no newline or control character)"
-    BY=$2
-    shift 2
-  fi
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --by)
+        [[ $# -ge 2 ]] || usage_error "--by needs a value"
+        [[ "$2" != *[[:cntrl:]]* && ${#2} -le 100 && -n "$2" ]] ||
+          usage_error "--by must be 1-100 printable characters (no newline or control character)"
+        BY=$2
+        shift 2
+        ;;
+      --preflight)
+        [[ "${2:-}" =~ ^[1-9][0-9]{0,2}$ ]] || usage_error "--preflight needs a whole number of seconds, 1 to 999"
+        PREFLIGHT=$2
+        shift 2
+        ;;
+      *) break ;;
+    esac
+  done
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
   case "$cmd $#" in

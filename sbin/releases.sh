@@ -15,6 +15,8 @@
 # | server.prev       | the binary before the last promotion:          | promote, revert, swap |
 # |                   | the rollback target                            |                       |
 # | server.failed     | the binary of the last failed upgrade          | revert                |
+# | .server.before    | during an upgrade: the binary serving before   | stage; removed by     |
+# |                   | it (a hard link), put back if the upgrade fails| commit and revert     |
 # | .server.prev.keep | during an upgrade: the rollback target before  | stage; removed by     |
 # |                   | it, put back if the upgrade fails              | commit and revert     |
 # | .upload.XXXXXX    | an upload, checksum verified by receive        | receive; discard      |
@@ -40,12 +42,18 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
                    prints no valid commit
   stage NAME       make upload NAME server_new, keeping server.prev as .server.prev.keep
   commit           the staged upgrade succeeded: drop .server.prev.keep
-  revert TO        a staged upgrade failed: server_new removed; if server is not release TO,
-                   server.prev becomes server, .server.prev.keep server.prev, the failed
-                   binary server.failed
+  revert           a staged upgrade failed: server_new removed; if server was promoted
+                   meanwhile, the binary serving before it (.server.before) is server again,
+                   .server.prev.keep server.prev, and the failed binary server.failed
   swap             a manual rollback: server and server.prev change places
   promote          server -> server.prev, server_new -> server (the unit's pre-start step)
   digest NAME      print the SHA-256 of server or server.prev
+  preflight NAME RELEASE SECONDS ENVFILE
+                   run NAME (server.prev or an upload) beside the serving server, with
+                   the service's configuration ENVFILE (its TRIBIST_LISTEN replaced by a
+                   free loopback port) in a scratch directory; succeed once /health
+                   answers 200 with releaseId RELEASE, fail (printing why, the last
+                   answer and its output) if it exits, answers otherwise or SECONDS pass
   discard NAME     remove upload NAME
   --help
 
@@ -107,29 +115,28 @@ cmd_stage() {
   check_upload "$name"
   [[ -f "$API_DIR/$name" ]] || die "no upload $name"
   cd "$API_DIR"
-  rm -f .server.prev.keep
+  rm -f .server.prev.keep .server.before
   if [[ -e server.prev ]]; then ln -f server.prev .server.prev.keep; fi
+  if [[ -e server ]]; then ln -f server .server.before; fi
   mv -f "$name" server_new
 }
 
-cmd_commit() { rm -f "$API_DIR/.server.prev.keep"; }
+cmd_commit() { rm -f "$API_DIR/.server.prev.keep" "$API_DIR/.server.before"; }
 
 cmd_revert() {
-  local to=$1
   cd "$API_DIR"
   rm -f server_new
-  if [[ -n "$to" && "$(cmd_version server 2>/dev/null)" == "$to" ]]; then
-    # Interrupted before the promotion: the previous binary is still in place.
-    rm -f .server.prev.keep
-    echo "$PROG: server is still release $to"
+  if [[ ! -e .server.before || server -ef .server.before ]]; then
+    # Interrupted before the promotion: the binary serving before is still in place.
+    rm -f .server.prev.keep .server.before
+    echo "$PROG: server is unchanged"
     return 0
   fi
-  [[ -e server.prev ]] || die "there is no server.prev to go back to"
   ln -f server .server.rolled-back
-  mv -f server.prev server
+  mv -f .server.before server
   if [[ -e .server.prev.keep ]]; then mv -f .server.prev.keep server.prev; fi
   mv -f .server.rolled-back server.failed
-  echo "$PROG: server.prev is server again; the failed binary is kept as server.failed"
+  echo "$PROG: the binary serving before the upgrade is server again; the failed one is kept as server.failed"
 }
 
 cmd_swap() {
@@ -152,13 +159,80 @@ cmd_promote() {
   fi
   # rename(2): `server` is the old or the new binary at every instant, never missing.
   mv -f server_new server || die "cannot move server_new to server"
-  echo "$PROG: promoted server_new to server${had_prev:+ (previous binary kept as server.prev)}"
+  echo "$PROG: promoted server_new to server${had_prev:+ (previous binary kept as server.prev)}; sha256 $(sha256sum <server | cut -c1-64)"
 }
 
 cmd_digest() {
   case "$1" in server | server.prev) ;; *) usage_error "digest takes server or server.prev" ;; esac
   [[ -f "$API_DIR/$1" ]] || die "$1: no such binary"
   sha256sum <"$API_DIR/$1" | cut -d' ' -f1
+}
+
+PREFLIGHT_PID=""
+PREFLIGHT_DIR=""
+preflight_cleanup() {
+  if [[ -n "$PREFLIGHT_PID" ]] && kill -0 "$PREFLIGHT_PID" 2>/dev/null; then
+    kill -TERM "$PREFLIGHT_PID" 2>/dev/null || true
+    local _
+    for _ in $(seq 60); do kill -0 "$PREFLIGHT_PID" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$PREFLIGHT_PID" 2>/dev/null || true
+  fi
+  if [[ -n "$PREFLIGHT_DIR" ]]; then rm -rf "$PREFLIGHT_DIR"; fi
+}
+
+preflight_failed() {
+  echo "$PROG: preflight: release $1 $2" >&2
+  if [[ -s "$PREFLIGHT_DIR/log" ]]; then
+    echo "$PROG: preflight: its last output lines:" >&2
+    tail -n 15 "$PREFLIGHT_DIR/log" | head -c 4000 | sed 's/^/    /' >&2
+  fi
+  exit 1
+}
+
+cmd_preflight() {
+  local name=$1 want=$2 secs=$3 env=$4 port="" out="" status=000 body="" got rc start
+  case "$name" in server.prev) ;; *) check_upload "$name" ;; esac
+  [[ "$want" =~ ^[A-Za-z0-9._+-]{1,64}$ ]] || usage_error "'$want' is not a release id"
+  [[ "$secs" =~ ^[1-9][0-9]{0,2}$ ]] || usage_error "SECONDS must be 1 to 999, got '$secs'"
+  [[ -f "$API_DIR/$name" ]] || die "$name: no such binary"
+  [[ -r "$env" ]] || die "cannot read the configuration $env as $(id -un)"
+  PREFLIGHT_DIR=$(mktemp -d /tmp/tribist-preflight.XXXXXX)
+  trap preflight_cleanup EXIT
+  trap 'exit 130' INT TERM HUP
+  start=$SECONDS
+  (cd "$PREFLIGHT_DIR" && exec env -i PATH=/usr/local/bin:/usr/bin:/bin TRIBIST_LISTEN=127.0.0.1:0 \
+    "$API_DIR/$name" --env-file "$env") </dev/null >"$PREFLIGHT_DIR/log" 2>&1 &
+  PREFLIGHT_PID=$!
+  while true; do
+    if [[ -z "$port" ]]; then
+      port=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$PREFLIGHT_DIR/log" | head -n 1)
+    fi
+    if [[ -n "$port" ]]; then
+      out=$(curl -sS --max-time 2 -w '\n%{http_code}' "http://127.0.0.1:$port/health" 2>&1) || true
+      status=${out##*$'\n'}
+      body=${out%$'\n'*}
+      if [[ "$status" == 200 ]]; then
+        got=$(sed -n 's/.*"releaseId":"\([A-Za-z0-9._+-]*\)".*/\1/p' <<<"$body" | head -n 1)
+        [[ "$got" == "$want" ]] || preflight_failed "$want" "answered /health 200 but reports releaseId '$got'"
+        echo "$PROG: preflight: release $want answered /health 200 beside the serving one (127.0.0.1:$port, $((SECONDS - start)) s)"
+        return 0
+      fi
+    fi
+    if ! kill -0 "$PREFLIGHT_PID" 2>/dev/null; then
+      rc=0
+      wait "$PREFLIGHT_PID" || rc=$?
+      PREFLIGHT_PID=""
+      if grep -q -- 'unexpected argument "--env-file"' "$PREFLIGHT_DIR/log"; then
+        echo "$PROG: preflight: release $want predates server --env-file; not checked before the switch (only after it)"
+        return 0
+      fi
+      preflight_failed "$want" "exited (status $rc) before answering /health 200"
+    fi
+    if ((SECONDS - start >= secs)); then
+      preflight_failed "$want" "did not answer /health 200 within ${secs}s$([[ -n "$port" ]] && echo "; last answer: HTTP $status ${body:0:500}")"
+    fi
+    sleep 0.05
+  done
 }
 
 cmd_discard() {
@@ -181,11 +255,12 @@ main() {
     "version 1") cmd_version "$1" ;;
     "stage 1") cmd_stage "$1" ;;
     "commit 0") cmd_commit ;;
-    "revert 1") cmd_revert "$1" ;;
+    "revert 0") cmd_revert ;;
     "swap 0") cmd_swap ;;
     "promote 0") cmd_promote ;;
     "discard 1") cmd_discard "$1" ;;
     "digest 1") cmd_digest "$1" ;;
+    "preflight 4") cmd_preflight "$@" ;;
     *) usage_error "unknown command or wrong arguments: $cmd" ;;
   esac
 }

@@ -47,6 +47,8 @@ Settings, from the environment (make passes its variables through unchanged):
                      at a terminal without it, install asks for the URL without echoing it
   DEPLOY_KEY         install: a public key file to authorise for user tribist
   LINES              logs: how many lines (default 100)
+  PREFLIGHT          upgrade, rollback: seconds the new release has to answer /health 200
+                     beside the serving one before anything switches (default 10)
   PURGE              uninstall: 1 also removes the configuration and user tribist
 
 Exit codes: 0 done, 1 failed on the host (the messages say why), 2 a value was refused
@@ -108,6 +110,14 @@ parse_ssh_opts() {
     SSH_ARGS+=("$word")
   done <<<"$words"
   [[ -z "$expect_arg" ]] || refuse "SSH_OPTS=$(shown "$opts") ends with an option that needs an argument"
+}
+
+# deploy.sh's options for upgrade and rollback.
+preflight_args() {
+  local p=${PREFLIGHT:-}
+  [[ -z "$p" ]] && return 0
+  [[ "$p" =~ ^[1-9][0-9]{0,2}$ ]] || refuse "PREFLIGHT must be a whole number of seconds from 1 to 999, got $(shown "$p")"
+  printf '%s\n' --preflight "$p"
 }
 
 deployer() {
@@ -241,7 +251,8 @@ cmd_install() {
 }
 
 upgrade_host() {
-  local host=$1 bin=$2 by=$3 sum upload rc=0
+  local host=$1 bin=$2 by=$3 sum upload rc=0 pre=()
+  mapfile -t pre < <(preflight_args)
   say "uploading $bin to $host"
   sum=$(sha256sum <"$bin" | cut -d' ' -f1)
   upload=$(ssh_to "$host" -T "$REMOTE_DEPLOY" receive "$sum" <"$bin") || {
@@ -251,7 +262,7 @@ upgrade_host() {
   }
   [[ "$upload" =~ ^\.upload\.[A-Za-z0-9]{6,16}$ ]] || die "the host answered an unexpected upload name: $(shown "$upload")"
   say "activating on $host"
-  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" upgrade "$upload" || rc=$?
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${pre[@]}" upgrade "$upload" || rc=$?
   if ((rc != 0)); then
     warn "make upgrade: FAILED on $host (exit $rc); see the messages above"
     return "$rc"
@@ -269,6 +280,7 @@ cmd_upgrade() {
   fi
   for h in "${hosts[@]}"; do check_host "$([[ -n "${HOSTS:-}" ]] && echo HOSTS || echo HOST)" "$h"; done
   by=$(deployer)
+  preflight_args >/dev/null
   bin=$(ship_bin)
   if ((${#hosts[@]} == 1)) && [[ -z "${HOSTS:-}" ]]; then
     upgrade_host "${hosts[0]}" "$bin" "$by"
@@ -284,7 +296,7 @@ cmd_upgrade() {
     printf '    %-24s %s\n' "$h" "${r:-unreachable or not healthy}"
   done
   if [[ -n "$failed" ]]; then
-    warn "make upgrade: stopped at $failed (rolled back); hosts after it were not touched"
+    warn "make upgrade: stopped at $failed (it serves its previous release); hosts after it were not touched"
     return "$rc"
   fi
 }
@@ -295,11 +307,13 @@ one_host() {
 }
 
 cmd_rollback() {
-  local host by
+  local host by pre=()
   host=$(one_host)
   by=$(deployer)
+  preflight_args >/dev/null
+  mapfile -t pre < <(preflight_args)
   say "rolling back $host"
-  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" rollback
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${pre[@]}" rollback
 }
 
 cmd_logs() {

@@ -83,6 +83,16 @@ wait_locked() {
 
 install_db() { "$HOSTSH" db "$1" "$DB_PASSWORD"; }
 
+# Waits (up to 30 s) until an upgrade on host $A passed its preflight and restarts the service.
+wait_switching() {
+  local i
+  for i in $(seq 150); do
+    [[ "$(on_host systemctl show -p ActiveState --value tribist)" == activating ]] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
 # Runs "$@" under a pseudo-terminal, as a person at a terminal does (output has \r\n); its
 # keyboard is the fifo $BATS_TEST_TMPDIR/keys (see press).
 at_terminal() {
@@ -122,7 +132,15 @@ setup_file() {
 exec sleep 600
 ' \
     >"$BATS_FILE_TMPDIR/server-hang"
-  chmod 755 "$BATS_FILE_TMPDIR/server-bad" "$BATS_FILE_TMPDIR/server-hang"
+  # Two that pass for a real release built on host A's copy of server-b (see on_host_test_server):
+  # one that hangs only when systemd starts it (what a preflight cannot see), one that answers
+  # /health 503 (its database password is wrong).
+  printf '#!/bin/sh\n[ -n "$NOTIFY_SOCKET" ] && exec sleep 600\nexec /usr/local/lib/tribist-test/server "$@"\n' \
+    >"$BATS_FILE_TMPDIR/server-systemd-hang"
+  printf '#!/bin/sh\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec /usr/local/lib/tribist-test/server "$@"\n' \
+    >"$BATS_FILE_TMPDIR/server-503"
+  chmod 755 "$BATS_FILE_TMPDIR/server-bad" "$BATS_FILE_TMPDIR/server-hang" "$BATS_FILE_TMPDIR/server-systemd-hang" \
+    "$BATS_FILE_TMPDIR/server-503"
   # A path with a space in it, as a user's may have.
   mkdir -p "$BATS_FILE_TMPDIR/my build"
   cp "$BATS_FILE_TMPDIR/server-b" "$BATS_FILE_TMPDIR/my build/server"
@@ -133,6 +151,8 @@ exec sleep 600
   printf '%s' "host=localhost dbname=tribist user=tribist password='p\$ \\\\ \\' \" # %x ' " >"$BATS_FILE_TMPDIR/database_url_b"
   "$HOSTSH" up "$A"
   "$HOSTSH" up "$B"
+  "$HOSTSH" ssh "$A" "install -d /usr/local/lib/tribist-test && cat >/usr/local/lib/tribist-test/server && chmod 755 /usr/local/lib/tribist-test/server" \
+    <"$BATS_FILE_TMPDIR/server-b"
   install_db "$A"
   install_db "$B"
   "$HOSTSH" ssh "$B" "runuser -u postgres -- psql -q -v ON_ERROR_STOP=1" <<<"ALTER ROLE tribist PASSWORD 'p\$ \\ '' \" # %x ';"
@@ -307,25 +327,40 @@ teardown_file() {
   assert_equal "$(serving)" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
 }
 
-@test "make upgrade to a binary that exits at once fails, says why, and the previous release serves" {
-  run timed "failed make upgrade with rollback" deploy upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" \
+@test "preflight: a release that exits, hangs or answers 503 is refused before it gets any traffic" {
+  local pid b
+  pid=$(on_host systemctl show -p MainPID --value tribist)
+  b=$(release_of "$BATS_FILE_TMPDIR/server-b")
+  run timed "upgrade refused by the preflight (exits)" deploy upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" \
     BIN="$BATS_FILE_TMPDIR/server-bad"
   assert_failure
-  assert_output --partial "'systemctl restart tribist' failed"
-  # The log excerpt shows how it died. (Its own last stderr line is not asserted: a process
-  # that exits within microseconds can beat journald to it.)
-  assert_output --partial "status=1/FAILURE"
-  assert_output --partial "rolled back: release $(release_of "$BATS_FILE_TMPDIR/server-b") is serving again"
+  assert_output --partial "release broken-release exited (status 1) before answering /health 200"
+  assert_output --partial "cannot start"
+  assert_output --partial "refused: release broken-release failed its preflight (above); nothing changed, release $b still serves"
   assert_output --partial "make upgrade: FAILED"
-  assert_equal "$(serving)" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
-  assert_equal "$(on_host systemctl is-active tribist)" active
+  run timed "upgrade refused by the preflight (hangs, PREFLIGHT=3)" deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" \
+    BIN="$BATS_FILE_TMPDIR/server-hang" PREFLIGHT=3
+  assert_failure
+  assert_output --partial "release hanging-release did not answer /health 200 within 3s"
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-503" PREFLIGHT=3
+  assert_failure
+  assert_output --partial "did not answer /health 200 within 3s; last answer: HTTP 503"
+  assert_output --partial "password authentication failed"
+  # Never switched: the same process serves the same release, nothing was left behind.
+  assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
+  assert_equal "$(serving)" "$b"
+  run on_host "ls -a /home/tribist/api; ls /tmp | grep -c tribist-preflight"
+  refute_output --partial .upload
+  assert_line 0
+  run on_host "grep -c 'result=refused-preflight' /var/lib/tribist-deploy/audit.log"
+  assert_output 2
 }
 
-@test "deploy lock: a second upgrade is refused with the holder; a failed upgrade rolls back and releases it" {
+@test "deploy lock: a second upgrade is refused with the holder; a refused upgrade releases it" {
   deploy upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" BIN="$BATS_FILE_TMPDIR/server-hang" \
     DEPLOYER=alice@laptop >"$BATS_FILE_TMPDIR/bad.out" 2>&1 &
   local bad=$!
-  wait_locked
+  wait_locked || fail "no lock taken; the upgrade said: $(cat "$BATS_FILE_TMPDIR/bad.out")"
   run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b" DEPLOYER=bob@desk
   assert_failure
   assert_output --partial "refused: another deployment holds the lock"
@@ -335,8 +370,7 @@ teardown_file() {
   wait "$bad" || rc=$?
   run cat "$BATS_FILE_TMPDIR/bad.out"
   ((rc != 0))
-  assert_output --partial "'systemctl restart tribist' failed"
-  assert_output --partial "rolled back"
+  assert_output --partial "release hanging-release did not answer /health 200 within 10s"
   assert_output --partial "make upgrade: FAILED"
   assert_equal "$(serving)" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
   # Released: the next deployment goes ahead.
@@ -349,10 +383,9 @@ teardown_file() {
   before=$(serving)
   # Ctrl-C typed at the terminal: ssh -t carries it to deploy.sh on the host.
   at_terminal make -s -C "$REPO" upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" \
-    BIN="$BATS_FILE_TMPDIR/server-hang" >"$BATS_FILE_TMPDIR/int.out" 2>&1 &
+    BIN="$BATS_FILE_TMPDIR/server-systemd-hang" >"$BATS_FILE_TMPDIR/int.out" 2>&1 &
   local job=$!
-  wait_locked
-  sleep 1
+  wait_switching
   press $'\x03'
   local rc=0
   wait "$job" || rc=$?
@@ -362,10 +395,10 @@ teardown_file() {
   assert_output --partial "rolled back: release $before is serving again"
   assert_equal "$(serving)" "$before"
   # `make unlock`: breaking the lock stops its holder, which rolls back in the same way.
-  deploy upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" BIN="$BATS_FILE_TMPDIR/server-hang" \
+  deploy upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" BIN="$BATS_FILE_TMPDIR/server-systemd-hang" \
     >"$BATS_FILE_TMPDIR/unlock.out" 2>&1 &
   job=$!
-  wait_locked
+  wait_switching
   run deploy unlock HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_success
   assert_output --partial "broke the deploy lock held by: upgrade by"
@@ -386,10 +419,11 @@ teardown_file() {
   assert_line --regexp "action=upgrade user=root .* release_from=$a release_to=$b result=ok"
   assert_line --regexp "action=rollback user=root .* release_from=$b release_to=$a result=ok"
   assert_line --partial "-- sent by tribist (_UID="
-  assert_line --regexp "action=upgrade user=tribist .* by=\"alice@laptop\" release_from=$b release_to=hanging-release result=failed-rolled-back"
+  assert_line --regexp "action=upgrade user=tribist .* by=\"alice@laptop\" release_from=$b release_to=hanging-release result=refused-preflight"
   assert_line --partial "result=interrupted-rolled-back"
   # Every start is in root's record too, with the binary's digest, whoever asked for it.
   assert_line --regexp "action=service-start user=systemd promoted=yes server_sha256=[0-9a-f]{64}"
+  assert_line --regexp "action=service-start user=systemd promoted=no server_sha256=unchanged"
   refute_output --partial "$DB_PASSWORD"
   # tribist cannot read root's record, and the audit needs root.
   run as_tribist_on_host "cat /var/lib/tribist-deploy/audit.log"
@@ -416,7 +450,7 @@ teardown_file() {
   b=$(serving "$B")
   run deploy upgrade HOSTS="tribist@$A root@$B" SSH_OPTS="$(as_tribist)" BIN="$BATS_FILE_TMPDIR/server-bad"
   assert_failure
-  assert_output --partial "stopped at tribist@$A (rolled back)"
+  assert_output --partial "stopped at tribist@$A (it serves its previous release)"
   assert_output --regexp "tribist@$A +$a"
   assert_output --regexp "root@$B +$b"
   refute_output --partial "uploading $BATS_FILE_TMPDIR/server-bad to root@$B"

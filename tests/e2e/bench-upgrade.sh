@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# `make bench-upgrade`: what clients see while `make upgrade` runs, with and without socket
-# activation. Boots a throwaway systemd host (tests/e2e/host.sh), installs tribist with this
-# Makefile, then upgrades back and forth between two releases under a steady load on /health
-# and /livez (tests/support/load.py, new connection per request, inside the host's own network
-# namespace). Prints requests sent, failed (refused, reset, 5xx, timed out) and max latency.
+# `make bench-upgrade`: what a user's clients see while `make upgrade` runs. Boots a throwaway
+# systemd host (tests/e2e/host.sh), installs tribist with this Makefile, then, under two kinds
+# of clients at once, runs one upgrade per scenario: a good release, and three bad ones (exits
+# at start, never becomes ready, answers /health 503). The clients run inside the host's own
+# network namespace: wrk with its default keep-alive connections (as a reverse proxy's pool),
+# and tests/support/load.py with a new connection per request (as a health probe). Prints per
+# scenario and client: requests, failed (socket errors, refused, reset, timed out), non-2xx,
+# max latency, and how long `make upgrade` took.
 set -euo pipefail
 
 readonly NAME=tribbench
@@ -12,12 +15,51 @@ readonly DB_PASSWORD=bench-db-password
 usage() {
   cat <<'USAGE'
 usage: bench-upgrade.sh [--help]
-Environment: UPGRADES (upgrades per mode, default 4), CONCURRENCY (load threads, default 4).
-Needs root (systemd-nspawn, ip netns). Cleans up its host even when interrupted.
+Environment: CONNECTIONS (wrk keep-alive connections, default 8), CONCURRENCY (load.py
+threads, default 4), PREFLIGHT (seconds, default 10). Needs root (systemd-nspawn, ip netns)
+and wrk. Cleans up its host even when interrupted.
 USAGE
 }
 
-say() { printf '==> %s\n' "$*"; }
+say() { printf '==> %s\n' "$*" >&2; }
+
+# Writes the bad releases into $1: exits at start, never ready, answers 503 (the last one
+# wraps the real binary the host keeps at /usr/local/lib/tribist-bench/server).
+bad_releases() {
+  local dir=$1
+  # shellcheck disable=SC2016 # $1 belongs to the generated scripts
+  printf '#!/bin/sh\n[ "$1" = --version ] && { echo "server 0.0.0 (commit exits-at-start)"; exit 0; }\necho "panic: cannot start" >&2\nexit 1\n' >"$dir/exits"
+  # shellcheck disable=SC2016
+  printf '#!/bin/sh\n[ "$1" = --version ] && { echo "server 0.0.0 (commit never-ready)"; exit 0; }\nexec sleep 600\n' >"$dir/never-ready"
+  printf '#!/bin/sh\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec /usr/local/lib/tribist-bench/server "$@"\n' >"$dir/answers-503"
+  chmod 755 "$dir/exits" "$dir/never-ready" "$dir/answers-503"
+}
+
+# wrk's summary -> "requests failed non2xx max_ms"
+wrk_figures() {
+  awk '
+    /requests in/ { req = $1 }
+    /Socket errors:/ { gsub(",", ""); failed = $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { non2xx = $5 }
+    $1 == "Latency" { max = $4 }
+    END {
+      ms = max
+      if (max ~ /us$/) { sub("us", "", ms); ms = ms / 1000 }
+      else if (max ~ /ms$/) { sub("ms", "", ms) }
+      else if (max ~ /s$/) { sub("s", "", ms); ms = ms * 1000 }
+      printf "%d %d %d %.1f\n", req, failed, non2xx, ms
+    }' "$1"
+}
+
+# load.py's JSON -> "requests failed non2xx max_ms" (its 5xx are counted as non-2xx here).
+load_figures() {
+  python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+non2xx = sum(v for k, v in d["failures"].items() if k.startswith("http-"))
+print(d["sent"], d["failed"] - non2xx, non2xx, d["max_ms"])
+' "$1"
+}
 
 main() {
   case "${1:-}" in
@@ -26,60 +68,65 @@ main() {
     *) usage >&2; exit 2 ;;
   esac
   [[ $(id -u) -eq 0 ]] || { echo "bench-upgrade.sh: needs root" >&2; exit 1; }
+  command -v wrk >/dev/null || { echo "bench-upgrade.sh: wrk is missing: apt-get install wrk (make deps)" >&2; exit 1; }
   local repo hostsh cfg work
   repo=$(cd "$(dirname "$0")/../.." && pwd)
   hostsh="$repo/tests/e2e/host.sh"
   work=$(mktemp -d)
   # shellcheck disable=SC2064 # expand now
-  trap "'$hostsh' down $NAME >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
+  trap "pkill -INT -f 'wrk .*tribist-bench' 2>/dev/null; '$hostsh' down $NAME >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
   say "building both releases"
   make -s -C "$repo" release
   cp "$repo/target/release/server" "$work/server-a"
   "$repo/tests/e2e/build-alt.sh" "$work/server-b"
+  bad_releases "$work"
   say "booting a throwaway systemd host ($NAME)"
   "$hostsh" up "$NAME"
   cfg=$("$hostsh" ssh-config)
   "$hostsh" db "$NAME" "$DB_PASSWORD"
+  "$hostsh" ssh "$NAME" "install -d /usr/local/lib/tribist-bench && cat >/usr/local/lib/tribist-bench/server && chmod 755 /usr/local/lib/tribist-bench/server" <"$work/server-b"
   (umask 077 && echo "postgres://tribist:$DB_PASSWORD@localhost/tribist" >"$work/database_url")
   make -s -C "$repo" install HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$work/server-a" \
     DATABASE_URL_FILE="$work/database_url" >/dev/null
 
-  local results=()
-  for mode in socket-activation self-bound; do
-    if [[ $mode == self-bound ]]; then
-      say "switching the host to a server that binds the port itself (tribist.socket removed)"
-      "$hostsh" ssh "$NAME" "systemctl disable --now --quiet tribist.socket && systemctl stop tribist.service && mv /etc/systemd/system/tribist.socket /root/ && systemctl daemon-reload && systemctl start tribist.service"
-    fi
+  local rows=() scenario bin start took rc
+  for scenario in good exits never-ready answers-503; do
+    case "$scenario" in
+      good) bin=$work/server-b ;;
+      *) bin=$work/$scenario ;;
+    esac
     rm -f "$work/stop"
-    ip netns exec "tribist-$NAME" python3 "$repo/tests/support/load.py" \
-      --concurrency "${CONCURRENCY:-4}" --max-seconds 300 --stop-file "$work/stop" \
-      http://127.0.0.1:8383/health http://127.0.0.1:8383/livez >"$work/$mode.json" &
-    local load=$! i bin
-    sleep 2
-    for i in $(seq "${UPGRADES:-4}"); do
-      bin="$work/server-b"
-      ((i % 2 == 0)) && bin="$work/server-a"
-      say "$mode: make upgrade $i/${UPGRADES:-4} under load"
-      make -s -C "$repo" upgrade HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$bin" >/dev/null
-      sleep 1
-    done
+    ip netns exec "tribist-$NAME" wrk -t2 -c "${CONNECTIONS:-8}" -d 120s -H 'X-Bench: tribist-bench' \
+      http://127.0.0.1:8383/health >"$work/wrk.out" 2>&1 &
+    local wrk=$!
+    ip netns exec "tribist-$NAME" python3 "$repo/tests/support/load.py" --concurrency "${CONCURRENCY:-4}" \
+      --max-seconds 120 --stop-file "$work/stop" http://127.0.0.1:8383/health >"$work/load.json" &
+    local load=$!
+    sleep 1
+    say "$scenario: make upgrade under load"
+    start=$EPOCHREALTIME
+    rc=0
+    make -s -C "$repo" upgrade HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$bin" PREFLIGHT="${PREFLIGHT:-10}" \
+      >"$work/upgrade.out" 2>&1 || rc=$?
+    took=$(bc <<<"$EPOCHREALTIME - $start")
+    sleep 1
+    kill -INT "$wrk"
     touch "$work/stop"
-    wait "$load"
-    results+=("$mode $(cat "$work/$mode.json")")
+    wait "$wrk" || true
+    wait "$load" || true
+    rows+=("$scenario keep-alive $(wrk_figures "$work/wrk.out") $took $rc")
+    rows+=("$scenario new-connection $(load_figures "$work/load.json") $took $rc")
   done
 
   echo
-  printf '%-18s %8s %7s %9s %8s  %s\n' mode sent failed "max ms" "p99 ms" "failures"
-  local line
-  for line in "${results[@]}"; do
-    python3 -c '
-import json, sys
-mode, data = sys.argv[1].split(" ", 1)
-d = json.loads(data)
-print("%-18s %8d %7d %9.1f %8.1f  %s" % (mode, d["sent"], d["failed"], d["max_ms"], d["p99_ms"], d["failures"] or "-"))
-' "$line"
+  printf '%-12s %-15s %9s %7s %8s %9s %11s  %s\n' scenario clients requests failed non-2xx "max ms" "upgrade s" "make upgrade"
+  local row s c req failed non2xx max t code
+  for row in "${rows[@]}"; do
+    read -r s c req failed non2xx max t code <<<"$row"
+    printf '%-12s %-15s %9d %7d %8d %9.1f %11.1f  %s\n' "$s" "$c" "$req" "$failed" "$non2xx" "$max" "$t" \
+      "$([[ $code == 0 ]] && echo upgraded || echo "refused (exit $code)")"
   done
-  echo "target with socket activation: 0 failed, max latency < 1000 ms"
+  echo "goal: 0 failed and 0 non-2xx in every row; a bad release refused within the preflight bound"
 }
 
 main "$@"
