@@ -281,6 +281,11 @@ pub fn run(config: Config) -> Result<(), Error> {
     }
     let idle = end_client_reads(pool.port);
     pool.drained.store(true, Ordering::SeqCst);
+    // Wakes each worker once its wait reaches this point of the queue (after every request
+    // already queued), instead of at the end of its POLL.
+    for _ in 0..config.workers {
+        pool.server.unblock();
+    }
     log::info!("shutdown: closed {idle} idle connection(s); answering what is queued");
     let mut finished = 0;
     while finished < config.workers {

@@ -74,7 +74,7 @@ main() {
   hostsh="$repo/tests/e2e/host.sh"
   work=$(mktemp -d)
   # shellcheck disable=SC2064 # expand now
-  trap "pkill -INT -f 'wrk .*tribist-bench' 2>/dev/null; '$hostsh' down $NAME >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
+  trap "pkill -INT -f 'wrk .*tribist-bench' 2>/dev/null || true; '$hostsh' down $NAME >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
   say "building both releases"
   make -s -C "$repo" release
   cp "$repo/target/release/server" "$work/server-a"
