@@ -534,6 +534,16 @@ cmd_install() {
   install -o root -g root -m 0440 "$bundle/tribist.sudoers" "$SUDOERS_FILE"
   authorise_key "$bundle"
 
+  # The same preflight as an upgrade's: the binary, with the configuration now in place,
+  # must answer /health 200 beside whatever serves before anything (re)starts.
+  UPLOAD=$upload
+  if ! preflight "$upload" "$TO_RELEASE"; then
+    releases discard "$upload" || true
+    audit refused-preflight
+    die "refused: release $TO_RELEASE failed its preflight (above), so the service was not (re)started; fix $ENV_FILE or the database (the answer above says which), then run make install again"
+  fi
+  UPLOAD=""
+
   # The binary becomes server_new; the restart below promotes it (first install included).
   releases stage "$upload"
 

@@ -168,6 +168,7 @@ teardown_file() {
     DEPLOY_KEY="$BATS_FILE_TMPDIR/deploy_key.pub" DATABASE_URL_FILE="$BATS_FILE_TMPDIR/database_url"
   assert_success
   assert_output --partial "==> installed on root@$A"
+  assert_output --partial "preflight: release $(release_of "$REPO/target/release/server") answered /health 200"
   run on_host "curl -sS -o /dev/null -w '%{http_code}' http://localhost:8383/health"
   assert_output 200
   assert_equal "$(serving)" "$(release_of "$REPO/target/release/server")"
