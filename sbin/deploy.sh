@@ -80,8 +80,8 @@ deployer's claim, beside the identity the host itself knows (root, the sudo user
 upgrade and rollback first run the binary they are about to switch to beside the serving
 one (as tribist, with $ENV_FILE, on a free loopback port, in a scratch directory) and go
 ahead only once its /health answers 200 with the expected releaseId, within --preflight
-SECONDS (default $PREFLIGHT): a release that exits, hangs or answers otherwise never gets
-traffic (result refused-preflight). The health check after the switch, and the automatic
+SECONDS (default $PREFLIGHT; 0 skips it, e.g. to roll back while the database is down): a
+release that exits, hangs or answers otherwise never gets traffic (result refused-preflight). The health check after the switch, and the automatic
 rollback, stay for what a preflight cannot see.
 
 install, upgrade, rollback and uninstall take the host's deploy lock ($LOCK_FILE): a
@@ -130,7 +130,7 @@ as_tribist_from() {
   shift
   [[ ! -t 0 || "$input" != /dev/stdin ]] || die "refusing to hand a terminal to user $USER_NAME"
   if is_root; then
-    timeout -k 1 "$t" setsid -w setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups \
+    timeout -k 5 "$t" setsid -w setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups \
       --no-new-privs --inh-caps=-all --bounding-set=-all --reset-env -- "$@" <"$input" 8<&- 9<&- \
       2> >(timeout -k 1 "$((t + 1))" tr -cd '\n\040-\176' >&2) | timeout -k 1 "$((t + 1))" tr -cd '\n\040-\176'
   else
@@ -621,6 +621,10 @@ cmd_upgrade() {
 preflight() {
   local rc=0
   say "preflight: starting release $2 beside the serving one (up to ${PREFLIGHT}s)"
+  if ((PREFLIGHT == 0)); then
+    warn "preflight skipped (PREFLIGHT=0): release $2 is checked only after the switch"
+    return 0
+  fi
   TRIBIST_TIMEOUT=$((PREFLIGHT + 10)) as_tribist "$BIN_DIR/releases.sh" preflight "$1" "$2" "$PREFLIGHT" "$ENV_FILE" 2>&1 | sed 's/^/    /' &
   wait $! || rc=$?
   return "$rc"
@@ -701,20 +705,20 @@ cmd_audit() {
 # The unit's pre-start step, as root outside the sandbox (`ExecStartPre=+`): promotes
 # server_new (as tribist, through releases.sh) and records every start in root's audit file,
 # whoever asked for it — tribist's own `sudo systemctl restart` included — with the SHA-256 of
-# a newly promoted binary (computed as tribist). tribist can flood the journal, never this.
+# the binary about to run (computed as tribist, in the same call). tribist can flood the
+# journal, never this.
 cmd_on_start() {
   local out promoted=no sum
   need_root on-start
   ACTION=service-start
   # One call as tribist, in the restart's critical path: the digest only when promoted.
   out=$(releases promote) || die "could not promote server_new: ${out:-see the lines above}"
-  sum=unchanged
-  if [[ -n "$out" ]]; then
+  if [[ "$out" == *promoted* ]]; then
     promoted=yes
     say "$out"
-    sum=${out##*sha256 }
-    [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || sum=unknown
   fi
+  sum=${out##*sha256 }
+  [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || sum=unknown
   { echo "$(now) host=$(hostname) action=service-start user=systemd promoted=$promoted server_sha256=$sum" >>"$AUDIT_LOG"; } 2>/dev/null ||
     warn "cannot append to $AUDIT_LOG"
 }
@@ -765,7 +769,7 @@ main() {
         shift 2
         ;;
       --preflight)
-        [[ "${2:-}" =~ ^[1-9][0-9]{0,2}$ ]] || usage_error "--preflight needs a whole number of seconds, 1 to 999"
+        [[ "${2:-}" =~ ^(0|[1-9][0-9]{0,2})$ ]] || usage_error "--preflight needs a whole number of seconds, 0 (skip) to 999"
         PREFLIGHT=$2
         shift 2
         ;;

@@ -134,7 +134,7 @@ cmd_revert() {
   fi
   ln -f server .server.rolled-back
   mv -f .server.before server
-  if [[ -e .server.prev.keep ]]; then mv -f .server.prev.keep server.prev; fi
+  if [[ -e .server.prev.keep ]]; then mv -f .server.prev.keep server.prev; else rm -f server.prev; fi
   mv -f .server.rolled-back server.failed
   echo "$PROG: the binary serving before the upgrade is server again; the failed one is kept as server.failed"
 }
@@ -150,7 +150,10 @@ cmd_swap() {
 cmd_promote() {
   local had_prev=""
   cd "$API_DIR"
-  [[ -e server_new ]] || return 0
+  if [[ ! -e server_new ]]; then
+    echo "$PROG: nothing to promote; sha256 $(sha256sum <server | cut -c1-64)"
+    return 0
+  fi
   [[ -f server_new && -x server_new ]] || die "$API_DIR/server_new is not an executable file; fix or remove it"
   if [[ -e server ]]; then
     # A hard link keeps the running binary as server.prev while `server` stays in place.
@@ -200,8 +203,11 @@ cmd_preflight() {
   trap preflight_cleanup EXIT
   trap 'exit 130' INT TERM HUP
   start=$SECONDS
-  (cd "$PREFLIGHT_DIR" && exec env -i PATH=/usr/local/bin:/usr/bin:/bin TRIBIST_LISTEN=127.0.0.1:0 \
-    "$API_DIR/$name" --env-file "$env") </dev/null >"$PREFLIGHT_DIR/log" 2>&1 &
+  # The service's environment as systemd gives it (User=tribist), the port moved, the log at
+  # info (the port is read from its "listening on" line), and a time bound of its own.
+  (cd "$PREFLIGHT_DIR" && exec env -i PATH=/usr/local/bin:/usr/bin:/bin USER=tribist LOGNAME=tribist \
+    HOME=/home/tribist TRIBIST_LISTEN=127.0.0.1:0 TRIBIST_LOG_LEVEL=info \
+    timeout -k 2 "$((secs + 5))" "$API_DIR/$name" --env-file "$env") </dev/null >"$PREFLIGHT_DIR/log" 2>&1 &
   PREFLIGHT_PID=$!
   while true; do
     if [[ -z "$port" ]]; then

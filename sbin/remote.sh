@@ -48,7 +48,8 @@ Settings, from the environment (make passes its variables through unchanged):
   DEPLOY_KEY         install: a public key file to authorise for user tribist
   LINES              logs: how many lines (default 100)
   PREFLIGHT          upgrade, rollback: seconds the new release has to answer /health 200
-                     beside the serving one before anything switches (default 10)
+                     beside the serving one before anything switches (default 10; 0 skips
+                     it, e.g. to roll back while the database is down)
   PURGE              uninstall: 1 also removes the configuration and user tribist
 
 Exit codes: 0 done, 1 failed on the host (the messages say why), 2 a value was refused
@@ -116,7 +117,7 @@ parse_ssh_opts() {
 preflight_args() {
   local p=${PREFLIGHT:-}
   [[ -z "$p" ]] && return 0
-  [[ "$p" =~ ^[1-9][0-9]{0,2}$ ]] || refuse "PREFLIGHT must be a whole number of seconds from 1 to 999, got $(shown "$p")"
+  [[ "$p" =~ ^(0|[1-9][0-9]{0,2})$ ]] || refuse "PREFLIGHT must be a whole number of seconds from 0 (skip) to 999, got $(shown "$p")"
   printf '%s\n' --preflight "$p"
 }
 

@@ -11,148 +11,187 @@
 
 use crate::error::Error;
 
-/// The assignments in `text`, in order (a later one of the same name wins, as in systemd).
-pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
-    let mut vars = Vec::new();
-    let mut chars = text.chars().peekable();
-    let mut line = 1;
-    loop {
-        // Start of a line: blanks, then a comment, an empty line or a key.
-        while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-            chars.next();
+/// What a file holds, as systemd reads it.
+#[derive(Debug, Default)]
+pub struct EnvFile {
+    /// The assignments in order (a later one of the same name wins, as in systemd).
+    pub vars: Vec<(String, String)>,
+    /// Lines systemd skips (no `=`, or not a variable name): by number, never by content,
+    /// which may hold a secret.
+    pub ignored: Vec<usize>,
+}
+
+/// A port of systemd 252's `parse_env_file_internal` state machine (`src/basic/env-file.c`).
+pub fn parse(text: &str) -> EnvFile {
+    #[derive(Clone, Copy, PartialEq)]
+    enum S {
+        PreKey,
+        Key,
+        PreValue,
+        Value,
+        ValueEscape,
+        Single,
+        Double,
+        DoubleEscape,
+        Comment,
+        CommentEscape,
+    }
+    const NEWLINE: [char; 2] = ['\n', '\r'];
+    const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+    let mut out = EnvFile::default();
+    let (mut state, mut line) = (S::PreKey, 1usize);
+    let (mut key, mut value) = (String::new(), String::new());
+    // Where trailing blanks of the key and of an unquoted value begin (systemd's
+    // last_key_whitespace and last_value_whitespace).
+    let (mut key_blanks, mut value_blanks): (Option<usize>, Option<usize>) = (None, None);
+    let push = |out: &mut EnvFile,
+                key: &mut String,
+                value: &mut String,
+                key_blanks: Option<usize>,
+                line: usize| {
+        if let Some(at) = key_blanks {
+            key.truncate(at);
         }
-        match chars.peek() {
-            None => break,
-            Some('\n') | Some('\r') => {
-                if chars.next() == Some('\n') {
+        if valid_name(key) {
+            out.vars.push((std::mem::take(key), std::mem::take(value)));
+        } else {
+            out.ignored.push(line);
+            key.clear();
+            value.clear();
+        }
+    };
+    for c in text.chars() {
+        match state {
+            S::PreKey => {
+                if c == '#' || c == ';' {
+                    state = S::Comment;
+                } else if !WHITESPACE.contains(&c) {
+                    state = S::Key;
+                    key_blanks = None;
+                    key.push(c);
+                } else if c == '\n' {
                     line += 1;
                 }
-                continue;
             }
-            Some('#') | Some(';') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        line += 1;
-                        break;
+            S::Key => {
+                if NEWLINE.contains(&c) {
+                    out.ignored.push(line);
+                    state = S::PreKey;
+                    line += usize::from(c == '\n');
+                    key.clear();
+                } else if c == '=' {
+                    state = S::PreValue;
+                    value_blanks = None;
+                } else {
+                    if !WHITESPACE.contains(&c) {
+                        key_blanks = None;
+                    } else if key_blanks.is_none() {
+                        key_blanks = Some(key.len());
                     }
+                    key.push(c);
                 }
-                continue;
             }
-            _ => {}
-        }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c == '\n' {
-                break;
+            S::PreValue => {
+                if NEWLINE.contains(&c) {
+                    push(&mut out, &mut key, &mut value, key_blanks, line);
+                    state = S::PreKey;
+                    line += usize::from(c == '\n');
+                } else if c == '\'' {
+                    state = S::Single;
+                } else if c == '"' {
+                    state = S::Double;
+                } else if c == '\\' {
+                    state = S::ValueEscape;
+                } else if !WHITESPACE.contains(&c) {
+                    state = S::Value;
+                    value.push(c);
+                }
             }
-            key.push(c);
-            chars.next();
-        }
-        if chars.next() != Some('=') {
-            return Err(format!("line {line}: {:?} is not KEY=VALUE", key.trim()));
-        }
-        let key = key.trim_end().to_string();
-        if !valid_name(&key) {
-            return Err(format!("line {line}: {key:?} is not a variable name"));
-        }
-        vars.push((key.clone(), value(&mut chars, &mut line, &key)?));
-    }
-    Ok(vars)
-}
-
-/// One value, up to the end of its line, with systemd's states: blanks before it are
-/// skipped; then `"…"`, `'…'` and unquoted stretches may follow each other (`"a b"c` is
-/// `a bc`); only blanks at the end of an unquoted stretch that ends the line are dropped.
-fn value(
-    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
-    line: &mut usize,
-    key: &str,
-) -> Result<String, String> {
-    enum State {
-        Pre,
-        Unquoted,
-        Double,
-        Single,
-    }
-    let mut state = State::Pre;
-    let mut value = String::new();
-    // Length of `value` before the blanks that end it, if it ends in unquoted blanks.
-    let mut blanks_from: Option<usize> = None;
-    loop {
-        let Some(c) = chars.next() else {
-            return match state {
-                State::Double | State::Single => {
-                    Err(format!("line {line}: {key}: a quote is never closed"))
-                }
-                _ => Ok(finish(value, blanks_from)),
-            };
-        };
-        match state {
-            State::Pre | State::Unquoted => match c {
-                '\n' => {
-                    *line += 1;
-                    return Ok(finish(value, blanks_from));
-                }
-                '"' if matches!(state, State::Pre) => state = State::Double,
-                '\'' if matches!(state, State::Pre) => state = State::Single,
-                ' ' | '\t' if matches!(state, State::Pre) => {}
-                '\\' => {
-                    state = State::Unquoted;
-                    blanks_from = None;
-                    match chars.next() {
-                        None => return Ok(finish(value, None)),
-                        Some('\n') => *line += 1,
-                        Some(c) => value.push(c),
+            S::Value => {
+                if NEWLINE.contains(&c) {
+                    if let Some(at) = value_blanks {
+                        value.truncate(at);
                     }
-                }
-                c => {
-                    state = State::Unquoted;
-                    if c == ' ' || c == '\t' || c == '\r' {
-                        blanks_from.get_or_insert(value.len());
-                    } else {
-                        blanks_from = None;
+                    push(&mut out, &mut key, &mut value, key_blanks, line);
+                    state = S::PreKey;
+                    line += usize::from(c == '\n');
+                } else if c == '\\' {
+                    state = S::ValueEscape;
+                    value_blanks = None;
+                } else {
+                    if !WHITESPACE.contains(&c) {
+                        value_blanks = None;
+                    } else if value_blanks.is_none() {
+                        value_blanks = Some(value.len());
                     }
                     value.push(c);
                 }
-            },
-            State::Double => match c {
-                '"' => state = State::Unquoted,
-                '\\' => match chars.next() {
-                    None => return Err(format!("line {line}: {key}: ends in a \\")),
-                    Some('\n') => *line += 1,
-                    Some(c @ ('"' | '\\' | '`' | '$')) => value.push(c),
-                    Some(c) => {
-                        value.push('\\');
-                        value.push(c);
-                    }
-                },
-                c => {
-                    if c == '\n' {
-                        *line += 1;
-                    }
-                    blanks_from = None;
+            }
+            S::ValueEscape => {
+                state = S::Value;
+                if !NEWLINE.contains(&c) {
+                    value.push(c);
+                } else if c == '\n' {
+                    line += 1;
+                }
+            }
+            S::Single => {
+                if c == '\'' {
+                    state = S::PreValue;
+                } else {
+                    line += usize::from(c == '\n');
                     value.push(c);
                 }
-            },
-            State::Single => match c {
-                '\'' => state = State::Unquoted,
-                c => {
-                    if c == '\n' {
-                        *line += 1;
-                    }
-                    blanks_from = None;
+            }
+            S::Double => {
+                if c == '"' {
+                    state = S::PreValue;
+                } else if c == '\\' {
+                    state = S::DoubleEscape;
+                } else {
+                    line += usize::from(c == '\n');
                     value.push(c);
                 }
-            },
+            }
+            S::DoubleEscape => {
+                state = S::Double;
+                if matches!(c, '"' | '\\' | '`' | '$') {
+                    value.push(c);
+                } else if c != '\n' {
+                    value.push('\\');
+                    value.push(c);
+                } else {
+                    line += 1;
+                }
+            }
+            S::Comment => {
+                if c == '\\' {
+                    state = S::CommentEscape;
+                } else if NEWLINE.contains(&c) {
+                    state = S::PreKey;
+                    line += usize::from(c == '\n');
+                }
+            }
+            // systemd 252: an escaped character, newline included, stays in the comment.
+            S::CommentEscape => {
+                state = S::Comment;
+                line += usize::from(c == '\n');
+            }
         }
     }
-}
-
-fn finish(mut value: String, blanks_from: Option<usize>) -> String {
-    if let Some(at) = blanks_from {
-        value.truncate(at);
+    match state {
+        S::PreValue | S::Value | S::ValueEscape | S::Single | S::Double | S::DoubleEscape => {
+            if state == S::Value {
+                if let Some(at) = value_blanks {
+                    value.truncate(at);
+                }
+            }
+            push(&mut out, &mut key, &mut value, key_blanks, line);
+        }
+        S::Key => out.ignored.push(line),
+        _ => {}
     }
-    value
+    out
 }
 
 fn valid_name(key: &str) -> bool {
@@ -163,23 +202,34 @@ fn valid_name(key: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// Reads `path` as systemd would; the error names the file and the line.
+/// Reads `path` as systemd would. Lines systemd would skip are reported on stderr by number.
 pub fn read(path: &str) -> Result<Vec<(String, String)>, Error> {
     let text = std::fs::read(path)
         .map_err(|e| Error::Usage(format!("cannot read the environment file {path}: {e}")))?;
     let text = String::from_utf8(text)
         .map_err(|_| Error::Usage(format!("{path}: not UTF-8 (systemd ignores such values)")))?;
-    parse(&text).map_err(|problem| Error::Usage(format!("{path}: {problem}")))
+    let file = parse(&text);
+    for line in &file.ignored {
+        eprintln!("server: warning: {path}: line {line} is not KEY=VALUE with a valid name; systemd ignores it");
+    }
+    Ok(file.vars)
 }
 
 #[cfg(test)]
 mod tests {
     use super::parse;
 
+    fn get<'a>(vars: &'a [(String, String)], k: &str) -> Option<&'a str> {
+        vars.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+
     fn one(text: &str) -> String {
-        let vars = parse(text).unwrap();
-        assert_eq!(vars.len(), 1, "{vars:?}");
-        vars[0].1.clone()
+        let file = parse(text);
+        assert_eq!(file.vars.len(), 1, "{file:?}");
+        file.vars[0].1.clone()
     }
 
     #[test]
@@ -193,27 +243,40 @@ mod tests {
 
     #[test]
     fn comments_blanks_and_quotes_as_systemd_has_them() {
-        let vars = parse("# c\n; c\n\n  A = 1  \nB='x \\ \" y'\nC=a\\ b\\\\c  \nD=\"multi\nline\"\nE=x\\\ny\nF=\"a b\"c # d  \nG=\n").unwrap();
-        let get = |k: &str| {
-            vars.iter()
-                .rev()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.as_str())
-        };
-        assert_eq!(get("A"), Some("1"));
-        assert_eq!(get("B"), Some("x \\ \" y"));
-        assert_eq!(get("C"), Some("a b\\c"));
-        assert_eq!(get("D"), Some("multi\nline"));
-        assert_eq!(get("E"), Some("xy"));
-        assert_eq!(get("F"), Some("a bc # d"));
-        assert_eq!(get("G"), Some(""));
-        assert_eq!(parse("A=1\nA=2\n").unwrap().last().unwrap().1, "2");
+        let f = parse("# c\n; c\n\n  A = 1  \nB='x \\ \" y'\nC=a\\ b\\\\c  \nD=\"multi\nline\"\nE=x\\\ny\nF=\"a b\"c # d  \nG=\nH=\"x\" y\nI=\"a\"'b'\n");
+        let v = &f.vars;
+        assert_eq!(get(v, "A"), Some("1"));
+        assert_eq!(get(v, "B"), Some("x \\ \" y"));
+        assert_eq!(get(v, "C"), Some("a b\\c"));
+        assert_eq!(get(v, "D"), Some("multi\nline"));
+        assert_eq!(get(v, "E"), Some("xy"));
+        assert_eq!(get(v, "F"), Some("a bc # d"));
+        assert_eq!(get(v, "G"), Some(""));
+        // After a closing quote systemd skips blanks and may open another quote.
+        assert_eq!(get(v, "H"), Some("xy"));
+        assert_eq!(get(v, "I"), Some("ab"));
+        assert_eq!(parse("A=1\nA=2\n").vars.last().unwrap().1, "2");
     }
 
     #[test]
-    fn malformed_lines_name_their_line() {
-        assert!(parse("A=1\nnonsense\n").unwrap_err().contains("line 2"));
-        assert!(parse("1A=x\n").unwrap_err().contains("not a variable name"));
-        assert!(parse("A=\"open\n").unwrap_err().contains("never closed"));
+    fn carriage_returns_and_escaped_comment_ends_as_in_systemd_252() {
+        // \r ends a line; a comment ending in \ swallows the next line (systemd 252).
+        let f = parse("A=x\ry\n# note \\\nB=hidden\nC=z\n");
+        assert_eq!(get(&f.vars, "A"), Some("x"));
+        assert_eq!(get(&f.vars, "B"), None);
+        assert_eq!(get(&f.vars, "C"), Some("z"));
+    }
+
+    #[test]
+    fn lines_systemd_skips_are_skipped_and_reported_by_number_only() {
+        let f = parse("A=1\npostgres://u:secret@h/d\n1A=x\nB B=2\nC=\"open");
+        assert_eq!(
+            f.vars,
+            vec![
+                ("A".to_string(), "1".to_string()),
+                ("C".to_string(), "open".to_string())
+            ]
+        );
+        assert_eq!(f.ignored, vec![2, 3, 4]);
     }
 }

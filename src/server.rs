@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,6 +50,10 @@ const DRAIN_POLL: Duration = Duration::from_millis(2);
 /// waiting in the backlog wait this long at most, plus the next process's start.
 const DRAIN_WINDOW: Duration = Duration::from_millis(25);
 
+/// After the idle connections were closed, how long workers wait for the last ones to go (a
+/// request tiny_http had read before may still arrive) before they end anyway.
+const DRAIN_LINGER: Duration = Duration::from_millis(100);
+
 /// How often the main thread checks that tiny_http's accept thread is alive.
 const ACCEPT_WATCH: Duration = Duration::from_millis(250);
 
@@ -63,8 +67,8 @@ struct Pool {
     server: Server,
     stopping: AtomicBool,
     /// Set once no connection can be accepted any more and the open ones were told to close:
-    /// workers end once the queue is empty.
-    drained: AtomicBool,
+    /// workers end once the queue is empty and no connection is left (or DRAIN_LINGER passed).
+    drained_at: OnceLock<Instant>,
     in_flight: AtomicUsize,
     events: Sender<Event>,
     connections: Connections,
@@ -193,7 +197,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     let pool = Arc::new(Pool {
         server,
         stopping: AtomicBool::new(false),
-        drained: AtomicBool::new(false),
+        drained_at: OnceLock::new(),
         in_flight: AtomicUsize::new(0),
         events,
         connections: Connections::new(config.keepalive_max),
@@ -280,7 +284,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         thread::sleep(DRAIN_POLL);
     }
     let idle = end_client_reads(pool.port);
-    pool.drained.store(true, Ordering::SeqCst);
+    let _ = pool.drained_at.set(Instant::now());
     // Wakes each worker once its wait reaches this point of the queue (after every request
     // already queued), instead of at the end of its POLL.
     for _ in 0..config.workers {
@@ -371,16 +375,24 @@ fn client_sockets(port: u16) -> Vec<RawFd> {
 
 /// Ends the reading side of every client connection: one waiting idle for its next request
 /// ends at once (tiny_http's thread reads end-of-file and closes it), so its client sees it
-/// closed before it sends anything; a request already received is still answered. Returns
-/// how many.
+/// closed before it sends anything; a request already received is still answered. Each
+/// descriptor is checked and shut in one step. Returns how many.
 fn end_client_reads(port: u16) -> usize {
     use std::os::fd::FromRawFd;
-    client_sockets(port)
-        .into_iter()
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
         .filter(|&fd| {
             // SAFETY: as in `client_sockets`.
             let stream = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
-            stream.shutdown(std::net::Shutdown::Read).is_ok()
+            stream.local_addr().is_ok_and(|a| a.port() == port)
+                && stream.peer_addr().is_ok()
+                && stream.shutdown(std::net::Shutdown::Read).is_ok()
         })
         .count()
 }
@@ -467,14 +479,18 @@ fn worker(pool: &Pool, mut checker: Checker) {
         match pool.server.recv_timeout(poll) {
             Ok(Some(request)) => serve(pool, request, &mut checker),
             Ok(None) => {
-                if pool.drained.load(Ordering::SeqCst) {
-                    break;
+                // Drained: done once no client connection is left either (tiny_http may
+                // still hand over a request it had read before the connection ended).
+                if let Some(at) = pool.drained_at.get() {
+                    if at.elapsed() > DRAIN_LINGER || client_sockets(pool.port).is_empty() {
+                        break;
+                    }
                 }
             }
             Err(e) => {
                 if !pool.stopping.load(Ordering::SeqCst) {
                     let _ = pool.events.send(Event::AcceptDied(e));
-                } else if pool.drained.load(Ordering::SeqCst) {
+                } else if pool.drained_at.get().is_some() {
                     break;
                 }
             }
