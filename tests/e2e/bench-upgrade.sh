@@ -4,7 +4,8 @@
 # of clients at once, runs one upgrade per scenario: a good release, and three bad ones (exits
 # at start, never becomes ready, answers /health 503). The clients run inside the host's own
 # network namespace: wrk with its default keep-alive connections (as a reverse proxy's pool),
-# and tests/support/load.py with a new connection per request (as a health probe). Prints per
+# tests/support/load.py with a new connection per request (as a health probe), and one paced
+# client (a request every 5 ms) whose latencies are not the saturated machine's. Prints per
 # scenario and client: requests, failed (socket errors, refused, reset, timed out), non-2xx,
 # max latency, and how long `make upgrade` took.
 set -euo pipefail
@@ -102,6 +103,11 @@ main() {
     ip netns exec "tribist-$NAME" python3 "$repo/tests/support/load.py" --concurrency "${CONCURRENCY:-4}" \
       --max-seconds 120 --stop-file "$work/stop" http://127.0.0.1:8383/health >"$work/load.json" &
     local load=$!
+    # A paced client (one request every 5 ms, new connection each): the machine is not
+    # saturated by it, so its latencies show what the switch itself costs.
+    ip netns exec "tribist-$NAME" python3 "$repo/tests/support/load.py" --concurrency 1 --interval 0.005 \
+      --max-seconds 120 --stop-file "$work/stop" http://127.0.0.1:8383/health >"$work/paced.json" &
+    local paced=$!
     sleep 1
     say "$scenario: make upgrade under load"
     start=$EPOCHREALTIME
@@ -114,8 +120,10 @@ main() {
     touch "$work/stop"
     wait "$wrk" || true
     wait "$load" || true
+    wait "$paced" || true
     rows+=("$scenario keep-alive $(wrk_figures "$work/wrk.out") $took $rc")
     rows+=("$scenario new-connection $(load_figures "$work/load.json") $took $rc")
+    rows+=("$scenario paced-5ms $(load_figures "$work/paced.json") $took $rc")
   done
 
   echo

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Steady HTTP load with an exact failure count, for zero-downtime checks and bench-upgrade.
 
-usage: load.py [--concurrency N] [--max-seconds S] [--stop-file F] [--timeout T] URL...
+usage: load.py [--concurrency N] [--max-seconds S] [--stop-file F] [--timeout T] [--interval I] URL...
 
 Each worker thread sends GET requests in turn to the URLs, each on a new connection (as a
 health probe does), until the stop file exists or max-seconds pass (the loop is bounded in
@@ -26,6 +26,8 @@ def main():
     ap.add_argument("--max-seconds", type=float, default=120)
     ap.add_argument("--stop-file")
     ap.add_argument("--timeout", type=float, default=5)
+    ap.add_argument("--interval", type=float, default=0,
+                    help="seconds each worker waits between requests (a paced client)")
     args = ap.parse_args()
     deadline = time.monotonic() + args.max_seconds
     lock = threading.Lock()
@@ -67,6 +69,8 @@ def main():
                     failures[failure] = failures.get(failure, 0) + 1
                     if len(examples) < 5:
                         examples.append("%s %s after %.0f ms" % (url, failure, ms))
+            if args.interval:
+                time.sleep(args.interval)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
     for t in threads:
