@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole mission on one machine, narrated. Boots a throwaway Debian host with
 # systemd (tests/e2e/host.sh), then runs, with this very Makefile: install, upgrade to another
-# release, an upgrade to a broken binary that is rolled back, and a rollback. Cleans up after
+# release, an upgrade to a broken binary that its preflight refuses, and a rollback. Cleans up after
 # itself, also when interrupted.
 set -euo pipefail
 
@@ -59,7 +59,7 @@ main() {
   narrate "4. make upgrade: the next release, health-checked, no connection refused meanwhile"
   run make -s upgrade HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$work/server-next"
 
-  narrate "5. make upgrade to a broken binary: it fails, says why, and the previous release serves again"
+  narrate "5. make upgrade to a broken binary: its preflight fails, it is refused before any traffic, the previous release serves on"
   run make -s upgrade HOST="root@$NAME" SSH_OPTS="-F $cfg" BIN="$work/server-broken" || echo "(make exited $? — as it should)"
 
   narrate "6. make rollback: back to the first release"
