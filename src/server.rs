@@ -272,13 +272,13 @@ pub fn run(config: Config) -> Result<(), Error> {
     log::info!(
         "shutdown: stopped accepting; draining {} request(s) in flight, {} open connection(s)",
         pool.in_flight.load(Ordering::SeqCst),
-        client_sockets(pool.port).len()
+        open_clients(pool.port)
     );
     // Every request still arriving is answered with `Connection: close` (see `serve`);
     // connections still open and idle after the window are closed before they send.
     let window = Instant::now() + DRAIN_WINDOW;
     while Instant::now() < window.min(deadline) {
-        if pool.in_flight.load(Ordering::SeqCst) == 0 && client_sockets(pool.port).is_empty() {
+        if pool.in_flight.load(Ordering::SeqCst) == 0 && open_clients(pool.port) == 0 {
             break;
         }
         thread::sleep(DRAIN_POLL);
@@ -350,34 +350,12 @@ fn next_event(events: &mpsc::Receiver<Event>, accept_tid: Option<u32>) -> Event 
     }
 }
 
-/// The descriptors of this process's client connections: TCP sockets connected to `port`.
+/// Counts this process's client connections (TCP sockets connected to `port`) for which
+/// `act` returns true; `act` runs on each while it is known to be one, in the same step.
 ///
-/// They belong to tiny_http's connection threads and are only looked at here; one closed and
-/// reused meanwhile could at worst be a database connection, which `end_client_reads` would
-/// make reconnect.
-fn client_sockets(port: u16) -> Vec<RawFd> {
-    use std::os::fd::FromRawFd;
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
-        })
-        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
-        .filter(|&fd| {
-            // SAFETY: `fd` is an open socket of this process; ManuallyDrop never closes it.
-            let stream = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
-            stream.local_addr().is_ok_and(|a| a.port() == port) && stream.peer_addr().is_ok()
-        })
-        .collect()
-}
-
-/// Ends the reading side of every client connection: one waiting idle for its next request
-/// ends at once (tiny_http's thread reads end-of-file and closes it), so its client sees it
-/// closed before it sends anything; a request already received is still answered. Each
-/// descriptor is checked and shut in one step. Returns how many.
-fn end_client_reads(port: u16) -> usize {
+/// The descriptors belong to tiny_http's connection threads and are only borrowed here; one
+/// closed and reused meanwhile could at worst be a database connection, which reconnects.
+fn client_sockets(port: u16, act: impl Fn(&TcpStream) -> bool) -> usize {
     use std::os::fd::FromRawFd;
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return 0;
@@ -388,13 +366,25 @@ fn end_client_reads(port: u16) -> usize {
         })
         .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
         .filter(|&fd| {
-            // SAFETY: as in `client_sockets`.
+            // SAFETY: `fd` is an open socket of this process; ManuallyDrop never closes it.
             let stream = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
             stream.local_addr().is_ok_and(|a| a.port() == port)
                 && stream.peer_addr().is_ok()
-                && stream.shutdown(std::net::Shutdown::Read).is_ok()
+                && act(&stream)
         })
         .count()
+}
+
+fn open_clients(port: u16) -> usize {
+    client_sockets(port, |_| true)
+}
+
+/// Ends the reading side of every client connection: one waiting idle for its next request
+/// ends at once (tiny_http's thread reads end-of-file and closes it), so its client sees it
+/// closed before it sends anything; a request already received is still answered. Returns
+/// how many.
+fn end_client_reads(port: u16) -> usize {
+    client_sockets(port, |s| s.shutdown(std::net::Shutdown::Read).is_ok())
 }
 
 fn thread_alive(tid: u32) -> bool {
@@ -482,7 +472,7 @@ fn worker(pool: &Pool, mut checker: Checker) {
                 // Drained: done once no client connection is left either (tiny_http may
                 // still hand over a request it had read before the connection ended).
                 if let Some(at) = pool.drained_at.get() {
-                    if at.elapsed() > DRAIN_LINGER || client_sockets(pool.port).is_empty() {
+                    if at.elapsed() > DRAIN_LINGER || open_clients(pool.port) == 0 {
                         break;
                     }
                 }
