@@ -77,11 +77,12 @@ usage: $PROG [--by WHO] [--preflight SECONDS] COMMAND
 --by WHO says who deploys (printable text, at most 100 characters); it is recorded as the
 deployer's claim, beside the identity the host itself knows (root, the sudo user, tribist).
 
-upgrade and rollback first run the binary they are about to switch to beside the serving
-one (as tribist, with $ENV_FILE, on a free loopback port, in a scratch directory) and go
-ahead only once its /health answers 200 with the expected releaseId, within --preflight
-SECONDS (default $PREFLIGHT; 0 skips it, e.g. to roll back while the database is down): a
-release that exits, hangs or answers otherwise never gets traffic (result refused-preflight). The health check after the switch, and the automatic
+install, upgrade and rollback first run the binary they are about to switch to beside the
+serving one (as tribist, with $ENV_FILE, on a free loopback port, in a scratch
+directory) and go ahead only once its /health answers 200 with the expected releaseId,
+within --preflight SECONDS (default $PREFLIGHT; 0 skips it, e.g. to roll back while the
+database is down): a release that exits, hangs or answers otherwise never gets traffic
+(result refused-preflight). The health check after the switch, and the automatic
 rollback, stay for what a preflight cannot see.
 
 install, upgrade, rollback and uninstall take the host's deploy lock ($LOCK_FILE): a
