@@ -51,6 +51,18 @@ pub struct DbOutcome {
 
 const ALLOW: &str = "GET, HEAD";
 
+/// RFC 9110 `tchar`: what a header name may be made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The size of a request's header section as received (`name: value` and CRLF per line),
+/// when it is larger than `limit` bytes: the request is then answered 431.
+pub fn oversized_headers(headers: &[(&str, &str)], limit: usize) -> Option<usize> {
+    let size: usize = headers.iter().map(|(n, v)| n.len() + 2 + v.len() + 2).sum();
+    (size > limit).then_some(size)
+}
+
 /// The RFC 9112 rules that tiny_http 0.12 lets through: returns why the request must be
 /// answered 400, or `None`. `headers` are (name, value) as received.
 pub fn reject_reason(version: (u8, u8), headers: &[(&str, &str)]) -> Option<String> {
@@ -63,6 +75,12 @@ pub fn reject_reason(version: (u8, u8), headers: &[(&str, &str)]) -> Option<Stri
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
     }
     for (name, value) in headers {
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Some(format!(
+                "header name {:?} is not a token (RFC 9110 5.1)",
+                name.escape_debug().to_string()
+            ));
+        }
         if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Some(format!("control character in the {name} header"));
         }
@@ -78,6 +96,11 @@ pub fn reject_reason(version: (u8, u8), headers: &[(&str, &str)]) -> Option<Stri
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Some(format!(
                     "invalid Content-Length {value:?}: only digits are allowed"
+                ));
+            }
+            if part.parse::<u64>().is_err() {
+                return Some(format!(
+                    "invalid Content-Length {value:?}: too large a number"
                 ));
             }
             match length {
@@ -278,6 +301,14 @@ mod tests {
     }
 
     #[test]
+    fn a_header_section_over_the_limit_is_measured_as_received() {
+        let h = [("Host", "a"), ("X-Big", "0123456789")];
+        // "Host: a\r\n" is 9 bytes, "X-Big: 0123456789\r\n" 19.
+        assert_eq!(oversized_headers(&h, 28), None);
+        assert_eq!(oversized_headers(&h, 27), Some(28));
+    }
+
+    #[test]
     fn rfc9112_framing_rules() {
         let ok = |v, h: &[(&str, &str)]| assert_eq!(reject_reason(v, h), None, "{h:?}");
         let bad = |v, h: &[(&str, &str)], why: &str| {
@@ -295,6 +326,18 @@ mod tests {
             ],
         );
         ok((1, 1), &[("Host", "a"), ("Transfer-Encoding", "Chunked")]);
+        ok((1, 1), &[("Host", "a"), ("X-Odd_but.valid!~", "b")]);
+        bad((1, 1), &[("Host", "a"), ("X@A", "b")], "not a token");
+        bad((1, 1), &[("Host", "a"), ("X A", "b")], "not a token");
+        bad(
+            (1, 1),
+            &[("Host", "a"), ("Content-Length", "99999999999999999999999")],
+            "too large",
+        );
+        ok(
+            (1, 1),
+            &[("Host", "a"), ("Content-Length", "18446744073709551615")],
+        );
         bad((1, 1), &[], "without a Host");
         bad(
             (1, 1),

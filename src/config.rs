@@ -15,6 +15,7 @@ pub const DEFAULT_WORKERS: usize = 4;
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_MAX: Duration = Duration::from_millis(50);
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 const MAX_WORKERS: usize = 256;
 
 /// Help text for `server --help`; it is also the reference of every variable.
@@ -43,6 +44,8 @@ Configuration comes from the environment:
                             next answer says Connection: close (default 50ms): each
                             connection holds a thread, so this gives every waiting
                             connection its turn soon
+  TRIBIST_MAX_HEADER_BYTES  a larger request header section is answered 431
+                            (default 16384; 1024-1048576)
   TRIBIST_LOG_LEVEL         error, warn, info, debug, trace (default info)
 
 On start the server writes its pid to ./PID; SIGTERM or SIGINT drains in-flight requests,
@@ -58,6 +61,7 @@ pub struct Config {
     pub db_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub keepalive_max: Duration,
+    pub max_header_bytes: usize,
     pub log_level: log::LevelFilter,
 }
 
@@ -113,6 +117,18 @@ impl Config {
             "TRIBIST_SHUTDOWN_TIMEOUT",
             DEFAULT_SHUTDOWN_TIMEOUT,
         )?;
+        let max_header_bytes = match nonempty("TRIBIST_MAX_HEADER_BYTES") {
+            None => DEFAULT_MAX_HEADER_BYTES,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if (1024..=1 << 20).contains(&n) => n,
+                _ => {
+                    return Err(bad(
+                        "TRIBIST_MAX_HEADER_BYTES",
+                        format!("{v:?} is not a whole number of bytes from 1024 to 1048576"),
+                    ))
+                }
+            },
+        };
         let keepalive_max =
             duration_var(&nonempty, "TRIBIST_KEEPALIVE_MAX", DEFAULT_KEEPALIVE_MAX)?;
         let log_level = match nonempty("TRIBIST_LOG_LEVEL") {
@@ -135,6 +151,7 @@ impl Config {
             db_timeout,
             shutdown_timeout,
             keepalive_max,
+            max_header_bytes,
             log_level,
         })
     }

@@ -74,6 +74,7 @@ struct Pool {
     connections: Connections,
     /// The port clients connect to, to find their connections when draining.
     port: u16,
+    max_header_bytes: usize,
 }
 
 /// Where connections come from.
@@ -202,6 +203,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         events,
         connections: Connections::new(config.keepalive_max),
         port: listener.addr.port(),
+        max_header_bytes: config.max_header_bytes,
     });
     // Before any worker answers: whoever sees /health answer can rely on PID.
     pid_file.write()?;
@@ -499,10 +501,18 @@ fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
         .iter()
         .map(|h| (h.field.as_str().as_str(), h.value.as_str()))
         .collect();
+    let oversized = api::oversized_headers(&headers, pool.max_header_bytes);
     let rejected = api::reject_reason((version.0, version.1), &headers);
-    let reply = catch_unwind(AssertUnwindSafe(|| match &rejected {
-        Some(reason) => Reply::error(400, &format!("bad request: {reason}")),
-        None => api::handle(&method, &url, &mut || checker.check()),
+    let reply = catch_unwind(AssertUnwindSafe(|| match (oversized, &rejected) {
+        (Some(size), _) => Reply::error(
+            431,
+            &format!(
+                "request header fields too large: {size} bytes, the limit is {} (TRIBIST_MAX_HEADER_BYTES)",
+                pool.max_header_bytes
+            ),
+        ),
+        (None, Some(reason)) => Reply::error(400, &format!("bad request: {reason}")),
+        (None, None) => api::handle(&method, &url, &mut || checker.check()),
     }))
     .unwrap_or_else(|_| {
         log::error!("panic while handling {method} {}; answered 500", clip(&url));

@@ -37,6 +37,8 @@ fn requests_rfc9112_rejects_get_400_from_the_server_itself() {
         (b"GET /livez HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n", "unsupported Transfer-Encoding"),
         (b"GET /livez HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n", "both"),
         (b"GET /livez HTTP/1.1\r\nHost: a\r\nX-Evil: a\x00b\r\nConnection: close\r\n\r\n", "control character"),
+        (b"POST /health HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\nConnection: close\r\n\r\n", "too large a number"),
+        (b"GET /livez HTTP/1.1\r\nHost: a\r\nX@A: b\r\nConnection: close\r\n\r\n", "not a token"),
     ];
     for (bytes, why) in cases {
         let r = raw(&server, bytes);
@@ -67,6 +69,30 @@ fn unusual_but_valid_requests_are_served() {
         .status,
         404
     );
+}
+
+#[test]
+fn a_header_section_over_the_limit_gets_431_with_a_reason() {
+    let server = Server::builder(&util::Pg::shared().url)
+        .env("TRIBIST_MAX_HEADER_BYTES", "2048")
+        .spawn();
+    let mut req = b"GET /livez HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 4096));
+    req.extend(b"\r\nConnection: close\r\n\r\n");
+    let r = raw(&server, &req);
+    assert_eq!(r.status, 431, "{r:?}");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit is 2048"),
+        "{r:?}"
+    );
+    // Just under the limit: served.
+    let mut req = b"GET /livez HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 1900));
+    req.extend(b"\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw(&server, &req).status, 200);
 }
 
 #[test]
