@@ -83,14 +83,20 @@ wait_locked() {
 
 install_db() { "$HOSTSH" db "$1" "$DB_PASSWORD"; }
 
-# Waits (up to 30 s) until an upgrade on host $A passed its preflight and restarts the service.
+# Waits (up to 30 s) until the upgrade writing to file $1 passed its preflight and restarts
+# the service (deploy.sh says so just before), then until systemd is starting it.
 wait_switching() {
   local i
-  for i in $(seq 150); do
-    [[ "$(on_host systemctl show -p ActiveState --value tribist)" == activating ]] && return 0
-    sleep 0.2
+  for i in $(seq 300); do
+    grep -q "restarting tribist and waiting" "$1" 2>/dev/null && break
+    sleep 0.1
   done
-  return 1
+  grep -q "restarting tribist and waiting" "$1" || fail "the upgrade never switched; it said: $(cat "$1")"
+  for i in $(seq 100); do
+    [[ "$(on_host systemctl show -p ActiveState --value tribist)" == activating ]] && return 0
+    sleep 0.1
+  done
+  fail "tribist is not starting; the upgrade said: $(cat "$1")"
 }
 
 # Runs "$@" under a pseudo-terminal, as a person at a terminal does (output has \r\n); its
@@ -386,7 +392,7 @@ teardown_file() {
   at_terminal make -s -C "$REPO" upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" \
     BIN="$BATS_FILE_TMPDIR/server-systemd-hang" >"$BATS_FILE_TMPDIR/int.out" 2>&1 &
   local job=$!
-  wait_switching
+  wait_switching "$BATS_FILE_TMPDIR/int.out"
   press $'\x03'
   local rc=0
   wait "$job" || rc=$?
@@ -399,7 +405,7 @@ teardown_file() {
   deploy upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" BIN="$BATS_FILE_TMPDIR/server-systemd-hang" \
     >"$BATS_FILE_TMPDIR/unlock.out" 2>&1 &
   job=$!
-  wait_switching
+  wait_switching "$BATS_FILE_TMPDIR/unlock.out"
   run deploy unlock HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_success
   assert_output --partial "broke the deploy lock held by: upgrade by"
