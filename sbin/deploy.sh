@@ -117,7 +117,8 @@ now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 # Printable ASCII only: no control character, and no byte of a UTF-8 sequence either (C1
 # controls such as CSI and OSC arrive as UTF-8 and terminals obey them).
 clean() { printf '%s' "$1" | tr -cd '\040-\176' | head -c "${2:-200}"; }
-printable() { tr -cd '\n\040-\176'; }
+readonly PRINTABLE='\n\040-\176'
+printable() { tr -cd "$PRINTABLE"; }
 
 # Runs "$@" as user tribist with nothing of root's (see the header): stdin from FILE (or
 # /dev/null), stdout and stderr through pipes that keep printable ASCII and newlines only.
@@ -133,7 +134,7 @@ as_tribist_from() {
   if is_root; then
     timeout -k 5 "$t" setsid -w setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups \
       --no-new-privs --inh-caps=-all --bounding-set=-all --reset-env -- "$@" <"$input" 8<&- 9<&- \
-      2> >(timeout -k 1 "$((t + 1))" tr -cd '\n\040-\176' >&2) | timeout -k 1 "$((t + 1))" tr -cd '\n\040-\176'
+      2> >(timeout -k 1 "$((t + 1))" tr -cd "$PRINTABLE" >&2) | timeout -k 1 "$((t + 1))" tr -cd "$PRINTABLE"
   else
     "$@" <"$input" 8<&- 9<&-
   fi
@@ -254,13 +255,11 @@ on_interrupt() {
 # The processes that have the lock file open, as the kernel says (/proc/PID/fd), never as a
 # note says: so unlock can only ever signal a deployment (or one of tribist's own processes).
 lock_holders() {
-  local fd pid
-  for fd in /proc/[0-9]*/fd/*; do
-    [[ "$(readlink "$fd" 2>/dev/null)" == "$LOCK_FILE" ]] || continue
-    pid=${fd#/proc/}
-    pid=${pid%%/*}
-    [[ "$pid" != "$$" && "$pid" != "$BASHPID" ]] && echo "$pid"
-  done | sort -un
+  local dir pid
+  for dir in /proc/[0-9]*; do
+    pid=${dir#/proc/}
+    [[ "$pid" != "$$" && "$pid" != "$BASHPID" ]] && holds_lock "$pid" && echo "$pid"
+  done
 }
 
 # True if process $1 has the lock file open now (as the kernel says).
@@ -673,7 +672,7 @@ cmd_status() {
   echo "installed release: $(release_of server || echo unknown)"
   local prev
   if prev=$(release_of server.prev); then echo "rollback target: $prev"; fi
-  echo "health: $(curl -sS --max-time 5 -w ' (HTTP %{http_code})' "$(health_url)" 2>&1 | tr -d '\000-\011\013-\037\177' | head -c 2000)" || rc=1
+  echo "health: $(curl -sS --max-time 5 -w ' (HTTP %{http_code})' "$(health_url)" 2>&1 | printable | head -c 2000)" || rc=1
   return "$rc"
 }
 
@@ -712,7 +711,7 @@ cmd_on_start() {
   local out promoted=no sum
   need_root on-start
   ACTION=service-start
-  # One call as tribist, in the restart's critical path: the digest only when promoted.
+  # One call as tribist, in the restart's critical path: the promotion and the digest.
   out=$(releases promote) || die "could not promote server_new: ${out:-see the lines above}"
   if [[ "$out" == *promoted* ]]; then
     promoted=yes

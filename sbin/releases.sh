@@ -47,7 +47,6 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
                    .server.prev.keep server.prev, and the failed binary server.failed
   swap             a manual rollback: server and server.prev change places
   promote          server -> server.prev, server_new -> server (the unit's pre-start step)
-  digest NAME      print the SHA-256 of server or server.prev
   preflight NAME RELEASE SECONDS ENVFILE
                    run NAME (server.prev or an upload) beside the serving server, with
                    the service's configuration ENVFILE (its TRIBIST_LISTEN replaced by a
@@ -165,12 +164,6 @@ cmd_promote() {
   echo "$PROG: promoted server_new to server${had_prev:+ (previous binary kept as server.prev)}; sha256 $(sha256sum <server | cut -c1-64)"
 }
 
-cmd_digest() {
-  case "$1" in server | server.prev) ;; *) usage_error "digest takes server or server.prev" ;; esac
-  [[ -f "$API_DIR/$1" ]] || die "$1: no such binary"
-  sha256sum <"$API_DIR/$1" | cut -d' ' -f1
-}
-
 PREFLIGHT_PID=""
 PREFLIGHT_DIR=""
 preflight_cleanup() {
@@ -265,7 +258,6 @@ main() {
     "swap 0") cmd_swap ;;
     "promote 0") cmd_promote ;;
     "discard 1") cmd_discard "$1" ;;
-    "digest 1") cmd_digest "$1" ;;
     "preflight 4") cmd_preflight "$@" ;;
     *) usage_error "unknown command or wrong arguments: $cmd" ;;
   esac

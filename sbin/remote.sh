@@ -113,12 +113,14 @@ parse_ssh_opts() {
   [[ -z "$expect_arg" ]] || refuse "SSH_OPTS=$(shown "$opts") ends with an option that needs an argument"
 }
 
-# deploy.sh's options for upgrade and rollback.
-preflight_args() {
+# deploy.sh's options for upgrade and rollback, checked once: sets PREFLIGHT_ARGS.
+PREFLIGHT_ARGS=()
+set_preflight_args() {
   local p=${PREFLIGHT:-}
+  PREFLIGHT_ARGS=()
   [[ -z "$p" ]] && return 0
   [[ "$p" =~ ^(0|[1-9][0-9]{0,2})$ ]] || refuse "PREFLIGHT must be a whole number of seconds from 0 (skip) to 999, got $(shown "$p")"
-  printf '%s\n' --preflight "$p"
+  PREFLIGHT_ARGS=(--preflight "$p")
 }
 
 deployer() {
@@ -252,8 +254,7 @@ cmd_install() {
 }
 
 upgrade_host() {
-  local host=$1 bin=$2 by=$3 sum upload rc=0 pre=()
-  mapfile -t pre < <(preflight_args)
+  local host=$1 bin=$2 by=$3 sum upload rc=0
   say "uploading $bin to $host"
   sum=$(sha256sum <"$bin" | cut -d' ' -f1)
   upload=$(ssh_to "$host" -T "$REMOTE_DEPLOY" receive "$sum" <"$bin") || {
@@ -263,7 +264,7 @@ upgrade_host() {
   }
   [[ "$upload" =~ ^\.upload\.[A-Za-z0-9]{6,16}$ ]] || die "the host answered an unexpected upload name: $(shown "$upload")"
   say "activating on $host"
-  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${pre[@]}" upgrade "$upload" || rc=$?
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" upgrade "$upload" || rc=$?
   if ((rc != 0)); then
     warn "make upgrade: FAILED on $host (exit $rc); see the messages above"
     return "$rc"
@@ -281,7 +282,7 @@ cmd_upgrade() {
   fi
   for h in "${hosts[@]}"; do check_host "$([[ -n "${HOSTS:-}" ]] && echo HOSTS || echo HOST)" "$h"; done
   by=$(deployer)
-  preflight_args >/dev/null
+  set_preflight_args
   bin=$(ship_bin)
   if ((${#hosts[@]} == 1)) && [[ -z "${HOSTS:-}" ]]; then
     upgrade_host "${hosts[0]}" "$bin" "$by"
@@ -308,13 +309,12 @@ one_host() {
 }
 
 cmd_rollback() {
-  local host by pre=()
+  local host by
   host=$(one_host)
   by=$(deployer)
-  preflight_args >/dev/null
-  mapfile -t pre < <(preflight_args)
+  set_preflight_args
   say "rolling back $host"
-  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${pre[@]}" rollback
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" rollback
 }
 
 cmd_logs() {
