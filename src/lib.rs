@@ -10,6 +10,7 @@ pub mod connection;
 pub mod db;
 pub mod envfile;
 pub mod error;
+pub mod handover;
 pub mod logging;
 pub mod pidfile;
 pub mod server;

@@ -4,10 +4,12 @@
 //! or not exist. The working directory is locked with flock(2) for the life of the process:
 //! a second server in the same directory is refused, while a `PID` left by a crashed run (whose
 //! lock the kernel released with it) is simply replaced. The file is written atomically
-//! (temporary file, then rename), so a reader never sees it half-written.
+//! (temporary file, then rename), so a reader never sees it half-written. A handover
+//! (handover.rs) passes the locked directory to the successor, so the lock never lapses.
 
 use std::fs::{self, File, TryLockError};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -18,7 +20,7 @@ pub struct PidFile {
     dir: PathBuf,
     path: PathBuf,
     /// Held (flock'ed) until the process exits.
-    _lock: File,
+    lock: File,
 }
 
 impl PidFile {
@@ -46,8 +48,22 @@ impl PidFile {
         Ok(PidFile {
             dir: dir.to_path_buf(),
             path,
-            _lock: lock,
+            lock,
         })
+    }
+
+    /// Takes over `lock`, the directory a predecessor locked and handed over (handover.rs).
+    pub fn adopt(dir: &Path, lock: File) -> PidFile {
+        PidFile {
+            dir: dir.to_path_buf(),
+            path: dir.join(FILE_NAME),
+            lock,
+        }
+    }
+
+    /// The locked directory's descriptor, for a successor to inherit.
+    pub fn lock_fd(&self) -> RawFd {
+        self.lock.as_raw_fd()
     }
 
     /// Writes this process's id, atomically. No fsync: the file only matters while this

@@ -13,6 +13,9 @@
 //! then outlives this process, and connections arriving during a restart wait in its backlog
 //! for the next one. Stopping to accept must then leave the socket itself alone (see
 //! `Listener::stop_accepting`).
+//!
+//! On SIGUSR2 the server hands over to the binary at its own path instead (handover.rs): the
+//! successor serves on the same socket before this process stops accepting and drains.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -33,6 +36,7 @@ use crate::config::Config;
 use crate::connection::{self, Connections};
 use crate::db::{self, Checker};
 use crate::error::Error;
+use crate::handover::{self, Inherited};
 use crate::pidfile::PidFile;
 use crate::systemd::{self, Notifier};
 
@@ -57,9 +61,22 @@ const DRAIN_LINGER: Duration = Duration::from_millis(100);
 /// How often the main thread checks that tiny_http's accept thread is alive.
 const ACCEPT_WATCH: Duration = Duration::from_millis(250);
 
+/// How long a successor has to serve before a handover is given up (handover.rs).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `systemctl status` says while serving; `deploy.sh` looks for "SIGUSR2 hands over"
+/// before it asks for a handover rather than a restart.
+fn serving_status(addr: SocketAddr, workers: usize) -> String {
+    format!(
+        "serving on {addr} with {workers} workers (pid {}; SIGUSR2 hands over)",
+        std::process::id()
+    )
+}
+
 enum Event {
     Signal,
     AcceptDied(std::io::Error),
+    Handover,
 }
 
 /// State the workers share with the main thread.
@@ -84,15 +101,29 @@ struct Listener {
     fd: RawFd,
     /// Our own handle on a socket we bound ourselves; `None` under socket activation.
     own: Option<TcpListener>,
+    /// Where the socket came from, for the log.
+    origin: &'static str,
 }
 
 impl Listener {
-    fn open(config: &Config) -> Result<(Listener, TcpListener), Error> {
+    /// The socket handed over by a predecessor, else systemd's, else one bound here.
+    fn open(
+        config: &Config,
+        inherited: Option<TcpListener>,
+    ) -> Result<(Listener, TcpListener), Error> {
         let bind_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Bind {
             addr: config.listen.to_string(),
             source,
         };
-        let (listener, own) = match systemd::take_listener().map_err(|e| bind_err(e.into()))? {
+        let from_systemd = systemd::take_listener().map_err(|e| bind_err(e.into()))?;
+        // A handed-over socket is shared with the predecessor (and maybe systemd): like
+        // systemd's, it must stay listening when this process stops accepting.
+        let origin = match (&inherited, &from_systemd) {
+            (Some(_), _) => "socket handed over",
+            (None, Some(_)) => "socket from systemd",
+            (None, None) => "socket bound by itself",
+        };
+        let (listener, own) = match inherited.or(from_systemd) {
             Some(listener) => (listener, None),
             None => {
                 let listener = TcpListener::bind(config.listen).map_err(|e| bind_err(e.into()))?;
@@ -106,13 +137,10 @@ impl Listener {
                 addr,
                 fd: listener.as_raw_fd(),
                 own,
+                origin,
             },
             listener,
         ))
-    }
-
-    fn activated(&self) -> bool {
-        self.own.is_none()
     }
 
     /// An address this process can connect to itself.
@@ -128,35 +156,34 @@ impl Listener {
         addr
     }
 
-    /// Makes tiny_http's accept thread stop for good.
+    /// Makes tiny_http's accept thread stop for good, and waits (until `limit`) for it to end.
     ///
-    /// A socket we bound: shutdown(2) it; the kernel stops listening (new connections are
-    /// refused) and the blocked accept fails. A socket from systemd must keep listening for
-    /// the next process, so instead its descriptor number is pointed at a socket that cannot
-    /// accept (dup2), and one connection to ourselves wakes the accept blocked on it: that
-    /// accept returns one connection (served like any other), the next one fails, the thread
-    /// ends, and whatever arrives later waits in the backlog for the next process.
-    fn stop_accepting(&self) {
-        extern "C" {
-            fn shutdown(fd: i32, how: i32) -> i32;
-            fn dup2(old: i32, new: i32) -> i32;
-        }
-        const SHUT_RDWR: i32 = 2;
-        if let Some(own) = &self.own {
+    /// A socket we bound and nobody else uses: shutdown(2) it; the kernel stops listening
+    /// (new connections are refused) and the blocked accept fails. A socket from systemd, or
+    /// one shared with a successor, must keep listening, so instead its descriptor number is
+    /// pointed at a socket that cannot accept (dup2), and a connection to ourselves wakes the
+    /// accept blocked on it: that accept returns one connection (served like any other), the
+    /// next one fails and the thread ends. A successor accepting on the same socket may take
+    /// that connection instead, so one is made every few milliseconds until the thread ends.
+    /// Whatever arrives later goes to the successor, or waits in the backlog for the next
+    /// process.
+    fn stop_accepting(&self, shared: bool, accept_tid: Option<u32>, limit: Instant) {
+        if let (Some(own), false) = (&self.own, shared) {
             // SAFETY: the descriptor is owned by `own`, which outlives this call.
-            if unsafe { shutdown(own.as_raw_fd(), SHUT_RDWR) } != 0 {
+            if unsafe { libc::shutdown(own.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
                 log::warn!(
                     "shutdown: cannot stop the listener: {}",
                     std::io::Error::last_os_error()
                 );
             }
+            wait_ended(accept_tid, limit);
             return;
         }
         match UnixDatagram::unbound() {
             // SAFETY: both descriptors are open; dup2 atomically replaces `self.fd`, which
             // only tiny_http's accept thread uses.
             Ok(dummy) => {
-                if unsafe { dup2(dummy.as_raw_fd(), self.fd) } < 0 {
+                if unsafe { libc::dup2(dummy.as_raw_fd(), self.fd) } < 0 {
                     log::warn!(
                         "shutdown: cannot detach the listener: {}",
                         std::io::Error::last_os_error()
@@ -165,19 +192,62 @@ impl Listener {
             }
             Err(e) => log::warn!("shutdown: cannot detach the listener: {e}"),
         }
-        let _ = TcpStream::connect_timeout(&self.local_target(), Duration::from_millis(200));
+        loop {
+            let _ = TcpStream::connect_timeout(&self.local_target(), Duration::from_millis(200));
+            let Some(tid) = accept_tid else { return };
+            let poke = Instant::now() + Duration::from_millis(5);
+            while thread_alive(tid) && Instant::now() < poke.min(limit) {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if !thread_alive(tid) || Instant::now() >= limit {
+                break;
+            }
+        }
+        wait_ended(accept_tid, limit);
+    }
+}
+
+/// Waits until tiny_http's accept thread `tid` ended, or `limit`.
+fn wait_ended(accept_tid: Option<u32>, limit: Instant) {
+    if let Some(tid) = accept_tid {
+        while thread_alive(tid) && Instant::now() < limit {
+            thread::sleep(Duration::from_millis(2));
+        }
+        if thread_alive(tid) {
+            log::warn!("shutdown: the accept thread is still running; draining anyway");
+        }
     }
 }
 
 /// Serves until SIGTERM/SIGINT (Ok) or until the listener dies (Err).
 pub fn run(config: Config) -> Result<(), Error> {
+    // First, before any thread exists: every thread inherits the mask.
+    let handover_watch = handover::block_signal()
+        .map_err(|e| log::warn!("handover: cannot block SIGUSR2 ({e}); handovers are off"))
+        .is_ok();
+    let successor = handover::successor_path()
+        .map_err(|e| {
+            log::warn!("handover: cannot tell this binary's path ({e}); handovers are off")
+        })
+        .ok();
     let notifier = Notifier::from_env();
     let dir = std::env::current_dir().map_err(|source| Error::PidFile {
         path: crate::pidfile::FILE_NAME.into(),
         source,
     })?;
-    let pid_file = PidFile::lock(&dir)?;
-    let (listener, socket) = Listener::open(&config)?;
+    let inherited = handover::take_inherited().map_err(|e| Error::Bind {
+        addr: "the socket handed over".into(),
+        source: e.into(),
+    })?;
+    let (pid_file, inherited, ready) = match inherited {
+        Some(Inherited {
+            listener,
+            lock,
+            ready,
+        }) => (PidFile::adopt(&dir, lock), Some(listener), Some(ready)),
+        None => (PidFile::lock(&dir)?, None, None),
+    };
+    let (listener, socket) = Listener::open(&config, inherited)?;
     let threads_before = thread_ids();
     let server = Server::from_listener(socket, None).map_err(|source| Error::Bind {
         addr: listener.addr.to_string(),
@@ -194,6 +264,17 @@ pub fn run(config: Config) -> Result<(), Error> {
         let _ = signal_events.send(Event::Signal);
     })
     .map_err(Error::Signal)?;
+    let successor = successor.filter(|_| handover_watch);
+    if successor.is_some() {
+        let handover_events = events.clone();
+        handover::watch(move || {
+            let _ = handover_events.send(Event::Handover);
+        })
+        .map_err(|source| Error::Thread {
+            what: "handover signal",
+            source,
+        })?;
+    }
 
     let pool = Arc::new(Pool {
         server,
@@ -236,41 +317,81 @@ pub fn run(config: Config) -> Result<(), Error> {
         listener.addr,
         std::process::id(),
         config.workers,
-        if listener.activated() { "socket from systemd" } else { "socket bound by itself" },
+        listener.origin,
         config.db.display,
         config.db_timeout,
         crate::build::VERSION,
         crate::build::COMMIT,
     );
-    notifier.send(&format!(
-        "READY=1\nSTATUS=serving on {} with {} workers",
-        listener.addr, config.workers
-    ));
+    let status = serving_status(listener.addr, config.workers);
+    match ready {
+        // A successor: systemd's main process from now on, then the predecessor may drain.
+        Some(ready) => {
+            notifier.send(&format!(
+                "MAINPID={}\nREADY=1\nSTATUS={status}",
+                std::process::id()
+            ));
+            if let Err(e) = ready.report() {
+                log::warn!("handover: cannot tell the previous process this one serves: {e}");
+            }
+            log::info!("handover: serving; the previous process drains");
+        }
+        None => notifier.send(&format!("READY=1\nSTATUS={status}")),
+    }
     if let Some(every) = systemd::watchdog_interval() {
         start_watchdog(Arc::clone(&pool), listener.local_target(), every)?;
     }
 
     let mut outcome = Ok(());
-    match next_event(&events_rx, accept_tid) {
-        Event::Signal => log::info!("shutdown: termination signal received"),
-        Event::AcceptDied(e) => {
-            log::error!("accept thread died ({e}); shutting down so the supervisor restarts us");
-            outcome = Err(Error::AcceptDied(e));
+    let mut handed_over = false;
+    let mut attempts = 0;
+    loop {
+        match next_event(&events_rx, accept_tid) {
+            Event::Signal => log::info!("shutdown: termination signal received"),
+            Event::AcceptDied(e) => {
+                log::error!(
+                    "accept thread died ({e}); shutting down so the supervisor restarts us"
+                );
+                outcome = Err(Error::AcceptDied(e));
+            }
+            Event::Handover => {
+                let Some(exe) = &successor else { continue };
+                attempts += 1;
+                notifier.send(&format!(
+                    "STATUS=handing over to {} (attempt {attempts})",
+                    exe.display()
+                ));
+                match handover::start(exe, listener.fd, pid_file.lock_fd(), HANDOVER_TIMEOUT) {
+                    Ok(pid) => {
+                        log::info!(
+                            "handover: pid {pid} serves; this process stops accepting and drains"
+                        );
+                        handed_over = true;
+                    }
+                    Err(reason) => {
+                        log::error!("handover attempt {attempts} failed: {reason}; this process goes on serving");
+                        // The successor may have replaced PID before it failed.
+                        if let Err(e) = pid_file.write() {
+                            log::error!("handover: {}", crate::error::chain(&e));
+                        }
+                        notifier.send(&format!(
+                            "STATUS={status}; handover attempt {attempts} failed: {reason}"
+                        ));
+                        continue;
+                    }
+                }
+            }
         }
+        break;
     }
     let deadline = Instant::now() + config.shutdown_timeout;
     pool.stopping.store(true, Ordering::SeqCst);
-    notifier.send("STOPPING=1\nSTATUS=draining");
-    listener.stop_accepting();
-    if let Some(tid) = accept_tid {
-        let limit = Instant::now() + Duration::from_secs(1);
-        while thread_alive(tid) && Instant::now() < limit.min(deadline) {
-            thread::sleep(Duration::from_millis(2));
-        }
-        if thread_alive(tid) {
-            log::warn!("shutdown: the accept thread is still running; draining anyway");
-        }
+    // After a handover systemd's main process is the successor: not a word from this one.
+    if !handed_over {
+        notifier.send("STOPPING=1\nSTATUS=draining");
     }
+    let limit = (Instant::now() + Duration::from_secs(1)).min(deadline);
+    listener.stop_accepting(handed_over, accept_tid, limit);
     log::info!(
         "shutdown: stopped accepting; draining {} request(s) in flight, {} open connection(s)",
         pool.in_flight.load(Ordering::SeqCst),

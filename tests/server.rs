@@ -529,3 +529,161 @@ fn hundred_database_outages_leak_no_thread_descriptor_or_connection() {
         .get(0);
     assert!(n <= 2, "{n} server connections for 2 workers");
 }
+
+/// The server started from a copy of the binary at `DIR/server`, which a test can replace.
+fn server_from_copy() -> Server {
+    let dir = TempDir::new("handover");
+    fs::copy(BIN, dir.path().join("server")).unwrap();
+    Server::builder(&Pg::shared().url)
+        .dir(dir)
+        .wrapper("exec \"$PWD/server\"")
+        .spawn()
+}
+
+/// The pid `PID` names, once it differs from `old`.
+fn pid_other_than(server: &Server, old: u32) -> u32 {
+    wait_for("PID to name the successor", 10 * SECOND, || {
+        let pid: u32 = fs::read_to_string(server.dir.path().join("PID"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (pid != old).then_some(pid)
+    })
+}
+
+/// Kills a process that is not our child (a successor) when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// Runs keep-alive and new-connection clients against `addr` until `stop`; returns
+/// (answers, failures as text).
+fn clients(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(usize, Vec<String>)>> {
+    use std::sync::atomic::Ordering;
+    (0..6)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut answers, mut failures) = (0, Vec::new());
+                let mut keep = util::KeepAlive::new(addr);
+                while !stop.load(Ordering::SeqCst) {
+                    let status = if i < 4 {
+                        keep.get("/health").map(|a| a.status)
+                    } else {
+                        try_request(
+                            addr,
+                            b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                        )
+                        .map(|r| r.status)
+                    };
+                    match status {
+                        Ok(200) => answers += 1,
+                        Ok(s) => failures.push(format!("HTTP {s}")),
+                        Err(e) => {
+                            failures.push(e.to_string());
+                            keep = util::KeepAlive::new(addr);
+                        }
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn sigusr2_hands_over_to_the_new_binary_and_no_request_fails() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut server = server_from_copy();
+    let old = server.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = clients(server.addr, stop.clone());
+    std::thread::sleep(SECOND / 5); // load before, during and after the handover
+    server.signal("USR2");
+    let new = pid_other_than(&server, old);
+    let _successor = KillOnDrop(new);
+    let status = server.wait_exit(10 * SECOND);
+    std::thread::sleep(SECOND / 5);
+    stop.store(true, Ordering::SeqCst);
+    let (mut answers, mut failures) = (0, Vec::new());
+    for client in running {
+        let (a, f) = client.join().unwrap();
+        answers += a;
+        failures.extend(f);
+    }
+    let log = server.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        failures.is_empty(),
+        "{} failures: {failures:?}\n{log}",
+        failures.len()
+    );
+    assert!(answers > 100, "only {answers} answers");
+    assert!(
+        log.contains(&format!("handover: pid {new} serves")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("pid {new}, 4 workers, socket handed over")),
+        "{log}"
+    );
+    // The successor serves alone now, from the same socket.
+    assert_eq!(server.get("/health").status, 200);
+    // And it can hand over in turn.
+    Command::new("kill")
+        .args(["-USR2", &new.to_string()])
+        .status()
+        .unwrap();
+    let third = pid_other_than(&server, new);
+    let _third = KillOnDrop(third);
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn failed_handover_keeps_the_old_process_serving() {
+    let server = server_from_copy();
+    let old = server.pid();
+    let exe = server.dir.path().join("server");
+    let tmp = server.dir.path().join("server.tmp");
+    fs::write(&tmp, "#!/bin/sh\necho 'panic: cannot start' >&2\nexit 3\n").unwrap();
+    Command::new("chmod")
+        .args(["755", tmp.to_str().unwrap()])
+        .status()
+        .unwrap();
+    fs::rename(&tmp, &exe).unwrap();
+    server.signal("USR2");
+    wait_for("the handover to fail", 10 * SECOND, || {
+        server
+            .log()
+            .contains("handover attempt 1 failed")
+            .then_some(())
+    });
+    let log = server.log();
+    assert!(log.contains("ended before it was ready"), "{log}");
+    assert!(log.contains("exit status: 3"), "{log}");
+    assert!(
+        log.contains("panic: cannot start"),
+        "the successor's own words: {log}"
+    );
+    assert_eq!(server.get("/health").status, 200);
+    let pid = fs::read_to_string(server.dir.path().join("PID")).unwrap();
+    assert_eq!(pid.trim(), old.to_string());
+    // Fixed binary: the next attempt works.
+    fs::copy(BIN, &tmp).unwrap();
+    fs::rename(&tmp, &exe).unwrap();
+    server.signal("USR2");
+    let new = pid_other_than(&server, old);
+    let _successor = KillOnDrop(new);
+    assert_eq!(server.get("/health").status, 200);
+}

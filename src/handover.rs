@@ -1,0 +1,301 @@
+//! Binary upgrades no client can notice: the serving process starts its successor itself and
+//! hands it the listening socket, the way nginx upgrades its binary.
+//!
+//! A restart has a gap — the old process gone, systemd setting up the sandbox, the new one
+//! starting — during which connections wait in the socket's backlog (about 100 ms measured).
+//! A handover has none: on SIGUSR2 (`systemctl reload tribist`) the server runs the binary now
+//! at the path it was started from, with the same arguments and environment, and passes it
+//! three descriptors: the listening socket, the lock of the working directory (so `PID` stays
+//! locked throughout) and one end of a socket pair. The successor starts serving on the same
+//! socket, tells systemd it is the main process (`MAINPID=`, `READY=1`; the unit has
+//! `NotifyAccess=all`) and writes `ready` on the pair. Only then does the old process stop
+//! accepting and drain, exactly as on SIGTERM: both accept for a moment, nobody waits. A
+//! successor that exits, hangs or is not ready within the bound is stopped and the old process
+//! simply goes on serving, with the reason in its log and in `systemctl status`.
+//!
+//! Only root may ask (the signal's sender uid, from the kernel): under systemd that is
+//! `ExecReload=`'s audited pre-step; tribist's own processes cannot start a binary this way
+//! (outside systemd the owner of the process may, for tests and `make run`).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// The variable that tells a successor which descriptors it inherited: `LISTEN,LOCK,READY`.
+pub const ENV: &str = "TRIBIST_HANDOVER";
+
+/// What a successor writes once it serves.
+const READY: &[u8] = b"ready\n";
+
+/// How long a stopped successor has to exit after SIGTERM before it gets SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The signal that asks for a handover.
+pub const SIGNAL: libc::c_int = libc::SIGUSR2;
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set it is given; sigaddset with a valid signal.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, SIGNAL);
+        set
+    }
+}
+
+/// Blocks SIGUSR2 in the calling thread and so in every thread it starts afterwards: call it
+/// before any other thread exists. Its default action would end the process; blocked, it waits
+/// for `watch`'s thread to take it.
+pub fn block_signal() -> io::Result<()> {
+    let set = signal_set();
+    // SAFETY: a valid set; the old mask is not wanted.
+    match unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Whether a SIGUSR2 from `sender` may start a binary: root's, or (outside systemd) the
+/// process owner's.
+pub fn allowed(sender: u32, own: u32, under_systemd: bool) -> bool {
+    sender == 0 || (sender == own && !under_systemd)
+}
+
+/// Starts the thread that takes SIGUSR2 (blocked by `block_signal`) and calls `request` for
+/// each one an allowed sender sent; the others are logged and ignored.
+pub fn watch(request: impl Fn() + Send + 'static) -> io::Result<()> {
+    // SAFETY: getuid cannot fail.
+    let own = unsafe { libc::getuid() };
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+    std::thread::Builder::new()
+        .name("handover-signal".into())
+        .spawn(move || {
+            let set = signal_set();
+            loop {
+                // SAFETY: a zeroed siginfo_t is a valid buffer for sigwaitinfo to fill.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: `set` and `info` are valid for the call.
+                if unsafe { libc::sigwaitinfo(&set, &mut info) } < 0 {
+                    continue; // EINTR
+                }
+                // SAFETY: filled by sigwaitinfo for a signal sent with kill(2) or sigqueue(3).
+                let (uid, pid) = unsafe { (info.si_uid(), info.si_pid()) };
+                if allowed(uid, own, under_systemd) {
+                    log::info!("handover: asked by pid {pid} (uid {uid})");
+                    request();
+                } else {
+                    log::warn!(
+                        "handover: ignoring SIGUSR2 from pid {pid} (uid {uid}): only root may \
+                         start a new binary (systemctl reload tribist)"
+                    );
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// The binary a handover starts: the path this process was started from (where a promotion
+/// puts the new binary), resolved now, while it still names this binary's file.
+pub fn successor_path() -> io::Result<PathBuf> {
+    match std::env::args_os().next().map(PathBuf::from) {
+        Some(path) if path.is_absolute() => Ok(path),
+        _ => std::env::current_exe(),
+    }
+}
+
+/// What a successor inherited from the process it replaces.
+pub struct Inherited {
+    pub listener: TcpListener,
+    /// The open, flock'ed working directory: the lock `PID` rests on.
+    pub lock: File,
+    pub ready: Ready,
+}
+
+/// The successor's end of the pair.
+pub struct Ready(UnixStream);
+
+impl Ready {
+    /// Tells the old process this one serves; it then stops accepting and drains.
+    pub fn report(mut self) -> io::Result<()> {
+        self.0.write_all(READY)
+    }
+}
+
+/// Takes the descriptors named by `TRIBIST_HANDOVER`, if this process is a successor, and
+/// clears the variable so that nothing started later inherits it.
+pub fn take_inherited() -> Result<Option<Inherited>, String> {
+    let Some(value) = std::env::var_os(ENV) else {
+        return Ok(None);
+    };
+    // Called during start-up, before any other thread exists.
+    std::env::remove_var(ENV);
+    let value = value.to_string_lossy().into_owned();
+    let fds: Vec<RawFd> = value
+        .split(',')
+        .map(|n| n.parse::<RawFd>().ok().filter(|&fd| fd > 2))
+        .collect::<Option<_>>()
+        .filter(|fds: &Vec<RawFd>| fds.len() == 3)
+        .ok_or_else(|| format!("{ENV}={value:?} is not three descriptor numbers"))?;
+    let owned = fds
+        .iter()
+        .map(|&fd| own(fd).map_err(|e| format!("{ENV}: descriptor {fd} is not open ({e})")))
+        .collect::<Result<Vec<OwnedFd>, String>>()?;
+    let mut owned = owned.into_iter();
+    let (Some(listener), Some(lock), Some(ready)) = (owned.next(), owned.next(), owned.next())
+    else {
+        unreachable!("three descriptors were checked above");
+    };
+    let listener = TcpListener::from(listener);
+    listener
+        .local_addr()
+        .map_err(|e| format!("{ENV}: descriptor {} is not a TCP socket ({e})", fds[0]))?;
+    Ok(Some(Inherited {
+        listener,
+        lock: File::from(lock),
+        ready: Ready(UnixStream::from(ready)),
+    }))
+}
+
+/// Owns descriptor `fd`, checked open first (owning a closed one would make std abort when it
+/// fails to close it), and marks it close-on-exec again.
+fn own(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: only borrowed for the duplication.
+    let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+    drop(dup);
+    // SAFETY: open (just duplicated), named to this process by its parent, owned from now on.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_inheritable(fd, false)?;
+    Ok(owned)
+}
+
+fn set_inheritable(fd: RawFd, inheritable: bool) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor this process has open; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if inheritable {
+            flags & !libc::FD_CLOEXEC
+        } else {
+            flags | libc::FD_CLOEXEC
+        };
+        if libc::fcntl(fd, libc::F_SETFD, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Starts `exe` with this process's arguments and environment plus the three descriptors, and
+/// waits up to `timeout` for it to report ready. Returns its pid; on failure it has been
+/// stopped and reaped, and the reason is returned.
+pub fn start(exe: &Path, listener: RawFd, lock: RawFd, timeout: Duration) -> Result<u32, String> {
+    let (mut ours, theirs) =
+        UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+    let fds = [listener, lock, theirs.as_raw_fd()];
+    let mut command = Command::new(exe);
+    command
+        .args(std::env::args_os().skip(1).collect::<Vec<OsString>>())
+        .env(ENV, fds.map(|fd| fd.to_string()).join(","))
+        // systemd's watchdog pid is this process; the successor pings once it is the main one.
+        .env_remove("WATCHDOG_PID");
+    // Inheritable only for the spawn: this process starts no other program meanwhile.
+    let child = fds
+        .iter()
+        .try_for_each(|&fd| set_inheritable(fd, true))
+        .and_then(|()| command.spawn());
+    for fd in fds {
+        let _ = set_inheritable(fd, false);
+    }
+    drop(theirs);
+    let mut child = child.map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let pid = child.id();
+    match wait_ready(&mut ours, timeout) {
+        Ok(()) => Ok(pid),
+        Err(reason) => {
+            let end = stop(&mut child);
+            Err(format!("{} (pid {pid}) {reason}; {end}", exe.display()))
+        }
+    }
+}
+
+fn wait_ready(pair: &mut UnixStream, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    while got.len() < READY.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("was not ready within {timeout:?}"));
+        }
+        pair.set_read_timeout(Some(left))
+            .map_err(|e| format!("cannot wait for it: {e}"))?;
+        match pair.read(&mut buf) {
+            Ok(0) => return Err("ended before it was ready".into()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!("was not ready within {timeout:?}"))
+            }
+            Err(e) => return Err(format!("cannot wait for it: {e}")),
+        }
+    }
+    if got.starts_with(READY) {
+        Ok(())
+    } else {
+        Err(format!(
+            "answered {:?} instead of ready",
+            String::from_utf8_lossy(&got)
+        ))
+    }
+}
+
+/// SIGTERM, then SIGKILL after STOP_GRACE; reaps it. Says how it ended.
+fn stop(child: &mut Child) -> String {
+    if let Ok(Some(status)) = child.try_wait() {
+        return format!("it exited: {status}");
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped, so the pid is still ours.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return format!("stopped it: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    match child.wait() {
+        Ok(status) => format!("killed it: {status}"),
+        Err(e) => format!("cannot reap it: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_or_the_owner_outside_systemd_may_ask() {
+        assert!(allowed(0, 1000, true));
+        assert!(allowed(0, 0, false));
+        assert!(allowed(1000, 1000, false));
+        assert!(
+            !allowed(1000, 1000, true),
+            "tribist's own processes under systemd"
+        );
+        assert!(!allowed(1001, 1000, false));
+    }
+}
