@@ -4,7 +4,7 @@
 #
 # Installed as /home/tribist/bin/deploy.sh (root-owned). `install`, `uninstall` and `audit`
 # need root; the rest also works as user tribist (the deploy-key holder), who may only run
-# `systemctl start|stop|restart|status tribist` through sudo.
+# `systemctl start|stop|restart|reload|status tribist` through sudo.
 #
 # THE RULE: no step that runs as root reads, writes, creates, truncates, appends to, chowns,
 # chmods or executes a path that user tribist can create, rename or replace.
@@ -60,9 +60,9 @@ usage: $PROG [--by WHO] [--preflight SECONDS] COMMAND
        $PROG install BUNDLE_DIR      (root) install or update everything from BUNDLE_DIR
        $PROG receive SHA256          read a binary from stdin into $API_DIR (as tribist),
                                      check its SHA-256, print the upload's name
-       $PROG upgrade UPLOAD          make UPLOAD server_new, restart, wait for the new
-                                     release; roll back on failure
-       $PROG rollback                put server.prev back, restart, wait
+       $PROG upgrade UPLOAD          make UPLOAD server_new, switch to it (a handover, or a
+                                     restart), wait for the new release; roll back on failure
+       $PROG rollback                put server.prev back, switch, wait
        $PROG status                  unit state, pid, releases and /health
        $PROG serving                 the releaseId /health reports now
        $PROG logs [LINES]            the service's last LINES (default 100) log lines
@@ -70,6 +70,8 @@ usage: $PROG [--by WHO] [--preflight SECONDS] COMMAND
        $PROG unlock                  break the deploy lock on purpose (stops its holder)
        $PROG on-start                (root) the unit's pre-start step: promote server_new
                                      (as tribist) and record the start in root's audit
+       $PROG on-reload               (root) the unit's reload step: promote server_new, record
+                                     it, have the serving process hand over to it, and wait
        $PROG uninstall [--purge]     (root) stop and remove the service; --purge also
                                      removes $CONF_DIR, $STATE_DIR and user $USER_NAME
        $PROG --help
@@ -84,6 +86,12 @@ within --preflight SECONDS (default $PREFLIGHT; 0 skips it, e.g. to roll back wh
 database is down): a release that exits, hangs or answers otherwise never gets traffic
 (result refused-preflight). The health check after the switch, and the automatic
 rollback, stay for what a preflight cannot see.
+
+The switch is a handover when it can be (systemctl reload): the serving process starts the
+new binary beside itself on the same socket and stops accepting only once it serves, so no
+client waits; a new binary that fails there never served, and the old process goes on. It is
+a restart when the service is down, the serving binary predates handovers, the unit file is
+older, or $ENV_FILE changed since the service started (a handover keeps the environment).
 
 install, upgrade, rollback and uninstall take the host's deploy lock ($LOCK_FILE): a
 second one is refused (exit $EXIT_LOCKED), naming the holder; the lock goes with its holder's
@@ -340,15 +348,69 @@ recent_log() {
   fi
 }
 
+# Why the next switch cannot be a handover (empty when it can): see can_hand_over.
+NO_HANDOVER=""
+
+# Whether the serving process can hand over to the binary at api/server (systemctl reload,
+# handled by on-reload): the unit has the reload step, the service is up, its server says it
+# hands over, the configuration is the one systemd started it with (a handover keeps the
+# environment), and, as tribist, sudo allows the reload. Otherwise sets NO_HANDOVER.
+can_hand_over() {
+  local props can state status since env_mtime started
+  NO_HANDOVER=""
+  props=$(systemctl show --timestamp=us "$UNIT" -p CanReload -p ActiveState -p StatusText -p InactiveExitTimestamp 8<&- 2>/dev/null) || true
+  can=$(sed -n 's/^CanReload=//p' <<<"$props")
+  state=$(sed -n 's/^ActiveState=//p' <<<"$props")
+  status=$(sed -n 's/^StatusText=//p' <<<"$props")
+  since=$(sed -n 's/^InactiveExitTimestamp=//p' <<<"$props")
+  if [[ "$state" != active ]]; then
+    NO_HANDOVER="$UNIT is ${state:-unknown}, not active"
+  elif [[ "$can" != yes ]]; then
+    NO_HANDOVER="the installed unit has no reload step (make install updates it)"
+  elif [[ "$status" != *"SIGUSR2 hands over"* ]]; then
+    NO_HANDOVER="the serving binary predates handovers"
+  elif env_mtime=$(stat -c %.6Y "$ENV_FILE" 2>/dev/null) && started=$(date -d "$since" +%s%6N 2>/dev/null) &&
+    ((${env_mtime/./} >= started)); then
+    NO_HANDOVER="$ENV_FILE changed since $UNIT started"
+  elif ! is_root && ! sudo -n -l /usr/bin/systemctl reload "$UNIT" >/dev/null 2>&1; then
+    NO_HANDOVER="sudo does not allow tribist 'systemctl reload $UNIT' (make install updates it)"
+  fi
+  [[ -z "$NO_HANDOVER" ]]
+}
+
+# Switches the service to the binary at api/server (or server_new, which systemd's steps
+# promote) and waits for a healthy server that reports release $1 (any release when empty):
+# a handover when it can be, else a restart. On failure prints why and returns 1.
+switch_and_wait() {
+  local want=$1
+  if can_hand_over; then
+    say "switching: the serving process hands over to ${want:-the new binary} (systemctl reload) and drains once it serves"
+    if ! sctl reload; then
+      warn "the handover failed; the process that was serving goes on serving. Its last log lines:"
+      recent_log | sed 's/^/    /' >&2
+      return 1
+    fi
+    wait_healthy "$want"
+    return
+  fi
+  say "switching: restarting $UNIT ($NO_HANDOVER) and waiting up to ${WAIT}s"
+  restart_and_wait "$want"
+}
+
 # Restarts through systemd (which promotes server_new) and waits for a healthy server that
 # reports release $1 (any release when empty). On failure prints why and returns 1.
 restart_and_wait() {
-  local want=$1 got rc=0
   sctl restart || {
     warn "'systemctl restart $UNIT' failed: the server did not start or did not report ready; its last log lines:"
     recent_log | sed 's/^/    /' >&2
     return 1
   }
+  wait_healthy "$1"
+}
+
+# Waits for /health 200 reporting release $1 (any when empty).
+wait_healthy() {
+  local want=$1 got rc=0
   # In the background, so a signal's trap runs at once instead of after the wait.
   "$BIN_DIR/wait_for_it.sh" -q -t "$WAIT" "$(health_url)" 8<&- &
   wait $! || rc=$?
@@ -597,8 +659,8 @@ cmd_upgrade() {
   SWITCHING=1
   UPLOAD=""
   releases stage "$upload"
-  say "upgrading $old -> $new: restarting $UNIT and waiting up to ${WAIT}s"
-  if restart_and_wait "$new"; then
+  say "upgrading $old -> $new"
+  if switch_and_wait "$new"; then
     SWITCHING=""
     releases commit
     audit ok
@@ -630,10 +692,17 @@ preflight() {
   return "$rc"
 }
 
-# Undoes a staged or promoted upgrade (everything back as it was), restarts and waits.
+# Undoes a staged or promoted upgrade (everything back as it was) and switches back, unless
+# the release from before still serves (a failed handover leaves it serving).
 revert_upgrade() {
+  local from=${FROM_RELEASE/none/}
   releases revert | sed "s/^/$PROG: /" || return 1
-  restart_and_wait "${FROM_RELEASE/none/}"
+  if [[ -n "$from" && "$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null)" == active &&
+    "$(serving_release)" == "$from" ]]; then
+    say "release $from still serves: nothing to switch back"
+    return 0
+  fi
+  switch_and_wait "$from"
 }
 
 cmd_rollback() {
@@ -651,7 +720,7 @@ cmd_rollback() {
   fi
   say "rolling back to $prev"
   releases swap || die "could not swap server and server.prev; nothing changed"
-  if ! restart_and_wait "$prev"; then
+  if ! switch_and_wait "$prev"; then
     audit failed
     die "rollback to $prev failed: see the log lines above"
   fi
@@ -723,6 +792,48 @@ cmd_on_start() {
     warn "cannot append to $AUDIT_LOG"
 }
 
+# The unit's reload step (`ExecReload=+`), as root outside the sandbox: promotes server_new as
+# on-start does, records the handover in root's audit file with the binary's SHA-256, asks the
+# serving process (systemd's MAINPID) to hand over (SIGUSR2, sent by systemd, so from root:
+# the server takes it from no one else) and waits until its successor is systemd's main
+# process, or the server reports the attempt failed (it then goes on serving). So
+# `systemctl reload tribist` returns once the new binary serves, and fails when it does not.
+cmd_on_reload() {
+  local out promoted=no sum main=${MAINPID:-} before props pid status i
+  need_root on-reload
+  ACTION=service-handover
+  [[ "$main" =~ ^[1-9][0-9]*$ ]] || die "no MAINPID: this runs as $UNIT's reload step (systemctl reload $UNIT)"
+  before=$(systemctl show -p StatusText --value "$UNIT" 8<&-)
+  [[ "$before" == *"SIGUSR2 hands over"* ]] ||
+    die "the serving process (pid $main) cannot hand over (it predates handovers, or is not serving yet): use 'systemctl restart $UNIT'"
+  out=$(releases promote) || die "could not promote server_new: ${out:-see the lines above}"
+  if [[ "$out" == *promoted* ]]; then
+    promoted=yes
+    say "$out"
+  fi
+  sum=${out##*sha256 }
+  [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || sum=unknown
+  { echo "$(now) host=$(hostname) action=service-handover user=systemd from_pid=$main promoted=$promoted server_sha256=$sum" >>"$AUDIT_LOG"; } 2>/dev/null ||
+    warn "cannot append to $AUDIT_LOG"
+  systemctl kill --kill-who=main --signal=SIGUSR2 "$UNIT" 8<&- || die "could not signal pid $main"
+  # The server gives a successor 10 s; polled every 20 ms.
+  for ((i = 0; i < 750; i++)); do
+    props=$(systemctl show -p MainPID -p StatusText "$UNIT" 8<&-)
+    pid=$(sed -n 's/^MainPID=//p' <<<"$props")
+    status=$(sed -n 's/^StatusText=//p' <<<"$props")
+    if [[ "$pid" =~ ^[1-9][0-9]*$ && "$pid" != "$main" ]]; then
+      say "handed over: pid $pid serves; pid $main drains"
+      return 0
+    fi
+    if [[ "$status" == *"handover attempt"*failed* && "$status" != "$before" ]]; then
+      die "handover attempt${status##*handover attempt}; pid $main goes on serving"
+    fi
+    [[ "$pid" == "$main" ]] || die "pid $main ended during the handover; systemd restarts $UNIT"
+    sleep 0.02
+  done
+  die "no handover after 15 s; pid $main goes on serving"
+}
+
 cmd_uninstall() {
   local purge=${1:-}
   need_root uninstall
@@ -791,6 +902,7 @@ main() {
     "logs 1") cmd_logs "$1" ;;
     "audit 0") cmd_audit ;;
     "on-start 0") cmd_on_start ;;
+    "on-reload 0") cmd_on_reload ;;
     "uninstall 0") cmd_uninstall ;;
     "uninstall 1")
       [[ "$1" == --purge ]] || usage_error "uninstall takes only --purge"

@@ -5,7 +5,8 @@
 # `releases.sh promote` (as user tribist) before every start: it moves
 # /home/tribist/api/server_new over /home/tribist/api/server and keeps the replaced binary as
 # server.prev. So tribist can `scp` a binary to api/server_new and `server.sh restart` (or
-# `sudo systemctl restart tribist`) to run it, as the original design has it.
+# `sudo systemctl restart tribist`) to run it, as the original design has it; `server.sh
+# reload` does the same with no gap for clients (the serving process hands over to it).
 set -euo pipefail
 
 readonly PROG=server.sh
@@ -15,10 +16,14 @@ readonly RELEASES=${TRIBIST_RELEASES:-/home/tribist/bin/releases.sh}
 
 usage() {
   cat <<USAGE
-usage: $PROG start|stop|restart|status|promote
+usage: $PROG start|stop|restart|reload|status|promote
 
   start    systemctl start $UNIT (which first promotes $API_DIR/server_new if present)
   restart  systemctl restart $UNIT (the same)
+  reload   systemctl reload $UNIT: promotes server_new too, then the serving process starts
+           it on the same socket and drains once it serves (no client waits); if it fails,
+           the old process goes on serving and this exits 1 (the binary that failed is
+           then $API_DIR/server: put server.prev back before the next restart)
   stop     systemctl stop $UNIT
   status   systemctl status $UNIT
   promote  only the move, as user tribist: server -> server.prev, server_new -> server
@@ -64,6 +69,7 @@ main() {
     -h | --help) usage ;;
     start) change start ;;
     restart) change restart ;;
+    reload) change reload ;;
     stop) change stop ;;
     status) systemctl_ status ;; # exit code as systemctl's: 3 when not running
     promote) promote ;;

@@ -83,20 +83,20 @@ wait_locked() {
 
 install_db() { "$HOSTSH" db "$1" "$DB_PASSWORD"; }
 
-# Waits (up to 30 s) until the upgrade writing to file $1 passed its preflight and restarts
-# the service (deploy.sh says so just before), then until systemd is starting it.
+# Waits (up to 30 s) until the upgrade writing to file $1 passed its preflight and switches
+# (deploy.sh says so just before), then until systemd is handing over or starting.
 wait_switching() {
   local i
   for i in $(seq 300); do
-    grep -q "restarting tribist and waiting" "$1" 2>/dev/null && break
+    grep -q "switching: " "$1" 2>/dev/null && break
     sleep 0.1
   done
-  grep -q "restarting tribist and waiting" "$1" || fail "the upgrade never switched; it said: $(cat "$1")"
+  grep -q "switching: " "$1" || fail "the upgrade never switched; it said: $(cat "$1")"
   for i in $(seq 100); do
-    [[ "$(on_host systemctl show -p ActiveState --value tribist)" == activating ]] && return 0
+    [[ "$(on_host systemctl show -p ActiveState --value tribist)" =~ ^(activating|reloading)$ ]] && return 0
     sleep 0.1
   done
-  fail "tribist is not starting; the upgrade said: $(cat "$1")"
+  fail "tribist is not switching; the upgrade said: $(cat "$1")"
 }
 
 # Runs "$@" under a pseudo-terminal, as a person at a terminal does (output has \r\n); its
@@ -204,10 +204,10 @@ teardown_file() {
   [[ -n "$score" ]] && (($(bc <<<"$score <= 1.5")))
 }
 
-@test "sudo: user tribist may run exactly systemctl start|stop|restart|status tribist" {
+@test "sudo: user tribist may run exactly systemctl start|stop|restart|reload|status tribist" {
   run on_host "visudo -c"
   assert_success
-  for verb in start stop restart status; do
+  for verb in start stop restart reload status; do
     run on_host "sudo -l -U tribist /usr/bin/systemctl $verb tribist"
     assert_success
   done
@@ -304,6 +304,7 @@ teardown_file() {
   load=$(stop_load)
   echo "load during upgrade: $load" | tee -a "$TIMINGS" >&3
   assert_success
+  assert_output --partial "switching: the serving process hands over to"
   assert_output --partial "upgraded: release $(release_of "$BATS_FILE_TMPDIR/server-b") is serving"
   assert_equal "$(serving)" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
   assert_equal "$(json_field failed <<<"$load")" 0
@@ -332,6 +333,33 @@ teardown_file() {
     SSH_OPTS="$(as_tribist)" BIN="$BATS_FILE_TMPDIR/server-b"
   assert_success
   assert_equal "$(serving)" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
+}
+
+@test "handover: only root may ask; a successor that is never ready is stopped while the old process serves on" {
+  local pid before
+  pid=$(on_host systemctl show -p MainPID --value tribist)
+  before=$(serving)
+  # The upgrades so far handed over: systemd never restarted the service for them.
+  run on_host "journalctl -u tribist --no-pager | grep -c 'Reloaded tribist.service'"
+  refute_output 0
+  # tribist's own SIGUSR2 (it owns api/server) is ignored: a handover is root's, audited.
+  as_tribist_on_host "kill -USR2 $pid"
+  run on_host "for i in \$(seq 50); do journalctl -u tribist --no-pager | grep -q 'ignoring SIGUSR2 from pid' && exit 0; sleep 0.1; done; exit 1"
+  assert_success
+  assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
+  # A release that passes its preflight but never gets ready under systemd: the handover gives
+  # up after 10 s, and the process that served all along still does.
+  run timed "upgrade whose handover fails" deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" \
+    BIN="$BATS_FILE_TMPDIR/server-systemd-hang"
+  assert_failure
+  assert_output --partial "handover attempt"
+  assert_output --partial "was not ready within 10s"
+  assert_output --partial "release $before still serves: nothing to switch back"
+  assert_output --partial "was rolled back: release $before is serving again"
+  assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
+  assert_equal "$(serving)" "$before"
+  run on_host "pgrep -c -f 'sleep 600'"
+  assert_output 0
 }
 
 @test "preflight: a release that exits, hangs or answers 503 is refused before it gets any traffic" {
@@ -428,9 +456,11 @@ teardown_file() {
   assert_line --partial "-- sent by tribist (_UID="
   assert_line --regexp "action=upgrade user=tribist .* by=\"alice@laptop\" release_from=$b release_to=hanging-release result=refused-preflight"
   assert_line --partial "result=interrupted-rolled-back"
-  # Every start is in root's record too, with the binary's digest, whoever asked for it.
+  # Every start and handover is in root's record too, with the binary's digest, whoever asked.
   assert_line --regexp "action=service-start user=systemd promoted=yes server_sha256=[0-9a-f]{64}"
   assert_line --regexp "action=service-start user=systemd promoted=no server_sha256=[0-9a-f]{64}"
+  assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ promoted=yes server_sha256=[0-9a-f]{64}"
+  assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ promoted=no server_sha256=[0-9a-f]{64}"
   refute_output --partial "$DB_PASSWORD"
   # tribist cannot read root's record, and the audit needs root.
   run as_tribist_on_host "cat /var/lib/tribist-deploy/audit.log"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `make bench-upgrade`: what a user's clients see while `make upgrade` runs. Boots a throwaway
 # systemd host (tests/e2e/host.sh), installs tribist with this Makefile, then, under two kinds
-# of clients at once, runs one upgrade per scenario: a good release, and three bad ones (exits
-# at start, never becomes ready, answers /health 503). The clients run inside the host's own
-# network namespace: wrk with its default keep-alive connections (as a reverse proxy's pool),
-# tests/support/load.py with a new connection per request (as a health probe), and one paced
-# client (a request every 5 ms) whose latencies are not the saturated machine's. Prints per
+# of clients at once, runs one upgrade per scenario: a good release, and four bad ones (exits
+# at start, never becomes ready, answers /health 503 — all refused by the preflight — and one
+# that passes its preflight but never gets ready under systemd, so its handover fails). The
+# clients run inside the host's own network namespace: wrk with its default keep-alive
+# connections (as a reverse proxy's pool), tests/support/load.py with a new connection per
+# request (as a health probe), and one paced client (a request every 5 ms) whose latencies
+# are not the saturated machine's. Prints per
 # scenario and client: requests, failed (socket errors, refused, reset, timed out), non-2xx,
 # max latency, and how long `make upgrade` took.
 set -euo pipefail
@@ -24,8 +26,9 @@ USAGE
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-# Writes the bad releases into $1: exits at start, never ready, answers 503 (the last one
-# wraps the real binary the host keeps at /usr/local/lib/tribist-bench/server).
+# Writes the bad releases into $1: exits at start, never ready, answers 503, and one that
+# passes the preflight but hangs under systemd, so only its handover can fail (the last two
+# wrap the real binary the host keeps at /usr/local/lib/tribist-bench/server).
 bad_releases() {
   local dir=$1
   # shellcheck disable=SC2016 # $1 belongs to the generated scripts
@@ -33,7 +36,9 @@ bad_releases() {
   # shellcheck disable=SC2016
   printf '#!/bin/sh\n[ "$1" = --version ] && { echo "server 0.0.0 (commit never-ready)"; exit 0; }\nexec sleep 600\n' >"$dir/never-ready"
   printf '#!/bin/sh\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec /usr/local/lib/tribist-bench/server "$@"\n' >"$dir/answers-503"
-  chmod 755 "$dir/exits" "$dir/never-ready" "$dir/answers-503"
+  # shellcheck disable=SC2016
+  printf '#!/bin/sh\n[ -n "$NOTIFY_SOCKET" ] && exec sleep 600\nexec /usr/local/lib/tribist-bench/server "$@"\n' >"$dir/handover-fails"
+  chmod 755 "$dir/exits" "$dir/never-ready" "$dir/answers-503" "$dir/handover-fails"
 }
 
 # wrk's summary -> "requests failed non2xx max_ms"
@@ -91,7 +96,7 @@ main() {
     DATABASE_URL_FILE="$work/database_url" >/dev/null
 
   local rows=() scenario bin start took rc
-  for scenario in good exits never-ready answers-503; do
+  for scenario in good exits never-ready answers-503 handover-fails; do
     case "$scenario" in
       good) bin=$work/server-b ;;
       *) bin=$work/$scenario ;;
