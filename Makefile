@@ -66,10 +66,10 @@ test-scripts: ## bats tests of the shell scripts
 install: ## first install or re-install on HOST (root or sudo); DATABASE_URL_FILE=path, DEPLOY_KEY=key.pub
 	@$(remote) install
 
-upgrade: ## ship BIN to HOST (or to each of HOSTS in turn), restart, wait; rolls back a host that fails
+upgrade: ## ship BIN to HOST (or to each of HOSTS in turn), hand over to it, wait; rolls back a host that fails
 	@$(remote) upgrade
 
-rollback: ## put the previous binary back on HOST and restart
+rollback: ## put the previous binary back on HOST and hand over to it
 	@$(remote) rollback
 
 status: ## service state, releases and /health on HOST

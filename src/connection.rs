@@ -55,6 +55,15 @@ impl Connections {
         false
     }
 
+    /// Whether the connection from `client` has carried a request and is still kept alive.
+    /// One that has not is new: its client is about to send its first request.
+    pub fn carried_a_request(&self, client: &SocketAddr) -> bool {
+        self.first_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(client)
+    }
+
     /// Forgets a connection that is closed anyway.
     pub fn forget(&self, client: Option<&SocketAddr>) {
         if let Some(client) = client {

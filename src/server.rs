@@ -406,7 +406,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
         thread::sleep(DRAIN_POLL);
     }
-    let idle = end_client_reads(pool.port);
+    let idle = end_client_reads(pool.port, &pool.connections);
     let _ = pool.drained_at.set(Instant::now());
     // Wakes each worker once its wait reaches this point of the queue (after every request
     // already queued), instead of at the end of its POLL.
@@ -502,12 +502,19 @@ fn open_clients(port: u16) -> usize {
     client_sockets(port, |_| true)
 }
 
-/// Ends the reading side of every client connection: one waiting idle for its next request
-/// ends at once (tiny_http's thread reads end-of-file and closes it), so its client sees it
-/// closed before it sends anything; a request already received is still answered. Returns
-/// how many.
-fn end_client_reads(port: u16) -> usize {
-    client_sockets(port, |s| s.shutdown(std::net::Shutdown::Read).is_ok())
+/// Ends the reading side of every client connection that carried a request and is still
+/// open: one waiting idle for its next request ends at once (tiny_http's thread reads
+/// end-of-file and closes it), so its client sees it closed before it sends anything; a
+/// request already received is still answered. A connection that never carried one is left
+/// alone: it was accepted a moment ago and its client is about to send its first request,
+/// which is answered with `Connection: close` (or it is closed after DRAIN_LINGER). Returns
+/// how many were ended.
+fn end_client_reads(port: u16, connections: &Connections) -> usize {
+    client_sockets(port, |s| {
+        s.peer_addr()
+            .is_ok_and(|peer| connections.carried_a_request(&peer))
+            && s.shutdown(std::net::Shutdown::Read).is_ok()
+    })
 }
 
 fn thread_alive(tid: u32) -> bool {

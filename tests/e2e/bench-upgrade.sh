@@ -137,7 +137,7 @@ main() {
   for row in "${rows[@]}"; do
     read -r s c req failed non2xx max t code <<<"$row"
     printf '%-12s %-15s %9d %7d %8d %9.1f %11.1f  %s\n' "$s" "$c" "$req" "$failed" "$non2xx" "$max" "$t" \
-      "$([[ $code == 0 ]] && echo upgraded || echo "refused (exit $code)")"
+      "$([[ $code == 0 ]] && echo upgraded || echo "not upgraded (make exit $code)")"
   done
   echo "goal: 0 failed and 0 non-2xx in every row; a bad release refused within the preflight bound"
 }
