@@ -13,14 +13,13 @@ BATS ?= bats
 RELEASE_BIN ?= target/release/server
 DEV_DIR ?= .dev
 DEV_PG_PORT ?= 54329
-LISTEN ?= 127.0.0.1:8383
 # --- deployment (make install / upgrade / …): sbin/remote.sh --help explains each ---
 # HOST (ssh destination), HOSTS ("app1 app2": upgrade one after the other), SSH_OPTS (options
 # for ssh; better: a Host entry in ~/.ssh/config), BIN (default: the release build),
-# DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LINES, PURGE, PREFLIGHT. They reach sbin/remote.sh through the
-# environment exactly as typed: make does not expand $ in them, and no recipe line contains
-# them, so quotes, $(), backticks and ; stay text.
-DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LINES PURGE PREFLIGHT
+# DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LISTEN, LINES, PURGE, PREFLIGHT. They reach
+# sbin/remote.sh through the environment exactly as typed: make does not expand $ in them,
+# and no recipe line contains them, so quotes, $(), backticks and ; stay text.
+DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE PREFLIGHT
 $(foreach v,$(DEPLOY_VARS),$(eval override $(v) := $$(value $(v)))$(if $(value $(v)),$(eval export $(v))))
 export RELEASE_BIN CARGO
 # A DATABASE_URL typed on make's command line is refused (it is in ps and the shell history).
@@ -46,8 +45,8 @@ build: ## debug build
 release: ## optimised build (target/release/server)
 	$(CARGO) build --release
 
-run: release ## serve on $(LISTEN); starts a local PostgreSQL in $(DEV_DIR) unless DATABASE_URL is set
-	@BIN=$(RELEASE_BIN) LISTEN=$(LISTEN) DEV_DIR=$(DEV_DIR) DEV_PG_PORT=$(DEV_PG_PORT) tests/support/run.sh
+run: release ## serve on LISTEN (default 127.0.0.1:8383); starts a local PostgreSQL in $(DEV_DIR) unless DATABASE_URL is set
+	@BIN=$(RELEASE_BIN) LISTEN=$(or $(LISTEN),127.0.0.1:8383) DEV_DIR=$(DEV_DIR) DEV_PG_PORT=$(DEV_PG_PORT) tests/support/run.sh
 
 test: deps lint test-unit test-api test-robust test-scripts test-e2e soak ## everything CI runs: lint, Rust, API fuzzing, slowloris, scripts, end to end, soak (root)
 

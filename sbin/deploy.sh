@@ -38,6 +38,12 @@ readonly AUDIT_LOG=$STATE_DIR/audit.log
 readonly TRIBIST_NOTE=$API_DIR/.deploy.holder
 readonly UNIT_FILE=/etc/systemd/system/$UNIT.service
 readonly SOCKET_FILE=/etc/systemd/system/$UNIT.socket
+# The one place the listen address is set (install --listen): tribist.socket's drop-in, with
+# the server's own fallback (TRIBIST_LISTEN, for a start without the socket) beside it in the
+# service's drop-in, both written from the same value. Everything reads it back from systemd.
+readonly SOCKET_DROPIN=/etc/systemd/system/$UNIT.socket.d/listen.conf
+readonly SERVICE_DROPIN=/etc/systemd/system/$UNIT.service.d/listen.conf
+readonly DEFAULT_LISTEN=127.0.0.1:8383
 readonly SUDOERS_FILE=/etc/sudoers.d/$UNIT
 readonly SCRIPTS=(server.sh wait_for_it.sh deploy.sh releases.sh)
 readonly EXIT_USAGE=2
@@ -53,10 +59,12 @@ FROM_RELEASE=""
 TO_RELEASE=""
 # An upload to remove if the lock is refused.
 UPLOAD=""
+# install --listen ADDR:PORT.
+LISTEN=""
 
 usage() {
   cat <<USAGE
-usage: $PROG [--by WHO] [--preflight SECONDS] COMMAND
+usage: $PROG [--by WHO] [--preflight SECONDS] [--listen ADDR:PORT] COMMAND
        $PROG install BUNDLE_DIR      (root) install or update everything from BUNDLE_DIR
        $PROG receive SHA256          read a binary from stdin into $API_DIR (as tribist),
                                      check its SHA-256, print the upload's name
@@ -75,6 +83,11 @@ usage: $PROG [--by WHO] [--preflight SECONDS] COMMAND
        $PROG uninstall [--purge]     (root) stop and remove the service; --purge also
                                      removes $CONF_DIR, $STATE_DIR and user $USER_NAME
        $PROG --help
+
+--listen ADDR:PORT (install) sets the address tribist.socket listens on (default: the one set
+before, else $DEFAULT_LISTEN) in $SOCKET_DROPIN, the one place it is set;
+the scripts, status and health checks read it back from systemd. A port something else uses
+is refused, and so is TRIBIST_LISTEN in $ENV_FILE (exit 2, nothing changed).
 
 --by WHO says who deploys (printable text, at most 100 characters); it is recorded as the
 deployer's claim, beside the identity the host itself knows (root, the sudo user, tribist).
@@ -319,13 +332,24 @@ sctl() {
   wait $!
 }
 
-# The /health URL, following TRIBIST_LISTEN in the environment file when it is readable.
+# IPv4:port or [IPv6]:port, port 1-65535.
+valid_listen() {
+  [[ "$1" =~ ^(([0-9]{1,3}\.){3}[0-9]{1,3}|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})$ ]] &&
+    ((10#${BASH_REMATCH[3]} >= 1 && 10#${BASH_REMATCH[3]} <= 65535))
+}
+
+# The address tribist.socket listens on, as systemd reports it (else the default).
+listen_address() {
+  local listen
+  listen=$(systemctl show -p Listen --value "$UNIT.socket" 8<&- 2>/dev/null | head -n 1)
+  listen=${listen%% *}
+  if valid_listen "$listen"; then echo "$listen"; else echo "$DEFAULT_LISTEN"; fi
+}
+
+# The /health URL on the socket's address (a wildcard address is reached on loopback).
 health_url() {
-  local listen=""
-  if [[ -r "$ENV_FILE" ]]; then
-    listen=$(sed -n 's/^[[:space:]]*TRIBIST_LISTEN=//p' "$ENV_FILE" | tail -n 1 | tr -d "\"' ")
-  fi
-  listen=${listen:-127.0.0.1:8383}
+  local listen
+  listen=$(listen_address)
   listen=${listen/0.0.0.0/127.0.0.1}
   listen=${listen/\[::\]/[::1]}
   echo "http://$listen/health"
@@ -564,13 +588,62 @@ authorise_key() {
   say "authorised the deploy key for $USER_NAME"
 }
 
+# The address install is to set: --listen, else the one set before, else the default.
+wanted_listen() {
+  local set=""
+  if [[ -n "$LISTEN" ]]; then
+    echo "$LISTEN"
+    return
+  fi
+  [[ -f "$SOCKET_DROPIN" && ! -L "$SOCKET_DROPIN" ]] &&
+    set=$(sed -n 's/^ListenStream=\(..*\)$/\1/p' "$SOCKET_DROPIN" | tail -n 1)
+  if valid_listen "$set"; then echo "$set"; else echo "$DEFAULT_LISTEN"; fi
+}
+
+# Refuses (exit 2, before anything changes) an address that something else already uses,
+# and a TRIBIST_LISTEN in the environment file, which would contradict the socket's.
+check_listen() {
+  local listen=$1 port users
+  if [[ -f "$ENV_FILE" ]] && grep -q '^[[:space:]]*\(export[[:space:]]\+\)\?TRIBIST_LISTEN=' "$ENV_FILE"; then
+    warn "$ENV_FILE sets TRIBIST_LISTEN, but the address is tribist.socket's, set by 'make install LISTEN=ADDR:PORT' ($SOCKET_DROPIN): remove that line, then install again (nothing changed)"
+    exit "$EXIT_USAGE"
+  fi
+  [[ "$listen" == "$(listen_address)" ]] && systemctl is-active --quiet "$UNIT.socket" && return 0
+  port=${listen##*:}
+  if command -v ss >/dev/null; then
+    users=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 3)
+    if [[ -n "$users" ]]; then
+      warn "port $port is taken on this host (ss -ltnp: $(printable <<<"$users" | head -c 300)); choose another LISTEN= or stop what uses it (nothing changed)"
+      exit "$EXIT_USAGE"
+    fi
+  fi
+}
+
+# Writes the address into tribist.socket's drop-in and the server's fallback into the
+# service's, both root's; prints "changed" when the socket's address is to change.
+write_listen() {
+  local listen=$1 dir
+  for dir in "${SOCKET_DROPIN%/*}" "${SERVICE_DROPIN%/*}"; do
+    install -d -o root -g root -m 0755 "$dir"
+  done
+  printf '# Written by make install (LISTEN=%s); the one place the address is set.\n[Socket]\nListenStream=\nListenStream=%s\n' \
+    "$listen" "$listen" >"$SOCKET_DROPIN.tmp"
+  printf '# Written by make install with %s: where the server listens if started without the socket.\n[Service]\nEnvironment=TRIBIST_LISTEN=%s\n' \
+    "${SOCKET_DROPIN##*/}" "$listen" >"$SERVICE_DROPIN.tmp"
+  chmod 0644 "$SOCKET_DROPIN.tmp" "$SERVICE_DROPIN.tmp"
+  mv -f "$SOCKET_DROPIN.tmp" "$SOCKET_DROPIN"
+  mv -f "$SERVICE_DROPIN.tmp" "$SERVICE_DROPIN"
+}
+
 cmd_install() {
-  local bundle=$1 upload sum f
+  local bundle=$1 upload sum f listen
   need_root install
   [[ -d /run/systemd/system ]] || die "systemd is not running on this host; tribist needs it"
   for f in server tribist.service tribist.socket tribist.sudoers tribist.env.example "${SCRIPTS[@]}"; do
     [[ -f "$bundle/$f" ]] || die "the upload is incomplete: $bundle/$f is missing; run make install again"
   done
+  listen=$(wanted_listen)
+  check_listen "$listen"
   for f in curl sudo setpriv setsid flock logger iconv; do
     command -v "$f" >/dev/null || die "$f is missing on this host: install it (Debian: apt-get install curl sudo util-linux bsdutils libc-bin)"
   done
@@ -611,12 +684,18 @@ cmd_install() {
 
   install -o root -g root -m 0644 "$bundle/tribist.service" "$UNIT_FILE"
   install -o root -g root -m 0644 "$bundle/tribist.socket" "$SOCKET_FILE"
+  write_listen "$listen"
+  if systemctl is-active --quiet "$UNIT.socket" && [[ "$(listen_address)" != "$listen" ]]; then
+    # A new address: the socket is made anew, and the server holding the old one goes.
+    say "moving $UNIT from $(listen_address) to $listen"
+    systemctl stop "$UNIT.service" "$UNIT.socket"
+  fi
   systemctl daemon-reload
   systemctl enable --quiet "$UNIT.socket" "$UNIT.service"
   if ! systemctl is-active --quiet "$UNIT.socket"; then
     # A server that bound the port itself must let go of it before the socket takes it.
     systemctl stop "$UNIT.service"
-    systemctl start "$UNIT.socket" || die "cannot start $UNIT.socket (is port 8383 taken?); see: journalctl -u $UNIT.socket"
+    systemctl start "$UNIT.socket" || die "cannot start $UNIT.socket on $listen (is the port taken?); see: journalctl -u $UNIT.socket"
   fi
   say "starting $UNIT and waiting up to ${WAIT}s for $(health_url)"
   if ! restart_and_wait "$TO_RELEASE"; then
@@ -738,6 +817,7 @@ cmd_status() {
   if [[ "$pid" =~ ^[0-9]+$ ]]; then
     echo "PID file: $pid$([[ "$pid" == "$main" ]] && echo " (systemd's MainPID)")"
   fi
+  echo "listen: $(listen_address) (tribist.socket; make install LISTEN=ADDR:PORT changes it)"
   echo "installed release: $(release_of server || echo unknown)"
   local prev
   if prev=$(release_of server.prev); then echo "rollback target: $prev"; fi
@@ -882,6 +962,11 @@ main() {
       --preflight)
         [[ "${2:-}" =~ ^(0|[1-9][0-9]{0,2})$ ]] || usage_error "--preflight needs a whole number of seconds, 0 (skip) to 999"
         PREFLIGHT=$2
+        shift 2
+        ;;
+      --listen)
+        valid_listen "${2:-}" || usage_error "--listen needs IPv4:PORT or [IPv6]:PORT (port 1-65535), got '$(clean "${2:-}" 60)'"
+        LISTEN=$2
         shift 2
         ;;
       *) break ;;

@@ -46,11 +46,17 @@ Settings, from the environment (make passes its variables through unchanged):
   DATABASE_URL_FILE  install: a file holding the database URL (one final newline ignored);
                      at a terminal without it, install asks for the URL without echoing it
   DEPLOY_KEY         install: a public key file to authorise for user tribist
+  LISTEN             install: the address tribist.socket listens on, IPv4:PORT or
+                     [IPv6]:PORT (default: as set before, else 127.0.0.1:8383); a port
+                     something else uses on the host is refused
   LINES              logs: how many lines (default 100)
   PREFLIGHT          upgrade, rollback: seconds the new release has to answer /health 200
                      beside the serving one before anything switches (default 10; 0 skips
                      it, e.g. to roll back while the database is down)
   PURGE              uninstall: 1 also removes the configuration and user tribist
+  TRIBIST_SSH_SHARE  yes (default): one ssh connection per host for the whole run (ssh's
+                     ControlMaster, in a private directory, ended with the run); no: one
+                     connection per step
 
 Exit codes: 0 done, 1 failed on the host (the messages say why), 2 a value was refused
 (nothing was sent), 3 another deployment holds the host's lock.
@@ -111,6 +117,31 @@ parse_ssh_opts() {
     SSH_ARGS+=("$word")
   done <<<"$words"
   [[ -z "$expect_arg" ]] || refuse "SSH_OPTS=$(shown "$opts") ends with an option that needs an argument"
+}
+
+# One ssh connection per host for the whole run (the upload, then the activation), as
+# Capistrano and Kamal keep theirs: on a busy machine a second handshake costs as much as the
+# rest of an upgrade. The control sockets live in a directory of this run's own; the masters
+# are stopped when it ends (and end by themselves 60 s after their last session otherwise).
+# Options in SSH_OPTS come first, so a user's own ControlMaster/ControlPath win.
+CONTROL_DIR=""
+STAGE=""
+share_connections() {
+  [[ "${TRIBIST_SSH_SHARE:-yes}" == yes ]] || return 0
+  CONTROL_DIR=$(mktemp -d /tmp/tribist-ssh.XXXXXX 2>/dev/null) || return 0
+  SSH_ARGS+=(-o ControlMaster=auto -o "ControlPath=$CONTROL_DIR/%C" -o ControlPersist=60)
+}
+
+# Ends this run's shared connections and the temporary files; the EXIT trap.
+cleanup() {
+  local sock
+  if [[ -n "$CONTROL_DIR" ]]; then
+    for sock in "$CONTROL_DIR"/*; do
+      [[ -S "$sock" ]] && "${SSH:-ssh}" -o "ControlPath=$sock" -O exit tribist-remote >/dev/null 2>&1
+    done
+    rm -rf "$CONTROL_DIR"
+  fi
+  if [[ -n "$STAGE" ]]; then rm -rf "$STAGE"; fi
 }
 
 # deploy.sh's options for upgrade and rollback, checked once: sets PREFLIGHT_ARGS.
@@ -224,15 +255,26 @@ deploy_key() {
 
 # --- commands ---------------------------------------------------------------------------------
 
+# LISTEN (install): IPv4:PORT or [IPv6]:PORT, checked here before anything is sent.
+listen_setting() {
+  local l=${LISTEN:-}
+  [[ -z "$l" ]] && return 0
+  if ! [[ "$l" =~ ^(([0-9]{1,3}\.){3}[0-9]{1,3}|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})$ ]] ||
+    ((10#${BASH_REMATCH[3]} < 1 || 10#${BASH_REMATCH[3]} > 65535)); then
+    refuse "LISTEN=$(shown "$l") is not an address such as 127.0.0.1:8383, 0.0.0.0:80 or [::1]:8383"
+  fi
+  printf '%s' "$l"
+}
+
 cmd_install() {
-  local host=${HOST:-} bin by stage dir rc=0 f
+  local host=${HOST:-} bin by stage dir rc=0 f listen
   check_host HOST "$host"
   HOST_NOW=$host
   by=$(deployer)
+  listen=$(listen_setting)
   bin=$(ship_bin)
   stage=$(mktemp -d)
   STAGE=$stage
-  trap 'rm -rf "$STAGE"' EXIT
   for f in etc/tribist.service etc/tribist.socket etc/tribist.sudoers etc/tribist.env.example \
     sbin/server.sh sbin/wait_for_it.sh sbin/deploy.sh sbin/releases.sh; do
     cp "$REPO/$f" "$stage/"
@@ -248,7 +290,8 @@ cmd_install() {
   [[ "$dir" =~ ^/tmp/tribist-install\.[A-Za-z0-9]{6}$ ]] || die "the host answered an unexpected upload directory: $(shown "$dir")"
   say "installing on $host"
   # shellcheck disable=SC2016 # expanded on the host, on purpose
-  ssh_to "$host" -t sh -c 'bash "$1/deploy.sh" --by "$2" install "$1"; rc=$?; rm -rf "$1"; exit $rc' sh "$dir" "$by" || rc=$?
+  ssh_to "$host" -t sh -c 'd=$1 by=$2 listen=$3; if [ -n "$listen" ]; then set -- --listen "$listen"; else set --; fi
+bash "$d/deploy.sh" --by "$by" "$@" install "$d"; rc=$?; rm -rf "$d"; exit $rc' sh "$dir" "$by" "$listen" || rc=$?
   ((rc == 0)) || die "make install: failed on $host (exit $rc); the messages above say why"
   say "installed on $host"
 }
@@ -354,6 +397,8 @@ main() {
   esac
   [[ $# -eq 1 ]] || refuse "$COMMAND takes no arguments; settings come from the environment (see --help)"
   parse_ssh_opts
+  trap cleanup EXIT
+  share_connections
   case "$COMMAND" in
     install) cmd_install ;;
     upgrade) cmd_upgrade ;;

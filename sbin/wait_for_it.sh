@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Waits until an HTTP endpoint answers 2xx: by default tribist's http://localhost:8383/health.
+# Waits until an HTTP endpoint answers 2xx: by default tribist's /health, on the address
+# tribist.socket listens on (as systemd reports it), else http://localhost:8383/health.
 set -euo pipefail
 
 readonly PROG=wait_for_it.sh
@@ -11,7 +12,9 @@ usage() {
   cat <<USAGE
 usage: $PROG [-t SECONDS] [-q] [URL] [-- COMMAND [ARG...]]
 
-Polls URL (default $DEFAULT_URL) until it answers with a 2xx status.
+Polls URL until it answers with a 2xx status. The default is /health on the address
+tribist.socket listens on (systemctl show -p Listen tribist.socket; set by make install
+LISTEN=), or $DEFAULT_URL without it.
   -t SECONDS  give up after this long (default 30; 0 tries once)
   -q          quiet: print nothing on success or while waiting
   -- COMMAND  run COMMAND after success (exec: its exit code becomes ours)
@@ -20,6 +23,22 @@ Polls URL (default $DEFAULT_URL) until it answers with a 2xx status.
 Exit codes: 0 success, $EXIT_TIMEOUT timed out (the last status and body seen are printed),
 $EXIT_USAGE misuse, or COMMAND's own.
 USAGE
+}
+
+# /health on tribist.socket's address, if systemd knows one; else DEFAULT_URL.
+default_url() {
+  local listen=""
+  if command -v systemctl >/dev/null; then
+    listen=$(systemctl show -p Listen --value tribist.socket 2>/dev/null | head -n 1) || listen=""
+    listen=${listen%% *}
+  fi
+  if [[ "$listen" =~ ^(([0-9]{1,3}\.){3}[0-9]{1,3}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$ ]]; then
+    listen=${listen/0.0.0.0/127.0.0.1}
+    listen=${listen/\[::\]/[::1]}
+    echo "http://$listen/health"
+  else
+    echo "$DEFAULT_URL"
+  fi
 }
 
 usage_error() {
@@ -48,7 +67,7 @@ probe() {
 }
 
 main() {
-  local timeout=30 url=$DEFAULT_URL url_set=""
+  local timeout=30 url="" url_set=""
   QUIET=""
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -72,6 +91,7 @@ main() {
     shift
   done
   command -v curl >/dev/null || { echo "$PROG: curl is required (apt-get install curl)" >&2; exit 1; }
+  [[ -n "$url_set" ]] || url=$(default_url)
 
   local start deadline left
   start=$(now_ms)

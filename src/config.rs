@@ -37,6 +37,8 @@ Configuration comes from the environment:
                             and PGDATABASE are used instead (PGHOST defaults to
                             /var/run/postgresql, PGUSER to $USER).
   TRIBIST_LISTEN            address to listen on            (default 127.0.0.1:8383)
+                            when systemd passes no socket; under tribist.socket the
+                            socket's address applies (make install LISTEN=ADDR:PORT)
   TRIBIST_WORKERS           request worker threads, 1-256   (default 4)
   TRIBIST_DB_TIMEOUT        bound on each database check    (default 2s; e.g. 500ms, 1.5s)
   TRIBIST_SHUTDOWN_TIMEOUT  bound on graceful shutdown      (default 10s)

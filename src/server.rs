@@ -132,6 +132,15 @@ impl Listener {
             }
         };
         let addr = listener.local_addr().map_err(|e| bind_err(e.into()))?;
+        if own.is_none() && addr != config.listen {
+            log::warn!(
+                "TRIBIST_LISTEN is {} but the {origin} listens on {addr}, which applies: under \
+                 systemd the address is tribist.socket's, set by `make install LISTEN=ADDR:PORT` \
+                 (/etc/systemd/system/tribist.socket.d/listen.conf); remove TRIBIST_LISTEN from \
+                 /etc/tribist/env",
+                config.listen
+            );
+        }
         Ok((
             Listener {
                 addr,

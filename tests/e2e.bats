@@ -40,9 +40,9 @@ timed() {
 
 release_of() { "$1" --version | sed -n 's/.*commit \([^)]*\)).*/\1/p'; }
 
+# The releaseId host $1 (default A) serves, on whatever address its socket listens on.
 serving() {
-  on "${1:-$A}" "curl -sS --max-time 5 http://localhost:8383/health" |
-    sed -n 's/.*"releaseId":"\([^"]*\)".*/\1/p'
+  on "${1:-$A}" "/home/tribist/bin/deploy.sh serving"
 }
 
 # Starts load.py inside host $1's network namespace; stop it with stop_load.
@@ -180,17 +180,53 @@ teardown_file() {
   assert_equal "$(serving)" "$(release_of "$REPO/target/release/server")"
   assert_equal "$(on_host cat /run/tribist/PID)" "$(on_host systemctl show -p MainPID --value tribist)"
   assert_equal "$(on_host systemctl is-enabled tribist.service tribist.socket | sort -u)" enabled
-  # The second host, for the rolling upgrades further down; its password is a hard one.
-  run deploy install HOST="root@$B" SSH_OPTS="-F $CFG" DATABASE_URL_FILE="$BATS_FILE_TMPDIR/database_url_b"
+  # The second host, for the rolling upgrades further down; its password is a hard one, and it
+  # listens on another port.
+  run deploy install HOST="root@$B" SSH_OPTS="-F $CFG" DATABASE_URL_FILE="$BATS_FILE_TMPDIR/database_url_b" \
+    LISTEN=127.0.0.1:9000
   assert_success
 }
 
 @test "a database password with dollar, backslash, both quotes, hash, percent and spaces reaches the server byte for byte" {
-  run on "$B" "curl -sS -w '\n%{http_code}' http://localhost:8383/health"
+  run on "$B" "curl -sS -w '\n%{http_code}' http://localhost:9000/health"
   assert_line 200
   # What systemd hands the service is exactly the file's bytes, trailing space included.
   run on "$B" "systemd-run --quiet --wait --pipe -p EnvironmentFile=/etc/tribist/env sh -c 'printf %s \"\$DATABASE_URL\"' | sha256sum"
   assert_output "$(sha256sum <"$BATS_FILE_TMPDIR/database_url_b")"
+}
+
+@test "the listen address is one setting: LISTEN= moves the socket, and the scripts, status and checks follow it" {
+  run on "$B" "systemctl show -p Listen --value tribist.socket; ss -Hltn 'sport = :8383' | wc -l; /home/tribist/bin/wait_for_it.sh -t 5"
+  assert_success
+  assert_line "127.0.0.1:9000 (Stream)"
+  assert_line 0
+  assert_line --partial "http://127.0.0.1:9000/health answered 200"
+  # Moved by a second install: the old port is closed, the new one serves.
+  run deploy install HOST="root@$B" SSH_OPTS="-F $CFG" LISTEN=127.0.0.1:9001
+  assert_success
+  assert_output --partial "moving tribist from 127.0.0.1:9000 to 127.0.0.1:9001"
+  run on "$B" "ss -Hltn 'sport = :9000' | wc -l; curl -sS -o /dev/null -w '%{http_code}\n' http://127.0.0.1:9001/health"
+  assert_line 0
+  assert_line 200
+  run deploy status HOST="root@$B" SSH_OPTS="-F $CFG"
+  assert_output --partial "listen: 127.0.0.1:9001"
+  assert_output --partial "(HTTP 200)"
+  # A port something else holds, and a TRIBIST_LISTEN that would contradict the socket, are
+  # refused before anything changes, saying where the address is set.
+  run deploy install HOST="root@$B" SSH_OPTS="-F $CFG" LISTEN=0.0.0.0:22
+  assert_failure
+  assert_output --partial "port 22 is taken on this host"
+  on "$B" "cp -p /etc/tribist/env /root/env.saved && echo TRIBIST_LISTEN=127.0.0.1:9002 >>/etc/tribist/env"
+  run deploy install HOST="root@$B" SSH_OPTS="-F $CFG"
+  on "$B" "cp -p /root/env.saved /etc/tribist/env"
+  assert_failure
+  assert_output --partial "sets TRIBIST_LISTEN, but the address is tribist.socket's, set by 'make install LISTEN=ADDR:PORT'"
+  run on "$B" "systemctl show -p Listen --value tribist.socket"
+  assert_output "127.0.0.1:9001 (Stream)"
+  # A value that is no address never leaves this machine.
+  run deploy install HOST="root@$B" SSH_OPTS="-F $CFG" LISTEN='localhost:80; id'
+  assert_failure
+  assert_output --partial "is not an address such as 127.0.0.1:8383"
 }
 
 @test "the units verify cleanly and the service's exposure is at most 1.5" {
@@ -498,6 +534,11 @@ teardown_file() {
   assert_success
   assert_equal "$(serving "$A")" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
   assert_equal "$(serving "$B")" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
+  # And host B, on its own port, rolls back (a handover there too).
+  run deploy rollback HOST="root@$B" SSH_OPTS="-F $CFG"
+  assert_success
+  assert_output --partial "switching: the serving process hands over"
+  assert_equal "$(serving "$B")" "$b"
 }
 
 @test "hostile deployer values are data: quotes, \$(), backticks, ; and spaces work literally, newlines are refused" {

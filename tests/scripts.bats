@@ -103,7 +103,7 @@ ms() { local t=${EPOCHREALTIME/./}; echo $((10#${t:0:${#t}-3})); }
 @test "server.sh: --help exits 0, misuse exits 2" {
   run "$SERVER_SH" --help
   assert_success
-  assert_output --partial "start|stop|restart|status"
+  assert_output --partial "start|stop|restart|reload|status"
   run "$SERVER_SH"
   assert_equal "$status" 2
   run "$SERVER_SH" launch
@@ -320,11 +320,19 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   assert_line --index 1 -- "User=a b"
   assert_line --index 2 -- "-p"
   assert_line --index 3 -- "2222"
-  assert_line --index 5 -- "--"
-  assert_line --index 6 -- "app1"
+  # Then one shared connection per host (the user's options first, so theirs win), in a
+  # private directory that is gone when the run ends.
+  assert_line --index 5 -- "ControlMaster=auto"
+  assert_line --index 7 --regexp '^ControlPath=/tmp/tribist-ssh\.[A-Za-z0-9]+/%C$'
+  local control
+  control=$(sed -n '8p' "$BATS_TEST_TMPDIR/argv")
+  control=${control#ControlPath=}
+  [[ ! -e "${control%/%C}" ]]
+  assert_line --index 11 -- "--"
+  assert_line --index 12 -- "app1"
   # The remote line, run by a shell, gives back DEPLOYER exactly as typed.
   local line
-  line=$(sed -n '8,$p' "$BATS_TEST_TMPDIR/argv" | sed "s|'/home/tribist/bin/deploy.sh'|printf '[%s]\\\\n'|")
+  line=$(sed -n '14,$p' "$BATS_TEST_TMPDIR/argv" | sed "s|'/home/tribist/bin/deploy.sh'|printf '[%s]\\\\n'|")
   run sh -c "$line"
   assert_line '[o'"'"'brien $(id) `id` ; $$x]'
 }

@@ -30,6 +30,14 @@ fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
         "{}",
         first.log()
     );
+    // And it says where the address it ignores is really set.
+    assert!(
+        first.log().contains(&format!(
+            "TRIBIST_LISTEN is 127.0.0.1:1 but the socket from systemd listens on {addr}, which applies"
+        )),
+        "{}",
+        first.log()
+    );
 
     // A client sending request after request, each on a new connection, throughout.
     let stop = Arc::new(AtomicBool::new(false));
