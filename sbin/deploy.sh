@@ -261,6 +261,14 @@ on_interrupt() {
   if [[ -n "$UPLOAD" ]]; then releases discard "$UPLOAD" || true; fi
   if [[ -n "$SWITCHING" ]]; then
     warn "the upgrade to ${TO_RELEASE:-?} was interrupted; restoring ${FROM_RELEASE:-the previous release}"
+    # A handover under way goes on in systemd: let it end (within its bound) before any file
+    # moves, so that the renames never race the unit's own.
+    local i
+    for ((i = 0; i < 150; i++)); do
+      [[ "$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null)" == reloading ]] || break
+      ((i == 0)) && warn "waiting for the handover under way to end first (up to 30 s)"
+      sleep 0.2
+    done
     if revert_upgrade; then
       audit "interrupted-rolled-back"
       warn "rolled back: release ${FROM_RELEASE:-?} is serving again"
@@ -375,12 +383,14 @@ recent_log() {
 # Why the next switch cannot be a handover (empty when it can): see can_hand_over.
 NO_HANDOVER=""
 
-# Whether the serving process can hand over to the binary at api/server (systemctl reload,
-# handled by on-reload): the unit has the reload step, the service is up, its server says it
-# hands over, the configuration is the one systemd started it with (a handover keeps the
-# environment), and, as tribist, sudo allows the reload. Otherwise sets NO_HANDOVER.
+# Whether the serving process can hand over to binary $1 of api/ (what the switch runs; by
+# systemctl reload, handled by on-reload): the unit has the reload step, the service is up,
+# its server says it hands over, the new binary says it can take over, the configuration is
+# the one systemd started the service with (a handover keeps the environment; when that
+# cannot be told, it is taken as changed), and, as tribist, sudo allows the reload.
+# Otherwise sets NO_HANDOVER.
 can_hand_over() {
-  local props can state status since env_mtime started
+  local name=$1 props can state status since env_mtime started
   NO_HANDOVER=""
   props=$(systemctl show --timestamp=us "$UNIT" -p CanReload -p ActiveState -p StatusText -p InactiveExitTimestamp 8<&- 2>/dev/null) || true
   can=$(sed -n 's/^CanReload=//p' <<<"$props")
@@ -393,21 +403,23 @@ can_hand_over() {
     NO_HANDOVER="the installed unit has no reload step (make install updates it)"
   elif [[ "$status" != *"SIGUSR2 hands over"* ]]; then
     NO_HANDOVER="the serving binary predates handovers"
-  elif env_mtime=$(stat -c %.6Y "$ENV_FILE" 2>/dev/null) && started=$(date -d "$since" +%s%6N 2>/dev/null) &&
-    ((${env_mtime/./} >= started)); then
-    NO_HANDOVER="$ENV_FILE changed since $UNIT started"
+  elif ! releases hands-over "$name"; then
+    NO_HANDOVER="the release to switch to predates handovers"
+  elif [[ -z "$since" ]] || ! env_mtime=$(stat -c %.6Y "$ENV_FILE" 2>/dev/null) ||
+    ! started=$(date -d "$since" +%s%6N 2>/dev/null) || ((${env_mtime/./} >= started)); then
+    NO_HANDOVER="$ENV_FILE changed since $UNIT started (or that cannot be told)"
   elif ! is_root && ! sudo -n -l /usr/bin/systemctl reload "$UNIT" >/dev/null 2>&1; then
     NO_HANDOVER="sudo does not allow tribist 'systemctl reload $UNIT' (make install updates it)"
   fi
   [[ -z "$NO_HANDOVER" ]]
 }
 
-# Switches the service to the binary at api/server (or server_new, which systemd's steps
+# Switches the service to binary $2 of api/ (server, or server_new, which systemd's steps
 # promote) and waits for a healthy server that reports release $1 (any release when empty):
 # a handover when it can be, else a restart. On failure prints why and returns 1.
 switch_and_wait() {
-  local want=$1
-  if can_hand_over; then
+  local want=$1 name=$2
+  if can_hand_over "$name"; then
     say "switching: the serving process hands over to ${want:-the new binary} (systemctl reload) and drains once it serves"
     if ! sctl reload; then
       warn "the handover failed; the process that was serving goes on serving. Its last log lines:"
@@ -444,8 +456,13 @@ wait_healthy() {
     recent_log | sed 's/^/    /' >&2
     return 1
   fi
+  # Right after a handover the old process may still answer one last request: look again,
+  # for up to 5 s, before calling it the wrong release.
   if [[ -n "$want" ]]; then
-    got=$(serving_release)
+    local end=$((SECONDS + 5))
+    while got=$(serving_release) && [[ "$got" != "$want" ]] && ((SECONDS < end)); do
+      sleep 0.2
+    done
     if [[ "$got" != "$want" ]]; then
       warn "healthy, but serving release '${got:-unknown}' instead of '$want'"
       return 1
@@ -739,7 +756,7 @@ cmd_upgrade() {
   UPLOAD=""
   releases stage "$upload"
   say "upgrading $old -> $new"
-  if switch_and_wait "$new"; then
+  if switch_and_wait "$new" server_new; then
     SWITCHING=""
     releases commit
     audit ok
@@ -781,7 +798,7 @@ revert_upgrade() {
     say "release $from still serves: nothing to switch back"
     return 0
   fi
-  switch_and_wait "$from"
+  switch_and_wait "$from" server
 }
 
 cmd_rollback() {
@@ -799,7 +816,14 @@ cmd_rollback() {
   fi
   say "rolling back to $prev"
   releases swap || die "could not swap server and server.prev; nothing changed"
-  if ! switch_and_wait "$prev"; then
+  if ! switch_and_wait "$prev" server; then
+    if [[ "$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null)" == active &&
+      "$(serving_release)" == "$FROM_RELEASE" ]]; then
+      # A failed handover: the release from before still serves; so do its files again.
+      releases swap || true
+      audit failed-nothing-changed
+      die "rollback to $prev failed (see above); release $FROM_RELEASE still serves, nothing changed"
+    fi
     audit failed
     die "rollback to $prev failed: see the log lines above"
   fi
@@ -879,11 +903,11 @@ cmd_on_start() {
 # process, or the server reports the attempt failed (it then goes on serving). So
 # `systemctl reload tribist` returns once the new binary serves, and fails when it does not.
 cmd_on_reload() {
-  local out promoted=no sum main=${MAINPID:-} before props pid status i
+  local out promoted=no sum main=${MAINPID:-} before props pid status ppid owner end
   need_root on-reload
   ACTION=service-handover
   [[ "$main" =~ ^[1-9][0-9]*$ ]] || die "no MAINPID: this runs as $UNIT's reload step (systemctl reload $UNIT)"
-  before=$(systemctl show -p StatusText --value "$UNIT" 8<&-)
+  before=$(systemctl show -p StatusText --value "$UNIT" 8<&- 2>/dev/null) || before=""
   [[ "$before" == *"SIGUSR2 hands over"* ]] ||
     die "the serving process (pid $main) cannot hand over (it predates handovers, or is not serving yet): use 'systemctl restart $UNIT'"
   out=$(releases promote) || die "could not promote server_new: ${out:-see the lines above}"
@@ -893,25 +917,45 @@ cmd_on_reload() {
   fi
   sum=${out##*sha256 }
   [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || sum=unknown
-  { echo "$(now) host=$(hostname) action=service-handover user=systemd from_pid=$main promoted=$promoted server_sha256=$sum" >>"$AUDIT_LOG"; } 2>/dev/null ||
-    warn "cannot append to $AUDIT_LOG"
+  handover_audit "from_pid=$main promoted=$promoted server_sha256=$sum"
   systemctl kill --kill-who=main --signal=SIGUSR2 "$UNIT" 8<&- || die "could not signal pid $main"
-  # The server gives a successor 10 s; polled every 20 ms.
-  for ((i = 0; i < 750; i++)); do
-    props=$(systemctl show -p MainPID -p StatusText "$UNIT" 8<&-)
+  # The server gives a successor 10 s; this waits a little longer, within TimeoutStartSec=.
+  end=$((SECONDS + 14))
+  while ((SECONDS < end)); do
+    props=$(systemctl show -p MainPID -p StatusText "$UNIT" 8<&- 2>/dev/null) || props=""
     pid=$(sed -n 's/^MainPID=//p' <<<"$props")
     status=$(sed -n 's/^StatusText=//p' <<<"$props")
     if [[ "$pid" =~ ^[1-9][0-9]*$ && "$pid" != "$main" ]]; then
+      # Only the serving process can name its successor (NotifyAccess=main); still, it must
+      # be the child it started, running as tribist, before this says so.
+      ppid=$(awk '{ sub(/^.*\) /, ""); print $2 }' "/proc/$pid/stat" 2>/dev/null) || ppid=""
+      owner=$(stat -c %U "/proc/$pid" 2>/dev/null) || owner=""
+      if [[ "$ppid" != "$main" || "$owner" != "$USER_NAME" ]]; then
+        handover_audit "from_pid=$main to_pid=$pid result=suspicious parent=${ppid:-gone} owner=${owner:-gone}"
+        die "systemd's main process is now pid $pid, which is not a child of pid $main running as $USER_NAME (parent ${ppid:-gone}, owner ${owner:-gone}); check 'systemctl status $UNIT'"
+      fi
+      handover_audit "from_pid=$main to_pid=$pid result=ok"
       say "handed over: pid $pid serves; pid $main drains"
       return 0
     fi
     if [[ "$status" == *"handover attempt"*failed* && "$status" != "$before" ]]; then
-      die "handover attempt${status##*handover attempt}; pid $main goes on serving"
+      handover_audit "from_pid=$main result=failed"
+      die "$(clean "handover attempt${status##*handover attempt}" 400); pid $main goes on serving"
     fi
-    [[ "$pid" == "$main" ]] || die "pid $main ended during the handover; systemd restarts $UNIT"
-    sleep 0.02
+    if [[ "$pid" != "$main" ]]; then
+      handover_audit "from_pid=$main result=failed"
+      die "pid $main ended during the handover; systemd restarts $UNIT"
+    fi
+    sleep 0.05
   done
-  die "no handover after 15 s; pid $main goes on serving"
+  handover_audit "from_pid=$main result=timeout"
+  die "no handover within 14 s; pid $main goes on serving"
+}
+
+# One line of root's audit file for on-reload.
+handover_audit() {
+  { echo "$(now) host=$(hostname) action=service-handover user=systemd $1" >>"$AUDIT_LOG"; } 2>/dev/null ||
+    warn "cannot append to $AUDIT_LOG"
 }
 
 cmd_uninstall() {

@@ -40,6 +40,8 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
   version NAME     print the commit NAME reports with --version (server, server.prev,
                    server_new, server.failed or an upload); exit 1 if it does not run or
                    prints no valid commit
+  hands-over NAME  exit 0 if NAME's --version says 'handover: SIGUSR2' (it can take over
+                   from the serving process), 1 if not
   stage NAME       make upload NAME server_new, keeping server.prev as .server.prev.keep
   commit           the staged upgrade succeeded: drop .server.prev.keep
   revert           a staged upgrade failed: server_new removed; if server was promoted
@@ -107,6 +109,17 @@ cmd_version() {
   commit=$(sed -n 's/^server [^ ]* (commit \([A-Za-z0-9._+-]\{1,64\}\))$/\1/p' <<<"$out" | head -n 1)
   [[ -n "$commit" ]] || die "$name --version did not print 'server VERSION (commit ID)'"
   echo "$commit"
+}
+
+cmd_hands_over() {
+  local name=$1 out
+  case "$name" in
+    server | server.prev | server_new | server.failed) ;;
+    *) check_upload "$name" ;;
+  esac
+  [[ -f "$API_DIR/$name" ]] || die "$name: no such binary"
+  out=$(cd "$API_DIR" && timeout -k 2 10 "./$name" --version </dev/null 2>/dev/null | head -c 2000) || return 1
+  grep -qx 'handover: SIGUSR2' <<<"$out"
 }
 
 cmd_stage() {
@@ -252,6 +265,7 @@ main() {
   case "$cmd $#" in
     "receive 1") cmd_receive "$1" ;;
     "version 1") cmd_version "$1" ;;
+    "hands-over 1") cmd_hands_over "$1" ;;
     "stage 1") cmd_stage "$1" ;;
     "commit 0") cmd_commit ;;
     "revert 0") cmd_revert ;;

@@ -7,15 +7,21 @@
 //! at the path it was started from, with the same arguments and environment, and passes it
 //! three descriptors: the listening socket, the lock of the working directory (so `PID` stays
 //! locked throughout) and one end of a socket pair. The successor starts serving on the same
-//! socket, tells systemd it is the main process (`MAINPID=`, `READY=1`; the unit has
-//! `NotifyAccess=all`) and writes `ready` on the pair. Only then does the old process stop
-//! accepting and drain, exactly as on SIGTERM: both accept for a moment, nobody waits. A
-//! successor that exits, hangs or is not ready within the bound is stopped and the old process
-//! simply goes on serving, with the reason in its log and in `systemctl status`.
+//! socket and writes `ready` on the pair; the old process then tells systemd the successor is
+//! the main process (`MAINPID=`: only the main process may say so, `NotifyAccess=main`),
+//! answers `main` (after which the successor's own notifications count) and stops accepting
+//! and drains, exactly as on SIGTERM: both accept for a moment, nobody waits. A successor
+//! (with everything it started: it gets a process group of its own) that exits, hangs or is
+//! not ready within the bound is stopped and the old process simply goes on serving, with
+//! the reason in its log and in `systemctl status`; a termination signal meanwhile stops it
+//! too, and the old process shuts down as usual.
 //!
-//! Only root may ask (the signal's sender uid, from the kernel): under systemd that is
-//! `ExecReload=`'s audited pre-step; tribist's own processes cannot start a binary this way
-//! (outside systemd the owner of the process may, for tests and `make run`).
+//! Only root may ask: a SIGUSR2 sent with kill(2) (`SI_USER`, so the kernel, not the sender,
+//! filled in the uid) by uid 0. Under systemd that is `ExecReload=`'s audited step; tribist's
+//! own processes cannot start a binary this way, neither with kill(2) nor with a forged
+//! rt_sigqueueinfo(2) (outside systemd the process's owner may too, for tests and `make
+//! run`). `server --version` says `handover: SIGUSR2`, so deploy.sh knows which releases can
+//! take over this way.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -23,6 +29,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -33,6 +40,14 @@ pub const ENV: &str = "TRIBIST_HANDOVER";
 /// What a successor writes once it serves.
 const READY: &[u8] = b"ready\n";
 
+/// What the old process answers once it told systemd the successor is the main process.
+const MAIN: &[u8] = b"main\n";
+
+/// How long a successor waits for `main` before it notifies systemd anyway.
+const MAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// The line `server --version` adds, for deploy.sh.
+pub const FEATURE: &str = "handover: SIGUSR2";
 /// How long a stopped successor has to exit after SIGTERM before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -61,10 +76,11 @@ pub fn block_signal() -> io::Result<()> {
     }
 }
 
-/// Whether a SIGUSR2 from `sender` may start a binary: root's, or (outside systemd) the
-/// process owner's.
-pub fn allowed(sender: u32, own: u32, under_systemd: bool) -> bool {
-    sender == 0 || (sender == own && !under_systemd)
+/// Whether a SIGUSR2 may start a binary: sent with kill(2) (`code` SI_USER: the kernel set
+/// `sender`; with sigqueue the sender writes it itself), by root or, outside systemd, by the
+/// process's owner.
+pub fn allowed(code: i32, sender: u32, own: u32, under_systemd: bool) -> bool {
+    code == libc::SI_USER && (sender == 0 || (sender == own && !under_systemd))
 }
 
 /// Starts the thread that takes SIGUSR2 (blocked by `block_signal`) and calls `request` for
@@ -86,13 +102,14 @@ pub fn watch(request: impl Fn() + Send + 'static) -> io::Result<()> {
                 }
                 // SAFETY: filled by sigwaitinfo for a signal sent with kill(2) or sigqueue(3).
                 let (uid, pid) = unsafe { (info.si_uid(), info.si_pid()) };
-                if allowed(uid, own, under_systemd) {
+                let code = info.si_code;
+                if allowed(code, uid, own, under_systemd) {
                     log::info!("handover: asked by pid {pid} (uid {uid})");
                     request();
                 } else {
                     log::warn!(
-                        "handover: ignoring SIGUSR2 from pid {pid} (uid {uid}): only root may \
-                         start a new binary (systemctl reload tribist)"
+                        "handover: ignoring SIGUSR2 from pid {pid} (uid {uid}, si_code {code}): \
+                         only root may start a new binary, with kill(2) (systemctl reload tribist)"
                     );
                 }
             }
@@ -121,9 +138,17 @@ pub struct Inherited {
 pub struct Ready(UnixStream);
 
 impl Ready {
-    /// Tells the old process this one serves; it then stops accepting and drains.
-    pub fn report(mut self) -> io::Result<()> {
-        self.0.write_all(READY)
+    /// Tells the old process this one serves, and waits (up to MAIN_WAIT) until it says it has
+    /// made this one systemd's main process; it then stops accepting and drains. Returns
+    /// whether it said so.
+    pub fn report(mut self) -> io::Result<bool> {
+        self.0.write_all(READY)?;
+        self.0.set_read_timeout(Some(MAIN_WAIT))?;
+        let mut got = [0u8; 5];
+        match self.0.read_exact(&mut got) {
+            Ok(()) => Ok(got == MAIN),
+            Err(_) => Ok(false),
+        }
     }
 }
 
@@ -193,11 +218,18 @@ fn set_inheritable(fd: RawFd, inheritable: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Starts `exe` with this process's arguments and environment plus the three descriptors, and
-/// waits up to `timeout` for it to report ready. Returns its pid; on failure it has been
-/// stopped and reaped, and the reason is returned.
-pub fn start(exe: &Path, listener: RawFd, lock: RawFd, timeout: Duration) -> Result<u32, String> {
-    let (mut ours, theirs) =
+/// A successor started and not yet ready.
+pub struct Pending {
+    child: Child,
+    pair: UnixStream,
+    exe: PathBuf,
+}
+
+/// Starts `exe` with this process's arguments and environment plus the three descriptors, in
+/// a process group of its own (so that stopping it stops whatever it started too). Call
+/// `Pending::wait` next, on a thread of its own.
+pub fn start(exe: &Path, listener: RawFd, lock: RawFd) -> Result<Pending, String> {
+    let (ours, theirs) =
         UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
     let fds = [listener, lock, theirs.as_raw_fd()];
     let mut command = Command::new(exe);
@@ -205,7 +237,8 @@ pub fn start(exe: &Path, listener: RawFd, lock: RawFd, timeout: Duration) -> Res
         .args(std::env::args_os().skip(1).collect::<Vec<OsString>>())
         .env(ENV, fds.map(|fd| fd.to_string()).join(","))
         // systemd's watchdog pid is this process; the successor pings once it is the main one.
-        .env_remove("WATCHDOG_PID");
+        .env_remove("WATCHDOG_PID")
+        .process_group(0);
     // Inheritable only for the spawn: this process starts no other program meanwhile.
     let child = fds
         .iter()
@@ -215,15 +248,63 @@ pub fn start(exe: &Path, listener: RawFd, lock: RawFd, timeout: Duration) -> Res
         let _ = set_inheritable(fd, false);
     }
     drop(theirs);
-    let mut child = child.map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    let pid = child.id();
-    match wait_ready(&mut ours, timeout) {
-        Ok(()) => Ok(pid),
-        Err(reason) => {
-            let end = stop(&mut child);
-            Err(format!("{} (pid {pid}) {reason}; {end}", exe.display()))
+    let child = child.map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    Ok(Pending {
+        child,
+        pair: ours,
+        exe: exe.to_path_buf(),
+    })
+}
+
+impl Pending {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the successor to report ready: its pid, and the pair to
+    /// answer `main` on (`Successor::confirm_main`). On failure it has been stopped and
+    /// reaped, and the reason is returned.
+    pub fn wait(mut self, timeout: Duration) -> Result<Successor, String> {
+        let pid = self.child.id();
+        match wait_ready(&mut self.pair, timeout) {
+            Ok(()) => Ok(Successor {
+                pid,
+                pair: self.pair,
+            }),
+            Err(reason) => {
+                let end = stop(&mut self.child);
+                Err(format!(
+                    "{} (pid {pid}) {reason}; {end}",
+                    self.exe.display()
+                ))
+            }
         }
     }
+}
+
+/// A successor that serves.
+pub struct Successor {
+    pub pid: u32,
+    pair: UnixStream,
+}
+
+impl Successor {
+    /// Tells the successor that systemd now knows it as the main process.
+    pub fn confirm_main(mut self) {
+        if let Err(e) = self.pair.write_all(MAIN) {
+            log::warn!(
+                "handover: cannot tell pid {} it is the main process: {e}",
+                self.pid
+            );
+        }
+    }
+}
+
+/// Stops a successor being waited for (a termination signal came meanwhile): SIGTERM to its
+/// process group; `Pending::wait` then sees it end, escalates and reaps it.
+pub fn abort(pid: u32) {
+    // SAFETY: kill(2) on the process group of our own child, not yet reaped by `wait`.
+    unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGTERM) };
 }
 
 fn wait_ready(pair: &mut UnixStream, timeout: Duration) -> Result<(), String> {
@@ -262,24 +343,32 @@ fn wait_ready(pair: &mut UnixStream, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// SIGTERM, then SIGKILL after STOP_GRACE; reaps it. Says how it ended.
+/// SIGTERM to its process group, then SIGKILL after STOP_GRACE; reaps it. Says how it ended.
 fn stop(child: &mut Child) -> String {
-    if let Ok(Some(status)) = child.try_wait() {
-        return format!("it exited: {status}");
-    }
-    // SAFETY: kill(2) on our own child, not yet reaped, so the pid is still ours.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let group = -(child.id() as libc::pid_t);
+    // SAFETY: kill(2) on the process group of our own child, not yet reaped, so the group
+    // (whose id is the child's pid) is still its own; whatever it started is stopped too.
+    unsafe { libc::kill(group, libc::SIGTERM) };
     let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline {
+    let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return format!("stopped it: {status}");
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            break None;
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    match child.wait() {
-        Ok(status) => format!("killed it: {status}"),
-        Err(e) => format!("cannot reap it: {e}"),
+    };
+    // Whatever is left of the group (the leader may be reaped already; its group id is not
+    // reused while members remain).
+    // SAFETY: kill(2) with no memory passed.
+    unsafe { libc::kill(group, libc::SIGKILL) };
+    match status {
+        Some(status) => format!("it ended: {status}"),
+        None => match child.wait() {
+            Ok(status) => format!("killed it: {status}"),
+            Err(e) => format!("cannot reap it: {e}"),
+        },
     }
 }
 
@@ -288,14 +377,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_root_or_the_owner_outside_systemd_may_ask() {
-        assert!(allowed(0, 1000, true));
-        assert!(allowed(0, 0, false));
-        assert!(allowed(1000, 1000, false));
+    fn only_root_or_the_owner_outside_systemd_may_ask_and_only_with_kill() {
+        let kill = libc::SI_USER;
+        assert!(allowed(kill, 0, 1000, true));
+        assert!(allowed(kill, 0, 0, false));
+        assert!(allowed(kill, 1000, 1000, false));
         assert!(
-            !allowed(1000, 1000, true),
+            !allowed(kill, 1000, 1000, true),
             "tribist's own processes under systemd"
         );
-        assert!(!allowed(1001, 1000, false));
+        assert!(!allowed(kill, 1001, 1000, false));
+        // rt_sigqueueinfo(2) lets the sender write si_uid itself: never trusted.
+        assert!(!allowed(libc::SI_QUEUE, 0, 1000, true));
+        assert!(!allowed(libc::SI_QUEUE, 0, 0, false));
+        assert!(!allowed(libc::SI_TKILL, 0, 1000, true));
     }
 }

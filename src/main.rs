@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use tribist::config::{self, Config};
 use tribist::error::{self, Error};
-use tribist::{build, db, envfile, logging, server};
+use tribist::{build, db, envfile, handover, logging, server};
 
 fn main() -> ExitCode {
     match run() {
@@ -75,6 +75,8 @@ fn run() -> Result<(), Error> {
         }
         Command::Version => {
             println!("server {} (commit {})", build::VERSION, build::COMMIT);
+            // What deploy.sh asks before it hands over to this binary rather than restarting.
+            println!("{}", handover::FEATURE);
             Ok(())
         }
         Command::CheckConfig { env_file } => {

@@ -76,7 +76,10 @@ fn serving_status(addr: SocketAddr, workers: usize) -> String {
 enum Event {
     Signal,
     AcceptDied(std::io::Error),
+    /// SIGUSR2 from root: start a successor.
     Handover,
+    /// The successor started on `Handover` is ready, or failed.
+    HandoverDone(Result<handover::Successor, String>),
 }
 
 /// State the workers share with the main thread.
@@ -274,6 +277,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     })
     .map_err(Error::Signal)?;
     let successor = successor.filter(|_| handover_watch);
+    let waiter_events = events.clone();
     if successor.is_some() {
         let handover_events = events.clone();
         handover::watch(move || {
@@ -336,12 +340,16 @@ pub fn run(config: Config) -> Result<(), Error> {
     match ready {
         // A successor: systemd's main process from now on, then the predecessor may drain.
         Some(ready) => {
-            notifier.send(&format!(
-                "MAINPID={}\nREADY=1\nSTATUS={status}",
-                std::process::id()
-            ));
-            if let Err(e) = ready.report() {
-                log::warn!("handover: cannot tell the previous process this one serves: {e}");
+            match ready.report() {
+                // systemd's main process now: its notifications count.
+                Ok(true) => notifier.send(&format!("READY=1\nSTATUS={status}")),
+                Ok(false) => log::warn!(
+                    "handover: the previous process did not say this one is systemd's main \
+                     process; serving anyway"
+                ),
+                Err(e) => {
+                    log::warn!("handover: cannot tell the previous process this one serves: {e}")
+                }
             }
             log::info!("handover: serving; the previous process drains");
         }
@@ -354,6 +362,18 @@ pub fn run(config: Config) -> Result<(), Error> {
     let mut outcome = Ok(());
     let mut handed_over = false;
     let mut attempts = 0;
+    // The successor being waited for (its pid), if any.
+    let mut pending: Option<u32> = None;
+    let handover_failed = |attempts: u32, reason: &str| {
+        log::error!("handover attempt {attempts} failed: {reason}; this process goes on serving");
+        // The successor may have replaced PID before it failed.
+        if let Err(e) = pid_file.write() {
+            log::error!("handover: {}", crate::error::chain(&e));
+        }
+        notifier.send(&format!(
+            "STATUS={status}; handover attempt {attempts} failed: {reason}"
+        ));
+    };
     loop {
         match next_event(&events_rx, accept_tid) {
             Event::Signal => log::info!("shutdown: termination signal received"),
@@ -365,33 +385,58 @@ pub fn run(config: Config) -> Result<(), Error> {
             }
             Event::Handover => {
                 let Some(exe) = &successor else { continue };
+                if let Some(pid) = pending {
+                    log::warn!("handover: pid {pid} is still starting; ignoring this request");
+                    continue;
+                }
                 attempts += 1;
                 notifier.send(&format!(
                     "STATUS=handing over to {} (attempt {attempts})",
                     exe.display()
                 ));
-                match handover::start(exe, listener.fd, pid_file.lock_fd(), HANDOVER_TIMEOUT) {
-                    Ok(pid) => {
-                        log::info!(
-                            "handover: pid {pid} serves; this process stops accepting and drains"
-                        );
-                        handed_over = true;
-                    }
-                    Err(reason) => {
-                        log::error!("handover attempt {attempts} failed: {reason}; this process goes on serving");
-                        // The successor may have replaced PID before it failed.
-                        if let Err(e) = pid_file.write() {
-                            log::error!("handover: {}", crate::error::chain(&e));
+                match handover::start(exe, listener.fd, pid_file.lock_fd()) {
+                    Ok(started) => {
+                        log::info!("handover: started pid {}", started.pid());
+                        pending = Some(started.pid());
+                        let done = waiter_events.clone();
+                        // The wait runs beside the event loop, so signals still count.
+                        let spawned =
+                            thread::Builder::new()
+                                .name("handover-wait".into())
+                                .spawn(move || {
+                                    let _ = done
+                                        .send(Event::HandoverDone(started.wait(HANDOVER_TIMEOUT)));
+                                });
+                        if let Err(e) = spawned {
+                            log::error!("handover: cannot start the thread that waits: {e}");
                         }
-                        notifier.send(&format!(
-                            "STATUS={status}; handover attempt {attempts} failed: {reason}"
-                        ));
-                        continue;
                     }
+                    Err(reason) => handover_failed(attempts, &reason),
                 }
+                continue;
+            }
+            Event::HandoverDone(Ok(next)) => {
+                pending = None;
+                // Only the main process may name another one (NotifyAccess=main).
+                notifier.send(&format!("MAINPID={}", next.pid));
+                log::info!(
+                    "handover: pid {} serves; this process stops accepting and drains",
+                    next.pid
+                );
+                next.confirm_main();
+                handed_over = true;
+            }
+            Event::HandoverDone(Err(reason)) => {
+                pending = None;
+                handover_failed(attempts, &reason);
+                continue;
             }
         }
         break;
+    }
+    if let Some(pid) = pending {
+        log::warn!("handover: stopping pid {pid}, which was still starting");
+        handover::abort(pid);
     }
     let deadline = Instant::now() + config.shutdown_timeout;
     pool.stopping.store(true, Ordering::SeqCst);

@@ -145,8 +145,12 @@ exec sleep 600
     >"$BATS_FILE_TMPDIR/server-systemd-hang"
   printf '#!/bin/sh\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec /usr/local/lib/tribist-test/server "$@"\n' \
     >"$BATS_FILE_TMPDIR/server-503"
+  # A release from before handovers: its --version lacks the line that offers one. It runs
+  # the real server under its own path (exec -a), as a wrapper must for later handovers.
+  printf '#!/bin/bash\nif [ "$1" = --version ]; then /usr/local/lib/tribist-test/server --version | head -n 1; exit 0; fi\nexec -a "$0" /usr/local/lib/tribist-test/server "$@"\n' \
+    >"$BATS_FILE_TMPDIR/server-no-handover"
   chmod 755 "$BATS_FILE_TMPDIR/server-bad" "$BATS_FILE_TMPDIR/server-hang" "$BATS_FILE_TMPDIR/server-systemd-hang" \
-    "$BATS_FILE_TMPDIR/server-503"
+    "$BATS_FILE_TMPDIR/server-503" "$BATS_FILE_TMPDIR/server-no-handover"
   # A path with a space in it, as a user's may have.
   mkdir -p "$BATS_FILE_TMPDIR/my build"
   cp "$BATS_FILE_TMPDIR/server-b" "$BATS_FILE_TMPDIR/my build/server"
@@ -378,10 +382,14 @@ teardown_file() {
   # The upgrades so far handed over: systemd never restarted the service for them.
   run on_host "journalctl -u tribist --no-pager | grep -c 'Reloaded tribist.service'"
   refute_output 0
-  # tribist's own SIGUSR2 (it owns api/server) is ignored: a handover is root's, audited.
+  # tribist's own SIGUSR2 (it owns api/server) is ignored: a handover is root's, audited. So is
+  # one forged with rt_sigqueueinfo(2) to claim it comes from root (uid 0, pid 1).
   as_tribist_on_host "kill -USR2 $pid"
-  run on_host "for i in \$(seq 50); do journalctl -u tribist --no-pager | grep -q 'ignoring SIGUSR2 from pid' && exit 0; sleep 0.1; done; exit 1"
+  as_tribist_on_host "perl -e 'my \$i = pack(\"iiiiii\", 12, 0, -1, 0, 1, 0) . (\"\\0\" x 104); syscall(129, \$ARGV[0] + 0, 12, \$i) == 0 or die \"rt_sigqueueinfo: \$!\"' $pid"
+  run on_host "for i in \$(seq 50); do journalctl -u tribist --no-pager | grep -q 'ignoring SIGUSR2 from pid 1 (uid 0, si_code -1)' && exit 0; sleep 0.1; done; journalctl -u tribist -n 5 --no-pager; exit 1"
   assert_success
+  run on_host "journalctl -u tribist --no-pager | grep -c 'ignoring SIGUSR2 from pid'"
+  assert_output 2
   assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
   # A release that passes its preflight but never gets ready under systemd: the handover gives
   # up after 10 s, and the process that served all along still does.
@@ -396,6 +404,17 @@ teardown_file() {
   assert_equal "$(serving)" "$before"
   run on_host "pgrep -c -f 'sleep 600'"
   assert_output 0
+  run on_host "tail -n 3 /var/lib/tribist-deploy/audit.log"
+  assert_output --partial "action=service-handover user=systemd from_pid=$pid result=failed"
+  # A release that predates handovers (its --version does not offer one) gets a restart.
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-no-handover"
+  assert_success
+  assert_output --partial "switching: restarting tribist (the release to switch to predates handovers)"
+  # And from it, a release that does take over by handover again.
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b"
+  assert_success
+  assert_output --partial "switching: the serving process hands over"
+  assert_equal "$(serving)" "$before"
 }
 
 @test "preflight: a release that exits, hangs or answers 503 is refused before it gets any traffic" {
@@ -497,6 +516,7 @@ teardown_file() {
   assert_line --regexp "action=service-start user=systemd promoted=no server_sha256=[0-9a-f]{64}"
   assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ promoted=yes server_sha256=[0-9a-f]{64}"
   assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ promoted=no server_sha256=[0-9a-f]{64}"
+  assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ to_pid=[0-9]+ result=ok"
   refute_output --partial "$DB_PASSWORD"
   # tribist cannot read root's record, and the audit needs root.
   run as_tribist_on_host "cat /var/lib/tribist-deploy/audit.log"

@@ -13,10 +13,11 @@ const SECOND: Duration = Duration::from_secs(1);
 fn commit() -> String {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    text.split("commit ")
-        .nth(1)
+    text.lines()
+        .next()
+        .and_then(|l| l.split("commit ").nth(1))
         .unwrap()
-        .trim_end_matches([')', '\n'])
+        .trim_end_matches(')')
         .to_string()
 }
 
@@ -311,6 +312,7 @@ fn help_version_and_bad_arguments() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout)
         .starts_with(concat!("server ", env!("CARGO_PKG_VERSION"))));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\nhandover: SIGUSR2\n"));
     assert!(!commit().is_empty());
     let out = Command::new(BIN).arg("--frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -686,4 +688,47 @@ fn failed_handover_keeps_the_old_process_serving() {
     let new = pid_other_than(&server, old);
     let _successor = KillOnDrop(new);
     assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn sigterm_while_a_successor_starts_stops_it_and_exits_at_once() {
+    let mut server = server_from_copy();
+    let exe = server.dir.path().join("server");
+    let tmp = server.dir.path().join("server.tmp");
+    // A successor that never gets ready and starts a process of its own.
+    fs::write(&tmp, "#!/bin/sh\nsleep 600 &\nexec sleep 601\n").unwrap();
+    Command::new("chmod")
+        .args(["755", tmp.to_str().unwrap()])
+        .status()
+        .unwrap();
+    fs::rename(&tmp, &exe).unwrap();
+    server.signal("USR2");
+    let group: u32 = wait_for("the successor to start", 10 * SECOND, || {
+        let log = server.log();
+        let rest = log.split("handover: started pid ").nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    });
+    let start = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit(5 * SECOND);
+    let took = start.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(took < 2 * SECOND, "exit took {took:?}: {}", server.log());
+    assert!(server
+        .log()
+        .contains(&format!("handover: stopping pid {group}")));
+    // The successor and what it started are gone (or at most unreaped).
+    wait_for("the successor's process group to end", 5 * SECOND, || {
+        let out = Command::new("pgrep")
+            .args(["-g", &group.to_string()])
+            .output()
+            .unwrap();
+        let alive = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+            })
+            .count();
+        (alive == 0).then_some(())
+    });
 }
