@@ -903,7 +903,7 @@ cmd_on_start() {
 # process, or the server reports the attempt failed (it then goes on serving). So
 # `systemctl reload tribist` returns once the new binary serves, and fails when it does not.
 cmd_on_reload() {
-  local out promoted=no sum main=${MAINPID:-} before props pid status ppid owner end
+  local out promoted=no sum main=${MAINPID:-} before props pid status cgroup owner end
   need_root on-reload
   ACTION=service-handover
   [[ "$main" =~ ^[1-9][0-9]*$ ]] || die "no MAINPID: this runs as $UNIT's reload step (systemctl reload $UNIT)"
@@ -927,12 +927,13 @@ cmd_on_reload() {
     status=$(sed -n 's/^StatusText=//p' <<<"$props")
     if [[ "$pid" =~ ^[1-9][0-9]*$ && "$pid" != "$main" ]]; then
       # Only the serving process can name its successor (NotifyAccess=main); still, it must
-      # be the child it started, running as tribist, before this says so.
-      ppid=$(awk '{ sub(/^.*\) /, ""); print $2 }' "/proc/$pid/stat" 2>/dev/null) || ppid=""
+      # be a process of this service running as tribist (never root's, such as this step's
+      # own) before this says so. Its parent proves nothing: the old process may be gone.
+      cgroup=$(cat "/proc/$pid/cgroup" 2>/dev/null) || cgroup=""
       owner=$(stat -c %U "/proc/$pid" 2>/dev/null) || owner=""
-      if [[ "$ppid" != "$main" || "$owner" != "$USER_NAME" ]]; then
-        handover_audit "from_pid=$main to_pid=$pid result=suspicious parent=${ppid:-gone} owner=${owner:-gone}"
-        die "systemd's main process is now pid $pid, which is not a child of pid $main running as $USER_NAME (parent ${ppid:-gone}, owner ${owner:-gone}); check 'systemctl status $UNIT'"
+      if ! grep -Eq "^(0::|[0-9]+:name=systemd:)/(.*/)?$UNIT\.service\$" <<<"$cgroup" || [[ "$owner" != "$USER_NAME" ]]; then
+        handover_audit "from_pid=$main to_pid=$pid result=suspicious owner=${owner:-gone}"
+        die "systemd's main process is now pid $pid, which is not a process of $UNIT running as $USER_NAME (owner ${owner:-gone}, cgroup $(clean "${cgroup:-gone}" 100)); check 'systemctl status $UNIT'"
       fi
       handover_audit "from_pid=$main to_pid=$pid result=ok"
       say "handed over: pid $pid serves; pid $main drains"
