@@ -10,7 +10,8 @@ MAKEFLAGS += --no-print-directory
 CARGO ?= cargo
 SHELLCHECK ?= shellcheck
 BATS ?= bats
-RELEASE_BIN ?= target/release/server
+# The binary make release builds and make install/upgrade ship (tools/release.sh).
+RELEASE_BIN ?= target/x86_64-unknown-linux-gnu/release/server
 DEV_DIR ?= .dev
 DEV_PG_PORT ?= 54329
 # --- deployment (make install / upgrade / …): sbin/remote.sh --help explains each ---
@@ -28,7 +29,8 @@ remote := sbin/remote.sh
 
 # Debian packages the tests and benchmarks need (installed by `make deps` when run as root).
 APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck bats bats-assert bats-support wrk \
-	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 sudo
+	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 python3-venv sudo \
+	binutils
 
 .PHONY: help deps build release run test test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo soak clean \
 	install upgrade rollback status logs audit uninstall unlock
@@ -42,8 +44,8 @@ deps: ## install the Debian packages the tests need (root), or say which are mis
 build: ## debug build
 	$(CARGO) build
 
-release: ## optimised build (target/release/server)
-	$(CARGO) build --release
+release: ## the binary install/upgrade ship: x86_64 Linux, glibc >= 2.17 (cargo-zigbuild from PyPI)
+	@tools/release.sh >/dev/null
 
 run: release ## serve on LISTEN (default 127.0.0.1:8383); starts a local PostgreSQL in $(DEV_DIR) unless DATABASE_URL is set
 	@BIN=$(RELEASE_BIN) LISTEN=$(or $(LISTEN),127.0.0.1:8383) DEV_DIR=$(DEV_DIR) DEV_PG_PORT=$(DEV_PG_PORT) tests/support/run.sh
@@ -54,7 +56,7 @@ test-unit: ## Rust unit and integration tests against real PostgreSQL clusters
 	$(CARGO) test --locked
 
 lint: ## shellcheck every script (every line of shell lives in one); rustfmt and clippy
-	$(SHELLCHECK) -x sbin/*.sh tests/support/*.sh tests/e2e/*.sh
+	$(SHELLCHECK) -x sbin/*.sh tools/*.sh tests/support/*.sh tests/e2e/*.sh
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --locked -q -- -D warnings
 	python3 -m py_compile tests/support/*.py

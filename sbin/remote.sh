@@ -18,7 +18,7 @@ readonly REMOTE_DEPLOY=$REMOTE_BIN_DIR/deploy.sh
 readonly EXIT_USAGE=2
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO
-readonly RELEASE_BIN=${RELEASE_BIN:-target/release/server}
+readonly RELEASE_BIN=${RELEASE_BIN:-target/x86_64-unknown-linux-gnu/release/server}
 
 usage() {
   cat <<USAGE
@@ -205,12 +205,40 @@ ssh_to() {
   "${SSH:-ssh}" "${SSH_ARGS[@]}" "$tty" -- "$host" "$(remote_line "$@")"
 }
 
+# shellcheck source=tools/elf.sh
+source "$REPO/tools/elf.sh"
+
+# Refuses (exit 2) a binary that host $1 cannot run, before anything is uploaded: its ELF
+# machine must be the host's (uname -m) and the glibc it needs at most the host's (getconf),
+# one short command on the connection the upload then uses. A script (a wrapper) is not
+# checked.
+check_platform() {
+  local host=$1 bin=$2 machine needed out host_machine host_glibc
+  machine=$(elf_machine "$bin")
+  [[ "$machine" == not-elf ]] && return 0
+  needed=$(glibc_needed "$bin")
+  out=$(ssh_to "$host" -T sh -c 'uname -m; getconf GNU_LIBC_VERSION 2>/dev/null || echo none') ||
+    die "cannot ask $host for its machine and C library (the ssh messages above say why); nothing was sent"
+  host_machine=$(sed -n '1p' <<<"$out" | tr -cd 'A-Za-z0-9_.-')
+  host_glibc=$(sed -n '2s/^glibc \([0-9.]*\)$/\1/p' <<<"$out")
+  [[ -n "$host_machine" ]] || die "$host did not say what machine it is (uname -m answered nothing); nothing was sent"
+  if [[ "$machine" != "$host_machine" ]]; then
+    refuse "BIN=$(shown "$bin") is built for $machine, but $host is $host_machine: build for $host_machine, then ship that; nothing was sent"
+  fi
+  if [[ -n "$needed" && -z "$host_glibc" ]]; then
+    refuse "BIN=$(shown "$bin") needs glibc $needed, but $host has no glibc (getconf GNU_LIBC_VERSION: $(shown "$(sed -n 2p <<<"$out")")); nothing was sent"
+  fi
+  if [[ -n "$needed" ]] && ! version_le "$needed" "$host_glibc"; then
+    refuse "BIN=$(shown "$bin") needs glibc $needed, but $host has glibc $host_glibc: ship the portable build (make release: glibc 2.17 or newer) or build on a system as old as the host; nothing was sent"
+  fi
+}
+
 ship_bin() {
   local bin=${BIN:-}
   if [[ -z "$bin" || "$bin" == "$RELEASE_BIN" ]]; then
     bin=$RELEASE_BIN
-    say "building $bin" >&2
-    (cd "$REPO" && "${CARGO:-cargo}" build --release --locked -q) || die "the release build failed"
+    say "building $bin (make release)" >&2
+    "$REPO/tools/release.sh" >/dev/null || die "the release build failed (above)"
     bin=$REPO/$RELEASE_BIN
   fi
   [[ -f "$bin" && -x "$bin" ]] || refuse "BIN=$(shown "$bin") is not an executable file"
@@ -282,6 +310,7 @@ cmd_install() {
   cp -- "$bin" "$stage/server"
   database_url "$stage/database_url"
   deploy_key "$stage/deploy_key.pub"
+  check_platform "$host" "$bin"
   say "uploading to $host"
   # shellcheck disable=SC2016 # expanded on the host, on purpose
   dir=$(tar -C "$stage" -cf - . | "${SSH:-ssh}" "${SSH_ARGS[@]}" -T -- "$host" \
@@ -298,6 +327,7 @@ bash "$d/deploy.sh" --by "$by" "$@" install "$d"; rc=$?; rm -rf "$d"; exit $rc' 
 
 upgrade_host() {
   local host=$1 bin=$2 by=$3 sum upload rc=0
+  check_platform "$host" "$bin"
   say "uploading $bin to $host"
   sum=$(sha256sum <"$bin" | cut -d' ' -f1)
   upload=$(ssh_to "$host" -T "$REMOTE_DEPLOY" receive "$sum" <"$bin") || {

@@ -8,6 +8,8 @@ load /usr/lib/bats/bats-assert/load.bash
 
 REPO=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
 HOSTSH="$REPO/tests/e2e/host.sh"
+# What make release builds and make install/upgrade ship by default.
+RELEASE="$REPO/${RELEASE_BIN:-target/x86_64-unknown-linux-gnu/release/server}"
 A=tribe2ea
 B=tribe2eb
 DB_PASSWORD=e2e-db-password-4711
@@ -173,15 +175,24 @@ teardown_file() {
   "$HOSTSH" down "$B"
 }
 
+@test "the shipped binary is x86-64 and needs at most glibc 2.17 (objdump -T)" {
+  run objdump -f "$RELEASE"
+  assert_output --partial "file format elf64-x86-64"
+  local highest
+  highest=$(objdump -T "$RELEASE" | grep -oE 'GLIBC_[0-9]+\.[0-9]+(\.[0-9]+)?' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+  echo "highest GLIBC_ version needed: $highest" | tee -a "$TIMINGS" >&3
+  [[ "$(printf '%s\n2.17\n' "$highest" | sort -V | tail -n 1)" == 2.17 ]]
+}
+
 @test "make install at a terminal: /health is 200 on the host and PID is systemd's MainPID" {
   run timed "make install" at_terminal make -s -C "$REPO" install HOST="root@$A" SSH_OPTS="-F $CFG" \
     DEPLOY_KEY="$BATS_FILE_TMPDIR/deploy_key.pub" DATABASE_URL_FILE="$BATS_FILE_TMPDIR/database_url"
   assert_success
   assert_output --partial "==> installed on root@$A"
-  assert_output --partial "preflight: release $(release_of "$REPO/target/release/server") answered /health 200"
+  assert_output --partial "preflight: release $(release_of "$RELEASE") answered /health 200"
   run on_host "curl -sS -o /dev/null -w '%{http_code}' http://localhost:8383/health"
   assert_output 200
-  assert_equal "$(serving)" "$(release_of "$REPO/target/release/server")"
+  assert_equal "$(serving)" "$(release_of "$RELEASE")"
   assert_equal "$(on_host cat /run/tribist/PID)" "$(on_host systemctl show -p MainPID --value tribist)"
   assert_equal "$(on_host systemctl is-enabled tribist.service tribist.socket | sort -u)" enabled
   # The second host, for the rolling upgrades further down; its password is a hard one, and it
@@ -231,6 +242,27 @@ teardown_file() {
   run deploy install HOST="root@$B" SSH_OPTS="-F $CFG" LISTEN='localhost:80; id'
   assert_failure
   assert_output --partial "is not an address such as 127.0.0.1:8383"
+}
+
+@test "a binary the host cannot run is refused before it is uploaded, naming both" {
+  local arm new
+  arm="$BATS_FILE_TMPDIR/server-aarch64"
+  new="$BATS_FILE_TMPDIR/server-glibc-2.99"
+  # ELF headers only: an aarch64 one, and an x86-64 one that needs a glibc from the future.
+  { printf '\177ELF\2\1\1\0\0\0\0\0\0\0\0\0\2\0\267\0'; head -c 200 /dev/zero; } >"$arm"
+  { printf '\177ELF\2\1\1\0\0\0\0\0\0\0\0\0\2\0\076\0'; head -c 200 /dev/zero; printf 'GLIBC_2.17\0GLIBC_2.99\0'; } >"$new"
+  chmod 755 "$arm" "$new"
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$arm"
+  assert_failure
+  assert_output --partial "is built for aarch64, but root@$A is x86_64"
+  refute_output --partial "uploading"
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$new"
+  assert_failure
+  assert_output --regexp "needs glibc 2\.99, but root@$A has glibc 2\.[0-9]+"
+  refute_output --partial "uploading"
+  run on_host "ls -a /home/tribist/api"
+  refute_output --partial .upload
+  assert_equal "$(serving)" "$(release_of "$RELEASE")"
 }
 
 @test "the units verify cleanly and the service's exposure is at most 1.5" {
@@ -349,7 +381,7 @@ teardown_file() {
   assert_equal "$(serving)" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
   assert_equal "$(json_field failed <<<"$load")" 0
   (($(json_field sent <<<"$load") > 50))
-  assert_equal "$(on_host /home/tribist/api/server.prev --version)" "$("$REPO/target/release/server" --version)"
+  assert_equal "$(on_host /home/tribist/api/server.prev --version)" "$("$RELEASE" --version)"
 }
 
 @test "a damaged upload never becomes server_new and nothing changes" {
@@ -365,7 +397,7 @@ teardown_file() {
 @test "make rollback at a terminal: the previous release serves again" {
   run at_terminal make -s -C "$REPO" rollback HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_success
-  assert_equal "$(serving)" "$(release_of "$REPO/target/release/server")"
+  assert_equal "$(serving)" "$(release_of "$RELEASE")"
 }
 
 @test "make upgrade as tribist@host with the DEPLOY_KEY, through the sudoers rights only" {
@@ -464,7 +496,7 @@ teardown_file() {
   assert_output --partial "make upgrade: FAILED"
   assert_equal "$(serving)" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
   # Released: the next deployment goes ahead.
-  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$REPO/target/release/server"
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
   assert_success
 }
 
@@ -501,7 +533,7 @@ teardown_file() {
 
 @test "make audit: root's record and the journal's, by kernel-given uid, with who, releases and result" {
   local a b
-  a=$(release_of "$REPO/target/release/server")
+  a=$(release_of "$RELEASE")
   b=$(release_of "$BATS_FILE_TMPDIR/server-b")
   run deploy audit HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_success
@@ -608,7 +640,7 @@ teardown_file() {
   assert_equal "$(serving)" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
   run deploy rollback HOST="alice@$A" SSH_OPTS="-F $CFG"
   assert_success
-  assert_equal "$(serving)" "$(release_of "$REPO/target/release/server")"
+  assert_equal "$(serving)" "$(release_of "$RELEASE")"
   run on_host "cat /var/lib/tribist-deploy/audit.log"
   assert_line --regexp "action=install user=alice\(sudo\) .* by=\"alice@desk\" .* result=ok"
   assert_line --regexp "action=rollback user=alice\(sudo\) .* result=ok"
@@ -673,7 +705,7 @@ LIAR
   on_host "{ nohup sleep 1000 </dev/null >/dev/null 2>&1 & } ; echo \$! >/root/sleep.pid"
   rootpid=$(on_host cat /root/sleep.pid)
   as_tribist_on_host "rm -f /home/tribist/api/.deploy.holder; printf 'upgrade by root (pid $rootpid) since now\n' >/home/tribist/api/.deploy.holder; nohup flock /var/lib/tribist-deploy/lock sleep 300 </dev/null >/dev/null 2>&1 &"
-  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$REPO/target/release/server"
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
   assert_failure
   assert_output --partial "refused: another deployment holds the lock"
   assert_output --partial "(as user tribist wrote it)"
@@ -687,7 +719,7 @@ LIAR
   on_host "chown tribist:tribist /home/tribist"
   as_tribist_on_host "cd /home/tribist && mv bin bin.orig && mkdir bin && for f in deploy.sh releases.sh server.sh wait_for_it.sh; do printf '#!/bin/sh\ntouch /tmp/planted-ran-as-\$(id -u)\n' >bin/\$f; chmod 755 bin/\$f; done && mv .ssh .ssh.orig && mkdir .ssh && ln -s /root/canary .ssh/authorized_keys && ln -s /root/canary deploy-audit.log && mv api api.orig && ln -s /etc api"
   # Root refuses to run anything from that home directory until install has fixed it.
-  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$REPO/target/release/server"
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
   assert_failure
   assert_output --partial "is not root's alone"
   run deploy status HOST="root@$A" SSH_OPTS="-F $CFG"
@@ -700,7 +732,7 @@ LIAR
   # Every other root operation, with tribist's deploy key working again.
   run deploy upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" BIN="$BATS_FILE_TMPDIR/server-b"
   assert_success
-  run at_terminal make -s -C "$REPO" upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$REPO/target/release/server"
+  run at_terminal make -s -C "$REPO" upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
   assert_success
   run deploy rollback HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_success
@@ -720,7 +752,7 @@ LIAR
   assert_output 0
   assert_equal "$(on_host "stat -c '%U:%G %a' /etc /home/tribist")" "root:root 755
 root:tribist 750"
-  assert_equal "$(serving)" "$(release_of "$REPO/target/release/server")"
+  assert_equal "$(serving)" "$(release_of "$RELEASE")"
 }
 
 @test "make status and make logs report the service" {

@@ -341,3 +341,25 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   run visudo -c -f "$BATS_TEST_DIRNAME/../etc/tribist.sudoers"
   assert_success
 }
+
+@test "tools/elf.sh reads an executable's machine and the glibc it needs, with od and grep only" {
+  source "$BATS_TEST_DIRNAME/../tools/elf.sh"
+  local f="$BATS_TEST_TMPDIR/elf"
+  { printf '\177ELF\2\1\1\0\0\0\0\0\0\0\0\0\2\0\267\0'; head -c 64 /dev/zero; } >"$f"
+  run elf_machine "$f"
+  assert_output aarch64
+  run glibc_needed "$f"
+  assert_success
+  assert_output ""
+  { printf '\177ELF\2\1\1\0\0\0\0\0\0\0\0\0\2\0\076\0'; printf 'GLIBC_2.2.5\0GLIBC_2.17\0GLIBC_2.3.4\0'; } >"$f"
+  run elf_machine "$f"
+  assert_output x86_64
+  run glibc_needed "$f"
+  assert_output 2.17
+  run elf_machine "$BATS_TEST_DIRNAME/../sbin/deploy.sh"
+  assert_output not-elf
+  version_le 2.17 2.36
+  version_le 2.17 2.17
+  ! version_le 2.39 2.31
+  ! version_le 2.3.4 2.2.5
+}

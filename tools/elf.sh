@@ -23,7 +23,7 @@ elf_machine() {
 # The highest GLIBC_x.y[.z] symbol version ELF file $1 needs (from its dynamic string
 # table); nothing for a binary without glibc (static, musl).
 glibc_needed() {
-  LC_ALL=C grep -aoE 'GLIBC_[0-9]+\.[0-9]+(\.[0-9]+)?' "$1" | sed 's/^GLIBC_//' | sort -uV | tail -n 1
+  { LC_ALL=C grep -aoE 'GLIBC_[0-9]+\.[0-9]+(\.[0-9]+)?' "$1" || true; } | sed 's/^GLIBC_//' | sort -uV | tail -n 1
 }
 
 # Whether version $1 <= version $2 (dotted numbers).

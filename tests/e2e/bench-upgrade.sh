@@ -83,7 +83,7 @@ main() {
   trap "pkill -INT -f 'wrk .*tribist-bench' 2>/dev/null || true; '$hostsh' down $NAME >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
   say "building both releases"
   make -s -C "$repo" release
-  cp "$repo/target/release/server" "$work/server-a"
+  cp "$repo/${RELEASE_BIN:-target/x86_64-unknown-linux-gnu/release/server}" "$work/server-a"
   "$repo/tests/e2e/build-alt.sh" "$work/server-b"
   bad_releases "$work"
   say "booting a throwaway systemd host ($NAME)"

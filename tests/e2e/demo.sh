@@ -41,8 +41,8 @@ main() {
   # shellcheck disable=SC2016 # $1 belongs to the generated script
   printf '#!/bin/sh\n[ "$1" = --version ] && { echo "server 0.0.0 (commit broken-build)"; exit 0; }\necho "panic: cannot start" >&2; exit 1\n' >"$work/server-broken"
   chmod 755 "$work/server-broken"
-  echo "current: $(target/release/server --version)"
-  echo "next:    $("$work/server-next" --version)"
+  echo "current: $("${RELEASE_BIN:-target/x86_64-unknown-linux-gnu/release/server}" --version | head -n 1)"
+  echo "next:    $("$work/server-next" --version | head -n 1)"
 
   narrate "2. A fresh Debian host with systemd, sshd and PostgreSQL (systemd-nspawn, loopback only)"
   "$hostsh" up "$NAME"

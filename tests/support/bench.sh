@@ -7,7 +7,7 @@ set -euo pipefail
 usage() {
   cat <<'USAGE'
 usage: bench.sh [--help]
-Environment: BIN (release server binary, default target/release/server), WORKERS (4),
+Environment: BIN (release server binary, default target/x86_64-unknown-linux-gnu/release/server), WORKERS (4),
 CONNECTIONS (64), DURATION (seconds per run, 10).
 USAGE
 }
@@ -27,7 +27,7 @@ main() {
     *) usage >&2; exit 2 ;;
   esac
   local bin workers conns secs work pg_port port pid
-  bin=${BIN:-target/release/server}
+  bin=${BIN:-target/x86_64-unknown-linux-gnu/release/server}
   workers=${WORKERS:-4}
   conns=${CONNECTIONS:-64}
   secs=${DURATION:-10}

@@ -17,7 +17,7 @@ main() {
   esac
   local here bin dev
   here=$(cd "$(dirname "$0")" && pwd)
-  bin=$(realpath "${BIN:-target/release/server}")
+  bin=$(realpath "${BIN:-target/x86_64-unknown-linux-gnu/release/server}")
   dev=${DEV_DIR:-.dev}
   mkdir -p "$dev/run"
   if [[ -z "${DATABASE_URL:-}" ]]; then

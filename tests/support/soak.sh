@@ -7,7 +7,7 @@ set -euo pipefail
 usage() {
   cat <<'USAGE'
 usage: soak.sh [--help]
-Environment: BIN (default target/release/server), SOAK_SECONDS (300), CONNECTIONS (16).
+Environment: BIN (default target/x86_64-unknown-linux-gnu/release/server), SOAK_SECONDS (300), CONNECTIONS (16).
 USAGE
 }
 
@@ -27,7 +27,7 @@ main() {
   esac
   local repo bin secs work port pid warm end
   repo=$(cd "$(dirname "$0")/../.." && pwd)
-  bin=${BIN:-$repo/target/release/server}
+  bin=${BIN:-$repo/target/x86_64-unknown-linux-gnu/release/server}
   secs=${SOAK_SECONDS:-300}
   [[ -x "$bin" ]] || die "no server binary at $bin"
   work=$(mktemp -d /tmp/tribist-soak.XXXXXX)
