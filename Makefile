@@ -17,10 +17,10 @@ DEV_PG_PORT ?= 54329
 # --- deployment (make install / upgrade / …): sbin/remote.sh --help explains each ---
 # HOST (ssh destination), HOSTS ("app1 app2": upgrade one after the other), SSH_OPTS (options
 # for ssh; better: a Host entry in ~/.ssh/config), BIN (default: the release build),
-# DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LISTEN, LINES, PURGE, PREFLIGHT. They reach
+# DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LISTEN, LINES, PURGE, PREFLIGHT, SET, UNSET. They reach
 # sbin/remote.sh through the environment exactly as typed: make does not expand $ in them,
 # and no recipe line contains them, so quotes, $(), backticks and ; stay text.
-DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE PREFLIGHT
+DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE PREFLIGHT SET UNSET
 $(foreach v,$(DEPLOY_VARS),$(eval override $(v) := $$(value $(v)))$(if $(value $(v)),$(eval export $(v))))
 export RELEASE_BIN CARGO
 # A DATABASE_URL typed on make's command line is refused (it is in ps and the shell history).
@@ -33,7 +33,7 @@ APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck ba
 	binutils
 
 .PHONY: help deps build release run test test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo soak clean \
-	install upgrade rollback status logs audit uninstall unlock
+	install upgrade rollback status logs audit uninstall unlock check config
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,6 +63,12 @@ lint: ## shellcheck every script (every line of shell lives in one); rustfmt and
 
 test-scripts: ## bats tests of the shell scripts
 	$(BATS) tests/scripts.bats
+
+config: ## HOST's configuration (masked); SET="NAME=VALUE …" UNSET="NAME …" DATABASE_URL_FILE=… change it safely
+	@$(remote) config
+
+check: ## can HOST take tribist? one PASS/FAIL line per check (ssh, sudo, systemd, machine, glibc, port, database)
+	@$(remote) check
 
 install: ## first install or re-install on HOST (root or sudo); DATABASE_URL_FILE=path, DEPLOY_KEY=key.pub
 	@$(remote) install

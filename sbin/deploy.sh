@@ -61,6 +61,10 @@ TO_RELEASE=""
 UPLOAD=""
 # install --listen ADDR:PORT.
 LISTEN=""
+# More for the audit line (config: the names changed, never values).
+AUDIT_EXTRA=""
+# config: the new environment file while it is being checked (removed if the run ends).
+CONFIG_NEW=""
 
 usage() {
   cat <<USAGE
@@ -76,6 +80,12 @@ usage: $PROG [--by WHO] [--preflight SECONDS] [--listen ADDR:PORT] COMMAND
        $PROG logs [LINES]            the service's last LINES (default 100) log lines
        $PROG audit                   (root) every deployment recorded on this host
        $PROG unlock                  break the deploy lock on purpose (stops its holder)
+       $PROG config                  every setting as the installed binary reads $ENV_FILE
+                                     (passwords masked)
+       $PROG config [--set NAME=VALUE]... [--unset NAME]... [--database-url-stdin]
+                                     (root) change the configuration: checked by the binary
+                                     (server --check-config) and a preflight, applied by a
+                                     restart, taken back if the server is not healthy then
        $PROG on-start                (root) the unit's pre-start step: promote server_new
                                      (as tribist) and record the start in root's audit
        $PROG on-reload               (root) the unit's reload step: promote server_new, record
@@ -198,7 +208,7 @@ quoted() {
 # sender cannot choose) and, when root acts, to root's own audit file.
 audit() {
   local result=$1 line
-  line="$(now) host=$(hostname) action=$ACTION user=$(actor) from=$(from_addr) by=$(quoted "$BY") release_from=${FROM_RELEASE:-none} release_to=${TO_RELEASE:-none} result=$result"
+  line="$(now) host=$(hostname) action=$ACTION user=$(actor) from=$(from_addr) by=$(quoted "$BY") release_from=${FROM_RELEASE:-none} release_to=${TO_RELEASE:-none}${AUDIT_EXTRA:+ $AUDIT_EXTRA} result=$result"
   if is_root; then
     { echo "$line" >>"$AUDIT_LOG"; } 2>/dev/null || warn "cannot append to $AUDIT_LOG"
   fi
@@ -241,6 +251,7 @@ lock() {
 }
 
 unlock_on_exit() {
+  if [[ -n "$CONFIG_NEW" ]]; then rm -f "$CONFIG_NEW"; fi
   if is_root; then
     { : >"$HOLDER_FILE"; } 2>/dev/null || true
   else
@@ -777,13 +788,13 @@ cmd_upgrade() {
 # Runs releases.sh preflight in the background (so an interrupt's trap runs at once) and
 # prints what it says, indented. Returns its status.
 preflight() {
-  local rc=0
+  local rc=0 env_file=${3:-$ENV_FILE}
   say "preflight: starting release $2 beside the serving one (up to ${PREFLIGHT}s)"
   if ((PREFLIGHT == 0)); then
     warn "preflight skipped (PREFLIGHT=0): release $2 is checked only after the switch"
     return 0
   fi
-  TRIBIST_TIMEOUT=$((PREFLIGHT + 10)) as_tribist "$BIN_DIR/releases.sh" preflight "$1" "$2" "$PREFLIGHT" "$ENV_FILE" 2>&1 | sed 's/^/    /' &
+  TRIBIST_TIMEOUT=$((PREFLIGHT + 10)) as_tribist "$BIN_DIR/releases.sh" preflight "$1" "$2" "$PREFLIGHT" "$env_file" 2>&1 | sed 's/^/    /' &
   wait $! || rc=$?
   return "$rc"
 }
@@ -829,6 +840,114 @@ cmd_rollback() {
   fi
   audit ok
   say "rolled back: release $prev is serving"
+}
+
+# --- configuration ----------------------------------------------------------------------------
+
+# The variables config --set/--unset may touch: the server's own settings and libpq's. A
+# password arrives only through --database-url-stdin, the address only through install
+# --listen.
+config_name_ok() {
+  [[ "$1" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE))$ ]]
+}
+
+# Every setting as the serving binary reads $ENV_FILE, passwords masked (root or tribist).
+cmd_config_show() {
+  [[ -r "$ENV_FILE" ]] || die "cannot read $ENV_FILE: is tribist installed here (make install)?"
+  echo "# $ENV_FILE as the installed binary reads it (server --print-config; passwords masked)"
+  as_tribist "$API_DIR/server" --print-config "$ENV_FILE" || die "'server --print-config' failed (above)"
+  echo "# the address: $(listen_address) (tribist.socket; make install LISTEN=ADDR:PORT changes it)"
+}
+
+# config --set NAME=VALUE… --unset NAME… [--database-url-stdin] (root): writes the new
+# environment file beside the current one, has the serving binary check it (every variable,
+# and the database answering: server --check-config), runs the preflight with it, then puts it
+# in place and restarts (a handover would keep the old environment); if the server is not
+# healthy then, the previous file goes back and the service restarts again. The audit names
+# what changed, never a value.
+cmd_config_change() {
+  local sets=() unsets=() names=() url="" have_url="" new out arg name
+  need_root "config (SET=, UNSET=, DATABASE_URL_FILE=)"
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --set)
+        arg=${2:-}
+        name=${arg%%=*}
+        { [[ "$arg" == *=* ]] && config_name_ok "$name"; } ||
+          usage_error "--set needs NAME=VALUE with NAME one of TRIBIST_WORKERS TRIBIST_DB_TIMEOUT TRIBIST_SHUTDOWN_TIMEOUT TRIBIST_KEEPALIVE_MAX TRIBIST_MAX_HEADER_BYTES TRIBIST_LOG_LEVEL PGHOST PGPORT PGUSER PGDATABASE, got '$(clean "$arg" 60)'"
+        representable "${arg#*=}" || usage_error "the value of $name holds a control character or is not UTF-8"
+        sets+=("$arg")
+        names+=("$name")
+        shift 2
+        ;;
+      --unset)
+        config_name_ok "${2:-}" || usage_error "--unset needs a setting's name, got '$(clean "${2:-}" 60)'"
+        unsets+=("$2")
+        names+=("$2")
+        shift 2
+        ;;
+      --database-url-stdin)
+        url=$(head -c 65536; printf x)
+        url=${url%x}
+        url=${url%$'\n'}
+        [[ -n "$url" ]] || usage_error "--database-url-stdin: standard input is empty"
+        representable "$url" || die "DATABASE_URL holds a control character or is not UTF-8: systemd cannot pass it on; nothing changed"
+        have_url=1
+        names+=(DATABASE_URL)
+        shift
+        ;;
+      *) usage_error "config: unknown argument '$(clean "$1" 40)'" ;;
+    esac
+  done
+  ((${#names[@]} > 0)) || usage_error "config: nothing to change"
+  [[ -f "$ENV_FILE" && ! -L "$ENV_FILE" ]] || die "$ENV_FILE is missing: make install first"
+  lock config
+  AUDIT_EXTRA="changed=$(IFS=,; echo "${names[*]}")"
+  FROM_RELEASE=$(release_of server) || die "the installed binary does not run ('server --version' failed); fix that first (make upgrade)"
+  TO_RELEASE=$FROM_RELEASE
+  new=$(mktemp "$CONF_DIR/.env.XXXXXX")
+  CONFIG_NEW=$new
+  chown root:"$USER_NAME" "$new"
+  chmod 0640 "$new"
+  cat "$ENV_FILE" >"$new"
+  for name in "${names[@]}"; do
+    sed -i -E "/^[[:space:]]*(export[[:space:]]+)?$name=/d" "$new"
+  done
+  for arg in "${sets[@]}"; do env_line "${arg%%=*}" "${arg#*=}" >>"$new"; done
+  if [[ -n "$have_url" ]]; then env_line DATABASE_URL "$url" >>"$new"; fi
+  if cmp -s "$new" "$ENV_FILE"; then
+    rm -f "$new"
+    audit unchanged
+    say "nothing changes: $ENV_FILE already says so"
+    return 0
+  fi
+  say "checking the new configuration with the installed binary (server --check-config)"
+  if ! out=$(as_tribist "$API_DIR/server" --check-config "$new" 2>&1); then
+    audit refused-check
+    die "refused: $(printf '%s' "$out" | head -c 600 | sed 's/^server: error: //'); nothing changed"
+  fi
+  say "    $out"
+  if ! preflight server "$FROM_RELEASE" "$new"; then
+    audit refused-preflight
+    die "refused: release $FROM_RELEASE does not serve with the new configuration (above); nothing changed"
+  fi
+  cp -p "$ENV_FILE" "$CONF_DIR/env.prev"
+  mv -f "$new" "$ENV_FILE"
+  CONFIG_NEW=""
+  say "applying (${names[*]}): restarting $UNIT, since a handover keeps the environment, and waiting up to ${WAIT}s"
+  if restart_and_wait "$FROM_RELEASE"; then
+    audit ok
+    say "configuration changed (${names[*]}); the previous file is $CONF_DIR/env.prev"
+    return 0
+  fi
+  warn "not healthy with the new configuration; putting the previous one back"
+  cp -p "$CONF_DIR/env.prev" "$ENV_FILE"
+  if restart_and_wait "$FROM_RELEASE"; then
+    audit failed-restored
+    die "the new configuration failed after the restart and was taken back: the previous one serves again"
+  fi
+  audit failed-restore-failed
+  die "the new configuration failed AND the previous one does not serve either: $UNIT is down; see 'journalctl -u $UNIT'"
 }
 
 # --- reports ----------------------------------------------------------------------------------
@@ -1033,6 +1152,8 @@ main() {
     "audit 0") cmd_audit ;;
     "on-start 0") cmd_on_start ;;
     "on-reload 0") cmd_on_reload ;;
+    "config 0") cmd_config_show ;;
+    "config "*) cmd_config_change "$@" ;;
     "uninstall 0") cmd_uninstall ;;
     "uninstall 1")
       [[ "$1" == --purge ]] || usage_error "uninstall takes only --purge"

@@ -50,7 +50,7 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
   swap             a manual rollback: server and server.prev change places
   promote          server -> server.prev, server_new -> server (the unit's pre-start step)
   preflight NAME RELEASE SECONDS ENVFILE
-                   run NAME (server.prev or an upload) beside the serving server, with
+                   run NAME (server, server.prev or an upload) beside the serving one, with
                    the service's configuration ENVFILE (its TRIBIST_LISTEN replaced by a
                    free loopback port) in a scratch directory; succeed once /health
                    answers 200 with releaseId RELEASE, fail (printing why, the last
@@ -200,7 +200,7 @@ preflight_failed() {
 
 cmd_preflight() {
   local name=$1 want=$2 secs=$3 env=$4 port="" out="" status=000 body="" got rc start
-  case "$name" in server.prev) ;; *) check_upload "$name" ;; esac
+  case "$name" in server | server.prev) ;; *) check_upload "$name" ;; esac
   [[ "$want" =~ ^[A-Za-z0-9._+-]{1,64}$ ]] || usage_error "'$want' is not a release id"
   [[ "$secs" =~ ^[1-9][0-9]{0,2}$ ]] || usage_error "SECONDS must be 1 to 999, got '$secs'"
   [[ -f "$API_DIR/$name" ]] || die "$name: no such binary"

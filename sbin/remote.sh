@@ -32,6 +32,12 @@ usage: $PROG COMMAND       (normally through make: make COMMAND HOST=…)
   audit       every deployment recorded on HOST (root or sudo)
   unlock      break a stuck deploy lock on HOST (its holder rolls back)
   uninstall   remove the service from HOST (PURGE=1: also configuration and user tribist)
+  config      the configuration on HOST (passwords masked); with SET="NAME=VALUE …",
+              UNSET="NAME …" or DATABASE_URL_FILE=, change it: checked by the binary and a
+              preflight, applied by a restart, taken back if the server is not healthy
+  check       can HOST take tribist? ssh, root or sudo, systemd, commands, machine and
+              glibc against BIN, the listen address; with DATABASE_URL_FILE, the database
+              answers from there (install runs these checks first, but the database's)
 
 Settings, from the environment (make passes its variables through unchanged):
   HOST               ssh destination: [user@]host, letters, digits and . _ - @ : [ ] %
@@ -54,6 +60,7 @@ Settings, from the environment (make passes its variables through unchanged):
                      beside the serving one before anything switches (default 10; 0 skips
                      it, e.g. to roll back while the database is down)
   PURGE              uninstall: 1 also removes the configuration and user tribist
+  SET, UNSET         config: "TRIBIST_WORKERS=8 TRIBIST_DB_TIMEOUT=3s", "TRIBIST_LOG_LEVEL"
   TRIBIST_SSH_SHARE  yes (default): one ssh connection per host for the whole run (ssh's
                      ControlMaster, in a private directory, ended with the run); no: one
                      connection per step
@@ -283,6 +290,126 @@ deploy_key() {
 
 # --- commands ---------------------------------------------------------------------------------
 
+# The host checks (sbin/check.sh, sent on ssh's stdin: nothing needs to be installed) for
+# binary $2 and the address LISTEN names (default: what the host has, else 127.0.0.1:8383),
+# printed indented. With $3 = database, also whether the database in DATABASE_URL_FILE
+# answers from the host: the binary itself, copied to a private temporary directory there,
+# runs `server --check-config` on an environment file holding the URL, then both are removed.
+# Returns 1 if any check failed.
+host_checks() {
+  local host=$1 bin=$2 db=${3:-} listen machine glibc rc=0 url dir
+  listen=$(listen_setting)
+  if [[ -z "$listen" ]]; then
+    listen=$(ssh_to "$host" -T sh -c 'systemctl show -p Listen --value tribist.socket 2>/dev/null | head -n 1') || {
+      rc=$?
+      echo "    FAIL ssh: $host does not answer (exit $rc; the ssh messages above say why); fix: check HOST, SSH_OPTS and ~/.ssh/config"
+      return 1
+    }
+    listen=${listen%% *}
+    [[ "$listen" =~ ^[][0-9A-Fa-f.:]+:[0-9]+$ ]] || listen=127.0.0.1:8383
+  fi
+  echo "    PASS ssh: $host answers"
+  machine=$(elf_machine "$bin")
+  [[ "$machine" == not-elf ]] && machine=any
+  glibc=$(glibc_needed "$bin")
+  ssh_to "$host" -T bash -s -- "$listen" "$machine" "${glibc:-none}" <"$REPO/sbin/check.sh" |
+    tr -cd '\11\12\40-\176' | sed 's/^/    /' || rc=1
+  [[ "$db" == database ]] || return "$rc"
+  if [[ -z "${DATABASE_URL_FILE:-}" ]]; then
+    echo "    SKIP database: no DATABASE_URL_FILE given"
+    return "$rc"
+  fi
+  url=$(mktemp)
+  database_url "$url"
+  # shellcheck disable=SC2016 # expanded on the host, on purpose
+  dir=$(ssh_to "$host" -T sh -c 'umask 077 && d=$(mktemp -d /tmp/tribist-check.XXXXXX) && cat >"$d/server" && chmod 700 "$d/server" && echo "$d"' <"$bin") || dir=""
+  if [[ ! "$dir" =~ ^/tmp/tribist-check\.[A-Za-z0-9]{6}$ ]]; then
+    rm -f "$url"
+    echo "    FAIL database: could not copy the binary to $host to ask from there; fix: free space in /tmp there"
+    return 1
+  fi
+  local answer
+  # shellcheck disable=SC2016 # expanded on the host, on purpose
+  if answer=$(env_line DATABASE_URL "$(cat "$url")" | ssh_to "$host" -T sh -c 'cat >"$1/env"; "$1/server" --check-config "$1/env" 2>&1; rc=$?; rm -rf "$1"; exit $rc' sh "$dir"); then
+    echo "    PASS database: $(printf '%s' "$answer" | tr -cd '\40-\176' | sed 's/^configuration OK: //')"
+  else
+    echo "    FAIL database: $(printf '%s' "$answer" | tr -cd '\40-\176' | sed 's/^server: error: //'); fix: the URL in DATABASE_URL_FILE, the database's pg_hba.conf, or a firewall between them"
+    rc=1
+  fi
+  rm -f "$url"
+  return "$rc"
+}
+
+# systemd's EnvironmentFile= reads "…" with \ " $ ` escaped back to exactly these bytes (as
+# deploy.sh writes /etc/tribist/env).
+env_line() {
+  local name=$1 v=$2
+  v=${v//\\/\\\\}
+  v=${v//\"/\\\"}
+  v=${v//\$/\\\$}
+  v=${v//\`/\\\`}
+  printf '%s="%s"\n' "$name" "$v"
+}
+
+# make config HOST=… [SET="NAME=VALUE …"] [UNSET="NAME …"] [DATABASE_URL_FILE=…]: without a
+# change, prints the configuration (passwords masked); with one, deploy.sh checks, applies
+# and, if need be, takes it back. Names and values are checked here first; the database URL
+# travels on ssh's standard input, never on a command line.
+cmd_config() {
+  local host=${HOST:-} by args=() word words name url_file=/dev/null tmp rc=0
+  check_host HOST "$host"
+  HOST_NOW=$host
+  if [[ -z "${SET:-}${UNSET:-}${DATABASE_URL_FILE:-}" ]]; then
+    ssh_to "$host" -T "$REMOTE_DEPLOY" config
+    return
+  fi
+  by=$(deployer)
+  [[ "${SET:-}${UNSET:-}" != *[[:cntrl:]]* ]] || refuse "SET or UNSET holds a newline or control character"
+  read -r -a words <<<"${SET:-}"
+  for word in "${words[@]}"; do
+    name=${word%%=*}
+    [[ "$word" == *=* ]] || refuse "SET: $(shown "$word") is not NAME=VALUE"
+    case "$name" in
+      TRIBIST_LISTEN) refuse "SET: the address is not an environment setting: make install HOST=$host LISTEN=ADDR:PORT sets it (tribist.socket)" ;;
+      DATABASE_URL | PGPASSWORD) refuse "SET: a password never goes on a command line (ps, shell history): put the URL in a file and pass DATABASE_URL_FILE=path" ;;
+    esac
+    [[ "$name" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE))$ ]] ||
+      refuse "SET: $(shown "$name") is not a setting tribist reads (server --help lists them)"
+    args+=(--set "$word")
+  done
+  read -r -a words <<<"${UNSET:-}"
+  for word in "${words[@]}"; do
+    [[ "$word" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE))$ ]] ||
+      refuse "UNSET: $(shown "$word") is not a setting that can be unset (server --help lists them)"
+    args+=(--unset "$word")
+  done
+  if [[ -n "${DATABASE_URL_FILE:-}" ]]; then
+    tmp=$(mktemp)
+    STAGE=$tmp
+    database_url "$tmp"
+    url_file=$tmp
+    args+=(--database-url-stdin)
+  fi
+  say "changing the configuration on $host"
+  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" config "${args[@]}" <"$url_file" || rc=$?
+  ((rc == 0)) || die "make config: failed on $host (exit $rc); the messages above say why and what serves"
+  say "configuration of $host done"
+}
+
+cmd_check() {
+  local host=${HOST:-} bin
+  check_host HOST "$host"
+  HOST_NOW=$host
+  bin=$(ship_bin)
+  say "checking $host for $(shown "$bin")"
+  if host_checks "$host" "$bin" database; then
+    say "$host is ready for tribist"
+  else
+    warn "make check: $host is not ready (FAIL lines above say what to do)"
+    exit 1
+  fi
+}
+
 # LISTEN (install): IPv4:PORT or [IPv6]:PORT, checked here before anything is sent.
 listen_setting() {
   local l=${LISTEN:-}
@@ -310,7 +437,9 @@ cmd_install() {
   cp -- "$bin" "$stage/server"
   database_url "$stage/database_url"
   deploy_key "$stage/deploy_key.pub"
-  check_platform "$host" "$bin"
+  say "checking $host"
+  host_checks "$host" "$bin" ||
+    die "make install: $host is not ready (the FAIL lines above say what to do); nothing was installed"
   say "uploading to $host"
   # shellcheck disable=SC2016 # expanded on the host, on purpose
   dir=$(tar -C "$stage" -cf - . | "${SSH:-ssh}" "${SSH_ARGS[@]}" -T -- "$host" \
@@ -422,7 +551,7 @@ main() {
   COMMAND=${1:-}
   case "$COMMAND" in
     -h | --help) usage; return 0 ;;
-    install | upgrade | rollback | status | logs | audit | unlock | uninstall) ;;
+    install | upgrade | rollback | status | logs | audit | unlock | uninstall | check | config) ;;
     *) warn "unknown command '$(shown "$COMMAND")'"; usage >&2; exit "$EXIT_USAGE" ;;
   esac
   [[ $# -eq 1 ]] || refuse "$COMMAND takes no arguments; settings come from the environment (see --help)"
@@ -431,6 +560,8 @@ main() {
   share_connections
   case "$COMMAND" in
     install) cmd_install ;;
+    check) cmd_check ;;
+    config) set_preflight_args; cmd_config ;;
     upgrade) cmd_upgrade ;;
     rollback) cmd_rollback ;;
     status | audit)

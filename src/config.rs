@@ -25,6 +25,8 @@ tribist API server: GET /health checks PostgreSQL, GET /livez checks the process
 usage: server [--env-file FILE]       serve
        server --check-config [FILE]  check the configuration (FILE, or the environment)
                                      and that the database answers; exit 0, 1 or 2
+       server --print-config [FILE]  print the effective value of every setting, secrets
+                                     masked (exit 2 if the configuration is bad)
        server --help | --version
 
 FILE is in systemd's EnvironmentFile= format (/etc/tribist/env); variables set in the
@@ -157,6 +159,121 @@ impl Config {
             log_level,
         })
     }
+}
+
+/// Every variable the server reads, in `--help`'s order.
+pub const VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGDATABASE",
+    "TRIBIST_LISTEN",
+    "TRIBIST_WORKERS",
+    "TRIBIST_DB_TIMEOUT",
+    "TRIBIST_SHUTDOWN_TIMEOUT",
+    "TRIBIST_KEEPALIVE_MAX",
+    "TRIBIST_MAX_HEADER_BYTES",
+    "TRIBIST_LOG_LEVEL",
+];
+
+impl Config {
+    /// One `NAME=value` line per setting, as this configuration has it: what `get` set (the
+    /// database password masked), else the default, marked so. PG* variables appear only when
+    /// set, and only matter without DATABASE_URL.
+    pub fn effective(&self, get: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        let set = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let mut lines = Vec::new();
+        for &name in VARIABLES {
+            let effective = match name {
+                "TRIBIST_LISTEN" => Some(self.listen.to_string()),
+                "TRIBIST_WORKERS" => Some(self.workers.to_string()),
+                "TRIBIST_DB_TIMEOUT" => Some(format!("{:?}", self.db_timeout)),
+                "TRIBIST_SHUTDOWN_TIMEOUT" => Some(format!("{:?}", self.shutdown_timeout)),
+                "TRIBIST_KEEPALIVE_MAX" => Some(format!("{:?}", self.keepalive_max)),
+                "TRIBIST_MAX_HEADER_BYTES" => Some(self.max_header_bytes.to_string()),
+                "TRIBIST_LOG_LEVEL" => Some(self.log_level.to_string().to_lowercase()),
+                _ => None,
+            };
+            match (set(name), effective) {
+                (Some(v), Some(e)) if v.trim() == e => lines.push(format!("{name}={e}")),
+                (Some(v), Some(e)) => lines.push(format!("{name}={e} (set as {:?})", v.trim())),
+                (Some(v), None) => lines.push(format!("{name}={}", mask_secret(name, &v))),
+                (None, Some(e)) => lines.push(format!("{name}={e} (default)")),
+                (None, None) if name == "DATABASE_URL" => {
+                    lines.push("DATABASE_URL= (unset: the PG* variables apply)".into())
+                }
+                (None, None) => {}
+            }
+        }
+        lines
+    }
+}
+
+/// `value` of variable `name` with its password replaced by `***`: all of PGPASSWORD, the
+/// password of a `scheme://user:password@host` URL, the `password=` of a `key=value` string.
+pub fn mask_secret(name: &str, value: &str) -> String {
+    if name == "PGPASSWORD" {
+        return "***".into();
+    }
+    if name != "DATABASE_URL" {
+        return value.to_string();
+    }
+    if let Some(scheme_end) = value.find("://") {
+        let rest = &value[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                let start = scheme_end + 3 + colon + 1;
+                let end = scheme_end + 3 + at;
+                return format!("{}***{}", &value[..start], &value[end..]);
+            }
+        }
+        return value.to_string();
+    }
+    mask_keyword_password(value)
+}
+
+/// `password=…` in a libpq `key=value` string, the value quoted ('…' with \ escapes) or not.
+fn mask_keyword_password(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(pos) = rest.find("password") {
+        let before_ok = pos == 0 || rest[..pos].ends_with(char::is_whitespace);
+        let after = rest[pos + "password".len()..].trim_start();
+        out.push_str(&rest[..pos + "password".len()]);
+        rest = &rest[pos + "password".len()..];
+        if !before_ok || !after.starts_with('=') {
+            continue;
+        }
+        let skipped = rest.len() - after.len();
+        out.push_str(&rest[..skipped + 1]);
+        let val = after[1..].trim_start();
+        out.push_str(&after[1..][..after[1..].len() - val.len()]);
+        let len = if let Some(quoted) = val.strip_prefix('\'') {
+            let mut end = quoted.len();
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '\'') => {
+                        end = i;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            (end + 2).min(val.len())
+        } else {
+            val.find(char::is_whitespace).unwrap_or(val.len())
+        };
+        out.push_str("***");
+        rest = &val[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn bad(var: &'static str, problem: impl Into<String>) -> Error {
@@ -422,5 +539,57 @@ mod tests {
         assert_eq!(parse_duration("0"), None);
         assert_eq!(parse_duration("2h"), None);
         assert_eq!(parse_duration("NaN"), None);
+    }
+
+    #[test]
+    fn secrets_are_masked_in_both_forms_and_nothing_else() {
+        assert_eq!(
+            mask_secret(
+                "DATABASE_URL",
+                "postgres://u:p%40ss@h:5432/d?sslmode=require"
+            ),
+            "postgres://u:***@h:5432/d?sslmode=require"
+        );
+        assert_eq!(
+            mask_secret("DATABASE_URL", "postgres://u@h/d"),
+            "postgres://u@h/d"
+        );
+        assert_eq!(
+            mask_secret("DATABASE_URL", "host=h user=u password='a b\\' c' dbname=d"),
+            "host=h user=u password=*** dbname=d"
+        );
+        assert_eq!(
+            mask_secret("DATABASE_URL", "host=h password = secret dbname=d"),
+            "host=h password = *** dbname=d"
+        );
+        assert_eq!(mask_secret("PGPASSWORD", "secret"), "***");
+        assert_eq!(mask_secret("PGUSER", "tribist"), "tribist");
+    }
+
+    #[test]
+    fn effective_configuration_names_defaults_and_masks_the_password() {
+        let vars = [
+            ("DATABASE_URL", "postgres://u:secret@h/d"),
+            ("TRIBIST_WORKERS", "8"),
+        ];
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        let c = Config::from_lookup(get).unwrap();
+        let lines = c.effective(get).join("\n");
+        assert!(
+            lines.contains("DATABASE_URL=postgres://u:***@h/d"),
+            "{lines}"
+        );
+        assert!(!lines.contains("secret"), "{lines}");
+        assert!(lines.contains("TRIBIST_WORKERS=8\n"), "{lines}");
+        assert!(lines.contains("TRIBIST_DB_TIMEOUT=2s (default)"), "{lines}");
+        assert!(
+            lines.contains("TRIBIST_LISTEN=127.0.0.1:8383 (default)"),
+            "{lines}"
+        );
+        assert!(!lines.contains("PGHOST"), "{lines}");
     }
 }

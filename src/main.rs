@@ -26,6 +26,7 @@ fn main() -> ExitCode {
 enum Command {
     Serve { env_file: Option<String> },
     CheckConfig { env_file: Option<String> },
+    PrintConfig { env_file: Option<String> },
     Help,
     Version,
 }
@@ -44,27 +45,40 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Error> 
             env_file: Some(file),
         }),
         (Some("--check-config"), file) => Ok(Command::CheckConfig { env_file: file }),
+        (Some("--print-config"), file) => Ok(Command::PrintConfig { env_file: file }),
         (Some(arg), _) => Err(Error::Usage(format!("unexpected argument {arg:?}"))),
     }
 }
 
-/// The configuration from the environment, or from an environment file in systemd's format
-/// whose variables the process environment overrides (so a preflight can move the port).
-fn load_config(env_file: Option<&str>) -> Result<Config, Error> {
-    match env_file {
-        None => Config::from_env(),
-        Some(path) => {
-            let vars = envfile::read(path)?;
-            Config::from_lookup(|name| {
-                std::env::var(name).ok().or_else(|| {
-                    vars.iter()
-                        .rev()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.clone())
-                })
-            })
-        }
+/// The variables of the environment, or of an environment file in systemd's format whose
+/// variables the process environment overrides (so a preflight can move the port).
+struct Settings(Vec<(String, String)>);
+
+impl Settings {
+    fn read(env_file: Option<&str>) -> Result<Settings, Error> {
+        Ok(Settings(match env_file {
+            Some(path) => envfile::read(path)?,
+            None => Vec::new(),
+        }))
     }
+
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().or_else(|| {
+            self.0
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    fn config(&self) -> Result<Config, Error> {
+        Config::from_lookup(|name| self.get(name))
+    }
+}
+
+fn load_config(env_file: Option<&str>) -> Result<Config, Error> {
+    Settings::read(env_file)?.config()
 }
 
 fn run() -> Result<(), Error> {
@@ -98,6 +112,13 @@ fn run() -> Result<(), Error> {
                     config.db.display
                 ))),
             }
+        }
+        Command::PrintConfig { env_file } => {
+            let settings = Settings::read(env_file.as_deref())?;
+            for line in settings.config()?.effective(|name| settings.get(name)) {
+                println!("{line}");
+            }
+            Ok(())
         }
         Command::Serve { env_file } => {
             let config = load_config(env_file.as_deref())?;

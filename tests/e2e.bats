@@ -230,7 +230,8 @@ teardown_file() {
   # refused before anything changes, saying where the address is set.
   run deploy install HOST="root@$B" SSH_OPTS="-F $CFG" LISTEN=0.0.0.0:22
   assert_failure
-  assert_output --partial "port 22 is taken on this host"
+  assert_output --regexp "FAIL listen 0\.0\.0\.0:22: port 22 is taken \(.*sshd.*\); fix: LISTEN=another address"
+  assert_output --partial "nothing was installed"
   on "$B" "cp -p /etc/tribist/env /root/env.saved && echo TRIBIST_LISTEN=127.0.0.1:9002 >>/etc/tribist/env"
   run deploy install HOST="root@$B" SSH_OPTS="-F $CFG"
   on "$B" "cp -p /root/env.saved /etc/tribist/env"
@@ -263,6 +264,29 @@ teardown_file() {
   run on_host "ls -a /home/tribist/api"
   refute_output --partial .upload
   assert_equal "$(serving)" "$(release_of "$RELEASE")"
+}
+
+@test "make check: one line per check, and each failure says what to do" {
+  run deploy check HOST="root@$A" SSH_OPTS="-F $CFG" DATABASE_URL_FILE="$BATS_FILE_TMPDIR/database_url"
+  assert_success
+  assert_line "    PASS ssh: root@$A answers"
+  assert_line "    PASS privileges: root"
+  assert_line --regexp "^    PASS systemd: 2[0-9]{2} \(needs 248 or newer\)$"
+  assert_line --regexp "^    PASS platform: x86_64, glibc 2\.[0-9]+ \(the binary: x86_64, glibc 2\.17\)$"
+  assert_line "    PASS listen 127.0.0.1:8383: tribist.socket's already"
+  assert_line --regexp "^    PASS database: .*answered in"
+  assert_line --partial "is ready for tribist"
+  # As the deploy key's user, a port that is taken, a wrong password: each a FAIL with a fix.
+  printf 'postgres://tribist:wrong-password@localhost:5432/tribist\n' >"$BATS_TEST_TMPDIR/wrong_url"
+  run deploy check HOST="tribist@$A" SSH_OPTS="$(as_tribist)" LISTEN=0.0.0.0:22 DATABASE_URL_FILE="$BATS_TEST_TMPDIR/wrong_url"
+  assert_failure
+  assert_line --regexp "^    FAIL privileges: tribist is not root and 'sudo -n true' fails; fix: connect as root"
+  assert_line --regexp "^    FAIL listen 0.0.0.0:22: port 22 is taken .*; fix: LISTEN=another address"
+  assert_line --regexp "^    FAIL database: .*password authentication failed.*; fix: "
+  refute_output --partial "wrong-password"
+  assert_line --partial "is not ready"
+  run on_host "ls /tmp | grep -c tribist-check"
+  assert_output 0
 }
 
 @test "the units verify cleanly and the service's exposure is at most 1.5" {
@@ -663,6 +687,55 @@ teardown_file() {
   refute_output --partial overwritten
   run on_host "journalctl -u tribist --no-pager -n 20 | grep -c '3 workers'"
   refute_output 0
+}
+
+@test "make config shows the configuration masked, changes it safely, refuses a bad one and audits names only" {
+  run deploy config HOST="tribist@$A" SSH_OPTS="$(as_tribist)"
+  assert_success
+  assert_line "DATABASE_URL=postgres://tribist:***@localhost:5432/tribist"
+  assert_line "TRIBIST_WORKERS=3"
+  assert_line "TRIBIST_DB_TIMEOUT=2s (default)"
+  refute_output --partial "$DB_PASSWORD"
+  # A change: checked, applied by a restart, in effect.
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" SET="TRIBIST_WORKERS=6 TRIBIST_DB_TIMEOUT=3s" UNSET=TRIBIST_LOG_LEVEL
+  assert_success
+  assert_output --partial "configuration OK: 6 workers"
+  assert_output --partial "configuration changed (TRIBIST_WORKERS TRIBIST_DB_TIMEOUT TRIBIST_LOG_LEVEL)"
+  run on_host "systemctl show -p StatusText --value tribist"
+  assert_output --partial "with 6 workers"
+  # Bad values and a database that refuses the new password: refused before anything changes.
+  local pid before
+  pid=$(on_host systemctl show -p MainPID --value tribist)
+  before=$(on_host "sha256sum </etc/tribist/env")
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" SET="TRIBIST_WORKERS=0"
+  assert_failure
+  assert_output --partial 'refused: TRIBIST_WORKERS: "0" is not a whole number from 1 to 256; nothing changed'
+  printf 'postgres://tribist:not-the-password@localhost:5432/tribist\n' >"$BATS_TEST_TMPDIR/wrong_url"
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" DATABASE_URL_FILE="$BATS_TEST_TMPDIR/wrong_url"
+  assert_failure
+  assert_output --partial "password authentication failed"
+  assert_output --partial "nothing changed"
+  refute_output --partial "not-the-password"
+  assert_equal "$(on_host "sha256sum </etc/tribist/env")" "$before"
+  assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
+  # Refused on this side: the address, a password on the command line, an unknown name.
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" SET="TRIBIST_LISTEN=127.0.0.1:1"
+  assert_failure
+  assert_output --partial "LISTEN=ADDR:PORT sets it"
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" SET="PGPASSWORD=x"
+  assert_failure
+  assert_output --partial "DATABASE_URL_FILE=path"
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" SET='X=$(id)'
+  assert_failure
+  assert_output --partial "is not a setting tribist reads"
+  # The audit names what changed, never a value.
+  run on_host "grep 'action=config' /var/lib/tribist-deploy/audit.log"
+  assert_line --regexp "changed=TRIBIST_WORKERS,TRIBIST_DB_TIMEOUT,TRIBIST_LOG_LEVEL result=ok$"
+  assert_line --regexp "changed=DATABASE_URL result=refused-check$"
+  refute_output --partial "not-the-password"
+  # Back to 3 workers, as the next tests expect.
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" SET="TRIBIST_WORKERS=3"
+  assert_success
 }
 
 @test "a hostile tribist: symlinks, a replaced bin/, a forged lock note and a lying binary change nothing of root's" {

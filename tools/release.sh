@@ -32,12 +32,11 @@ die() {
   exit 1
 }
 
-# The virtualenv with zig and cargo-zigbuild, made or completed when needed.
+# The virtualenv with zig and cargo-zigbuild, made or completed when needed; a stamp file
+# names the pinned versions it holds.
 tools() {
   local venv=$1
-  if [[ -x "$venv/bin/cargo-zigbuild" ]] && "$venv/bin/python3" -m ziglang version >/dev/null 2>&1 &&
-    "$venv/bin/pip" freeze 2>/dev/null | grep -qx "$ZIGBUILD" &&
-    "$venv/bin/pip" freeze 2>/dev/null | grep -qx "$ZIGLANG"; then
+  if [[ -x "$venv/bin/cargo-zigbuild" && "$(cat "$venv/.pins" 2>/dev/null)" == "$ZIGLANG $ZIGBUILD" ]]; then
     return 0
   fi
   echo "$PROG: installing $ZIGLANG and $ZIGBUILD from PyPI into $venv (once)" >&2
@@ -46,6 +45,7 @@ tools() {
     die "cannot make a virtualenv in $venv: apt-get install python3-venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "$ZIGLANG" "$ZIGBUILD" >&2 ||
     die "pip could not install $ZIGLANG and $ZIGBUILD from PyPI (above). Without them no portable binary: build for this machine's glibc only with 'cargo build --release' and ship it with BIN=target/release/server"
+  echo "$ZIGLANG $ZIGBUILD" >"$venv/.pins"
 }
 
 main() {
