@@ -20,9 +20,18 @@ DEV_PG_PORT ?= 54329
 # DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LISTEN, LINES, PURGE, PREFLIGHT, SET, UNSET. They reach
 # sbin/remote.sh through the environment exactly as typed: make does not expand $ in them,
 # and no recipe line contains them, so quotes, $(), backticks and ; stay text.
-DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE PREFLIGHT SET UNSET
+DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE PREFLIGHT SET UNSET \
+	PARALLEL TO KEEP TRIBIST_SSH_SHARE TRIBIST_DEPLOY_DIR
 $(foreach v,$(DEPLOY_VARS),$(eval override $(v) := $$(value $(v)))$(if $(value $(v)),$(eval export $(v))))
 export RELEASE_BIN CARGO
+# ENV=staging: the hosts in deploy/staging.hosts. Taken from make's command line only, since
+# a shell's own ENV variable (sh reads it at start) may be in the environment.
+# Its text is taken as it is (never expanded) and ENV itself is not passed on.
+ENV_TYPED := $(filter command line,$(origin ENV))
+override DEPLOY_ENV := $(if $(ENV_TYPED),$(value ENV))
+export DEPLOY_ENV
+$(if $(ENV_TYPED),$(eval override ENV := $$(value ENV)))
+unexport ENV
 # A DATABASE_URL typed on make's command line is refused (it is in ps and the shell history).
 export DATABASE_URL_ORIGIN := $(origin DATABASE_URL)
 remote := sbin/remote.sh
@@ -33,7 +42,7 @@ APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck ba
 	binutils
 
 .PHONY: help deps build release run test test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo soak clean \
-	install upgrade rollback status logs audit uninstall unlock check config
+	install upgrade rollback status logs audit uninstall unlock check config releases
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,7 +57,7 @@ release: ## the binary install/upgrade ship: x86_64 Linux, glibc >= 2.17 (cargo-
 	@tools/release.sh >/dev/null
 
 run: release ## serve on LISTEN (default 127.0.0.1:8383); starts a local PostgreSQL in $(DEV_DIR) unless DATABASE_URL is set
-	@BIN=$(RELEASE_BIN) LISTEN=$(or $(LISTEN),127.0.0.1:8383) DEV_DIR=$(DEV_DIR) DEV_PG_PORT=$(DEV_PG_PORT) tests/support/run.sh
+	@BIN=$(RELEASE_BIN) DEV_DIR=$(DEV_DIR) DEV_PG_PORT=$(DEV_PG_PORT) tests/support/run.sh
 
 test: deps lint test-unit test-api test-robust test-scripts test-e2e soak ## everything CI runs: lint, Rust, API fuzzing, slowloris, scripts, end to end, soak (root)
 
@@ -73,13 +82,16 @@ check: ## can HOST take tribist? one PASS/FAIL line per check (ssh, sudo, system
 install: ## first install or re-install on HOST (root or sudo); DATABASE_URL_FILE=path, DEPLOY_KEY=key.pub
 	@$(remote) install
 
-upgrade: ## ship BIN to HOST (or to each of HOSTS in turn), hand over to it, wait; rolls back a host that fails
+upgrade: ## ship BIN to HOST (or each of HOSTS, or ENV=staging's, PARALLEL at a time), hand over, wait; rolls back a failure
 	@$(remote) upgrade
 
-rollback: ## put the previous binary back on HOST and hand over to it
+rollback: ## put the previous binary back on HOST (TO=id-prefix: any kept release) and hand over to it
 	@$(remote) rollback
 
-status: ## service state, releases and /health on HOST
+releases: ## the releases HOST keeps (KEEP=5), which serves and which is the previous one
+	@$(remote) releases
+
+status: ## service state, releases and /health on HOST; one line per host with HOSTS= or ENV=
 	@$(remote) status
 
 logs: ## the service's last LINES log lines on HOST

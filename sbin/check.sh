@@ -91,6 +91,18 @@ check_platform() {
   fi
 }
 
+# Whether the listeners in $1 (ss -ltnp) all belong to tribist: pid 1 (its socket) or the
+# service's main process.
+only_ours() {
+  local pids pid main
+  main=$(systemctl show -p MainPID --value "$UNIT" 2>/dev/null) || main=0
+  pids=$(grep -oE 'pid=[0-9]+' <<<"$1" | cut -d= -f2 | sort -u)
+  [[ -n "$pids" ]] || return 1
+  for pid in $pids; do
+    [[ "$pid" == 1 || "$pid" == "$main" ]] || return 1
+  done
+}
+
 check_listen() {
   local listen=$1 port ours users
   port=${listen##*:}
@@ -104,7 +116,9 @@ check_listen() {
     return
   fi
   users=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 2 | tr -s ' ' | tr '\n' ' ') || users=""
-  if [[ -n "$users" ]]; then
+  if [[ -n "$users" ]] && only_ours "$users"; then
+    pass "listen $listen: port $port is tribist's own (it moves there)"
+  elif [[ -n "$users" ]]; then
     fail "listen $listen: port $port is taken (${users% }); fix: LISTEN=another address, or stop what holds it"
   else
     pass "listen $listen: free"

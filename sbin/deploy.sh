@@ -61,22 +61,31 @@ TO_RELEASE=""
 UPLOAD=""
 # install --listen ADDR:PORT.
 LISTEN=""
+# How many releases api/releases keeps (--keep).
+KEEP=5
 # More for the audit line (config: the names changed, never values).
 AUDIT_EXTRA=""
 # config: the new environment file while it is being checked (removed if the run ends).
 CONFIG_NEW=""
+# config: set while the new file is in place but not yet proven (an interrupt restores).
+CONFIG_SWITCHING=""
 
 usage() {
   cat <<USAGE
-usage: $PROG [--by WHO] [--preflight SECONDS] [--listen ADDR:PORT] COMMAND
+usage: $PROG [--by WHO] [--preflight SECONDS] [--listen ADDR:PORT] [--keep N] COMMAND
        $PROG install BUNDLE_DIR      (root) install or update everything from BUNDLE_DIR
        $PROG receive SHA256          read a binary from stdin into $API_DIR (as tribist),
                                      check its SHA-256, print the upload's name
        $PROG upgrade UPLOAD          make UPLOAD server_new, switch to it (a handover, or a
                                      restart), wait for the new release; roll back on failure
        $PROG rollback                put server.prev back, switch, wait
+       $PROG rollback --to PREFIX    switch to the kept release whose id starts with PREFIX,
+                                     as an upgrade does (preflight, health, revert)
+       $PROG releases                the kept releases (the last --keep N, default 5), which
+                                     serves and which is the previous one
        $PROG status                  unit state, pid, releases and /health
        $PROG serving                 the releaseId /health reports now
+       $PROG summary                 one line: state, release, health, age, address
        $PROG logs [LINES]            the service's last LINES (default 100) log lines
        $PROG audit                   (root) every deployment recorded on this host
        $PROG unlock                  break the deploy lock on purpose (stops its holder)
@@ -246,7 +255,8 @@ lock() {
   else
     (umask 027 && holder_text >"$TRIBIST_NOTE") || true
   fi
-  trap on_interrupt INT TERM HUP
+  # PIPE too: a client that went away (ssh -T, no terminal to hang up) is an interrupt.
+  trap on_interrupt INT TERM HUP PIPE
   trap unlock_on_exit EXIT
 }
 
@@ -262,7 +272,9 @@ unlock_on_exit() {
 # Ctrl-C (SIGINT through ssh -t), SIGTERM (make unlock) or a lost session: never leave a
 # half-switched binary behind. The lock is released when this process exits.
 on_interrupt() {
-  trap '' INT TERM HUP
+  trap '' INT TERM HUP PIPE
+  # The client may be gone: a failed write must not end the clean-up.
+  set +e
   warn "interrupted"
   if is_root; then
     pkill -TERM -u "$USER_NAME" -f "releases.sh preflight" 2>/dev/null || true
@@ -270,6 +282,12 @@ on_interrupt() {
     pkill -TERM -u "$(id -u)" -f "releases.sh preflight" 2>/dev/null || true
   fi
   if [[ -n "$UPLOAD" ]]; then releases discard "$UPLOAD" || true; fi
+  if [[ -n "$CONFIG_SWITCHING" ]]; then
+    warn "the configuration change was interrupted; putting the previous one back"
+    cp -p "$CONF_DIR/env.prev" "$ENV_FILE"
+    if restart_and_wait "${FROM_RELEASE/none/}"; then audit interrupted-restored; else audit interrupted-restore-failed; fi
+    exit 130
+  fi
   if [[ -n "$SWITCHING" ]]; then
     warn "the upgrade to ${TO_RELEASE:-?} was interrupted; restoring ${FROM_RELEASE:-the previous release}"
     # A handover under way goes on in systemd: let it end (within its bound) before any file
@@ -640,11 +658,23 @@ check_listen() {
   port=${listen##*:}
   if command -v ss >/dev/null; then
     users=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 3)
-    if [[ -n "$users" ]]; then
+    if [[ -n "$users" ]] && ! only_ours "$users"; then
       warn "port $port is taken on this host (ss -ltnp: $(printable <<<"$users" | head -c 300)); choose another LISTEN= or stop what uses it (nothing changed)"
       exit "$EXIT_USAGE"
     fi
   fi
+}
+
+# Whether the listeners `ss -ltnp` shows in $1 all belong to tribist: systemd's (pid 1, its
+# socket) or the service's main process (a server that bound the port itself).
+only_ours() {
+  local pids pid main
+  main=$(systemctl show -p MainPID --value "$UNIT" 8<&- 2>/dev/null) || main=0
+  pids=$(grep -oE 'pid=[0-9]+' <<<"$1" | cut -d= -f2 | sort -u)
+  [[ -n "$pids" ]] || return 1
+  for pid in $pids; do
+    [[ "$pid" == 1 || "$pid" == "$main" ]] || return 1
+  done
 }
 
 # Writes the address into tribist.socket's drop-in and the server's fallback into the
@@ -732,6 +762,7 @@ cmd_install() {
   fi
   releases commit
   audit ok
+  keep_release "$TO_RELEASE"
   say "installed: $UNIT is healthy, release $(serving_release)"
 }
 
@@ -745,10 +776,37 @@ cmd_receive() {
 }
 
 cmd_upgrade() {
-  local upload=$1 new old
+  local upload=$1
   [[ "$upload" =~ ^\.upload\.[A-Za-z0-9]{6,16}$ ]] || usage_error "'$upload' is not an upload name (deploy.sh receive prints it)"
   UPLOAD=$upload
   lock upgrade
+  switch_to_upload "$upload" upgraded
+}
+
+# rollback --to PREFIX: the kept release whose id starts with PREFIX, through the same
+# preflight, switch, health check and revert as an upgrade.
+cmd_rollback_to() {
+  local prefix=$1 upload
+  [[ "$prefix" =~ ^[A-Za-z0-9._+-]{1,64}$ ]] || usage_error "'$(clean "$prefix" 70)' is not a release id or a prefix of one"
+  lock rollback
+  upload=$(releases restage "$prefix") || {
+    audit refused-no-such-release
+    die "cannot roll back to '$prefix' (above); nothing changed. 'make releases' lists what is kept"
+  }
+  UPLOAD=$upload
+  switch_to_upload "$upload" "rolled back"
+}
+
+# Keeps the serving binary as releases/ID (and prunes to KEEP): what `make releases` lists
+# and `make rollback TO=` goes back to. A failure here changes nothing that serves.
+keep_release() {
+  releases keep "$1" "$KEEP" "$(clean "$BY" 80) ($(actor))" | sed "s/^/$PROG: /" ||
+    warn "could not keep release $1 in $API_DIR/releases (above); it serves all the same"
+}
+
+# Everything of an upgrade after the lock: preflight, stage, switch, health, commit or revert.
+switch_to_upload() {
+  local upload=$1 done_word=$2 new old
   FROM_RELEASE=$(release_of server || echo none)
   if ! new=$(release_of "$upload"); then
     releases discard "$upload" || true
@@ -771,7 +829,8 @@ cmd_upgrade() {
     SWITCHING=""
     releases commit
     audit ok
-    say "upgraded: release $new is serving"
+    keep_release "$new"
+    say "$done_word: release $new is serving"
     return 0
   fi
   warn "upgrade to $new failed; rolling back to $old"
@@ -839,6 +898,7 @@ cmd_rollback() {
     die "rollback to $prev failed: see the log lines above"
   fi
   audit ok
+  keep_release "$prev"
   say "rolled back: release $prev is serving"
 }
 
@@ -903,6 +963,11 @@ cmd_config_change() {
   [[ -f "$ENV_FILE" && ! -L "$ENV_FILE" ]] || die "$ENV_FILE is missing: make install first"
   lock config
   AUDIT_EXTRA="changed=$(IFS=,; echo "${names[*]}")"
+  # The restart would promote it: a configuration change must not also change the binary.
+  if [[ -e "$API_DIR/server_new" ]]; then
+    audit refused-binary-staged
+    die "$API_DIR/server_new is staged, and the restart would promote it: finish it first (systemctl restart $UNIT, or make upgrade) or remove it; nothing changed"
+  fi
   FROM_RELEASE=$(release_of server) || die "the installed binary does not run ('server --version' failed); fix that first (make upgrade)"
   TO_RELEASE=$FROM_RELEASE
   new=$(mktemp "$CONF_DIR/.env.XXXXXX")
@@ -911,7 +976,7 @@ cmd_config_change() {
   chmod 0640 "$new"
   cat "$ENV_FILE" >"$new"
   for name in "${names[@]}"; do
-    sed -i -E "/^[[:space:]]*(export[[:space:]]+)?$name=/d" "$new"
+    sed -i -E "/^[[:space:]]*(export[[:space:]]+)?${name}[[:space:]]*=/d" "$new"
   done
   for arg in "${sets[@]}"; do env_line "${arg%%=*}" "${arg#*=}" >>"$new"; done
   if [[ -n "$have_url" ]]; then env_line DATABASE_URL "$url" >>"$new"; fi
@@ -932,16 +997,19 @@ cmd_config_change() {
     die "refused: release $FROM_RELEASE does not serve with the new configuration (above); nothing changed"
   fi
   cp -p "$ENV_FILE" "$CONF_DIR/env.prev"
+  CONFIG_SWITCHING=1
   mv -f "$new" "$ENV_FILE"
   CONFIG_NEW=""
   say "applying (${names[*]}): restarting $UNIT, since a handover keeps the environment, and waiting up to ${WAIT}s"
   if restart_and_wait "$FROM_RELEASE"; then
+    CONFIG_SWITCHING=""
     audit ok
     say "configuration changed (${names[*]}); the previous file is $CONF_DIR/env.prev"
     return 0
   fi
   warn "not healthy with the new configuration; putting the previous one back"
   cp -p "$CONF_DIR/env.prev" "$ENV_FILE"
+  CONFIG_SWITCHING=""
   if restart_and_wait "$FROM_RELEASE"; then
     audit failed-restored
     die "the new configuration failed after the restart and was taken back: the previous one serves again"
@@ -966,6 +1034,16 @@ cmd_status() {
   if prev=$(release_of server.prev); then echo "rollback target: $prev"; fi
   echo "health: $(curl -sS --max-time 5 -w ' (HTTP %{http_code})' "$(health_url)" 2>&1 | printable | head -c 2000)" || rc=1
   return "$rc"
+}
+
+# One line for a fleet's status: state, release, health, the serving process's age, address.
+cmd_summary() {
+  local state pid code age
+  state=$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null) || state=unknown
+  pid=$(systemctl show -p MainPID --value "$UNIT" 8<&- 2>/dev/null) || pid=0
+  code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 3 "$(health_url)" 2>/dev/null) || code=000
+  age=$(ps -o etime= -p "$pid" 2>/dev/null | tr -d ' ') || age=""
+  echo "${state:-unknown} release=$(serving_release | head -c 64) health=${code:-000} up=${age:--} listen=$(listen_address)"
 }
 
 cmd_logs() {
@@ -1128,6 +1206,11 @@ main() {
         PREFLIGHT=$2
         shift 2
         ;;
+      --keep)
+        [[ "${2:-}" =~ ^[1-9][0-9]?$ ]] || usage_error "--keep needs a number of releases, 1 to 99"
+        KEEP=$2
+        shift 2
+        ;;
       --listen)
         valid_listen "${2:-}" || usage_error "--listen needs IPv4:PORT or [IPv6]:PORT (port 1-65535), got '$(clean "${2:-}" 60)'"
         LISTEN=$2
@@ -1144,9 +1227,15 @@ main() {
     "receive 1") cmd_receive "$1" ;;
     "upgrade 1") cmd_upgrade "$1" ;;
     "rollback 0") cmd_rollback ;;
+    "rollback 2")
+      [[ "$1" == --to ]] || usage_error "rollback takes only --to PREFIX"
+      cmd_rollback_to "$2"
+      ;;
+    "releases 0") releases list ;;
     "unlock 0") cmd_unlock ;;
     "status 0") cmd_status ;;
     "serving 0") serving_release ;;
+    "summary 0") cmd_summary ;;
     "logs 0") cmd_logs ;;
     "logs 1") cmd_logs "$1" ;;
     "audit 0") cmd_audit ;;

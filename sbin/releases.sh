@@ -19,8 +19,13 @@
 # |                   | it (a hard link), put back if the upgrade fails| commit and revert     |
 # | .server.prev.keep | during an upgrade: the rollback target before  | stage; removed by     |
 # |                   | it, put back if the upgrade fails              | commit and revert     |
-# | .upload.XXXXXX    | an upload, checksum verified by receive        | receive; discard      |
+# | .upload.XXXXXX    | an upload, checksum verified by receive        | receive, restage;     |
+# |                   | (or a kept release, restaged to roll back to)  | discard               |
 # | .deploy.holder    | who holds the deploy lock, when tribist does   | deploy.sh as tribist  |
+# | releases/ID       | a release that served, by its releaseId (a     | keep; pruned by keep  |
+# |                   | hard link): the last KEEP, and the serving and |                       |
+# |                   | the previous one whatever their age            |                       |
+# | releases/ID.meta  | its version, when it was kept, who shipped it  | keep                  |
 #
 # Every step is a rename(2) or a hard link in the same directory: `server` exists at every
 # instant and is always a complete binary.
@@ -56,6 +61,13 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
                    answers 200 with releaseId RELEASE, fail (printing why, the last
                    answer and its output) if it exits, answers otherwise or SECONDS pass
   discard NAME     remove upload NAME
+  keep ID KEEP BY  after a switch: keep the serving binary as releases/ID (ID: its releaseId)
+                   with its version, the time and BY (who shipped it); then prune releases/
+                   to the newest KEEP, never the serving or the previous one
+  list             the kept releases, newest first: ID, version, kept at, by, and which
+                   one serves and which is the previous one
+  restage PREFIX   copy (hard link) the kept release whose ID starts with PREFIX (one only)
+                   to a new upload, for an upgrade to it; print the upload's name
   --help
 
 Exit codes: 0 done, 1 failed (the message says why), 2 misuse, $EXIT_CHECKSUM checksum mismatch.
@@ -120,6 +132,72 @@ cmd_hands_over() {
   [[ -f "$API_DIR/$name" ]] || die "$name: no such binary"
   out=$(cd "$API_DIR" && timeout -k 2 10 "./$name" --version </dev/null 2>/dev/null | head -c 2000) || return 1
   grep -qx 'handover: SIGUSR2' <<<"$out"
+}
+
+readonly RELEASES_DIR=releases
+
+# A releaseId as --version reports it (the same rule as cmd_version's).
+check_id() {
+  [[ "$1" =~ ^[A-Za-z0-9._+-]{1,64}$ && "$1" != .* ]] || usage_error "'$1' is not a release id"
+}
+
+cmd_keep() {
+  local id=$1 keep=$2 by=$3 version f n=0
+  check_id "$id"
+  [[ "$keep" =~ ^[1-9][0-9]?$ ]] || usage_error "KEEP must be 1 to 99, got '$keep'"
+  cd "$API_DIR"
+  [[ -f server ]] || die "no server to keep"
+  mkdir -p "$RELEASES_DIR"
+  [[ -d "$RELEASES_DIR" && ! -L "$RELEASES_DIR" ]] || die "$API_DIR/$RELEASES_DIR is not a directory"
+  version=$(timeout -k 2 10 ./server --version </dev/null 2>/dev/null | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40) || version=""
+  ln -f server "$RELEASES_DIR/.$id.tmp"
+  mv -f "$RELEASES_DIR/.$id.tmp" "$RELEASES_DIR/$id"
+  printf 'version=%s\nkept=%s\nby=%s\n' "${version:-unknown}" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    "$(printf '%s' "$by" | tr -cd '\40-\176' | head -c 120)" >"$RELEASES_DIR/.$id.meta.tmp"
+  mv -f "$RELEASES_DIR/.$id.meta.tmp" "$RELEASES_DIR/$id.meta"
+  # Newest first by the time kept; the serving and the previous binary always stay.
+  while IFS= read -r f; do
+    n=$((n + 1))
+    f=${f%.meta}
+    [[ -n "$f" ]] || continue
+    if ((n > keep)) && ! [[ "$RELEASES_DIR/$f" -ef server || "$RELEASES_DIR/$f" -ef server.prev ]]; then
+      rm -f "$RELEASES_DIR/$f" "$RELEASES_DIR/$f.meta"
+      echo "$PROG: pruned release $f (KEEP=$keep)"
+    fi
+  done < <(cd "$RELEASES_DIR" && ls -1t -- *.meta 2>/dev/null)
+}
+
+cmd_list() {
+  local f id marks version kept by
+  cd "$API_DIR"
+  [[ -d "$RELEASES_DIR" ]] || { echo "no release kept yet (one is kept at every successful upgrade)"; return 0; }
+  printf '%-42s %-10s %-21s %s\n' RELEASE VERSION KEPT BY
+  while IFS= read -r f; do
+    id=${f%.meta}
+    [[ -n "$id" && -f "$RELEASES_DIR/$id" ]] || continue
+    version=$(sed -n 's/^version=//p' "$RELEASES_DIR/$f" | head -n 1)
+    kept=$(sed -n 's/^kept=//p' "$RELEASES_DIR/$f" | head -n 1)
+    by=$(sed -n 's/^by=//p' "$RELEASES_DIR/$f" | head -n 1)
+    marks=""
+    [[ "$RELEASES_DIR/$id" -ef server ]] && marks+=" [serving]"
+    [[ -e server.prev && "$RELEASES_DIR/$id" -ef server.prev ]] && marks+=" [previous]"
+    printf '%-42s %-10s %-21s %s%s\n' "$id" "${version:-?}" "${kept:-?}" "${by:-?}" "$marks"
+  done < <(cd "$RELEASES_DIR" && ls -1t -- *.meta 2>/dev/null)
+}
+
+cmd_restage() {
+  local prefix=$1 matches=() f up
+  [[ "$prefix" =~ ^[A-Za-z0-9._+-]{1,64}$ && "$prefix" != .* ]] || usage_error "'$prefix' is not a release id or a prefix of one"
+  cd "$API_DIR"
+  [[ -d "$RELEASES_DIR" ]] || die "no release is kept here yet"
+  for f in "$RELEASES_DIR/$prefix"*; do
+    [[ -f "$f" && "$f" != *.meta ]] && matches+=("${f#"$RELEASES_DIR"/}")
+  done
+  ((${#matches[@]} > 0)) || die "no kept release starts with '$prefix' (make releases lists them)"
+  ((${#matches[@]} == 1)) || die "'$prefix' names ${#matches[@]} kept releases (${matches[*]}): give more of the id"
+  up=$(mktemp "$API_DIR/.upload.XXXXXXXX")
+  ln -f "$RELEASES_DIR/${matches[0]}" "$up"
+  echo "${up##*/}"
 }
 
 cmd_stage() {
@@ -266,6 +344,9 @@ main() {
     "receive 1") cmd_receive "$1" ;;
     "version 1") cmd_version "$1" ;;
     "hands-over 1") cmd_hands_over "$1" ;;
+    "keep 3") cmd_keep "$1" "$2" "$3" ;;
+    "list 0") cmd_list ;;
+    "restage 1") cmd_restage "$1" ;;
     "stage 1") cmd_stage "$1" ;;
     "commit 0") cmd_commit ;;
     "revert 0") cmd_revert ;;

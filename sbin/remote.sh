@@ -25,9 +25,11 @@ usage() {
 usage: $PROG COMMAND       (normally through make: make COMMAND HOST=…)
 
   install     first install or re-install on HOST (root, or a user with sudo)
-  upgrade     ship BIN to HOST, or to each of HOSTS in turn; rolls back a host that fails
-  rollback    put the previous release back on HOST
-  status      service state, releases and /health on HOST
+  upgrade     ship BIN to HOST, or to each of HOSTS (or ENV's) in turn, PARALLEL at a time;
+              rolls back a host that fails, and stops there
+  rollback    put the previous release back on HOST (TO=ID-prefix: any kept release)
+  releases    the releases HOST keeps (KEEP, default 5), which serves, which is previous
+  status      service state, releases and /health on HOST; one line per host for HOSTS/ENV
   logs        the service's last LINES log lines on HOST
   audit       every deployment recorded on HOST (root or sudo)
   unlock      break a stuck deploy lock on HOST (its holder rolls back)
@@ -41,7 +43,12 @@ usage: $PROG COMMAND       (normally through make: make COMMAND HOST=…)
 
 Settings, from the environment (make passes its variables through unchanged):
   HOST               ssh destination: [user@]host, letters, digits and . _ - @ : [ ] %
-  HOSTS              several destinations, separated by spaces (upgrade only)
+  HOSTS              several destinations, separated by spaces (upgrade, status)
+  ENV                upgrade, status: the hosts listed in deploy/ENV.hosts (one ssh
+                     destination per line, # comments), instead of HOST/HOSTS; the
+                     directory is \$TRIBIST_DEPLOY_DIR if set
+  PARALLEL           upgrade of several hosts: how many at a time (default 1); a failure
+                     stops the run before the next batch starts
   SSH_OPTS           options for ssh, split as a shell would (' " and \ quote) but with
                      nothing expanded; ~/ at the start of a word is your home; every word
                      is an option or its argument. Better: a Host entry in ~/.ssh/config,
@@ -61,6 +68,9 @@ Settings, from the environment (make passes its variables through unchanged):
                      it, e.g. to roll back while the database is down)
   PURGE              uninstall: 1 also removes the configuration and user tribist
   SET, UNSET         config: "TRIBIST_WORKERS=8 TRIBIST_DB_TIMEOUT=3s", "TRIBIST_LOG_LEVEL"
+  TO                 rollback: the release to go back to (a prefix of its id is enough)
+  KEEP               upgrade, rollback: how many releases the host keeps (1-99,
+                     default 5); the serving and the previous one are always kept
   TRIBIST_SSH_SHARE  yes (default): one ssh connection per host for the whole run (ssh's
                      ControlMaster, in a private directory, ended with the run); no: one
                      connection per step
@@ -133,6 +143,8 @@ parse_ssh_opts() {
 # Options in SSH_OPTS come first, so a user's own ControlMaster/ControlPath win.
 CONTROL_DIR=""
 STAGE=""
+# A local temporary copy of the database URL, removed however the run ends.
+SECRET_FILE=""
 share_connections() {
   [[ "${TRIBIST_SSH_SHARE:-yes}" == yes ]] || return 0
   CONTROL_DIR=$(mktemp -d /tmp/tribist-ssh.XXXXXX 2>/dev/null) || return 0
@@ -144,21 +156,27 @@ cleanup() {
   local sock
   if [[ -n "$CONTROL_DIR" ]]; then
     for sock in "$CONTROL_DIR"/*; do
-      [[ -S "$sock" ]] && "${SSH:-ssh}" -o "ControlPath=$sock" -O exit tribist-remote >/dev/null 2>&1
+      if [[ -S "$sock" ]]; then "${SSH:-ssh}" -o "ControlPath=$sock" -O exit tribist-remote >/dev/null 2>&1 || true; fi
     done
     rm -rf "$CONTROL_DIR"
   fi
   if [[ -n "$STAGE" ]]; then rm -rf "$STAGE"; fi
+  if [[ -n "$SECRET_FILE" ]]; then rm -f "$SECRET_FILE"; fi
 }
 
 # deploy.sh's options for upgrade and rollback, checked once: sets PREFLIGHT_ARGS.
 PREFLIGHT_ARGS=()
 set_preflight_args() {
-  local p=${PREFLIGHT:-}
+  local p=${PREFLIGHT:-} k=${KEEP:-}
   PREFLIGHT_ARGS=()
-  [[ -z "$p" ]] && return 0
-  [[ "$p" =~ ^(0|[1-9][0-9]{0,2})$ ]] || refuse "PREFLIGHT must be a whole number of seconds from 0 (skip) to 999, got $(shown "$p")"
-  PREFLIGHT_ARGS=(--preflight "$p")
+  if [[ -n "$p" ]]; then
+    [[ "$p" =~ ^(0|[1-9][0-9]{0,2})$ ]] || refuse "PREFLIGHT must be a whole number of seconds from 0 (skip) to 999, got $(shown "$p")"
+    PREFLIGHT_ARGS=(--preflight "$p")
+  fi
+  if [[ -n "$k" ]]; then
+    [[ "$k" =~ ^[1-9][0-9]?$ ]] || refuse "KEEP must be a number of releases from 1 to 99, got $(shown "$k")"
+    PREFLIGHT_ARGS+=(--keep "$k")
+  fi
 }
 
 deployer() {
@@ -320,6 +338,7 @@ host_checks() {
     return "$rc"
   fi
   url=$(mktemp)
+  SECRET_FILE=$url
   database_url "$url"
   # shellcheck disable=SC2016 # expanded on the host, on purpose
   dir=$(ssh_to "$host" -T sh -c 'umask 077 && d=$(mktemp -d /tmp/tribist-check.XXXXXX) && cat >"$d/server" && chmod 700 "$d/server" && echo "$d"' <"$bin") || dir=""
@@ -330,7 +349,7 @@ host_checks() {
   fi
   local answer
   # shellcheck disable=SC2016 # expanded on the host, on purpose
-  if answer=$(env_line DATABASE_URL "$(cat "$url")" | ssh_to "$host" -T sh -c 'cat >"$1/env"; "$1/server" --check-config "$1/env" 2>&1; rc=$?; rm -rf "$1"; exit $rc' sh "$dir"); then
+  if answer=$(env_line DATABASE_URL "$(cat "$url")" | ssh_to "$host" -T sh -c 'cat >"$1/env"; env -i PATH=/usr/bin:/bin "$1/server" --check-config "$1/env" 2>&1; rc=$?; rm -rf "$1"; exit $rc' sh "$dir"); then
     echo "    PASS database: $(printf '%s' "$answer" | tr -cd '\40-\176' | sed 's/^configuration OK: //')"
   else
     echo "    FAIL database: $(printf '%s' "$answer" | tr -cd '\40-\176' | sed 's/^server: error: //'); fix: the URL in DATABASE_URL_FILE, the database's pg_hba.conf, or a firewall between them"
@@ -385,7 +404,7 @@ cmd_config() {
   done
   if [[ -n "${DATABASE_URL_FILE:-}" ]]; then
     tmp=$(mktemp)
-    STAGE=$tmp
+    SECRET_FILE=$tmp
     database_url "$tmp"
     url_file=$tmp
     args+=(--database-url-stdin)
@@ -400,6 +419,7 @@ cmd_check() {
   local host=${HOST:-} bin
   check_host HOST "$host"
   HOST_NOW=$host
+  listen_setting >/dev/null
   bin=$(ship_bin)
   say "checking $host for $(shown "$bin")"
   if host_checks "$host" "$bin" database; then
@@ -474,28 +494,95 @@ upgrade_host() {
   say "upgrade of $host done"
 }
 
-cmd_upgrade() {
-  local bin by hosts=() h failed="" rc=0 r
-  if [[ -n "${HOSTS:-}" ]]; then
-    read -r -a hosts <<<"${HOSTS//$'\n'/ }"
-    ((${#hosts[@]} > 0)) || refuse "HOSTS is empty: name the ssh destinations, e.g. HOSTS=\"app1 app2\""
+# The hosts to act on: HOST, HOSTS, or the file of environment ENV (deploy/ENV.hosts: one ssh
+# destination per line, # starts a comment), each checked. Sets TARGETS; TARGETS_MANY is set
+# when they came from HOSTS or ENV (a fleet, even of one).
+TARGETS=()
+TARGETS_MANY=""
+targets() {
+  local env=${DEPLOY_ENV:-} file line extra n=0 h
+  TARGETS=()
+  TARGETS_MANY=""
+  if [[ -n "$env" ]]; then
+    [[ -z "${HOST:-}${HOSTS:-}" ]] || refuse "ENV=$(shown "$env") and HOST/HOSTS both name hosts: give one of them"
+    [[ "$env" =~ ^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$ ]] || refuse "ENV=$(shown "$env") is not an environment name (letters, digits, _ and -)"
+    file=${TRIBIST_DEPLOY_DIR:-$REPO/deploy}/$env.hosts
+    [[ -f "$file" ]] || refuse "ENV=$env: there is no $(shown "$file") (one ssh destination per line, # comments)"
+    while IFS= read -r line || [[ -n "$line" ]]; do
+      n=$((n + 1))
+      line=${line%%#*}
+      read -r line extra <<<"$line" || true
+      [[ -z "$line" ]] && continue
+      [[ -z "$extra" ]] || refuse "deploy/$env.hosts line $n: one ssh destination per line, got $(shown "$line $extra")"
+      check_host "deploy/$env.hosts line $n" "$line"
+      TARGETS+=("$line")
+    done <"$file"
+    ((${#TARGETS[@]} > 0)) || refuse "deploy/$env.hosts names no host"
+    TARGETS_MANY=1
+  elif [[ -n "${HOSTS:-}" ]]; then
+    read -r -a TARGETS <<<"${HOSTS//$'\n'/ }"
+    ((${#TARGETS[@]} > 0)) || refuse "HOSTS is empty: name the ssh destinations, e.g. HOSTS=\"app1 app2\""
+    for h in "${TARGETS[@]}"; do check_host HOSTS "$h"; done
+    TARGETS_MANY=1
   else
-    hosts=("${HOST:-}")
+    check_host HOST "${HOST:-}"
+    TARGETS=("$HOST")
   fi
-  for h in "${hosts[@]}"; do check_host "$([[ -n "${HOSTS:-}" ]] && echo HOSTS || echo HOST)" "$h"; done
+}
+
+# PARALLEL (upgrade): how many hosts at a time, 1 to 99.
+parallel() {
+  local p=${PARALLEL:-1}
+  [[ "$p" =~ ^[1-9][0-9]?$ ]] || refuse "PARALLEL must be a whole number from 1 to 99, got $(shown "$p")"
+  printf '%s' "$p"
+}
+
+# One host's upgrade in the background, its lines prefixed with the host; its status is
+# written to $4.
+upgrade_in_background() {
+  local host=$1 bin=$2 by=$3 status=$4
+  (
+    rc=0
+    upgrade_host "$host" "$bin" "$by" </dev/null 2>&1 | sed -u "s|^|[$host] |" || rc=$?
+    echo "$rc" >"$status"
+  ) &
+}
+
+cmd_upgrade() {
+  local bin by h failed="" rc=0 r width i j batch dir
+  targets
+  width=$(parallel)
   by=$(deployer)
   set_preflight_args
   bin=$(ship_bin)
-  if ((${#hosts[@]} == 1)) && [[ -z "${HOSTS:-}" ]]; then
-    upgrade_host "${hosts[0]}" "$bin" "$by"
+  if [[ -z "$TARGETS_MANY" ]]; then
+    upgrade_host "${TARGETS[0]}" "$bin" "$by"
     return
   fi
-  for h in "${hosts[@]}"; do
-    say "rolling upgrade: $h"
-    upgrade_host "$h" "$bin" "$by" || { rc=$?; failed=$h; break; }
+  dir=$(mktemp -d)
+  STAGE=$dir
+  for ((i = 0; i < ${#TARGETS[@]}; i += width)); do
+    batch=("${TARGETS[@]:i:width}")
+    say "rolling upgrade: ${batch[*]}"
+    if ((width == 1)); then
+      upgrade_host "${batch[0]}" "$bin" "$by" || { rc=$?; failed=${batch[0]}; break; }
+      continue
+    fi
+    for ((j = 0; j < ${#batch[@]}; j++)); do
+      upgrade_in_background "${batch[j]}" "$bin" "$by" "$dir/$((i + j))"
+    done
+    wait
+    for ((j = 0; j < ${#batch[@]}; j++)); do
+      r=$(cat "$dir/$((i + j))" 2>/dev/null || echo 1)
+      if [[ "$r" != 0 ]]; then
+        rc=$r
+        failed="${failed:+$failed }${batch[j]}"
+      fi
+    done
+    [[ -z "$failed" ]] || break
   done
   echo "==> releases now serving:"
-  for h in "${hosts[@]}"; do
+  for h in "${TARGETS[@]}"; do
     r=$(ssh_to "$h" -T "$REMOTE_DEPLOY" serving 2>/dev/null | tr -cd 'A-Za-z0-9._+-' | head -c 64) || true
     printf '    %-24s %s\n' "$h" "${r:-unreachable or not healthy}"
   done
@@ -505,18 +592,31 @@ cmd_upgrade() {
   fi
 }
 
+# make status for a fleet (HOSTS or ENV): one line per host.
+status_lines() {
+  local h line
+  for h in "${TARGETS[@]}"; do
+    line=$(ssh_to "$h" -T "$REMOTE_DEPLOY" summary 2>/dev/null | tr -cd '\40-\176' | head -c 300) || line="unreachable or too old for a summary (make status HOST=$h says more)"
+    printf '%-24s %s\n' "$h" "$line"
+  done
+}
+
 one_host() {
   check_host HOST "${HOST:-}"
   printf '%s' "$HOST"
 }
 
 cmd_rollback() {
-  local host by
+  local host by to=${TO:-} args=()
   host=$(one_host)
   by=$(deployer)
   set_preflight_args
-  say "rolling back $host"
-  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" rollback
+  if [[ -n "$to" ]]; then
+    [[ "$to" =~ ^[A-Za-z0-9._+-]{1,64}$ ]] || refuse "TO=$(shown "$to") is not a release id or a prefix of one (make releases HOST=$host lists them)"
+    args=(--to "$to")
+  fi
+  say "rolling back $host${to:+ to release $to…}"
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" rollback "${args[@]}"
 }
 
 cmd_logs() {
@@ -551,7 +651,7 @@ main() {
   COMMAND=${1:-}
   case "$COMMAND" in
     -h | --help) usage; return 0 ;;
-    install | upgrade | rollback | status | logs | audit | unlock | uninstall | check | config) ;;
+    install | upgrade | rollback | status | logs | audit | unlock | uninstall | check | config | releases) ;;
     *) warn "unknown command '$(shown "$COMMAND")'"; usage >&2; exit "$EXIT_USAGE" ;;
   esac
   [[ $# -eq 1 ]] || refuse "$COMMAND takes no arguments; settings come from the environment (see --help)"
@@ -564,7 +664,15 @@ main() {
     config) set_preflight_args; cmd_config ;;
     upgrade) cmd_upgrade ;;
     rollback) cmd_rollback ;;
-    status | audit)
+    status)
+      targets
+      if [[ -n "$TARGETS_MANY" ]]; then
+        status_lines
+      else
+        ssh_to "${TARGETS[0]}" -T "$REMOTE_DEPLOY" status
+      fi
+      ;;
+    audit | releases)
       local host
       host=$(one_host)
       ssh_to "$host" -T "$REMOTE_DEPLOY" "$COMMAND"

@@ -211,8 +211,11 @@ impl Config {
     }
 }
 
-/// `value` of variable `name` with its password replaced by `***`: all of PGPASSWORD, the
-/// password of a `scheme://user:password@host` URL, the `password=` of a `key=value` string.
+/// `value` of variable `name` with its password replaced by `***`: all of PGPASSWORD; in a
+/// `postgres://` URL the user info's password (everything from its first `:` to the last `@`
+/// of the string, so that no reading of where a password with `@`, `/` or `?` ends can leave
+/// part of it) and every `password=` query parameter; in a `key=value` string the value of
+/// `password`, quoted or with backslash escapes. Masking more than needed is fine; less is not.
 pub fn mask_secret(name: &str, value: &str) -> String {
     if name == "PGPASSWORD" {
         return "***".into();
@@ -220,22 +223,38 @@ pub fn mask_secret(name: &str, value: &str) -> String {
     if name != "DATABASE_URL" {
         return value.to_string();
     }
-    if let Some(scheme_end) = value.find("://") {
-        let rest = &value[scheme_end + 3..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                let start = scheme_end + 3 + colon + 1;
-                let end = scheme_end + 3 + at;
-                return format!("{}***{}", &value[..start], &value[end..]);
-            }
+    for scheme in ["postgres://", "postgresql://"] {
+        if let Some(rest) = value.strip_prefix(scheme) {
+            let rest = match rest.rfind('@') {
+                Some(at) => match rest[..at].find(':') {
+                    Some(colon) => format!("{}***{}", &rest[..=colon], &rest[at..]),
+                    None => rest.to_string(),
+                },
+                None => rest.to_string(),
+            };
+            return format!("{scheme}{}", mask_query_passwords(&rest));
         }
-        return value.to_string();
     }
     mask_keyword_password(value)
 }
 
-/// `password=…` in a libpq `key=value` string, the value quoted ('…' with \ escapes) or not.
+/// Every `password=…` parameter after the `?` of a URL, up to the next `&`.
+fn mask_query_passwords(url: &str) -> String {
+    let Some(q) = url.find('?') else {
+        return url.to_string();
+    };
+    let params: Vec<String> = url[q + 1..]
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => p.to_string(),
+        })
+        .collect();
+    format!("{}?{}", &url[..q], params.join("&"))
+}
+
+/// `password=…` in a libpq `key=value` string, the value quoted ('…' with \ escapes) or not
+/// (ending at the first unescaped blank).
 fn mask_keyword_password(value: &str) -> String {
     let mut out = String::new();
     let mut rest = value;
@@ -251,26 +270,26 @@ fn mask_keyword_password(value: &str) -> String {
         out.push_str(&rest[..skipped + 1]);
         let val = after[1..].trim_start();
         out.push_str(&after[1..][..after[1..].len() - val.len()]);
-        let len = if let Some(quoted) = val.strip_prefix('\'') {
-            let mut end = quoted.len();
-            let mut escaped = false;
-            for (i, c) in quoted.char_indices() {
-                match (escaped, c) {
-                    (true, _) => escaped = false,
-                    (false, '\\') => escaped = true,
-                    (false, '\'') => {
-                        end = i;
-                        break;
-                    }
-                    _ => {}
+        let quoted = val.starts_with('\'');
+        let mut end = val.len();
+        let mut escaped = false;
+        for (i, c) in val.char_indices().skip(usize::from(quoted)) {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '\'') if quoted => {
+                    end = i + 1;
+                    break;
                 }
+                (false, c) if !quoted && c.is_whitespace() => {
+                    end = i;
+                    break;
+                }
+                _ => {}
             }
-            (end + 2).min(val.len())
-        } else {
-            val.find(char::is_whitespace).unwrap_or(val.len())
-        };
+        }
         out.push_str("***");
-        rest = &val[len..];
+        rest = &val[end..];
     }
     out.push_str(rest);
     out
@@ -561,6 +580,29 @@ mod tests {
         assert_eq!(
             mask_secret("DATABASE_URL", "host=h password = secret dbname=d"),
             "host=h password = *** dbname=d"
+        );
+        // Passwords with @ / ? in them, and a password given as a query parameter.
+        for (url, shown) in [
+            ("postgres://u:pa/ss@h/d", "postgres://u:***@h/d"),
+            ("postgres://u:pa?ss@h/d", "postgres://u:***@h/d"),
+            (
+                "postgresql://u:p@ss@h:5432/d",
+                "postgresql://u:***@h:5432/d",
+            ),
+            (
+                "postgres://u@h/d?sslmode=require&password=secret",
+                "postgres://u@h/d?sslmode=require&password=***",
+            ),
+        ] {
+            assert_eq!(mask_secret("DATABASE_URL", url), shown);
+        }
+        assert_eq!(
+            mask_secret("DATABASE_URL", "host=h password=a\\ b dbname=d"),
+            "host=h password=*** dbname=d"
+        );
+        assert_eq!(
+            mask_secret("DATABASE_URL", "host=h password=x://y dbname=d"),
+            "host=h password=*** dbname=d"
         );
         assert_eq!(mask_secret("PGPASSWORD", "secret"), "***");
         assert_eq!(mask_secret("PGUSER", "tribist"), "tribist");

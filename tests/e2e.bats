@@ -617,6 +617,50 @@ teardown_file() {
   assert_equal "$(serving "$B")" "$b"
 }
 
+@test "fleets: ENV= names the hosts in a file, PARALLEL=2 upgrades them together, make status ENV= is a line each" {
+  local r
+  r=$(release_of "$RELEASE")
+  mkdir -p "$BATS_TEST_TMPDIR/deploy"
+  printf '# the e2e fleet\ntribist@%s\nroot@%s   # on port 9001\n' "$A" "$B" >"$BATS_TEST_TMPDIR/deploy/e2e.hosts"
+  TRIBIST_DEPLOY_DIR="$BATS_TEST_TMPDIR/deploy" run deploy upgrade ENV=e2e SSH_OPTS="$(as_tribist)" PARALLEL=2 BIN="$RELEASE"
+  assert_success
+  assert_line "==> rolling upgrade: tribist@$A root@$B"
+  assert_line "[tribist@$A] ==> upgrade of tribist@$A done"
+  assert_line "[root@$B] ==> upgrade of root@$B done"
+  assert_equal "$(serving "$A")" "$r"
+  assert_equal "$(serving "$B")" "$r"
+  TRIBIST_DEPLOY_DIR="$BATS_TEST_TMPDIR/deploy" run deploy status ENV=e2e SSH_OPTS="$(as_tribist)"
+  assert_success
+  assert_line --regexp "^tribist@$A +active release=$r health=200 up=[0-9:-]+ listen=127\.0\.0\.1:8383$"
+  assert_line --regexp "^root@$B +active release=$r health=200 up=[0-9:-]+ listen=127\.0\.0\.1:9001$"
+}
+
+@test "releases: the host keeps them by releaseId, make rollback TO= goes to any, KEEP prunes" {
+  local a b
+  a=$(release_of "$RELEASE")
+  b=$(release_of "$BATS_FILE_TMPDIR/server-b")
+  run deploy releases HOST="tribist@$A" SSH_OPTS="$(as_tribist)"
+  assert_success
+  assert_line --regexp "^$a +0\.1\.0 +20[0-9-]+T[0-9:]+Z .*\[serving\]$"
+  assert_line --regexp "^$b +0\.1\.0 +20[0-9-]+T[0-9:]+Z .*\[previous\]$"
+  # Back to any kept release by a prefix of its id, through an upgrade's checks.
+  run deploy rollback HOST="root@$A" SSH_OPTS="-F $CFG" TO="${b:0:10}"
+  assert_success
+  assert_output --partial "preflight: release $b answered /health 200"
+  assert_output --partial "rolled back: release $b is serving"
+  assert_equal "$(serving)" "$b"
+  run deploy rollback HOST="root@$A" SSH_OPTS="-F $CFG" TO=0000nope
+  assert_failure
+  assert_output --partial "no kept release starts with '0000nope'"
+  run deploy rollback HOST="root@$A" SSH_OPTS="-F $CFG" TO='x;id'
+  assert_failure 2
+  # KEEP=1: only the serving and the previous release stay.
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE" KEEP=1
+  assert_success
+  run on_host "ls /home/tribist/api/releases | grep -vc meta"
+  assert_output 2
+}
+
 @test "hostile deployer values are data: quotes, \$(), backticks, ; and spaces work literally, newlines are refused" {
   local mark=/tmp/tI d
   rm -f "$mark"-*

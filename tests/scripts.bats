@@ -363,3 +363,80 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   ! version_le 2.39 2.31
   ! version_le 2.3.4 2.2.5
 }
+
+@test "ENV= takes the hosts from deploy/ENV.hosts; a bad line, a bad name or ENV with HOST is refused" {
+  local dir="$BATS_TEST_TMPDIR/deploy" stub="$BATS_TEST_TMPDIR/ssh"
+  mkdir -p "$dir"
+  printf '#!/bin/sh\nfor a in "$@"; do case "$a" in app*) echo "$a" >>"%s/hosts";; esac; done\necho "active release=r1 health=200 up=01:02 listen=127.0.0.1:8383"\n' "$BATS_TEST_TMPDIR" >"$stub"
+  chmod 755 "$stub"
+  printf '# staging\napp1   # the first\n\n  app2\n' >"$dir/staging.hosts"
+  TRIBIST_DEPLOY_DIR=$dir run make -s -C "$MAKE_DIR" status ENV=staging SSH="$stub"
+  assert_success
+  assert_line --regexp "^app1 +active release=r1 health=200 up=01:02 listen=127.0.0.1:8383$"
+  assert_line --regexp "^app2 +active release=r1"
+  TRIBIST_DEPLOY_DIR=$dir run make -s -C "$MAKE_DIR" status ENV=production SSH="$stub"
+  assert_failure 2
+  assert_output --partial "production.hosts (one ssh destination per line"
+  printf 'app1\napp2; id\n' >"$dir/bad.hosts"
+  TRIBIST_DEPLOY_DIR=$dir run make -s -C "$MAKE_DIR" status ENV=bad SSH="$stub"
+  assert_failure 2
+  assert_output --partial "bad.hosts line 2: one ssh destination per line"
+  TRIBIST_DEPLOY_DIR=$dir run make -s -C "$MAKE_DIR" status ENV=staging HOST=app3 SSH="$stub"
+  assert_failure 2
+  assert_output --partial "and HOST/HOSTS both name hosts"
+  TRIBIST_DEPLOY_DIR=$dir run make -s -C "$MAKE_DIR" status 'ENV=../x' SSH="$stub"
+  assert_failure 2
+  assert_output --partial "is not an environment name"
+  run make -s -C "$MAKE_DIR" upgrade HOSTS="app1 app2" PARALLEL=0 SSH="$stub" BIN=/bin/true
+  assert_failure 2
+  assert_output --partial "PARALLEL must be a whole number from 1 to 99"
+  # A shell's own ENV in the environment (sh reads it at start) is not a deployment's.
+  rm -f "$BATS_TEST_TMPDIR/hosts"
+  ENV=$dir/staging.hosts run make -s -C "$MAKE_DIR" status HOST=app9 SSH="$stub"
+  assert_success
+}
+
+@test "releases.sh keep, list, restage: the last KEEP by releaseId, never the serving or the previous one" {
+  new_api
+  local v
+  for v in r1 r2 r3 r4; do
+    printf '#!/bin/sh\necho "server 1.%s (commit %s)"\n' "${v#r}" "$v" >"$API/$v"
+  done
+  chmod 750 "$API"/r?
+  chown -R nobody:nogroup "$API"
+  # r1 serves, then r2, r3, r4 in turn (as upgrades do: promote, then keep).
+  for v in r1 r2 r3 r4; do
+    as_nobody sh -c 'cd "$TRIBIST_API_DIR" && { [ ! -e server ] || ln -f server server.prev; } && ln -f "$1" server' sh "$v"
+    run as_nobody "$RELEASES" keep "$v" 2 "alice@laptop (tribist)"
+    assert_success
+  done
+  assert_output --partial "pruned release r2 (KEEP=2)"
+  run as_nobody "$RELEASES" list
+  assert_success
+  assert_line --index 1 --regexp '^r4 +1\.4 +20[0-9-]+T[0-9:]+Z +alice@laptop \(tribist\) \[serving\]$'
+  assert_line --index 2 --regexp '^r3 +1\.3 .* \[previous\]$'
+  refute_output --partial r2
+  # r1 is older than the last two, and neither serving nor previous: gone too.
+  refute_output --regexp '^r1 '
+  run as_nobody "$RELEASES" restage r3
+  assert_success
+  [[ "$output" =~ ^\.upload\.[A-Za-z0-9]{8}$ ]]
+  [[ "$API/$output" -ef "$API/releases/r3" ]]
+  run as_nobody "$RELEASES" restage r
+  assert_failure
+  assert_output --partial "'r' names 2 kept releases"
+  run as_nobody "$RELEASES" restage ../x
+  assert_failure 2
+  run as_nobody "$RELEASES" keep '../../etc' 2 x
+  assert_failure 2
+}
+
+@test "make never evaluates what is typed in ENV, LISTEN or the other deployment values" {
+  local mark="$BATS_TEST_TMPDIR/ran"
+  run make -s -C "$MAKE_DIR" help "ENV=\$(shell touch $mark-env)" "DEPLOY_ENV=\$(shell touch $mark-denv)" \
+    "TRIBIST_SSH_SHARE=\$(shell touch $mark-share)" "LISTEN=\$(shell touch $mark-listen)" "TO=\$(shell touch $mark-to)"
+  assert_success
+  run make -n -C "$MAKE_DIR" run "LISTEN=127.0.0.1:1; touch $mark-run #"
+  refute_output --partial "touch"
+  [[ ! -e "$mark-env" && ! -e "$mark-denv" && ! -e "$mark-share" && ! -e "$mark-listen" && ! -e "$mark-to" ]]
+}
