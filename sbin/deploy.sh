@@ -1078,19 +1078,28 @@ cmd_audit() {
 # the binary about to run (computed as tribist, in the same call). tribist can flood the
 # journal, never this.
 cmd_on_start() {
-  local out promoted=no sum
   need_root on-start
   ACTION=service-start
-  # One call as tribist, in the restart's critical path: the promotion and the digest.
+  promote_and_digest
+  { echo "$(now) host=$(hostname) action=service-start user=systemd promoted=$PROMOTED server_sha256=$DIGEST" >>"$AUDIT_LOG"; } 2>/dev/null ||
+    warn "cannot append to $AUDIT_LOG"
+}
+
+# For the unit's steps: promotes server_new and takes the SHA-256 of the binary about to run,
+# in one call as tribist (it is in a restart's critical path). Sets PROMOTED (yes/no) and
+# DIGEST (64 hex digits, or unknown).
+PROMOTED=no
+DIGEST=unknown
+promote_and_digest() {
+  local out
   out=$(releases promote) || die "could not promote server_new: ${out:-see the lines above}"
+  PROMOTED=no
   if [[ "$out" == *promoted* ]]; then
-    promoted=yes
+    PROMOTED=yes
     say "$out"
   fi
-  sum=${out##*sha256 }
-  [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || sum=unknown
-  { echo "$(now) host=$(hostname) action=service-start user=systemd promoted=$promoted server_sha256=$sum" >>"$AUDIT_LOG"; } 2>/dev/null ||
-    warn "cannot append to $AUDIT_LOG"
+  DIGEST=${out##*sha256 }
+  [[ "$DIGEST" =~ ^[0-9a-f]{64}$ ]] || DIGEST=unknown
 }
 
 # The unit's reload step (`ExecReload=+`), as root outside the sandbox: promotes server_new as
@@ -1100,21 +1109,15 @@ cmd_on_start() {
 # process, or the server reports the attempt failed (it then goes on serving). So
 # `systemctl reload tribist` returns once the new binary serves, and fails when it does not.
 cmd_on_reload() {
-  local out promoted=no sum main=${MAINPID:-} before props pid status cgroup owner end
+  local main=${MAINPID:-} before props pid status cgroup owner end
   need_root on-reload
   ACTION=service-handover
   [[ "$main" =~ ^[1-9][0-9]*$ ]] || die "no MAINPID: this runs as $UNIT's reload step (systemctl reload $UNIT)"
   before=$(systemctl show -p StatusText --value "$UNIT" 8<&- 2>/dev/null) || before=""
   [[ "$before" == *"SIGUSR2 hands over"* ]] ||
     die "the serving process (pid $main) cannot hand over (it predates handovers, or is not serving yet): use 'systemctl restart $UNIT'"
-  out=$(releases promote) || die "could not promote server_new: ${out:-see the lines above}"
-  if [[ "$out" == *promoted* ]]; then
-    promoted=yes
-    say "$out"
-  fi
-  sum=${out##*sha256 }
-  [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || sum=unknown
-  handover_audit "from_pid=$main promoted=$promoted server_sha256=$sum"
+  promote_and_digest
+  handover_audit "from_pid=$main promoted=$PROMOTED server_sha256=$DIGEST"
   systemctl kill --kill-who=main --signal=SIGUSR2 "$UNIT" 8<&- || die "could not signal pid $main"
   # The server gives a successor 10 s; this waits a little longer, within TimeoutStartSec=.
   end=$((SECONDS + 14))

@@ -542,6 +542,17 @@ fn server_from_copy() -> Server {
         .spawn()
 }
 
+/// Replaces the server's binary (`DIR/server`) with the shell script `script`, atomically.
+fn replace_binary(server: &Server, script: &str) {
+    let tmp = server.dir.path().join("server.tmp");
+    fs::write(&tmp, script).unwrap();
+    Command::new("chmod")
+        .args(["755", tmp.to_str().unwrap()])
+        .status()
+        .unwrap();
+    fs::rename(&tmp, server.dir.path().join("server")).unwrap();
+}
+
 /// The pid `PID` names, once it differs from `old`.
 fn pid_other_than(server: &Server, old: u32) -> u32 {
     wait_for("PID to name the successor", 10 * SECOND, || {
@@ -656,14 +667,10 @@ fn sigusr2_hands_over_to_the_new_binary_and_no_request_fails() {
 fn failed_handover_keeps_the_old_process_serving() {
     let server = server_from_copy();
     let old = server.pid();
-    let exe = server.dir.path().join("server");
-    let tmp = server.dir.path().join("server.tmp");
-    fs::write(&tmp, "#!/bin/sh\necho 'panic: cannot start' >&2\nexit 3\n").unwrap();
-    Command::new("chmod")
-        .args(["755", tmp.to_str().unwrap()])
-        .status()
-        .unwrap();
-    fs::rename(&tmp, &exe).unwrap();
+    replace_binary(
+        &server,
+        "#!/bin/sh\necho 'panic: cannot start' >&2\nexit 3\n",
+    );
     server.signal("USR2");
     wait_for("the handover to fail", 10 * SECOND, || {
         server
@@ -682,8 +689,9 @@ fn failed_handover_keeps_the_old_process_serving() {
     let pid = fs::read_to_string(server.dir.path().join("PID")).unwrap();
     assert_eq!(pid.trim(), old.to_string());
     // Fixed binary: the next attempt works.
+    let tmp = server.dir.path().join("server.tmp");
     fs::copy(BIN, &tmp).unwrap();
-    fs::rename(&tmp, &exe).unwrap();
+    fs::rename(&tmp, server.dir.path().join("server")).unwrap();
     server.signal("USR2");
     let new = pid_other_than(&server, old);
     let _successor = KillOnDrop(new);
@@ -693,15 +701,8 @@ fn failed_handover_keeps_the_old_process_serving() {
 #[test]
 fn sigterm_while_a_successor_starts_stops_it_and_exits_at_once() {
     let mut server = server_from_copy();
-    let exe = server.dir.path().join("server");
-    let tmp = server.dir.path().join("server.tmp");
     // A successor that never gets ready and starts a process of its own.
-    fs::write(&tmp, "#!/bin/sh\nsleep 600 &\nexec sleep 601\n").unwrap();
-    Command::new("chmod")
-        .args(["755", tmp.to_str().unwrap()])
-        .status()
-        .unwrap();
-    fs::rename(&tmp, &exe).unwrap();
+    replace_binary(&server, "#!/bin/sh\nsleep 600 &\nexec sleep 601\n");
     server.signal("USR2");
     let group: u32 = wait_for("the successor to start", 10 * SECOND, || {
         let log = server.log();

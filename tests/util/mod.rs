@@ -239,16 +239,11 @@ impl Builder {
             .stderr(fs::File::create(&log).unwrap());
         if let Some(fd) = self.fd3 {
             use std::os::unix::process::CommandExt;
-            extern "C" {
-                fn dup2(old: i32, new: i32) -> i32;
-                fn fcntl(fd: i32, cmd: i32, arg: i32) -> i32;
-            }
-            const F_SETFD: i32 = 2;
             // SAFETY: dup2 and fcntl are async-signal-safe; fd is open in the parent, so in the
             // child. fcntl clears close-on-exec also when fd already is 3 (dup2 is then a no-op).
             unsafe {
                 cmd.pre_exec(move || {
-                    if dup2(fd, 3) < 0 || fcntl(3, F_SETFD, 0) < 0 {
+                    if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
