@@ -287,11 +287,14 @@ cmd_preflight() {
   trap preflight_cleanup EXIT
   trap 'exit 130' INT TERM HUP
   start=$SECONDS
+  # Made here, before the background process opens it: on a busy machine the first look at
+  # it can come first.
+  : >"$PREFLIGHT_DIR/log"
   # The service's environment as systemd gives it (User=tribist), the port moved, the log at
   # info (the port is read from its "listening on" line), and a time bound of its own.
   (cd "$PREFLIGHT_DIR" && exec env -i PATH=/usr/local/bin:/usr/bin:/bin USER=tribist LOGNAME=tribist \
     HOME=/home/tribist TRIBIST_LISTEN=127.0.0.1:0 TRIBIST_LOG_LEVEL=info \
-    timeout -k 2 "$((secs + 5))" "$API_DIR/$name" --env-file "$env") </dev/null >"$PREFLIGHT_DIR/log" 2>&1 &
+    timeout -k 2 "$((secs + 5))" "$API_DIR/$name" --env-file "$env") </dev/null >>"$PREFLIGHT_DIR/log" 2>&1 &
   PREFLIGHT_PID=$!
   while true; do
     if [[ -z "$port" ]]; then
