@@ -109,15 +109,24 @@ cmd_receive() {
 }
 
 # The commit in `server X.Y.Z (commit C)`; only a plain token is ever printed.
+# NAME must be one of the binaries or an upload, and exist.
+check_binary() {
+  case "$1" in
+    server | server.prev | server_new | server.failed) ;;
+    *) check_upload "$1" ;;
+  esac
+  [[ -f "$API_DIR/$1" ]] || die "$1: no such binary"
+}
+
+# What binary NAME prints for --version (at most 2000 bytes); fails if it does not run.
+version_output() {
+  (cd "$API_DIR" && timeout -k 2 10 "./$1" --version </dev/null 2>&1 | head -c 2000)
+}
+
 cmd_version() {
   local name=$1 out commit
-  case "$name" in
-    server | server.prev | server_new | server.failed) ;;
-    *) check_upload "$name" ;;
-  esac
-  [[ -f "$API_DIR/$name" ]] || die "$name: no such binary"
-  out=$(cd "$API_DIR" && timeout -k 2 10 "./$name" --version </dev/null 2>&1 | head -c 2000) ||
-    die "$name does not run on this host ('$name --version' failed)"
+  check_binary "$name"
+  out=$(version_output "$name") || die "$name does not run on this host ('$name --version' failed)"
   commit=$(sed -n 's/^server [^ ]* (commit \([A-Za-z0-9._+-]\{1,64\}\))$/\1/p' <<<"$out" | head -n 1)
   [[ -n "$commit" ]] || die "$name --version did not print 'server VERSION (commit ID)'"
   echo "$commit"
@@ -125,12 +134,8 @@ cmd_version() {
 
 cmd_hands_over() {
   local name=$1 out
-  case "$name" in
-    server | server.prev | server_new | server.failed) ;;
-    *) check_upload "$name" ;;
-  esac
-  [[ -f "$API_DIR/$name" ]] || die "$name: no such binary"
-  out=$(cd "$API_DIR" && timeout -k 2 10 "./$name" --version </dev/null 2>/dev/null | head -c 2000) || return 1
+  check_binary "$name"
+  out=$(version_output "$name") || return 1
   grep -qx 'handover: SIGUSR2' <<<"$out"
 }
 

@@ -370,6 +370,12 @@ env_line() {
   printf '%s="%s"\n' "$name" "$v"
 }
 
+# The settings make config may set or unset (deploy.sh's config_name_ok says the same):
+# never the address (LISTEN=) or a password (DATABASE_URL_FILE=).
+setting_name_ok() {
+  [[ "$1" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE))$ ]]
+}
+
 # make config HOST=… [SET="NAME=VALUE …"] [UNSET="NAME …"] [DATABASE_URL_FILE=…]: without a
 # change, prints the configuration (passwords masked); with one, deploy.sh checks, applies
 # and, if need be, takes it back. Names and values are checked here first; the database URL
@@ -392,13 +398,13 @@ cmd_config() {
       TRIBIST_LISTEN) refuse "SET: the address is not an environment setting: make install HOST=$host LISTEN=ADDR:PORT sets it (tribist.socket)" ;;
       DATABASE_URL | PGPASSWORD) refuse "SET: a password never goes on a command line (ps, shell history): put the URL in a file and pass DATABASE_URL_FILE=path" ;;
     esac
-    [[ "$name" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE))$ ]] ||
+    setting_name_ok "$name" ||
       refuse "SET: $(shown "$name") is not a setting tribist reads (server --help lists them)"
     args+=(--set "$word")
   done
   read -r -a words <<<"${UNSET:-}"
   for word in "${words[@]}"; do
-    [[ "$word" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE))$ ]] ||
+    setting_name_ok "$word" ||
       refuse "UNSET: $(shown "$word") is not a setting that can be unset (server --help lists them)"
     args+=(--unset "$word")
   done
