@@ -47,6 +47,10 @@ pub struct DbOutcome {
     /// `Err` holds a short reason, safe to show (never a password or connection string).
     pub result: Result<(), String>,
     pub elapsed: Duration,
+    /// Whether the connection the check ran on is encrypted (TLS); `None` without one.
+    pub encrypted: Option<bool>,
+    /// How many requests this one database round trip answered (single_flight.rs).
+    pub answered: usize,
 }
 
 const ALLOW: &str = "GET, HEAD";
@@ -190,6 +194,10 @@ pub fn health(db: &DbOutcome, now: SystemTime) -> Reply {
         "description": "tribist API server",
         "checks": {},
     });
+    if let Some(encrypted) = db.encrypted {
+        check["encrypted"] = json!(encrypted);
+    }
+    check["answeredRequests"] = json!(db.answered);
     if let Err(reason) = &db.result {
         let output = format!("postgres: {reason}");
         check["output"] = json!(output);
@@ -240,6 +248,8 @@ mod tests {
         DbOutcome {
             result: Ok(()),
             elapsed: Duration::from_micros(1234),
+            encrypted: Some(true),
+            answered: 3,
         }
     }
 
@@ -260,6 +270,8 @@ mod tests {
         assert_eq!(check["status"], "pass");
         assert_eq!(check["observedValue"], 1.234);
         assert_eq!(check["observedUnit"], "ms");
+        assert_eq!(check["encrypted"], true);
+        assert_eq!(check["answeredRequests"], 3);
         assert!(b.get("output").is_none());
     }
 
@@ -268,6 +280,8 @@ mod tests {
         let mut fail = || DbOutcome {
             result: Err("connection refused".into()),
             elapsed: Duration::from_millis(3),
+            encrypted: None,
+            answered: 1,
         };
         let r = handle("HEAD", "/health", &mut fail);
         assert_eq!(r.status, 503);

@@ -38,6 +38,10 @@ Configuration comes from the environment:
                             When unset, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD
                             and PGDATABASE are used instead (PGHOST defaults to
                             /var/run/postgresql, PGUSER to $USER).
+                            TLS as libpq means it: sslmode=disable|allow|prefer (default)|
+                            require|verify-ca|verify-full and sslrootcert=PATH|system in the
+                            URL's parameters (PGSSLMODE, PGSSLROOTCERT with the PG* variables);
+                            the verify modes use the system's CA store without sslrootcert.
   TRIBIST_LISTEN            address to listen on            (default 127.0.0.1:8383)
                             when systemd passes no socket; under tribist.socket the
                             socket's address applies (make install LISTEN=ADDR:PORT)
@@ -73,6 +77,8 @@ pub struct Config {
 #[derive(Clone)]
 pub struct DbTarget {
     pub config: postgres::Config,
+    /// `sslmode`/`sslrootcert` as libpq means them, and the TLS connector they make.
+    pub tls: crate::tls::Settings,
     /// `user@host:port/dbname`, safe to log and to show in `/health`.
     pub display: String,
 }
@@ -169,6 +175,8 @@ pub const VARIABLES: &[&str] = &[
     "PGUSER",
     "PGPASSWORD",
     "PGDATABASE",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
     "TRIBIST_LISTEN",
     "TRIBIST_WORKERS",
     "TRIBIST_DB_TIMEOUT",
@@ -339,10 +347,12 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 /// Builds the PostgreSQL target from DATABASE_URL, or from the libpq PG* variables.
 fn db_target(get: &impl Fn(&str) -> Option<String>, timeout: Duration) -> Result<DbTarget, Error> {
     let url = get("DATABASE_URL").filter(|v| !v.trim().is_empty());
-    let (mut config, var) = match url {
+    let (mut config, var, taken) = match url {
         Some(url) => {
+            let (rest, taken) =
+                crate::tls::split_params(url.trim()).map_err(|e| bad("DATABASE_URL", e))?;
             // The crate's own error can quote the string; never echo it (it may hold a password).
-            let config = postgres::Config::from_str(url.trim()).map_err(|_| {
+            let config = postgres::Config::from_str(&rest).map_err(|_| {
                 bad(
                     "DATABASE_URL",
                     "is not a valid PostgreSQL connection string; use \
@@ -350,10 +360,25 @@ fn db_target(get: &impl Fn(&str) -> Option<String>, timeout: Duration) -> Result
                      host=... user=... password=... dbname=...",
                 )
             })?;
-            (config, "DATABASE_URL")
+            (config, "DATABASE_URL", taken)
         }
-        None => (from_libpq_vars(get)?, "PGHOST"),
+        None => {
+            let taken = crate::tls::Taken {
+                sslmode: get("PGSSLMODE").filter(|v| !v.trim().is_empty()),
+                sslrootcert: get("PGSSLROOTCERT").filter(|v| !v.trim().is_empty()),
+            };
+            (from_libpq_vars(get)?, "PGHOST", taken)
+        }
     };
+    let tls_var = if var == "DATABASE_URL" {
+        "DATABASE_URL"
+    } else if taken.sslrootcert.is_some() && taken.sslmode.is_none() {
+        "PGSSLROOTCERT"
+    } else {
+        "PGSSLMODE"
+    };
+    let tls = crate::tls::Settings::new(taken.sslmode.as_deref(), taken.sslrootcert.as_deref())
+        .map_err(|e| bad(tls_var, e))?;
     if config.get_hosts().is_empty() {
         config.host("/var/run/postgresql");
     }
@@ -369,9 +394,23 @@ fn db_target(get: &impl Fn(&str) -> Option<String>, timeout: Duration) -> Result
             "has port 0; use the PostgreSQL port, usually 5432",
         ));
     }
+    // libpq never encrypts over a Unix socket, whatever sslmode says.
+    let all_unix = config
+        .get_hosts()
+        .iter()
+        .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+    config.ssl_mode(if all_unix {
+        postgres::config::SslMode::Disable
+    } else {
+        tls.mode.for_client()
+    });
     let display = describe(&config);
     harden(&mut config, timeout);
-    Ok(DbTarget { config, display })
+    Ok(DbTarget {
+        config,
+        tls,
+        display,
+    })
 }
 
 fn from_libpq_vars(get: &impl Fn(&str) -> Option<String>) -> Result<postgres::Config, Error> {

@@ -8,6 +8,10 @@
 //! before it is used. An attempt stuck on a silent peer is kept, not repeated, so threads and
 //! sockets stay bounded at one attempt per worker. After any failure the connection is
 //! dropped and the next check reconnects, so `/health` recovers by itself.
+//!
+//! Concurrent `/health` requests share one check (`check_shared`, single_flight.rs), run by
+//! whichever worker's turn it is on its own connection. Connections use TLS as `sslmode`
+//! says (tls.rs); each learns once, from the server, whether it is encrypted.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,13 +20,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use crate::api::DbOutcome;
 use crate::config::DbTarget;
+use crate::single_flight::{Missed, SingleFlight};
 
-/// The query each new connection must answer before it serves checks.
-const FIRST_QUERY: &str = "SELECT 1";
+/// The query each new connection must answer before it serves checks: `1`, and whether the
+/// server sees this connection encrypted (`t`/`f`; NULL where pg_stat_ssl hides it).
+const FIRST_QUERY: &str = "SELECT 1, (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())";
 
 /// State shared by all checkers: the last verdict (to log transitions once, not per worker)
 /// and how many connection threads are alive (so shutdown can wait for them to close).
@@ -54,6 +60,8 @@ pub struct Checker {
     timeout: Duration,
     shared: Arc<Shared>,
     client: Option<Client>,
+    /// Whether `client`'s connection is encrypted, as the server said.
+    encrypted: Option<bool>,
     connecting: Option<Connecting>,
 }
 
@@ -73,7 +81,7 @@ pub fn check_once(config: &crate::config::Config) -> DbOutcome {
 /// start-up and authentication. It is kept until it finishes, so a worker never has more than
 /// one attempt (one thread, one socket) in flight.
 struct Connecting {
-    result: Receiver<Result<Client, String>>,
+    result: Receiver<Result<(Client, Option<bool>), String>>,
     since: Instant,
 }
 
@@ -85,17 +93,68 @@ impl Checker {
             timeout,
             shared,
             client: None,
+            encrypted: None,
             connecting: None,
+        }
+    }
+
+    /// Starts connecting in the background if there is no connection and no attempt yet (one
+    /// attempt at a time, as always): at start, so that the first `/health` after a start or a
+    /// handover does not wait for every worker's connection in turn.
+    pub fn warm_up(&mut self) {
+        if self.client.is_none() && self.connecting.is_none() {
+            self.connecting = self.spawn_connect().ok();
         }
     }
 
     /// Runs the health query, answering within the DB timeout (plus scheduling noise).
     pub fn check(&mut self) -> DbOutcome {
+        self.check_by(Instant::now() + self.timeout)
+    }
+
+    /// `/health`'s check: the outcome of a round trip that started after this call, shared
+    /// with every request that waits for the same one (single_flight.rs). This worker's
+    /// connection runs it if it is this request's turn. Answers within the DB timeout.
+    pub fn check_shared(&mut self, flight: &SingleFlight<DbOutcome>) -> DbOutcome {
+        let arrived = Instant::now();
+        let deadline = arrived + self.timeout;
+        let timeout = self.timeout;
+        // While this request waits for another worker's check, this worker's connection is
+        // made ready for when its turn comes.
+        self.warm_up();
+        let (mut outcome, answered) = flight.run(
+            deadline,
+            || self.check_by(deadline),
+            |missed| DbOutcome {
+                result: Err(match missed {
+                    Missed::Timeout => format!(
+                        "no answer within {}: the database check in flight has not ended \
+                         (database stalled or network dropping packets)",
+                        fmt_secs(timeout)
+                    ),
+                    Missed::CheckFailed => {
+                        "internal error in the database check; the server log has the details"
+                            .into()
+                    }
+                }),
+                elapsed: arrived.elapsed(),
+                encrypted: None,
+                answered: 1,
+            },
+        );
+        outcome.answered = answered;
+        outcome
+    }
+
+    /// Runs the health query, answering by `deadline` (plus scheduling noise).
+    fn check_by(&mut self, deadline: Instant) -> DbOutcome {
         let start = Instant::now();
-        let result = self.check_inner(start + self.timeout);
+        let result = self.check_inner(deadline);
         let outcome = DbOutcome {
             result,
             elapsed: start.elapsed(),
+            encrypted: self.client.as_ref().and(self.encrypted),
+            answered: 1,
         };
         self.shared.record(&outcome, &self.target.display);
         outcome
@@ -103,7 +162,9 @@ impl Checker {
 
     fn check_inner(&mut self, deadline: Instant) -> Result<(), String> {
         if self.client.is_none() {
-            self.client = Some(self.await_connection(deadline)?);
+            let (client, encrypted) = self.await_connection(deadline)?;
+            self.client = Some(client);
+            self.encrypted = encrypted;
         }
         let Some(client) = self.client.as_mut() else {
             return Err("no connection".into());
@@ -132,7 +193,7 @@ impl Checker {
         }
     }
 
-    fn await_connection(&mut self, deadline: Instant) -> Result<Client, String> {
+    fn await_connection(&mut self, deadline: Instant) -> Result<(Client, Option<bool>), String> {
         let connecting = match self.connecting.take() {
             Some(c) => c,
             None => self.spawn_connect()?,
@@ -177,6 +238,7 @@ impl Checker {
     /// Closes the connection off the worker's thread: closing sends Terminate and waits for
     /// the socket, which a stalled peer can hold up until the TCP user timeout.
     fn discard_client(&mut self) {
+        self.encrypted = None;
         if let Some(client) = self.client.take() {
             // If no thread can be started, the closure and the client are dropped right here.
             let _ = self.spawn_tracked(format!("db-close-{}", self.id), move || drop(client));
@@ -212,19 +274,39 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Opens a connection and proves it can run SQL: `SELECT 1` must return 1.
-fn connect(target: &DbTarget) -> Result<Client, String> {
-    let mut client = target.config.connect(NoTls).map_err(|e| describe(&e))?;
+/// Opens a connection (TLS as `sslmode` says) and proves it can run SQL: `SELECT 1` must
+/// return 1. Also returns whether the server sees the connection encrypted.
+fn connect(target: &DbTarget) -> Result<(Client, Option<bool>), String> {
+    let mut client = target.config.connect(target.tls.connector()).map_err(|e| {
+        let reason = describe(&e);
+        if crate::tls::is_tls_failure(&reason) {
+            format!("{reason} ({})", target.tls.hint())
+        } else {
+            reason
+        }
+    })?;
     let rows = client.simple_query(FIRST_QUERY).map_err(|e| describe(&e))?;
-    let one = rows.iter().find_map(|m| match m {
-        postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+    let row = rows.iter().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(row) => Some((
+            row.get(0).map(str::to_owned),
+            row.get(1).map(|ssl| ssl == "t"),
+        )),
         _ => None,
     });
-    if one.as_deref() != Some("1") {
-        return Err(format!("unexpected answer to {FIRST_QUERY:?}: {one:?}"));
-    }
-    log::debug!("connected to database {}", target.display);
-    Ok(client)
+    let encrypted = match row {
+        Some((Some(one), encrypted)) if one == "1" => encrypted,
+        other => return Err(format!("unexpected answer to {FIRST_QUERY:?}: {other:?}")),
+    };
+    log::debug!(
+        "connected to database {} ({})",
+        target.display,
+        match encrypted {
+            Some(true) => "encrypted",
+            Some(false) => "not encrypted",
+            None => "encryption unknown",
+        }
+    );
+    Ok((client, encrypted))
 }
 
 /// A short reason from a postgres error: the server's message when it sent one, else the

@@ -14,4 +14,6 @@ pub mod handover;
 pub mod logging;
 pub mod pidfile;
 pub mod server;
+pub mod single_flight;
 pub mod systemd;
+pub mod tls;

@@ -99,11 +99,18 @@ fn run() -> Result<(), Error> {
             match outcome.result {
                 Ok(()) => {
                     println!(
-                        "configuration OK: {} workers, listen {}, database {} answered in {:.1} ms",
+                        "configuration OK: {} workers, listen {}, database {} answered in {:.1} ms \
+                         ({}, {:?})",
                         config.workers,
                         config.listen,
                         config.db.display,
-                        outcome.elapsed.as_secs_f64() * 1e3
+                        outcome.elapsed.as_secs_f64() * 1e3,
+                        match outcome.encrypted {
+                            Some(true) => "encrypted",
+                            Some(false) => "not encrypted",
+                            None => "encryption unknown",
+                        },
+                        config.db.tls
                     );
                     Ok(())
                 }

@@ -31,13 +31,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::api::{self, Reply};
+use crate::api::{self, DbOutcome, Reply};
 use crate::config::Config;
 use crate::connection::{self, Connections};
 use crate::db::{self, Checker};
 use crate::error::Error;
 use crate::handover::{self, Inherited};
 use crate::pidfile::PidFile;
+use crate::single_flight::SingleFlight;
 use crate::systemd::{self, Notifier};
 
 /// How long a worker waits on the queue before looking at the shutdown state again.
@@ -95,6 +96,8 @@ struct Pool {
     /// The port clients connect to, to find their connections when draining.
     port: u16,
     max_header_bytes: usize,
+    /// Concurrent `/health` requests share one database round trip.
+    health: SingleFlight<DbOutcome>,
 }
 
 /// Where connections come from.
@@ -298,6 +301,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         connections: Connections::new(config.keepalive_max),
         port: listener.addr.port(),
         max_header_bytes: config.max_header_bytes,
+        health: SingleFlight::default(),
     });
     // Before any worker answers: whoever sees /health answer can rely on PID.
     pid_file.write()?;
@@ -305,12 +309,13 @@ pub fn run(config: Config) -> Result<(), Error> {
     let (done_tx, done_rx) = mpsc::channel::<usize>();
     let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(config.workers);
     for id in 1..=config.workers {
-        let checker = Checker::new(
+        let mut checker = Checker::new(
             id,
             config.db.clone(),
             config.db_timeout,
             Arc::clone(&db_shared),
         );
+        checker.warm_up();
         let pool = Arc::clone(&pool);
         let done = done_tx.clone();
         let handle = thread::Builder::new()
@@ -500,6 +505,8 @@ pub fn run(config: Config) -> Result<(), Error> {
         0 => log::info!("shutdown: database connections closed"),
         n => log::warn!("shutdown: {n} database connection(s) still blocked; abandoning them"),
     }
+    let (checks, answers) = pool.health.totals();
+    log::info!("health: {answers} answers from {checks} database checks");
     pid_file.remove();
     log::info!("shutdown: complete");
     outcome
@@ -694,7 +701,7 @@ fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
             ),
         ),
         (None, Some(reason)) => Reply::error(400, &format!("bad request: {reason}")),
-        (None, None) => api::handle(&method, &url, &mut || checker.check()),
+        (None, None) => api::handle(&method, &url, &mut || checker.check_shared(&pool.health)),
     }))
     .unwrap_or_else(|_| {
         log::error!("panic while handling {method} {}; answered 500", clip(&url));

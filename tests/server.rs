@@ -733,3 +733,55 @@ fn sigterm_while_a_successor_starts_stops_it_and_exits_at_once() {
         (alive == 0).then_some(())
     });
 }
+
+/// Concurrent `/health` requests share database round trips: under 16 concurrent clients the
+/// server runs fewer checks than it answers, and an answer says how many it served.
+#[test]
+fn concurrent_health_requests_share_database_checks() {
+    let mut server = Server::builder(&Pg::shared().url)
+        .env("TRIBIST_WORKERS", "4")
+        .spawn();
+    let addr = server.addr;
+    let most = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(move || {
+                    (0..40)
+                        .map(|_| {
+                            let r = request(
+                                addr,
+                                "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                            );
+                            assert_eq!(r.status, 200, "{r:?}");
+                            r.json()["checks"]["postgres:responseTime"][0]["answeredRequests"]
+                                .as_u64()
+                                .unwrap()
+                        })
+                        .max()
+                        .unwrap()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .max()
+            .unwrap()
+    });
+    assert!(most >= 2, "no check answered more than one request");
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(10 * SECOND).code(), Some(0));
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("health: ") && l.contains("database checks"))
+        .unwrap_or_else(|| panic!("no totals line in the log:\n{log}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 2, "{line}");
+    let (answers, checks) = (numbers[0], numbers[1]);
+    assert_eq!(answers, 16 * 40, "{line}");
+    assert!(checks < answers, "{line}");
+}

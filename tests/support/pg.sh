@@ -8,8 +8,12 @@ readonly PASSWORD=tribist-test-pw
 
 usage() {
   cat <<'USAGE'
-usage: pg.sh start DIR PORT   create (first time) and start a cluster in DIR listening on
-                              127.0.0.1:PORT; prints its DATABASE_URL
+usage: pg.sh start DIR PORT [--tls]
+                              create (first time) and start a cluster in DIR listening on
+                              127.0.0.1:PORT; prints its DATABASE_URL. With --tls the
+                              cluster has ssl = on with a certificate for localhost and
+                              127.0.0.1 signed by a CA made for it: DIR/tls/ca.pem; and
+                              DIR/tls/other-ca.pem is a CA that did not sign it
        pg.sh stop DIR         stop it (fast shutdown)
        pg.sh url DIR          print the DATABASE_URL of the cluster in DIR
        pg.sh --help
@@ -46,6 +50,28 @@ as_owner() {
   fi
 }
 
+# A CA, a server certificate it signs (localhost, 127.0.0.1), and an unrelated CA, in DIR/tls.
+make_certs() {
+  local tls=$1/tls
+  [[ -f "$tls/server.pem" ]] && return 0
+  mkdir -p "$tls"
+  local ca
+  for ca in ca other-ca; do
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=tribist test $ca" \
+      -keyout "$tls/$ca.key" -out "$tls/$ca.pem" 2>/dev/null || die 1 "openssl: cannot make $ca"
+  done
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$tls/server.key" \
+    -out "$tls/server.csr" 2>/dev/null || die 1 "openssl: cannot make the server key"
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$tls/san.ext"
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+    -CAcreateserial -days 30 -extfile "$tls/san.ext" -out "$tls/server.pem" 2>/dev/null ||
+    die 1 "openssl: cannot sign the server certificate"
+  chmod 600 "$tls/server.key"
+  chmod 644 "$tls/ca.pem" "$tls/other-ca.pem" "$tls/server.pem"
+  [[ $(id -u) -eq 0 ]] && chown postgres: "$tls/server.key" "$tls/server.pem"
+  return 0
+}
+
 url_of() {
   local dir=$1
   [[ -f "$dir/port" ]] || die 1 "no cluster in $dir (run: pg.sh start $dir PORT)"
@@ -53,7 +79,7 @@ url_of() {
 }
 
 start() {
-  local dir=$1 port=$2 bin
+  local dir=$1 port=$2 tls=${3:-} bin ssl_opts=""
   bin=$(bindir)
   [[ "$port" =~ ^[0-9]+$ ]] || die 2 "PORT must be a number, got '$port'"
   mkdir -p "$dir"
@@ -67,9 +93,13 @@ start() {
     local fresh=1
   fi
   port=$(cat "$dir/port")
+  if [[ "$tls" == --tls ]]; then
+    make_certs "$dir"
+    ssl_opts=" -c ssl=on -c ssl_cert_file=$dir/tls/server.pem -c ssl_key_file=$dir/tls/server.key"
+  fi
   if ! as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200$ssl_opts" \
       start >/dev/null || die 1 "PostgreSQL did not start; see $dir/server.log"
   fi
   if [[ -n "${fresh:-}" ]]; then
@@ -90,7 +120,10 @@ stop() {
 main() {
   case "${1:-}" in
     -h | --help) usage ;;
-    start) [[ $# -eq 3 ]] || die 2 "usage: pg.sh start DIR PORT"; start "$2" "$3" ;;
+    start)
+      [[ $# -eq 3 || ( $# -eq 4 && "$4" == --tls ) ]] || die 2 "usage: pg.sh start DIR PORT [--tls]"
+      start "$2" "$3" "${4:-}"
+      ;;
     stop) [[ $# -eq 2 ]] || die 2 "usage: pg.sh stop DIR"; stop "$2" ;;
     url) [[ $# -eq 2 ]] || die 2 "usage: pg.sh url DIR"; url_of "$2" ;;
     *) usage >&2; exit 2 ;;

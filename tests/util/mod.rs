@@ -83,6 +83,19 @@ impl Pg {
         Pg { dir, url, port }
     }
 
+    /// A cluster with `ssl = on`, its certificate signed by `dir/tls/ca.pem` (pg.sh --tls).
+    pub fn start_new_tls(tag: &str) -> Pg {
+        let dir = TempDir::new(&format!("pg-{tag}"));
+        let port = free_port();
+        let url = pg_sh(&[
+            "start",
+            dir.path().to_str().unwrap(),
+            &port.to_string(),
+            "--tls",
+        ]);
+        Pg { dir, url, port }
+    }
+
     /// One cluster shared by the tests that never stop it.
     pub fn shared() -> &'static Pg {
         static PG: OnceLock<Pg> = OnceLock::new();
