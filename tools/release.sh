@@ -14,6 +14,8 @@ readonly TARGET=x86_64-unknown-linux-gnu
 readonly GLIBC=2.17
 readonly ZIGLANG=ziglang==0.17.1
 readonly ZIGBUILD=cargo-zigbuild==0.24.1
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+readonly REPO
 
 usage() {
   cat <<USAGE
@@ -40,7 +42,10 @@ tools() {
     return 0
   fi
   echo "$PROG: installing $ZIGLANG and $ZIGBUILD from PyPI into $venv (once)" >&2
-  command -v python3 >/dev/null || die "python3 is missing: apt-get install python3 python3-venv"
+  # On a fresh machine: installed when root, else named with the command that installs them.
+  if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    "$REPO/tests/support/deps.sh" python3 python3-venv || die "python3 and python3-venv are needed (above)"
+  fi
   python3 -m venv "$venv" >/dev/null ||
     die "cannot make a virtualenv in $venv: apt-get install python3-venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "$ZIGLANG" "$ZIGBUILD" >&2 ||
@@ -54,8 +59,7 @@ main() {
     "") ;;
     *) usage >&2; exit 2 ;;
   esac
-  local repo venv out machine needed
-  repo=$(cd "$(dirname "$0")/.." && pwd)
+  local repo=$REPO venv out machine needed
   # shellcheck source=tools/elf.sh
   source "$repo/tools/elf.sh"
   venv=${TRIBIST_TOOLS:-$repo/.tools}/zig

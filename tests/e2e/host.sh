@@ -11,7 +11,8 @@ set -euo pipefail
 readonly CACHE=${TRIBIST_E2E_CACHE:-/var/cache/tribist-e2e}
 readonly RUN=${TRIBIST_E2E_RUN:-/var/tmp/tribist-e2e}
 readonly SUITE=bookworm
-readonly MIRROR=${TRIBIST_E2E_MIRROR:-http://deb.debian.org/debian}
+# debootstrap's own default mirror unless TRIBIST_E2E_MIRROR names another.
+readonly MIRROR=${TRIBIST_E2E_MIRROR:-}
 readonly PACKAGES=systemd,systemd-sysv,dbus,openssh-server,sudo,curl,postgresql,procps,iproute2
 # Bump when the preparation below changes, so cached copies are rebuilt.
 readonly BASE_VERSION=2
@@ -57,7 +58,9 @@ prepare() {
   if [[ ! -f "$dir/.debootstrap-done" ]]; then
     log "building the $SUITE root file system in $dir (about 2 minutes, cached afterwards)"
     rm -rf "$dir.tmp"
-    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$dir.tmp" "$MIRROR" \
+    local mirror=()
+    [[ -n "$MIRROR" ]] && mirror=("$MIRROR")
+    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$dir.tmp" "${mirror[@]}" \
       >"$CACHE/debootstrap.log" 2>&1 || die "debootstrap failed; see $CACHE/debootstrap.log"
     rm -rf "$dir"
     mv "$dir.tmp" "$dir"
