@@ -360,27 +360,65 @@ fn db_target(get: &impl Fn(&str) -> Option<String>, timeout: Duration) -> Result
                      host=... user=... password=... dbname=...",
                 )
             })?;
+            // Whatever sslmode the crate found itself is one the split above did not see: the
+            // two read the string differently, and the crate's would override ours.
+            if config.get_ssl_mode() != postgres::config::SslMode::Prefer {
+                return Err(bad(
+                    "DATABASE_URL",
+                    "has an sslmode that cannot be read unambiguously (an unusual character \
+                     before it?); write ?sslmode=MODE in a URL, or sslmode=MODE as a word of its \
+                     own",
+                ));
+            }
             (config, "DATABASE_URL", taken)
         }
-        None => {
-            let taken = crate::tls::Taken {
-                sslmode: get("PGSSLMODE").filter(|v| !v.trim().is_empty()),
-                sslrootcert: get("PGSSLROOTCERT").filter(|v| !v.trim().is_empty()),
+        None => (from_libpq_vars(get)?, "PGHOST", Default::default()),
+    };
+    // As in libpq, PGSSLMODE and PGSSLROOTCERT are the defaults of what the string leaves out.
+    let nonempty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    let (sslmode, mode_var) = match (taken.sslmode, nonempty("PGSSLMODE")) {
+        (Some(m), _) => (Some(m), var),
+        (None, env) => (env, "PGSSLMODE"),
+    };
+    let (sslrootcert, root_var) = match (taken.sslrootcert, nonempty("PGSSLROOTCERT")) {
+        (Some(r), _) => (Some(r), var),
+        (None, env) => (env, "PGSSLROOTCERT"),
+    };
+    let tls =
+        crate::tls::Settings::new(sslmode.as_deref(), sslrootcert.as_deref()).map_err(|e| {
+            let culprit = if e.contains("sslrootcert") && !e.contains("sslmode") {
+                root_var
+            } else {
+                mode_var
             };
-            (from_libpq_vars(get)?, "PGHOST", taken)
-        }
-    };
-    let tls_var = if var == "DATABASE_URL" {
-        "DATABASE_URL"
-    } else if taken.sslrootcert.is_some() && taken.sslmode.is_none() {
-        "PGSSLROOTCERT"
-    } else {
-        "PGSSLMODE"
-    };
-    let tls = crate::tls::Settings::new(taken.sslmode.as_deref(), taken.sslrootcert.as_deref())
-        .map_err(|e| bad(tls_var, e))?;
+            bad(culprit, e)
+        })?;
+    let hostaddrs: Vec<String> = config
+        .get_hostaddrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     if config.get_hosts().is_empty() {
-        config.host("/var/run/postgresql");
+        if hostaddrs.is_empty() {
+            config.host("/var/run/postgresql");
+        } else {
+            // The crate would verify TLS against no name at all: the address is the name.
+            for addr in &hostaddrs {
+                config.host(addr);
+            }
+        }
+    }
+    let unix_with_addr = config
+        .get_hosts()
+        .iter()
+        .zip(&hostaddrs)
+        .any(|(h, _)| matches!(h, postgres::config::Host::Unix(_)));
+    if unix_with_addr {
+        return Err(bad(
+            var,
+            "pairs a socket directory (host=/…) with a hostaddr; with hostaddr, host is the \
+             server's name for TLS: give a host name or leave host out",
+        ));
     }
     if config.get_user().is_none() {
         return Err(bad(
@@ -395,10 +433,11 @@ fn db_target(get: &impl Fn(&str) -> Option<String>, timeout: Duration) -> Result
         ));
     }
     // libpq never encrypts over a Unix socket, whatever sslmode says.
-    let all_unix = config
-        .get_hosts()
-        .iter()
-        .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+    let all_unix = hostaddrs.is_empty()
+        && config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, postgres::config::Host::Unix(_)));
     config.ssl_mode(if all_unix {
         postgres::config::SslMode::Disable
     } else {

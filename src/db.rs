@@ -65,6 +65,12 @@ pub struct Checker {
     connecting: Option<Connecting>,
 }
 
+/// The single flight that `/health`'s checks share: checks overlap only once one has run for
+/// an eighth of the timeout (a slow database, not a storm of probes).
+pub fn health_flight(timeout: Duration) -> SingleFlight<DbOutcome> {
+    SingleFlight::new(timeout / 8)
+}
+
 /// One check with a fresh connection, for `server --check-config`: the same bounded path as
 /// a worker's first `/health`.
 pub fn check_once(config: &crate::config::Config) -> DbOutcome {
@@ -280,7 +286,7 @@ fn connect(target: &DbTarget) -> Result<(Client, Option<bool>), String> {
     let mut client = target.config.connect(target.tls.connector()).map_err(|e| {
         let reason = describe(&e);
         if crate::tls::is_tls_failure(&reason) {
-            format!("{reason} ({})", target.tls.hint())
+            format!("{reason} ({})", target.tls.hint(&reason))
         } else {
             reason
         }

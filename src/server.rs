@@ -301,7 +301,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         connections: Connections::new(config.keepalive_max),
         port: listener.addr.port(),
         max_header_bytes: config.max_header_bytes,
-        health: SingleFlight::default(),
+        health: db::health_flight(config.db_timeout),
     });
     // Before any worker answers: whoever sees /health answer can rely on PID.
     pid_file.write()?;
@@ -315,7 +315,11 @@ pub fn run(config: Config) -> Result<(), Error> {
             config.db_timeout,
             Arc::clone(&db_shared),
         );
-        checker.warm_up();
+        // Two connections ready at start serve the first checks; the other workers connect
+        // while they wait for one (Checker::check_shared).
+        if id <= 2 {
+            checker.warm_up();
+        }
         let pool = Arc::clone(&pool);
         let done = done_tx.clone();
         let handle = thread::Builder::new()

@@ -9,15 +9,21 @@
 //! the database sees at most one health query per round trip, however many requests wait.
 //!
 //! A waiter gives up at its own deadline (the database timeout from its arrival), so a
-//! stalled database cannot hold requests longer than it did before. A check that panics ends
-//! its generation without a result; its waiters are told so instead of waiting forever.
+//! stalled database cannot hold requests longer than it did before. Waiting for the next
+//! check would double the wait when the database is slow rather than stalled, so a check
+//! that has run for `overlap_after` (an eighth of the timeout) lets one waiter start the
+//! next beside it: at most one check per `overlap_after` then, and a request waits at most
+//! `overlap_after` plus one round trip. Checks may then end out of order; a waiter takes
+//! the first to end of those that started after it arrived. A check that panics ends
+//! without a result; its waiters are told so instead of waiting forever.
 //!
 //! Generic over the outcome so that it is unit-tested with plain closures and threads.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why a waiter got no outcome of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,46 +37,50 @@ pub enum Missed {
 /// Shared by every worker of one server.
 pub struct SingleFlight<T> {
     state: Mutex<State<T>>,
-    finished: Condvar,
+    ended: Condvar,
+    /// A check running this long no longer holds back the requests that arrived after it
+    /// started: one of them starts the next check beside it (a slow database, not a probe
+    /// storm, is what makes checks this long).
+    overlap_after: Duration,
     checks: AtomicU64,
     answers: AtomicU64,
 }
 
 struct State<T> {
-    /// Checks started so far; the running one, if any, is number `started`.
+    /// Checks started so far; they are numbered from 1.
     started: u64,
-    running: bool,
-    /// The outcome of check number `started` once it ended (`None` if it panicked), and how
-    /// many requests it answered.
+    /// When check number `started` began, while it runs.
+    newest_running_since: Option<Instant>,
+    /// The highest-numbered check that ended, its outcome (`None` if it panicked) and how
+    /// many requests it answered. Checks may end out of order; an older one changes nothing.
+    best: u64,
     last: Option<(T, usize)>,
-    /// Requests waiting for the running check (they arrived before it started, while the
-    /// previous one ran).
-    joined_running: usize,
-    /// Requests waiting for the check after the running one.
-    joined_next: usize,
+    /// Requests waiting, by the lowest check number that may answer them (any check that
+    /// started after they arrived).
+    waiting: BTreeMap<u64, usize>,
 }
 
-impl<T: Clone> Default for SingleFlight<T> {
-    fn default() -> Self {
+impl<T: Clone> SingleFlight<T> {
+    pub fn new(overlap_after: Duration) -> Self {
         SingleFlight {
             state: Mutex::new(State {
                 started: 0,
-                running: false,
+                newest_running_since: None,
+                best: 0,
                 last: None,
-                joined_running: 0,
-                joined_next: 0,
+                waiting: BTreeMap::new(),
             }),
-            finished: Condvar::new(),
+            ended: Condvar::new(),
+            overlap_after,
             checks: AtomicU64::new(0),
             answers: AtomicU64::new(0),
         }
     }
-}
 
-impl<T: Clone> SingleFlight<T> {
     /// The outcome of a check that started after this call, and how many requests that check
-    /// answered. `check` runs here if no check is running when this request's turn comes;
-    /// otherwise this waits for one until `deadline` and answers `missed(..)` if none ended.
+    /// answered. `check` runs here when it is this request's turn: no check has started
+    /// since it arrived, and none runs (or the one running has run for `overlap_after`).
+    /// Otherwise this waits, until `deadline` at most, and then answers `missed(..)`.
     pub fn run(
         &self,
         deadline: Instant,
@@ -80,14 +90,9 @@ impl<T: Clone> SingleFlight<T> {
         let mut state = self.lock();
         // Any check numbered `target` or higher starts after now.
         let target = state.started + 1;
-        // Counted among the next check's requests while waiting for it.
-        let joined = state.running;
-        if joined {
-            state.joined_next += 1;
-        }
+        let mut joined = false;
         loop {
-            if state.started >= target && !state.running {
-                // Check `state.started` (>= target) ended: its outcome answers this request.
+            if state.best >= target {
                 return match &state.last {
                     Some((outcome, answered)) => {
                         self.answers.fetch_add(1, Ordering::Relaxed);
@@ -96,21 +101,36 @@ impl<T: Clone> SingleFlight<T> {
                     None => (missed(Missed::CheckFailed), 1),
                 };
             }
-            if !state.running {
-                // No check is running, and none since this request arrived has ended: this
-                // request runs the next one, for itself and everyone who joined it.
-                return self.lead(state, joined, check);
-            }
             let now = Instant::now();
             if now >= deadline {
-                if state.started >= target {
-                    state.joined_running -= 1;
-                } else {
-                    state.joined_next -= 1;
+                if joined {
+                    state.leave(target);
                 }
                 return (missed(Missed::Timeout), 1);
             }
-            state = match self.finished.wait_timeout(state, deadline - now) {
+            // Nothing started since this request arrived: it starts the next check if none
+            // runs, or when the running one has run too long.
+            let overlap_at = state
+                .newest_running_since
+                .map(|since| since + self.overlap_after);
+            if state.started < target && overlap_at.is_none_or(|at| now >= at) {
+                if joined {
+                    state.leave(target);
+                }
+                return self.lead(state, check);
+            }
+            if !joined {
+                *state.waiting.entry(target).or_default() += 1;
+                joined = true;
+            }
+            let wake = match overlap_at {
+                Some(at) if state.started < target => at.min(deadline),
+                _ => deadline,
+            };
+            state = match self
+                .ended
+                .wait_timeout(state, wake.saturating_duration_since(now))
+            {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
@@ -125,27 +145,29 @@ impl<T: Clone> SingleFlight<T> {
         )
     }
 
-    fn lead(
-        &self,
-        mut state: MutexGuard<'_, State<T>>,
-        joined: bool,
-        check: impl FnOnce() -> T,
-    ) -> (T, usize) {
+    fn lead(&self, mut state: MutexGuard<'_, State<T>>, check: impl FnOnce() -> T) -> (T, usize) {
         state.started += 1;
-        state.running = true;
-        // Whoever joined "the next check" joined this one, except its leader.
-        state.joined_running = state.joined_next - usize::from(joined);
-        state.joined_next = 0;
+        let number = state.started;
+        state.newest_running_since = Some(Instant::now());
         drop(state);
         self.checks.fetch_add(1, Ordering::Relaxed);
         let outcome = catch_unwind(AssertUnwindSafe(check));
         let mut state = self.lock();
-        let answered = 1 + state.joined_running;
-        state.joined_running = 0;
-        state.running = false;
-        state.last = outcome.as_ref().ok().map(|o| (o.clone(), answered));
+        if state.started == number {
+            state.newest_running_since = None;
+        }
+        let mut answered = 1;
+        if number > state.best {
+            // Everyone waiting for this check or an earlier one is answered by it.
+            let later = state.waiting.split_off(&(number + 1));
+            answered += std::mem::replace(&mut state.waiting, later)
+                .values()
+                .sum::<usize>();
+            state.best = number;
+            state.last = outcome.as_ref().ok().map(|o| (o.clone(), answered));
+        }
         drop(state);
-        self.finished.notify_all();
+        self.ended.notify_all();
         match outcome {
             Ok(outcome) => {
                 self.answers.fetch_add(1, Ordering::Relaxed);
@@ -161,13 +183,27 @@ impl<T: Clone> SingleFlight<T> {
     }
 }
 
+impl<T> State<T> {
+    /// A request waiting for check `target` or later stops waiting.
+    fn leave(&mut self, target: u64) {
+        if let Some(n) = self.waiting.get_mut(&target) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting.remove(&target);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
     use std::sync::Arc;
     use std::thread;
-    use std::time::Duration;
+
+    /// Long enough that checks never overlap in these tests.
+    const LONG: Duration = Duration::from_secs(60);
 
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(10)
@@ -175,7 +211,7 @@ mod tests {
 
     #[test]
     fn alone_a_request_runs_its_own_check() {
-        let sf = SingleFlight::default();
+        let sf = SingleFlight::new(LONG);
         assert_eq!(sf.run(far(), || 7, |_| 0), (7, 1));
         assert_eq!(sf.run(far(), || 8, |_| 0), (8, 1));
         assert_eq!(sf.totals(), (2, 2));
@@ -185,7 +221,7 @@ mod tests {
     /// arrived, and share it: one check for all of them.
     #[test]
     fn requests_during_a_check_share_the_next_one() {
-        let sf = Arc::new(SingleFlight::default());
+        let sf = Arc::new(SingleFlight::new(LONG));
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         let leader = {
@@ -211,7 +247,7 @@ mod tests {
             .collect();
         // All five are waiting before the first check ends.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while sf.lock().joined_next < 5 {
+        while sf.lock().waiting.values().sum::<usize>() < 5 {
             assert!(Instant::now() < deadline, "waiters did not join");
             thread::yield_now();
         }
@@ -225,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_waiter_gives_up_at_its_deadline() {
-        let sf = Arc::new(SingleFlight::default());
+        let sf = Arc::new(SingleFlight::new(LONG));
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         let leader = {
@@ -251,13 +287,12 @@ mod tests {
         assert!(Instant::now() >= soon);
         release_tx.send(()).unwrap();
         assert_eq!(leader.join().unwrap(), (1, 1));
-        let state = sf.lock();
-        assert_eq!((state.joined_next, state.joined_running), (0, 0));
+        assert!(sf.lock().waiting.is_empty());
     }
 
     #[test]
     fn a_panicking_check_releases_its_waiters() {
-        let sf = Arc::new(SingleFlight::<i32>::default());
+        let sf = Arc::new(SingleFlight::<i32>::new(LONG));
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         let first = {
@@ -302,7 +337,7 @@ mod tests {
             })
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while sf.lock().joined_next < 2 {
+        while sf.lock().waiting.values().sum::<usize>() < 2 {
             assert!(Instant::now() < deadline, "waiters did not join");
             thread::yield_now();
         }
@@ -326,5 +361,75 @@ mod tests {
         }
         // Afterwards checks run again.
         assert_eq!(sf.run(far(), || 9, |_| 0), (9, 1));
+    }
+
+    /// A database slow rather than stalled: once the running check is `overlap_after` old, a
+    /// request that arrived after it started starts its own beside it, and gets its answer
+    /// without waiting for the slow one.
+    #[test]
+    fn a_long_check_lets_the_next_one_start_beside_it() {
+        let sf = Arc::new(SingleFlight::new(Duration::from_millis(20)));
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let slow = {
+            let sf = Arc::clone(&sf);
+            thread::spawn(move || {
+                sf.run(
+                    far(),
+                    || {
+                        started_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        "slow"
+                    },
+                    |_| "missed",
+                )
+            })
+        };
+        started_rx.recv().unwrap();
+        let asked = Instant::now();
+        assert_eq!(sf.run(far(), || "beside", |_| "missed"), ("beside", 1));
+        assert!(asked.elapsed() >= Duration::from_millis(20));
+        release_tx.send(()).unwrap();
+        // The slow one ended after a newer one: it answers only its own request.
+        assert_eq!(slow.join().unwrap(), ("slow", 1));
+        assert_eq!(sf.run(far(), || "next", |_| "missed"), ("next", 1));
+    }
+
+    /// Many threads, short checks, short and long deadlines: no panic, every answer from a
+    /// check that started after its request arrived, and counters that add up.
+    #[test]
+    fn under_contention_no_answer_predates_its_request() {
+        let sf = Arc::new(SingleFlight::new(Duration::from_millis(2)));
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let sf = Arc::clone(&sf);
+                thread::spawn(move || {
+                    let mut answered = 0;
+                    for i in 0..300 {
+                        let arrived = Instant::now();
+                        let limit = if (t + i) % 3 == 0 { 1 } else { 50 };
+                        let (started, _) = sf.run(
+                            arrived + Duration::from_millis(limit),
+                            || {
+                                let started = Instant::now();
+                                thread::sleep(Duration::from_micros(300));
+                                Some(started)
+                            },
+                            |_| None,
+                        );
+                        if let Some(started) = started {
+                            assert!(started >= arrived, "an answer older than its request");
+                            answered += 1;
+                        }
+                    }
+                    answered
+                })
+            })
+            .collect();
+        let answered: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        let (checks, answers) = sf.totals();
+        assert_eq!(answers, answered);
+        assert!(checks < answers, "checks {checks}, answers {answers}");
+        assert!(sf.lock().waiting.is_empty());
     }
 }

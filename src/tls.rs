@@ -60,9 +60,9 @@ impl SslMode {
             "verify-full" => SslMode::VerifyFull,
             _ => {
                 return Err(format!(
-                    "sslmode {:?} is not one of disable, allow, prefer, require, verify-ca, \
+                    "sslmode {} is not one of disable, allow, prefer, require, verify-ca, \
                      verify-full",
-                    text.escape_debug().to_string()
+                    shown(text)
                 ))
             }
         })
@@ -89,6 +89,19 @@ impl fmt::Display for SslMode {
             SslMode::VerifyCa => "verify-ca",
             SslMode::VerifyFull => "verify-full",
         })
+    }
+}
+
+/// A value from the connection string, quoted in an error only when it cannot be a password
+/// that an empty value swallowed (`sslmode= password=…` gives sslmode the next word, as in
+/// libpq): a short word of lowercase letters and dashes, or an absolute path without `=`.
+fn shown(value: &str) -> String {
+    let word = value.len() <= 20 && value.bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+    let path = value.starts_with('/') && !value.contains('=');
+    if word || path {
+        format!("{:?}", value.escape_debug().to_string())
+    } else {
+        "(value not shown)".into()
     }
 }
 
@@ -150,6 +163,14 @@ impl Settings {
                 "weak sslmode {mode} may not be used with sslrootcert=system (use verify-full)"
             ));
         }
+        if mode == SslMode::VerifyCa && roots.is_none() {
+            // Any certificate a public CA issued, for any name, would pass.
+            return Err(
+                "sslmode verify-ca needs sslrootcert=PATH (the CA that signed the \
+                        server's certificate); with the system's CA store use verify-full"
+                    .into(),
+            );
+        }
         let check = match (mode, &roots) {
             (SslMode::Disable, _) => Check::Nothing,
             (SslMode::VerifyFull, _) => Check::ChainAndName,
@@ -171,9 +192,17 @@ impl Settings {
     }
 
     /// A hint to add to a failed TLS handshake's reason.
-    pub fn hint(&self) -> String {
+    pub fn hint(&self, reason: &str) -> String {
+        if reason.contains("CaUsedAsEndEntity") {
+            return "the server presents a CA certificate (basicConstraints CA:TRUE) as its own; \
+                    rustls accepts only a server certificate signed by a CA: make one with the \
+                    CA and name the CA in sslrootcert"
+                .into();
+        }
         let roots = match &self.roots {
-            Some(Roots::File(p)) => format!("the CA certificates in {}", p.display()),
+            Some(Roots::File(p)) => {
+                format!("the CA certificates in {}", shown(&p.to_string_lossy()))
+            }
             _ => "the system's CA certificates (/etc/ssl/certs)".into(),
         };
         match self.mode {
@@ -216,10 +245,13 @@ fn client_config(check: Check, roots: Option<&Roots>) -> Result<ClientConfig, St
             }
         }
     };
-    Ok(builder
+    let mut config = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        .with_no_client_auth();
+    // PostgreSQL 17 requires it with sslnegotiation=direct; earlier servers ignore it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(config)
 }
 
 fn root_store(roots: &Roots) -> Result<RootCertStore, String> {
@@ -231,7 +263,7 @@ fn root_store(roots: &Roots) -> Result<RootCertStore, String> {
             if added == 0 {
                 return Err(format!(
                     "sslrootcert {} holds no usable CA certificate",
-                    path.display()
+                    shown(&path.to_string_lossy())
                 ));
             }
         }
@@ -251,24 +283,16 @@ fn root_store(roots: &Roots) -> Result<RootCertStore, String> {
 }
 
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let name = shown(&path.to_string_lossy());
     let bytes = std::fs::read(path).map_err(|e| {
-        format!(
-            "sslrootcert {}: {e} (the file must be readable by the service's user)",
-            path.display()
-        )
+        format!("sslrootcert {name}: {e} (the file must be readable by the service's user)")
     })?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| {
-            format!(
-                "sslrootcert {}: not PEM certificates ({e:?})",
-                path.display()
-            )
-        })?;
+        .map_err(|e| format!("sslrootcert {name}: not PEM certificates ({e:?})"))?;
     if certs.is_empty() {
         return Err(format!(
-            "sslrootcert {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
+            "sslrootcert {name} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
         ));
     }
     Ok(certs)
@@ -384,9 +408,12 @@ pub struct Taken {
 /// implement: refused, never silently ignored.
 const UNSUPPORTED: &[&str] = &["sslcert", "sslkey", "sslpassword", "sslcrl", "sslcrldir"];
 
-/// Splits `sslmode` and `sslrootcert` out of a connection string in either form (a
-/// `postgres://` URL's query parameters, percent-decoded; or libpq's `key=value` words, quoted
-/// or with backslash escapes). Returns the rest, unchanged otherwise, for the postgres crate.
+/// Splits `sslmode` and `sslrootcert` out of a connection string in either form, reading it
+/// exactly as the postgres crate does (so that what we take is what it would have seen): a
+/// `postgres://` URL's query parameters (after the credentials, which end at the first `@`),
+/// percent-decoded; or libpq's `key = value` words, quoted or with backslash escapes, separated
+/// by any Unicode white space. Returns the rest for the crate; `config.rs` then checks that
+/// the crate found no `sslmode` of its own in it.
 pub fn split_params(conn: &str) -> Result<(String, Taken), String> {
     let mut taken = Taken::default();
     let mut take = |key: &str, value: String| -> Result<bool, String> {
@@ -404,14 +431,17 @@ pub fn split_params(conn: &str) -> Result<(String, Taken), String> {
         Ok(true)
     };
     let rest = if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
-        match conn.split_once('?') {
+        // The crate: credentials up to the first `@`, then host up to `/` or `?`, then the
+        // path up to `?`: the query starts at the first `?` after the credentials.
+        let after_creds = conn.find('@').map_or(0, |at| at + 1);
+        match conn[after_creds..].find('?') {
             None => conn.to_string(),
-            Some((base, query)) => {
+            Some(q) => {
+                let (base, query) = conn.split_at(after_creds + q);
                 let mut kept = Vec::new();
-                for part in query.split('&') {
-                    let (k, v) = part.split_once('=').unwrap_or((part, ""));
-                    if !take(&percent_decode(k)?, percent_decode(v)?)? {
-                        kept.push(part);
+                for (key, value) in url_params(&query[1..]) {
+                    if !take(&percent_decode(key), percent_decode(value))? {
+                        kept.push(format!("{key}={value}"));
                     }
                 }
                 if kept.is_empty() {
@@ -436,84 +466,100 @@ pub fn split_params(conn: &str) -> Result<(String, Taken), String> {
     Ok((rest, taken))
 }
 
-fn percent_decode(text: &str) -> Result<String, String> {
+/// A URL's query as the crate splits it: a key runs to the next `=` (a `&` before it is part
+/// of the key), its value to the next `&`.
+fn url_params(query: &str) -> Vec<(&str, &str)> {
+    let mut params = Vec::new();
+    let mut rest = query;
+    while !rest.is_empty() {
+        let Some(eq) = rest.find('=') else {
+            // The crate refuses this ("unterminated parameter"); keep it for it to say so.
+            params.push((rest, ""));
+            break;
+        };
+        let key = &rest[..eq];
+        let after = &rest[eq + 1..];
+        let (value, next) = match after.find('&') {
+            Some(amp) => (&after[..amp], &after[amp + 1..]),
+            None => (after, ""),
+        };
+        params.push((key, value));
+        rest = next;
+    }
+    params
+}
+
+/// Percent-decoding as the crate does it: a bad escape stays as it is.
+fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("a bad %-escape in the URL's parameters")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| "a %-escape that is not UTF-8 in the URL's parameters".into())
-}
-
-/// libpq's `key = value` words: (start, end, key, value) for each, `end` past the value.
-fn keyword_pairs(conn: &str) -> Result<Vec<(usize, usize, String, String)>, String> {
-    let bytes = conn.as_bytes();
-    let mut pairs = Vec::new();
-    let mut i = 0;
-    let skip_blanks = |mut i: usize| {
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        i
-    };
-    loop {
-        i = skip_blanks(i);
-        if i >= bytes.len() {
-            return Ok(pairs);
-        }
-        let start = i;
-        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let key = conn[start..i].to_string();
-        i = skip_blanks(i);
-        if bytes.get(i) != Some(&b'=') {
-            // Never quote the word: in a malformed string it may be part of a password.
-            return Err("a word without \"=\" (libpq's form is key=value ...)".into());
-        }
-        i = skip_blanks(i + 1);
-        let mut value = Vec::new();
-        let quoted = bytes.get(i) == Some(&b'\'');
-        if quoted {
-            i += 1;
-        }
-        loop {
-            match bytes.get(i) {
-                None if quoted => return Err(format!("the value of {key} has no closing quote")),
-                None => break,
-                Some(b'\\') => {
-                    if let Some(&b) = bytes.get(i + 1) {
-                        value.push(b);
-                    }
-                    i += 2;
-                }
-                Some(b'\'') if quoted => {
-                    i += 1;
-                    break;
-                }
-                Some(b) if !quoted && b.is_ascii_whitespace() => break,
-                Some(&b) => {
-                    value.push(b);
-                    i += 1;
-                }
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
             }
         }
-        let value =
-            String::from_utf8(value).map_err(|_| format!("the value of {key} is not UTF-8"))?;
-        pairs.push((start, i.min(bytes.len()), key, value));
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// libpq's `key = value` words as the crate reads them: (start, end, key, value) for each,
+/// `end` past the value. Errors never quote the string (it may hold a password).
+fn keyword_pairs(conn: &str) -> Result<Vec<(usize, usize, String, String)>, String> {
+    let mut it = conn.char_indices().peekable();
+    let mut pairs = Vec::new();
+    let skip_blanks = |it: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        while it.next_if(|&(_, c)| c.is_whitespace()).is_some() {}
+    };
+    loop {
+        skip_blanks(&mut it);
+        let Some(&(start, _)) = it.peek() else {
+            return Ok(pairs);
+        };
+        let mut key = String::new();
+        while let Some((_, c)) = it.next_if(|&(_, c)| !c.is_whitespace() && c != '=') {
+            key.push(c);
+        }
+        skip_blanks(&mut it);
+        if it.next_if(|&(_, c)| c == '=').is_none() {
+            return Err("a word without \"=\" (libpq's form is key=value ...)".into());
+        }
+        skip_blanks(&mut it);
+        let quoted = it.next_if(|&(_, c)| c == '\'').is_some();
+        let mut value = String::new();
+        let end = loop {
+            match it.peek().copied() {
+                None if quoted => return Err("a quoted value has no closing quote".into()),
+                None => break conn.len(),
+                Some((_, '\\')) => {
+                    it.next();
+                    if let Some((_, c)) = it.next() {
+                        value.push(c);
+                    }
+                }
+                Some((i, '\'')) if quoted => {
+                    it.next();
+                    break i + 1;
+                }
+                Some((i, c)) if !quoted && c.is_whitespace() => break i,
+                Some((_, c)) => {
+                    value.push(c);
+                    it.next();
+                }
+            }
+        };
+        pairs.push((start, end, key, value));
     }
 }
 
@@ -555,6 +601,50 @@ mod tests {
         assert_eq!(taken.sslrootcert.as_deref(), Some("/etc/my ca's.pem"));
         assert!(split_params("host=db sslmode").is_err());
         assert!(split_params("host=db sslrootcert='x").is_err());
+    }
+
+    /// Read as the postgres crate reads them: the query starts after the credentials (a raw
+    /// `?` in a password is the password's), and any Unicode white space separates words.
+    #[test]
+    fn strings_are_read_as_the_crate_reads_them() {
+        let (rest, taken) =
+            split_params("postgres://q:pw?x@127.0.0.1:5432/db?sslmode=require").unwrap();
+        assert_eq!(rest, "postgres://q:pw?x@127.0.0.1:5432/db");
+        assert_eq!(taken.sslmode.as_deref(), Some("require"));
+        for blank in ["\u{a0}", "\u{b}", "\u{2003}"] {
+            let conn = format!("host=db dbname=x{blank}sslmode=require");
+            let (rest, taken) = split_params(&conn).unwrap();
+            assert_eq!(taken.sslmode.as_deref(), Some("require"), "{conn:?}");
+            assert_eq!(rest, format!("host=db dbname=x{blank}"));
+        }
+        // A bad %-escape elsewhere is the crate's business, as it is.
+        let (rest, _) =
+            split_params("postgres://u@db/x?application_name=%zz&sslmode=disable").unwrap();
+        assert_eq!(rest, "postgres://u@db/x?application_name=%zz");
+    }
+
+    /// An empty value takes the next word, as in libpq: `sslmode= password=…` must not put
+    /// the password into an error message.
+    #[test]
+    fn values_that_may_be_passwords_are_not_quoted_in_errors() {
+        let (_, taken) = split_params("host=db sslmode= password=hunter2").unwrap();
+        let err = Settings::new(taken.sslmode.as_deref(), None).unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        let (_, taken) =
+            split_params("host=db sslrootcert= password=hunter2 sslmode=require").unwrap();
+        let err =
+            Settings::new(taken.sslmode.as_deref(), taken.sslrootcert.as_deref()).unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = split_params("host=db password='hunter2 x").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = Settings::new(Some("verify-ful"), None).unwrap_err();
+        assert!(err.contains("\"verify-ful\""), "{err}");
+    }
+
+    #[test]
+    fn verify_ca_needs_its_own_ca() {
+        let err = Settings::new(Some("verify-ca"), None).unwrap_err();
+        assert!(err.contains("sslrootcert=PATH"), "{err}");
     }
 
     #[test]

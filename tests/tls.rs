@@ -167,6 +167,12 @@ fn bad_tls_settings_are_configuration_errors() {
             "DATABASE_URL",
             "verify-full",
         ),
+        (format!("{url}?sslmode=verify-ca"), "DATABASE_URL", "sslrootcert=PATH"),
+        (
+            format!("host=db user=tribist sslmode= password={PASSWORD}"),
+            "DATABASE_URL",
+            "sslmode",
+        ),
     ];
     for (url, var, says) in cases {
         let out = Command::new(BIN)
@@ -194,4 +200,41 @@ fn bad_tls_settings_are_configuration_errors() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("PGSSLMODE"), "{stderr}");
+}
+
+/// `hostaddr` without a host name connects over TCP: it must not count as a Unix socket
+/// (which is never encrypted), and its address is the name TLS verifies.
+#[test]
+fn hostaddr_without_a_host_is_verified_against_the_address() {
+    let tls = tls_pg();
+    let conn = |port: u16| {
+        format!(
+            "hostaddr=127.0.0.1 port={port} user=tribist password={PASSWORD} dbname=tribist \
+             sslmode=verify-full sslrootcert={}",
+            ca("ca.pem")
+        )
+    };
+    let (status, check) = health_of(&conn(tls.port));
+    assert_eq!(status, 200, "{check}");
+    assert_eq!(check["encrypted"], true, "{check}");
+    // Against a server without TLS: refused, never plain text.
+    let (status, check) = health_of(&conn(Pg::shared().port));
+    assert_eq!(status, 503, "{check}");
+}
+
+/// PGSSLMODE is the default of a DATABASE_URL that names no sslmode, as in libpq.
+#[test]
+fn pgsslmode_applies_to_a_url_without_sslmode() {
+    let server = Server::builder(&Pg::shared().url)
+        .env("PGSSLMODE", "require")
+        .spawn();
+    let (status, check) = health(&server);
+    assert_eq!(status, 503, "{check}");
+    assert!(
+        check["output"]
+            .as_str()
+            .unwrap()
+            .contains("does not support TLS"),
+        "{check}"
+    );
 }
