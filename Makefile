@@ -128,7 +128,7 @@ bench-upgrade: ## clients' view of make upgrade on a test host, with and without
 demo: ## boot a throwaway systemd host and narrate install, upgrade, failed upgrade, rollback (root)
 	tests/e2e/demo.sh
 
-bench: release ## wrk on /health vs pgbench SELECT 1, with RSS
+bench: release ## tribist vs an axum peer (bench/peer-axum) on one PostgreSQL: req/s, p99, RSS, queries per answer (~4 min)
 	BIN=$(RELEASE_BIN) tests/support/bench.sh
 
 clean: ## remove build output and the local PostgreSQL
