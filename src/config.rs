@@ -333,6 +333,10 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         (n, 0.001)
     } else if let Some(n) = text.strip_suffix('s') {
         (n, 1.0)
+    } else if let Some(n) = text.strip_suffix("min") {
+        (n, 60.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (text, 1.0)
     };
@@ -635,6 +639,9 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0"), None);
         assert_eq!(parse_duration("2h"), None);
+        // The error message offers 1h as the bound: it must parse.
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30min"), Some(Duration::from_secs(1800)));
         assert_eq!(parse_duration("NaN"), None);
     }
 

@@ -167,7 +167,11 @@ fn bad_tls_settings_are_configuration_errors() {
             "DATABASE_URL",
             "verify-full",
         ),
-        (format!("{url}?sslmode=verify-ca"), "DATABASE_URL", "sslrootcert=PATH"),
+        (
+            format!("{url}?sslmode=verify-ca"),
+            "DATABASE_URL",
+            "sslrootcert=PATH",
+        ),
         (
             format!("host=db user=tribist sslmode= password={PASSWORD}"),
             "DATABASE_URL",
