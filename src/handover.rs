@@ -76,11 +76,14 @@ pub fn block_signal() -> io::Result<()> {
     }
 }
 
+/// root's user id.
+const ROOT: libc::uid_t = 0;
+
 /// Whether a SIGUSR2 may start a binary: sent with kill(2) (`code` SI_USER: the kernel set
 /// `sender`; with sigqueue the sender writes it itself), by root or, outside systemd, by the
 /// process's owner.
 pub fn allowed(code: i32, sender: u32, own: u32, under_systemd: bool) -> bool {
-    code == libc::SI_USER && (sender == 0 || (sender == own && !under_systemd))
+    code == libc::SI_USER && (sender == ROOT || (sender == own && !under_systemd))
 }
 
 /// Starts the thread that takes SIGUSR2 (blocked by `block_signal`) and calls `request` for
@@ -144,7 +147,7 @@ impl Ready {
     pub fn report(mut self) -> io::Result<bool> {
         self.0.write_all(READY)?;
         self.0.set_read_timeout(Some(MAIN_WAIT))?;
-        let mut got = [0u8; 5];
+        let mut got = [0u8; MAIN.len()];
         match self.0.read_exact(&mut got) {
             Ok(()) => Ok(got == MAIN),
             Err(_) => Ok(false),
@@ -163,7 +166,7 @@ pub fn take_inherited() -> Result<Option<Inherited>, String> {
     let value = value.to_string_lossy().into_owned();
     let fds: Vec<RawFd> = value
         .split(',')
-        .map(|n| n.parse::<RawFd>().ok().filter(|&fd| fd > 2))
+        .map(|n| n.parse::<RawFd>().ok().filter(|&fd| !is_stdio(fd)))
         .collect::<Option<_>>()
         .filter(|fds: &Vec<RawFd>| fds.len() == 3)
         .ok_or_else(|| format!("{ENV}={value:?} is not three descriptor numbers"))?;
@@ -185,6 +188,10 @@ pub fn take_inherited() -> Result<Option<Inherited>, String> {
         lock: File::from(lock),
         ready: Ready(UnixStream::from(ready)),
     }))
+}
+
+fn is_stdio(fd: RawFd) -> bool {
+    fd <= libc::STDERR_FILENO
 }
 
 /// Owns descriptor `fd`, checked open first (owning a closed one would make std abort when it
@@ -303,8 +310,8 @@ impl Successor {
 /// Stops a successor being waited for (a termination signal came meanwhile): SIGTERM to its
 /// process group; `Pending::wait` then sees it end, escalates and reaps it.
 pub fn abort(pid: u32) {
-    // SAFETY: kill(2) on the process group of our own child, not yet reaped by `wait`.
-    unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGTERM) };
+    // SAFETY: killpg(3) on the process group of our own child, not yet reaped by `wait`.
+    unsafe { libc::killpg(pid as libc::pid_t, libc::SIGTERM) };
 }
 
 fn wait_ready(pair: &mut UnixStream, timeout: Duration) -> Result<(), String> {
@@ -345,10 +352,10 @@ fn wait_ready(pair: &mut UnixStream, timeout: Duration) -> Result<(), String> {
 
 /// SIGTERM to its process group, then SIGKILL after STOP_GRACE; reaps it. Says how it ended.
 fn stop(child: &mut Child) -> String {
-    let group = -(child.id() as libc::pid_t);
-    // SAFETY: kill(2) on the process group of our own child, not yet reaped, so the group
+    let group = child.id() as libc::pid_t;
+    // SAFETY: killpg(3) on the process group of our own child, not yet reaped, so the group
     // (whose id is the child's pid) is still its own; whatever it started is stopped too.
-    unsafe { libc::kill(group, libc::SIGTERM) };
+    unsafe { libc::killpg(group, libc::SIGTERM) };
     let deadline = Instant::now() + STOP_GRACE;
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -361,8 +368,8 @@ fn stop(child: &mut Child) -> String {
     };
     // Whatever is left of the group (the leader may be reaped already; its group id is not
     // reused while members remain).
-    // SAFETY: kill(2) with no memory passed.
-    unsafe { libc::kill(group, libc::SIGKILL) };
+    // SAFETY: killpg(3) with no memory passed.
+    unsafe { libc::killpg(group, libc::SIGKILL) };
     match status {
         Some(status) => format!("it ended: {status}"),
         None => match child.wait() {

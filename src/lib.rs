@@ -3,17 +3,21 @@
 //! `main.rs` parses the configuration and calls [`server::run`]; everything else lives here
 //! so the integration tests and the unit tests see the same code.
 
+pub mod accept_watch;
 pub mod api;
 pub mod build;
+pub mod clients;
 pub mod config;
 pub mod connection;
 pub mod db;
 pub mod envfile;
 pub mod error;
 pub mod handover;
+pub mod listener;
 pub mod logging;
 pub mod pidfile;
 pub mod server;
 pub mod single_flight;
 pub mod systemd;
 pub mod tls;
+pub mod watchdog;

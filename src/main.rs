@@ -11,11 +11,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // Under journald, `<3>` marks the line as an error (see logging.rs).
-            let prefix = if std::env::var_os("JOURNAL_STREAM").is_some() {
-                "<3>"
-            } else {
-                ""
-            };
+            let prefix = logging::prefix(log::Level::Error);
             eprintln!("{prefix}server: error: {}", error::chain(&err));
             ExitCode::from(err.exit_code() as u8)
         }

@@ -3,43 +3,48 @@
 //! tiny_http's own accept thread accepts connections and queues parsed requests; a fixed pool
 //! of workers takes them from the queue, each with its own database `Checker`. The main thread
 //! only waits for an event: a termination signal, or the death of tiny_http's accept thread
-//! (it ends for good on an accept error, and panics when out of file descriptors). Either way
-//! it stops accepting, lets the workers answer everything already received, waits for them
-//! within the shutdown deadline, closes the database connections and removes `PID`. A dead
-//! accept thread makes the process exit non-zero, so systemd restarts it: never a live process
-//! with a dead listener.
+//! (it ends for good on an accept error, and panics when out of file descriptors; see
+//! accept_watch.rs). Either way it stops accepting, lets the workers answer everything already
+//! received, waits for them within the shutdown deadline, closes the database connections and
+//! removes `PID`. A dead accept thread makes the process exit non-zero, so systemd restarts
+//! it: never a live process with a dead listener.
 //!
 //! Under systemd the listening socket may come from `tribist.socket` (socket activation): it
 //! then outlives this process, and connections arriving during a restart wait in its backlog
 //! for the next one. Stopping to accept must then leave the socket itself alone (see
-//! `Listener::stop_accepting`).
+//! listener.rs).
 //!
 //! On SIGUSR2 the server hands over to the binary at its own path instead (handover.rs): the
 //! successor serves on the same socket before this process stops accepting and drains.
+//!
+//! `run` goes through these as phases, each a function below: start, wait for the end (the
+//! event loop), drain, close.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixDatagram;
+use std::io::Write;
+use std::net::TcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::accept_watch::{self, AcceptThread};
 use crate::api::{self, DbOutcome, Reply};
+use crate::clients::{end_client_reads, open_clients};
 use crate::config::Config;
 use crate::connection::{self, Connections};
 use crate::db::{self, Checker};
 use crate::error::Error;
-use crate::handover::{self, Inherited};
+use crate::handover::{self, Inherited, Ready};
+use crate::listener::Listener;
 use crate::pidfile::PidFile;
 use crate::single_flight::SingleFlight;
 use crate::systemd::{self, Notifier};
+use crate::watchdog;
 
 /// How long a worker waits on the queue before looking at the shutdown state again.
 const POLL: Duration = Duration::from_millis(100);
@@ -59,15 +64,18 @@ const DRAIN_WINDOW: Duration = Duration::from_millis(25);
 /// request tiny_http had read before may still arrive) before they end anyway.
 const DRAIN_LINGER: Duration = Duration::from_millis(100);
 
-/// How often the main thread checks that tiny_http's accept thread is alive.
-const ACCEPT_WATCH: Duration = Duration::from_millis(250);
+/// How long stopping to accept may take, at most (the shutdown deadline may be shorter).
+const STOP_ACCEPTING: Duration = Duration::from_secs(1);
+
+/// How long the database connections have to close, at most (within the shutdown deadline).
+const DB_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a successor has to serve before a handover is given up (handover.rs).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `systemctl status` says while serving; `deploy.sh` looks for "SIGUSR2 hands over"
 /// before it asks for a handover rather than a restart.
-fn serving_status(addr: SocketAddr, workers: usize) -> String {
+fn serving_status(addr: std::net::SocketAddr, workers: usize) -> String {
     format!(
         "serving on {addr} with {workers} workers (pid {}; SIGUSR2 hands over)",
         std::process::id()
@@ -100,152 +108,134 @@ struct Pool {
     health: SingleFlight<DbOutcome>,
 }
 
-/// Where connections come from.
-struct Listener {
-    addr: SocketAddr,
-    /// The descriptor tiny_http's accept thread uses.
-    fd: RawFd,
-    /// Our own handle on a socket we bound ourselves; `None` under socket activation.
-    own: Option<TcpListener>,
-    /// Where the socket came from, for the log.
-    origin: &'static str,
-}
-
-impl Listener {
-    /// The socket handed over by a predecessor, else systemd's, else one bound here.
-    fn open(
-        config: &Config,
-        inherited: Option<TcpListener>,
-    ) -> Result<(Listener, TcpListener), Error> {
-        let bind_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Bind {
-            addr: config.listen.to_string(),
-            source,
-        };
-        let from_systemd = systemd::take_listener().map_err(|e| bind_err(e.into()))?;
-        // A handed-over socket is shared with the predecessor (and maybe systemd): like
-        // systemd's, it must stay listening when this process stops accepting.
-        let origin = match (&inherited, &from_systemd) {
-            (Some(_), _) => "socket handed over",
-            (None, Some(_)) => "socket from systemd",
-            (None, None) => "socket bound by itself",
-        };
-        let (listener, own) = match inherited.or(from_systemd) {
-            Some(listener) => (listener, None),
-            None => {
-                let listener = TcpListener::bind(config.listen).map_err(|e| bind_err(e.into()))?;
-                let own = listener.try_clone().map_err(|e| bind_err(e.into()))?;
-                (listener, Some(own))
-            }
-        };
-        let addr = listener.local_addr().map_err(|e| bind_err(e.into()))?;
-        if own.is_none() && addr != config.listen {
-            log::warn!(
-                "TRIBIST_LISTEN is {} but the {origin} listens on {addr}, which applies: under \
-                 systemd the address is tribist.socket's, set by `make install LISTEN=ADDR:PORT` \
-                 (/etc/systemd/system/tribist.socket.d/listen.conf); remove TRIBIST_LISTEN from \
-                 /etc/tribist/env",
-                config.listen
-            );
-        }
-        Ok((
-            Listener {
-                addr,
-                fd: listener.as_raw_fd(),
-                own,
-                origin,
-            },
-            listener,
-        ))
-    }
-
-    /// An address this process can connect to itself.
-    fn local_target(&self) -> SocketAddr {
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(if addr.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        addr
-    }
-
-    /// Makes tiny_http's accept thread stop for good, and waits (until `limit`) for it to end.
-    ///
-    /// A socket we bound and nobody else uses: shutdown(2) it; the kernel stops listening
-    /// (new connections are refused) and the blocked accept fails. A socket from systemd, or
-    /// one shared with a successor, must keep listening, so instead its descriptor number is
-    /// pointed at a socket that cannot accept (dup2), and a connection to ourselves wakes the
-    /// accept blocked on it: that accept returns one connection (served like any other), the
-    /// next one fails and the thread ends. A successor accepting on the same socket may take
-    /// that connection instead, so one is made every few milliseconds until the thread ends.
-    /// Whatever arrives later goes to the successor, or waits in the backlog for the next
-    /// process.
-    fn stop_accepting(&self, shared: bool, accept_tid: Option<u32>, limit: Instant) {
-        if let (Some(own), false) = (&self.own, shared) {
-            // SAFETY: the descriptor is owned by `own`, which outlives this call.
-            if unsafe { libc::shutdown(own.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
-                log::warn!(
-                    "shutdown: cannot stop the listener: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            wait_ended(accept_tid, limit);
-            return;
-        }
-        match UnixDatagram::unbound() {
-            // SAFETY: both descriptors are open; dup2 atomically replaces `self.fd`, which
-            // only tiny_http's accept thread uses.
-            Ok(dummy) => {
-                if unsafe { libc::dup2(dummy.as_raw_fd(), self.fd) } < 0 {
-                    log::warn!(
-                        "shutdown: cannot detach the listener: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
-            }
-            Err(e) => log::warn!("shutdown: cannot detach the listener: {e}"),
-        }
-        loop {
-            let _ = TcpStream::connect_timeout(&self.local_target(), Duration::from_millis(200));
-            let Some(tid) = accept_tid else { return };
-            let poke = Instant::now() + Duration::from_millis(5);
-            while thread_alive(tid) && Instant::now() < poke.min(limit) {
-                thread::sleep(Duration::from_millis(1));
-            }
-            if !thread_alive(tid) || Instant::now() >= limit {
-                break;
-            }
-        }
-        wait_ended(accept_tid, limit);
+impl Pool {
+    fn new(config: &Config, server: Server, events: Sender<Event>, port: u16) -> Arc<Pool> {
+        Arc::new(Pool {
+            server,
+            stopping: AtomicBool::new(false),
+            drained_at: OnceLock::new(),
+            in_flight: AtomicUsize::new(0),
+            events,
+            connections: Connections::new(config.keepalive_max),
+            port,
+            max_header_bytes: config.max_header_bytes,
+            health: db::health_flight(config.db_timeout),
+        })
     }
 }
 
-/// Waits until tiny_http's accept thread `tid` ended, or `limit`.
-fn wait_ended(accept_tid: Option<u32>, limit: Instant) {
-    if let Some(tid) = accept_tid {
-        while thread_alive(tid) && Instant::now() < limit {
-            thread::sleep(Duration::from_millis(2));
-        }
-        if thread_alive(tid) {
-            log::warn!("shutdown: the accept thread is still running; draining anyway");
+/// What the main thread holds from start to close.
+struct Main {
+    listener: Listener,
+    accept: AcceptThread,
+    pid_file: PidFile,
+    notifier: Notifier,
+    /// What `systemctl status` says while serving.
+    status: String,
+}
+
+/// What start-up takes from the environment and opens, before any worker exists.
+struct Opened {
+    main: Main,
+    server: Server,
+    /// The binary a SIGUSR2 starts; `None` when handovers are off.
+    successor: Option<PathBuf>,
+    /// For a successor: how to tell the process it replaces that it serves.
+    ready: Option<Ready>,
+}
+
+/// Why serving ends.
+enum End {
+    Signal,
+    AcceptDied(std::io::Error),
+    /// A successor serves now; systemd's main process is no longer this one.
+    HandedOver,
+}
+
+impl End {
+    fn handed_over(&self) -> bool {
+        matches!(self, End::HandedOver)
+    }
+
+    fn into_result(self) -> Result<(), Error> {
+        match self {
+            End::AcceptDied(e) => Err(Error::AcceptDied(e)),
+            End::Signal | End::HandedOver => Ok(()),
         }
     }
 }
 
-/// Serves until SIGTERM/SIGINT (Ok) or until the listener dies (Err).
+/// Serves until SIGTERM/SIGINT or a handover (Ok), or until the listener dies (Err).
 pub fn run(config: Config) -> Result<(), Error> {
+    // Start.
+    let opened = open(&config)?;
+    let main = opened.main;
+    let (events, events_rx) = mpsc::channel();
+    on_termination(&events)?;
+    let mut handovers = Handovers::watch(opened.successor, &events)?;
+    let pool = Pool::new(&config, opened.server, events, main.listener.addr.port());
+    // Before any worker answers: whoever sees /health answer can rely on PID.
+    main.pid_file.write()?;
+    let workers = Workers::start(&config, &pool)?;
+    announce(&config, &main, opened.ready);
+    start_watchdog(&pool, &main.listener)?;
+    // Wait for the end.
+    let end = wait_for_end(&main, &events_rx, &mut handovers);
+    handovers.abort_pending();
+    // Drain.
+    let deadline = Instant::now() + config.shutdown_timeout;
+    stop_accepting(&main, &pool, end.handed_over(), deadline);
+    close_idle_connections(&config, &pool, deadline);
+    // Close.
+    let closed = close(&config, &main, &pool, workers, deadline);
+    end.into_result().and(closed)
+}
+
+/// Takes what the environment gives (a handed-over or systemd's socket, the PID lock) and
+/// starts tiny_http on the listening socket.
+fn open(config: &Config) -> Result<Opened, Error> {
     // First, before any thread exists: every thread inherits the mask.
-    let handover_watch = handover::block_signal()
+    let successor = handover_successor();
+    let notifier = Notifier::from_env();
+    let (pid_file, inherited, ready) = lock_or_inherit()?;
+    let (listener, socket) = Listener::open(config, inherited)?;
+    let (server, accept) = AcceptThread::started_by(|| Server::from_listener(socket, None))
+        .map_err(|source| Error::Bind {
+            addr: listener.addr.to_string(),
+            source,
+        })?;
+    let status = serving_status(listener.addr, config.workers);
+    Ok(Opened {
+        main: Main {
+            listener,
+            accept,
+            pid_file,
+            notifier,
+            status,
+        },
+        server,
+        successor,
+        ready,
+    })
+}
+
+/// Blocks SIGUSR2 (call before any other thread exists) and returns the binary a handover
+/// starts; `None`, with a warning, when handovers cannot work.
+fn handover_successor() -> Option<PathBuf> {
+    let blocked = handover::block_signal()
         .map_err(|e| log::warn!("handover: cannot block SIGUSR2 ({e}); handovers are off"))
         .is_ok();
-    let successor = handover::successor_path()
+    handover::successor_path()
         .map_err(|e| {
             log::warn!("handover: cannot tell this binary's path ({e}); handovers are off")
         })
-        .ok();
-    let notifier = Notifier::from_env();
+        .ok()
+        .filter(|_| blocked)
+}
+
+/// Locks the working directory, or adopts the lock a predecessor handed over together with
+/// its listening socket and the socket pair to report ready on.
+fn lock_or_inherit() -> Result<(PidFile, Option<TcpListener>, Option<Ready>), Error> {
     let dir = std::env::current_dir().map_err(|source| Error::PidFile {
         path: crate::pidfile::FILE_NAME.into(),
         source,
@@ -254,212 +244,299 @@ pub fn run(config: Config) -> Result<(), Error> {
         addr: "the socket handed over".into(),
         source: e.into(),
     })?;
-    let (pid_file, inherited, ready) = match inherited {
+    Ok(match inherited {
         Some(Inherited {
             listener,
             lock,
             ready,
         }) => (PidFile::adopt(&dir, lock), Some(listener), Some(ready)),
         None => (PidFile::lock(&dir)?, None, None),
-    };
-    let (listener, socket) = Listener::open(&config, inherited)?;
-    let threads_before = thread_ids();
-    let server = Server::from_listener(socket, None).map_err(|source| Error::Bind {
-        addr: listener.addr.to_string(),
-        source,
-    })?;
-    let accept_tid = accept_thread_id(&threads_before);
-    if accept_tid.is_none() {
-        log::warn!("cannot identify tiny_http's accept thread in /proc/self/task; its death will be noticed only on accept errors");
-    }
-
-    let (events, events_rx) = mpsc::channel();
-    let signal_events = events.clone();
-    ctrlc::set_handler(move || {
-        let _ = signal_events.send(Event::Signal);
     })
-    .map_err(Error::Signal)?;
-    let successor = successor.filter(|_| handover_watch);
-    let waiter_events = events.clone();
-    if successor.is_some() {
-        let handover_events = events.clone();
-        handover::watch(move || {
-            let _ = handover_events.send(Event::Handover);
-        })
-        .map_err(|source| Error::Thread {
-            what: "handover signal",
-            source,
-        })?;
+}
+
+/// Makes SIGTERM and SIGINT an `Event::Signal`.
+fn on_termination(events: &Sender<Event>) -> Result<(), Error> {
+    let events = events.clone();
+    ctrlc::set_handler(move || {
+        let _ = events.send(Event::Signal);
+    })
+    .map_err(Error::Signal)
+}
+
+/// The worker threads, and how the main thread learns that they finished.
+struct Workers {
+    handles: Vec<JoinHandle<()>>,
+    /// Each worker sends its id here when it ends.
+    done: Receiver<usize>,
+    /// What their database checkers share, to wait for their connections to close.
+    db: Arc<db::Shared>,
+}
+
+impl Workers {
+    /// Starts `config.workers` workers, each with a database checker of its own.
+    fn start(config: &Config, pool: &Arc<Pool>) -> Result<Workers, Error> {
+        let db = Arc::new(db::Shared::default());
+        let (done_tx, done) = mpsc::channel::<usize>();
+        let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(config.workers);
+        for id in 1..=config.workers {
+            let mut checker =
+                Checker::new(id, config.db.clone(), config.db_timeout, Arc::clone(&db));
+            // Two connections ready at start serve the first checks; the other workers connect
+            // while they wait for one (Checker::check_shared).
+            if id <= 2 {
+                checker.warm_up();
+            }
+            let pool = Arc::clone(pool);
+            let done = done_tx.clone();
+            let handle = thread::Builder::new()
+                .name(format!("worker-{id}"))
+                .spawn(move || {
+                    worker(&pool, checker);
+                    let _ = done.send(id);
+                })
+                .map_err(|source| Error::Thread {
+                    what: "worker",
+                    source,
+                })?;
+            handles.push(handle);
+        }
+        Ok(Workers { handles, done, db })
     }
 
-    let pool = Arc::new(Pool {
-        server,
-        stopping: AtomicBool::new(false),
-        drained_at: OnceLock::new(),
-        in_flight: AtomicUsize::new(0),
-        events,
-        connections: Connections::new(config.keepalive_max),
-        port: listener.addr.port(),
-        max_header_bytes: config.max_header_bytes,
-        health: db::health_flight(config.db_timeout),
-    });
-    // Before any worker answers: whoever sees /health answer can rely on PID.
-    pid_file.write()?;
-    let db_shared = Arc::new(db::Shared::default());
-    let (done_tx, done_rx) = mpsc::channel::<usize>();
-    let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(config.workers);
-    for id in 1..=config.workers {
-        let mut checker = Checker::new(
-            id,
-            config.db.clone(),
-            config.db_timeout,
-            Arc::clone(&db_shared),
-        );
-        // Two connections ready at start serve the first checks; the other workers connect
-        // while they wait for one (Checker::check_shared).
-        if id <= 2 {
-            checker.warm_up();
-        }
-        let pool = Arc::clone(&pool);
-        let done = done_tx.clone();
-        let handle = thread::Builder::new()
-            .name(format!("worker-{id}"))
-            .spawn(move || {
-                worker(&pool, checker);
-                let _ = done.send(id);
+    /// Waits (until `deadline`) for every worker to finish.
+    fn finish(self, config: &Config, deadline: Instant) -> Result<(), Error> {
+        let workers = self.handles.len();
+        let finished = (0..workers)
+            .take_while(|_| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.done.recv_timeout(left).is_ok()
             })
-            .map_err(|source| Error::Thread {
-                what: "worker",
-                source,
-            })?;
-        handles.push(handle);
+            .count();
+        if finished < workers {
+            let busy = workers - finished;
+            log::error!(
+                "shutdown: deadline {:?} passed with {busy} worker(s) busy",
+                config.shutdown_timeout
+            );
+            return Err(Error::ShutdownDeadline {
+                secs: config.shutdown_timeout.as_secs_f64(),
+                busy,
+            });
+        }
+        for handle in self.handles {
+            let _ = handle.join();
+        }
+        log::info!("shutdown: all {workers} workers finished");
+        Ok(())
     }
+}
+
+/// Logs where the server listens and tells systemd (and, for a successor, the process it
+/// replaces) that it serves.
+fn announce(config: &Config, main: &Main, ready: Option<Ready>) {
     log::info!(
         "listening on http://{} (pid {}, {} workers, {}, database {}, db timeout {:?}, release {} {})",
-        listener.addr,
+        main.listener.addr,
         std::process::id(),
         config.workers,
-        listener.origin,
+        main.listener.origin,
         config.db.display,
         config.db_timeout,
         crate::build::VERSION,
         crate::build::COMMIT,
     );
-    let status = serving_status(listener.addr, config.workers);
-    match ready {
-        // A successor: systemd's main process from now on, then the predecessor may drain.
-        Some(ready) => {
-            match ready.report() {
-                // systemd's main process now: its notifications count.
-                Ok(true) => notifier.send(&format!("READY=1\nSTATUS={status}")),
-                Ok(false) => log::warn!(
-                    "handover: the previous process did not say this one is systemd's main \
-                     process; serving anyway"
-                ),
-                Err(e) => {
-                    log::warn!("handover: cannot tell the previous process this one serves: {e}")
-                }
-            }
-            log::info!("handover: serving; the previous process drains");
-        }
-        None => notifier.send(&format!("READY=1\nSTATUS={status}")),
-    }
-    if let Some(every) = systemd::watchdog_interval() {
-        start_watchdog(Arc::clone(&pool), listener.local_target(), every)?;
-    }
-
-    let mut outcome = Ok(());
-    let mut handed_over = false;
-    let mut attempts = 0;
-    // The successor being waited for (its pid), if any.
-    let mut pending: Option<u32> = None;
-    let handover_failed = |attempts: u32, reason: &str| {
-        log::error!("handover attempt {attempts} failed: {reason}; this process goes on serving");
-        // The successor may have replaced PID before it failed.
-        if let Err(e) = pid_file.write() {
-            log::error!("handover: {}", crate::error::chain(&e));
-        }
-        notifier.send(&format!(
-            "STATUS={status}; handover attempt {attempts} failed: {reason}"
-        ));
+    let ready_message = format!("READY=1\nSTATUS={}", main.status);
+    let Some(ready) = ready else {
+        main.notifier.send(&ready_message);
+        return;
     };
+    // A successor: systemd's main process from now on, then the predecessor may drain.
+    match ready.report() {
+        // systemd's main process now: its notifications count.
+        Ok(true) => main.notifier.send(&ready_message),
+        Ok(false) => log::warn!(
+            "handover: the previous process did not say this one is systemd's main process; \
+             serving anyway"
+        ),
+        Err(e) => log::warn!("handover: cannot tell the previous process this one serves: {e}"),
+    }
+    log::info!("handover: serving; the previous process drains");
+}
+
+/// Under `WatchdogSec=`, pings systemd after each self-probe that went through (watchdog.rs).
+fn start_watchdog(pool: &Arc<Pool>, listener: &Listener) -> Result<(), Error> {
+    let Some(every) = systemd::watchdog_interval() else {
+        return Ok(());
+    };
+    let pool = Arc::clone(pool);
+    watchdog::start(listener.local_target(), every, move || {
+        !pool.stopping.load(Ordering::SeqCst)
+    })
+}
+
+/// The event loop: handovers come and go (or fail) while serving goes on, until a termination
+/// signal, a dead accept thread or a successor that serves.
+fn wait_for_end(main: &Main, events: &Receiver<Event>, handovers: &mut Handovers) -> End {
     loop {
-        match next_event(&events_rx, accept_tid) {
-            Event::Signal => log::info!("shutdown: termination signal received"),
+        match next_event(events, &main.accept) {
+            Event::Signal => {
+                log::info!("shutdown: termination signal received");
+                return End::Signal;
+            }
             Event::AcceptDied(e) => {
                 log::error!(
                     "accept thread died ({e}); shutting down so the supervisor restarts us"
                 );
-                outcome = Err(Error::AcceptDied(e));
+                return End::AcceptDied(e);
             }
-            Event::Handover => {
-                let Some(exe) = &successor else { continue };
-                if let Some(pid) = pending {
-                    log::warn!("handover: pid {pid} is still starting; ignoring this request");
-                    continue;
-                }
-                attempts += 1;
-                notifier.send(&format!(
-                    "STATUS=handing over to {} (attempt {attempts})",
-                    exe.display()
-                ));
-                match handover::start(exe, listener.fd, pid_file.lock_fd()) {
-                    Ok(started) => {
-                        log::info!("handover: started pid {}", started.pid());
-                        pending = Some(started.pid());
-                        let done = waiter_events.clone();
-                        // The wait runs beside the event loop, so signals still count.
-                        let spawned =
-                            thread::Builder::new()
-                                .name("handover-wait".into())
-                                .spawn(move || {
-                                    let _ = done
-                                        .send(Event::HandoverDone(started.wait(HANDOVER_TIMEOUT)));
-                                });
-                        if let Err(e) = spawned {
-                            log::error!("handover: cannot start the thread that waits: {e}");
-                        }
-                    }
-                    Err(reason) => handover_failed(attempts, &reason),
-                }
-                continue;
-            }
+            Event::Handover => handovers.begin(main),
             Event::HandoverDone(Ok(next)) => {
-                pending = None;
-                // Only the main process may name another one (NotifyAccess=main).
-                notifier.send(&format!("MAINPID={}", next.pid));
-                log::info!(
-                    "handover: pid {} serves; this process stops accepting and drains",
-                    next.pid
-                );
-                next.confirm_main();
-                handed_over = true;
+                handovers.succeeded(main, next);
+                return End::HandedOver;
             }
-            Event::HandoverDone(Err(reason)) => {
-                pending = None;
-                handover_failed(attempts, &reason);
-                continue;
+            Event::HandoverDone(Err(reason)) => handovers.failed(main, &reason),
+        }
+    }
+}
+
+/// Waits for a signal or for the accept thread to die: it reports an accept(2) error before
+/// ending, but not its panic, so it is also watched (accept_watch.rs).
+fn next_event(events: &Receiver<Event>, accept: &AcceptThread) -> Event {
+    loop {
+        match events.recv_timeout(accept_watch::INTERVAL) {
+            Ok(event) => return event,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Event::Signal,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Some(e) = accept.silent_death() {
+                    return Event::AcceptDied(e);
+                }
             }
         }
-        break;
     }
-    if let Some(pid) = pending {
-        log::warn!("handover: stopping pid {pid}, which was still starting");
-        handover::abort(pid);
+}
+
+/// The handovers asked for while serving.
+struct Handovers {
+    /// The binary a SIGUSR2 starts; `None` when handovers are off.
+    successor: Option<PathBuf>,
+    /// Where the thread that waits for a successor reports.
+    events: Sender<Event>,
+    attempts: u32,
+    /// The successor being waited for (its pid), if any.
+    pending: Option<u32>,
+}
+
+impl Handovers {
+    /// Makes an allowed SIGUSR2 an `Event::Handover`, when there is a successor to start.
+    fn watch(successor: Option<PathBuf>, events: &Sender<Event>) -> Result<Handovers, Error> {
+        if successor.is_some() {
+            let requests = events.clone();
+            handover::watch(move || {
+                let _ = requests.send(Event::Handover);
+            })
+            .map_err(|source| Error::Thread {
+                what: "handover signal",
+                source,
+            })?;
+        }
+        Ok(Handovers {
+            successor,
+            events: events.clone(),
+            attempts: 0,
+            pending: None,
+        })
     }
-    let deadline = Instant::now() + config.shutdown_timeout;
+
+    /// Starts the successor, unless one is starting already; its wait runs on a thread of its
+    /// own and ends in `Event::HandoverDone`.
+    fn begin(&mut self, main: &Main) {
+        let Some(exe) = &self.successor else { return };
+        if let Some(pid) = self.pending {
+            log::warn!("handover: pid {pid} is still starting; ignoring this request");
+            return;
+        }
+        self.attempts += 1;
+        main.notifier.send(&format!(
+            "STATUS=handing over to {} (attempt {})",
+            exe.display(),
+            self.attempts
+        ));
+        match handover::start(exe, main.listener.fd, main.pid_file.lock_fd()) {
+            Ok(started) => {
+                log::info!("handover: started pid {}", started.pid());
+                self.pending = Some(started.pid());
+                let done = self.events.clone();
+                // The wait runs beside the event loop, so signals still count.
+                let spawned =
+                    thread::Builder::new()
+                        .name("handover-wait".into())
+                        .spawn(move || {
+                            let _ = done.send(Event::HandoverDone(started.wait(HANDOVER_TIMEOUT)));
+                        });
+                if let Err(e) = spawned {
+                    log::error!("handover: cannot start the thread that waits: {e}");
+                }
+            }
+            Err(reason) => self.failed(main, &reason),
+        }
+    }
+
+    /// The successor serves: systemd learns it is the main process, and so does it.
+    fn succeeded(&mut self, main: &Main, next: handover::Successor) {
+        self.pending = None;
+        // Only the main process may name another one (NotifyAccess=main).
+        main.notifier.send(&format!("MAINPID={}", next.pid));
+        log::info!(
+            "handover: pid {} serves; this process stops accepting and drains",
+            next.pid
+        );
+        next.confirm_main();
+    }
+
+    /// The successor did not start or serve: this process goes on serving.
+    fn failed(&mut self, main: &Main, reason: &str) {
+        self.pending = None;
+        let attempts = self.attempts;
+        log::error!("handover attempt {attempts} failed: {reason}; this process goes on serving");
+        // The successor may have replaced PID before it failed.
+        if let Err(e) = main.pid_file.write() {
+            log::error!("handover: {}", crate::error::chain(&e));
+        }
+        main.notifier.send(&format!(
+            "STATUS={}; handover attempt {attempts} failed: {reason}",
+            main.status
+        ));
+    }
+
+    /// Stops a successor still starting when serving ends.
+    fn abort_pending(&self) {
+        if let Some(pid) = self.pending {
+            log::warn!("handover: stopping pid {pid}, which was still starting");
+            handover::abort(pid);
+        }
+    }
+}
+
+/// Tells the workers and systemd that the server stops, and stops accepting.
+fn stop_accepting(main: &Main, pool: &Pool, handed_over: bool, deadline: Instant) {
     pool.stopping.store(true, Ordering::SeqCst);
     // After a handover systemd's main process is the successor: not a word from this one.
     if !handed_over {
-        notifier.send("STOPPING=1\nSTATUS=draining");
+        main.notifier.send("STOPPING=1\nSTATUS=draining");
     }
-    let limit = (Instant::now() + Duration::from_secs(1)).min(deadline);
-    listener.stop_accepting(handed_over, accept_tid, limit);
+    let limit = (Instant::now() + STOP_ACCEPTING).min(deadline);
+    main.listener
+        .stop_accepting(handed_over, &main.accept, limit);
     log::info!(
         "shutdown: stopped accepting; draining {} request(s) in flight, {} open connection(s)",
         pool.in_flight.load(Ordering::SeqCst),
         open_clients(pool.port)
     );
+}
+
+/// Gives keep-alive connections DRAIN_WINDOW to send one more request, then closes the idle
+/// ones and lets the workers end once the queue is empty.
+fn close_idle_connections(config: &Config, pool: &Pool, deadline: Instant) {
     // Every request still arriving is answered with `Connection: close` (see `serve`);
     // connections still open and idle after the window are closed before they send.
     let window = Instant::now() + DRAIN_WINDOW;
@@ -477,181 +554,31 @@ pub fn run(config: Config) -> Result<(), Error> {
         pool.server.unblock();
     }
     log::info!("shutdown: closed {idle} idle connection(s); answering what is queued");
-    let mut finished = 0;
-    while finished < config.workers {
-        match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(_) => finished += 1,
-            Err(_) => break,
-        }
-    }
-    if finished == config.workers {
-        for handle in handles {
-            let _ = handle.join();
-        }
-        log::info!("shutdown: all {} workers finished", config.workers);
-    } else {
-        let busy = config.workers - finished;
-        log::error!(
-            "shutdown: deadline {:?} passed with {busy} worker(s) busy",
-            config.shutdown_timeout
-        );
-        if outcome.is_ok() {
-            outcome = Err(Error::ShutdownDeadline {
-                secs: config.shutdown_timeout.as_secs_f64(),
-                busy,
-            });
-        }
-    }
+}
+
+/// Waits for the workers, closes the database connections (both within the deadline) and
+/// removes `PID`.
+fn close(
+    config: &Config,
+    main: &Main,
+    pool: &Pool,
+    workers: Workers,
+    deadline: Instant,
+) -> Result<(), Error> {
+    let db = Arc::clone(&workers.db);
+    let finished = workers.finish(config, deadline);
     let grace = deadline
         .saturating_duration_since(Instant::now())
-        .min(Duration::from_secs(1));
-    match db::wait_closed(&db_shared, grace) {
+        .min(DB_CLOSE_GRACE);
+    match db::wait_closed(&db, grace) {
         0 => log::info!("shutdown: database connections closed"),
         n => log::warn!("shutdown: {n} database connection(s) still blocked; abandoning them"),
     }
     let (checks, answers) = pool.health.totals();
     log::info!("health: {answers} answers from {checks} database checks");
-    pid_file.remove();
+    main.pid_file.remove();
     log::info!("shutdown: complete");
-    outcome
-}
-
-/// Waits for a signal or for the accept thread to die. tiny_http's accept thread reports an
-/// accept(2) error before ending, but it also ends by panicking (its `try_clone` of a new
-/// connection unwraps EMFILE), which reports nothing: so it is also watched through /proc.
-fn next_event(events: &mpsc::Receiver<Event>, accept_tid: Option<u32>) -> Event {
-    loop {
-        match events.recv_timeout(ACCEPT_WATCH) {
-            Ok(event) => return event,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Event::Signal,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(tid) = accept_tid {
-                    if !thread_alive(tid) {
-                        return Event::AcceptDied(std::io::Error::other(
-                            "tiny_http's accept thread ended without an error report (it panics \
-                             when the process is out of file descriptors or threads)",
-                        ));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Counts this process's client connections (TCP sockets connected to `port`) for which
-/// `act` returns true; `act` runs on each while it is known to be one, in the same step.
-///
-/// The descriptors belong to tiny_http's connection threads and are only borrowed here; one
-/// closed and reused meanwhile could at worst be a database connection, which reconnects.
-fn client_sockets(port: u16, act: impl Fn(&TcpStream) -> bool) -> usize {
-    use std::os::fd::FromRawFd;
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
-        })
-        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
-        .filter(|&fd| {
-            // SAFETY: `fd` is an open socket of this process; ManuallyDrop never closes it.
-            let stream = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
-            stream.local_addr().is_ok_and(|a| a.port() == port)
-                && stream.peer_addr().is_ok()
-                && act(&stream)
-        })
-        .count()
-}
-
-fn open_clients(port: u16) -> usize {
-    client_sockets(port, |_| true)
-}
-
-/// Ends the reading side of every client connection that carried a request and is still
-/// open: one waiting idle for its next request ends at once (tiny_http's thread reads
-/// end-of-file and closes it), so its client sees it closed before it sends anything; a
-/// request already received is still answered. A connection that never carried one is left
-/// alone: it was accepted a moment ago and its client is about to send its first request,
-/// which is answered with `Connection: close` (or it is closed after DRAIN_LINGER). Returns
-/// how many were ended.
-fn end_client_reads(port: u16, connections: &Connections) -> usize {
-    client_sockets(port, |s| {
-        s.peer_addr()
-            .is_ok_and(|peer| connections.carried_a_request(&peer))
-            && s.shutdown(std::net::Shutdown::Read).is_ok()
-    })
-}
-
-fn thread_alive(tid: u32) -> bool {
-    Path::new(&format!("/proc/self/task/{tid}")).exists()
-}
-
-/// The kernel thread ids of this process.
-fn thread_ids() -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-/// tiny_http's accept thread: the first thread created by `Server::from_listener`. It creates
-/// its connection pool threads itself, after it exists, so it has the lowest new id.
-fn accept_thread_id(before: &[u32]) -> Option<u32> {
-    let newest_before = before.iter().max()?;
-    let created: Vec<u32> = thread_ids()
-        .into_iter()
-        .filter(|t| !before.contains(t))
-        .collect();
-    // Ids wrapped around pid_max: the order proves nothing, so do not guess.
-    if created.iter().any(|t| t < newest_before) {
-        return None;
-    }
-    created.into_iter().min()
-}
-
-/// Sends WATCHDOG=1 every `every`, but only after a request to our own `/livez` went through
-/// the whole path (accept thread, connection thread, queue, a worker) within `every`: a server
-/// whose workers are all stuck, or whose listener is dead, stops pinging and systemd restarts it.
-fn start_watchdog(pool: Arc<Pool>, target: SocketAddr, every: Duration) -> Result<(), Error> {
-    let notifier = Notifier::from_env();
-    log::info!("watchdog: self-probe of /livez every {every:?}");
-    thread::Builder::new()
-        .name("watchdog".into())
-        .spawn(move || {
-            while !pool.stopping.load(Ordering::SeqCst) {
-                let start = Instant::now();
-                match probe_livez(target, every) {
-                    Ok(()) => notifier.send("WATCHDOG=1"),
-                    Err(e) => log::warn!(
-                        "watchdog: self-probe of /livez failed ({e}); not pinging systemd"
-                    ),
-                }
-                thread::sleep(every.saturating_sub(start.elapsed()));
-            }
-        })
-        .map(|_| ())
-        .map_err(|source| Error::Thread {
-            what: "watchdog",
-            source,
-        })
-}
-
-fn probe_livez(target: SocketAddr, timeout: Duration) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&target, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(b"GET /livez HTTP/1.1\r\nHost: watchdog\r\nConnection: close\r\n\r\n")?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head)?;
-    if &head[9..12] == b"200" {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "answered {:?}",
-            String::from_utf8_lossy(&head)
-        )))
-    }
+    finished
 }
 
 fn worker(pool: &Pool, mut checker: Checker) {
