@@ -1,17 +1,14 @@
 //! TLS to PostgreSQL as libpq means `sslmode`: the real binary against a cluster with
 //! `ssl = on` and a certificate made for the test (tests/support/pg.sh --tls).
 
-mod util;
-
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
-use util::{Pg, Server, BIN, PASSWORD};
+use crate::util::pg::{Pg, PASSWORD};
+use crate::util::server::{Server, BIN};
 
 fn tls_pg() -> &'static Pg {
-    static PG: OnceLock<Pg> = OnceLock::new();
-    PG.get_or_init(|| Pg::start_new_tls("tls"))
+    Pg::shared_tls()
 }
 
 fn ca(name: &str) -> String {

@@ -1,18 +1,12 @@
 //! Bad and unusual HTTP input against the real binary: correct 4xx/5xx or served, never a
 //! crash, and the server keeps serving.
 
-mod util;
-
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use util::{try_request, Server};
-
-fn raw(server: &Server, bytes: &[u8]) -> util::Response {
-    try_request(server.addr, bytes)
-        .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(bytes)))
-}
+use crate::util::http::{self, KeepAlive};
+use crate::util::pg::Pg;
+use crate::util::server::Server;
 
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -41,7 +35,7 @@ fn requests_rfc9112_rejects_get_400_from_the_server_itself() {
         (b"GET /livez HTTP/1.1\r\nHost: a\r\nX@A: b\r\nConnection: close\r\n\r\n", "not a token"),
     ];
     for (bytes, why) in cases {
-        let r = raw(&server, bytes);
+        let r = server.send(bytes);
         assert_eq!(r.status, 400, "{:?}: {r:?}", String::from_utf8_lossy(bytes));
         assert!(r.json()["error"].as_str().unwrap().contains(why), "{r:?}");
     }
@@ -52,34 +46,29 @@ fn requests_rfc9112_rejects_get_400_from_the_server_itself() {
 fn unusual_but_valid_requests_are_served() {
     let server = Server::start();
     // HTTP/1.0 needs no Host; a body on GET is read and ignored; chunked is fine.
-    assert_eq!(raw(&server, b"GET /livez HTTP/1.0\r\n\r\n").status, 200);
-    assert_eq!(raw(&server, b"GET /livez HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").status, 200);
-    assert_eq!(raw(&server, b"GET /livez HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n").status, 200);
+    assert_eq!(server.send(b"GET /livez HTTP/1.0\r\n\r\n").status, 200);
+    assert_eq!(server.send(b"GET /livez HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").status, 200);
+    assert_eq!(server.send(b"GET /livez HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n").status, 200);
     // Unknown methods: 405 with Allow on a known path, 404 elsewhere.
-    let r = raw(
-        &server,
-        b"BREW /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    );
+    let r = server.send(b"BREW /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert_eq!((r.status, r.header("Allow")), (405, Some("GET, HEAD")));
     assert_eq!(
-        raw(
-            &server,
-            b"BREW /pot HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-        )
-        .status,
+        server
+            .send(b"BREW /pot HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .status,
         404
     );
 }
 
 #[test]
 fn a_header_section_over_the_limit_gets_431_with_a_reason() {
-    let server = Server::builder(&util::Pg::shared().url)
+    let server = Server::builder(&Pg::shared().url)
         .env("TRIBIST_MAX_HEADER_BYTES", "2048")
         .spawn();
     let mut req = b"GET /livez HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 4096));
     req.extend(b"\r\nConnection: close\r\n\r\n");
-    let r = raw(&server, &req);
+    let r = server.send(&req);
     assert_eq!(r.status, 431, "{r:?}");
     assert!(
         r.json()["error"]
@@ -92,17 +81,14 @@ fn a_header_section_over_the_limit_gets_431_with_a_reason() {
     let mut req = b"GET /livez HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
     req.extend(std::iter::repeat_n(b'a', 1900));
     req.extend(b"\r\nConnection: close\r\n\r\n");
-    assert_eq!(raw(&server, &req).status, 200);
+    assert_eq!(server.send(&req).status, 200);
 }
 
 #[test]
 fn pipelined_requests_are_all_answered_in_order() {
     let server = Server::start();
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /livez HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\nGET /livez HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
-    let mut all = String::new();
-    s.read_to_string(&mut all).unwrap();
+    let all = http::exchange(server.addr, b"GET /livez HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\nGET /livez HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    let all = String::from_utf8(all).unwrap();
     let statuses: Vec<&str> = all
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &all[i + 9..i + 12])
@@ -120,7 +106,7 @@ fn a_one_mib_header_line_is_survived_and_memory_returns() {
     big.extend(b"\r\nConnection: close\r\n\r\n");
     let send = |n| {
         for _ in 0..n {
-            let r = raw(&server, &big);
+            let r = server.send(&big);
             assert!(
                 r.status == 200 || (400..500).contains(&r.status),
                 "{}",
@@ -145,7 +131,7 @@ fn a_one_mib_header_line_is_survived_and_memory_returns() {
 
 #[test]
 fn a_panicking_handler_answers_500_and_its_worker_survives() {
-    let server = Server::builder(&util::Pg::shared().url)
+    let server = Server::builder(&Pg::shared().url)
         .env("TRIBIST_WORKERS", "1")
         .env("TRIBIST_TEST_PANIC", "1")
         .spawn();
@@ -175,7 +161,8 @@ fn requests_tiny_http_never_hands_over_hold_only_their_own_connection() {
         &b"GET /livez HTTP/1.1\nHost: a\n\n"[..],
         b"GET /livez HTTP/2.0\r\nHost: a\r\n\r\n",
     ] {
-        let mut s = TcpStream::connect(server.addr).unwrap();
+        // A raw socket: this test waits for an answer that must not come, and keeps it open.
+        let mut s = http::connect(server.addr).unwrap();
         s.write_all(bytes).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(1500)))
             .unwrap();
@@ -216,14 +203,17 @@ fn keep_alive_connections_opened_at_once_all_get_served() {
             .map(|_| {
                 let (addr, barrier) = (server.addr, barrier.clone());
                 std::thread::spawn(move || {
-                    let mut c = util::KeepAlive::new(addr);
-                    c.connect().unwrap();
+                    let mut c = KeepAlive::new(addr);
+                    let connected = c.connect();
+                    // Every thread reaches the barrier: one that panicked before it would
+                    // leave the others waiting there for ever, and the test would hang.
                     barrier.wait();
+                    connected.unwrap();
                     let opened = Instant::now();
                     let (mut first, mut count) = (None, 0u32);
                     while opened.elapsed() < run {
-                        let a = c.get("/livez").unwrap();
-                        assert_eq!(a.status, 200);
+                        let r = c.get("/livez").unwrap();
+                        assert_eq!(r.status, 200);
                         first.get_or_insert(opened.elapsed());
                         count += 1;
                     }

@@ -1,14 +1,13 @@
 //! Behaviour of the real `server` binary against real PostgreSQL clusters.
 
-mod util;
-
 use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use util::{request, try_request, wait_for, Pg, Server, Silent, TempDir, BIN, PASSWORD};
-
-const SECOND: Duration = Duration::from_secs(1);
+use crate::util::http::{self, KeepAlive};
+use crate::util::pg::{Pg, Silent, PASSWORD};
+use crate::util::server::{Server, BIN};
+use crate::util::{free_port, wait_for, TempDir, SECOND};
 
 fn commit() -> String {
     let out = Command::new(BIN).arg("--version").output().unwrap();
@@ -41,10 +40,7 @@ fn health_is_200_with_health_json() {
 #[test]
 fn head_health_has_status_and_no_body() {
     let server = Server::start();
-    let r = request(
-        server.addr,
-        "HEAD /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-    );
+    let r = server.request("HEAD", "/health");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Content-Type"), Some("application/health+json"));
     assert_eq!(r.body, "");
@@ -56,10 +52,7 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     let r = server.get("/nope");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["status"], 404);
-    let r = request(
-        server.addr,
-        "DELETE /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-    );
+    let r = server.request("DELETE", "/health");
     assert_eq!(r.status, 405);
     assert_eq!(r.header("Allow"), Some("GET, HEAD"));
     assert_eq!(r.json()["status"], 405);
@@ -67,7 +60,7 @@ fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
 
 #[test]
 fn livez_needs_no_database_and_health_says_why_it_fails() {
-    let closed = util::free_port();
+    let closed = free_port();
     let url = format!("postgres://tribist:{PASSWORD}@127.0.0.1:{closed}/tribist");
     let server = Server::builder(&url).spawn();
     let r = server.get("/livez");
@@ -160,12 +153,7 @@ fn sigterm_during_a_database_wait_still_answers_and_exits_0() {
         .env("TRIBIST_DB_TIMEOUT", "2s")
         .spawn();
     let addr = server.addr;
-    let client = std::thread::spawn(move || {
-        request(
-            addr,
-            "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        )
-    });
+    let client = std::thread::spawn(move || http::get(addr, "/health").unwrap());
     wait_for("the check to reach the database", 5 * SECOND, || {
         (silent.accepted() > 0).then_some(())
     });
@@ -185,7 +173,7 @@ fn sigterm_during_a_database_wait_still_answers_and_exits_0() {
     }
     assert!(!server.dir.path().join("PID").exists());
     // The listener is gone: new connections are refused.
-    assert!(try_request(addr, b"GET /livez HTTP/1.1\r\n\r\n").is_err());
+    assert!(http::send(addr, b"GET /livez HTTP/1.1\r\n\r\n").is_err());
 }
 
 #[test]
@@ -322,14 +310,14 @@ fn help_version_and_bad_arguments() {
 #[test]
 fn libpq_variables_work_when_database_url_is_unset() {
     let pg = Pg::shared();
-    let (child, dir, _log) = Server::builder("")
+    let (process, dir, _log) = Server::builder("")
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", &pg.port.to_string())
         .env("PGUSER", "tribist")
         .env("PGPASSWORD", PASSWORD)
         .env("PGDATABASE", "tribist")
         .spawn_raw();
-    drop(child);
+    drop(process);
     drop(dir);
     let server = Server::builder("")
         .env("PGHOST", "127.0.0.1")
@@ -349,7 +337,7 @@ fn malformed_http_gets_400_and_the_server_keeps_serving() {
         b"GET /health HTTP/1.1\r\nBad Header Line\r\n\r\n",
         b"\x00\x01\x02\r\n\r\n",
     ] {
-        let r = try_request(server.addr, raw).unwrap();
+        let r = server.send(raw);
         assert_eq!(r.status, 400, "{raw:?}");
     }
     assert_eq!(server.get("/health").status, 200);
@@ -357,7 +345,7 @@ fn malformed_http_gets_400_and_the_server_keeps_serving() {
 
 #[test]
 fn journald_lines_carry_priorities_and_no_timestamps() {
-    let closed = util::free_port();
+    let closed = free_port();
     let url = format!("postgres://tribist:{PASSWORD}@127.0.0.1:{closed}/tribist");
     let server = Server::builder(&url)
         .env("JOURNAL_STREAM", "8:12345")
@@ -382,12 +370,11 @@ fn journald_lines_carry_priorities_and_no_timestamps() {
 fn connect_until_exit(server: &mut Server) -> std::process::ExitStatus {
     let mut conns = Vec::new();
     let addr = server.addr;
-    let child = &mut server.child;
     wait_for("the server to exit", 20 * SECOND, || {
         if let Ok(c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
             conns.push(c);
         }
-        child.try_wait().unwrap()
+        server.exited()
     })
 }
 
@@ -565,14 +552,14 @@ fn pid_other_than(server: &Server, old: u32) -> u32 {
     })
 }
 
-/// Kills a process that is not our child (a successor) when dropped.
+/// Kills a successor (not our child: the server's) when dropped, with whatever it started:
+/// the server starts each successor in a process group of its own, named by its pid.
 struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
-            .status();
+        // SAFETY: kill(2) takes no memory.
+        unsafe { libc::kill(-(self.0 as libc::pid_t), libc::SIGKILL) };
     }
 }
 
@@ -588,23 +575,20 @@ fn clients(
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let (mut answers, mut failures) = (0, Vec::new());
-                let mut keep = util::KeepAlive::new(addr);
+                let mut keep = KeepAlive::new(addr);
                 while !stop.load(Ordering::SeqCst) {
                     let status = if i < 4 {
-                        keep.get("/health").map(|a| a.status)
+                        keep.get("/health")
                     } else {
-                        try_request(
-                            addr,
-                            b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                        )
-                        .map(|r| r.status)
-                    };
+                        http::get(addr, "/health")
+                    }
+                    .map(|r| r.status);
                     match status {
                         Ok(200) => answers += 1,
                         Ok(s) => failures.push(format!("HTTP {s}")),
                         Err(e) => {
                             failures.push(e.to_string());
-                            keep = util::KeepAlive::new(addr);
+                            keep = KeepAlive::new(addr);
                         }
                     }
                 }
@@ -709,6 +693,8 @@ fn sigterm_while_a_successor_starts_stops_it_and_exits_at_once() {
         let rest = log.split("handover: started pid ").nth(1)?;
         rest.split_whitespace().next()?.parse().ok()
     });
+    // Should the server fail to stop them, the sleeps end with the test all the same.
+    let _group = KillOnDrop(group);
     let start = Instant::now();
     server.signal("TERM");
     let status = server.wait_exit(5 * SECOND);
@@ -748,10 +734,7 @@ fn concurrent_health_requests_share_database_checks() {
                 scope.spawn(move || {
                     (0..40)
                         .map(|_| {
-                            let r = request(
-                                addr,
-                                "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                            );
+                            let r = http::get(addr, "/health").unwrap();
                             assert_eq!(r.status, 200, "{r:?}");
                             r.json()["checks"]["postgres:responseTime"][0]["answeredRequests"]
                                 .as_u64()

@@ -1,17 +1,16 @@
 //! The systemd protocols, with this test playing systemd's part for real: a listening socket
 //! passed as fd 3 (socket activation) and a datagram socket as NOTIFY_SOCKET.
 
-mod util;
-
 use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use util::{request, try_request, wait_for, Pg, Server, TempDir};
-
-const SECOND: Duration = Duration::from_secs(1);
+use crate::util::http::{self, KeepAlive};
+use crate::util::pg::Pg;
+use crate::util::server::Server;
+use crate::util::{wait_for, TempDir, SECOND};
 
 #[test]
 fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
@@ -45,10 +44,7 @@ fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
     let client = std::thread::spawn(move || {
         let (mut ok, mut failed) = (0, Vec::new());
         while !stop_client.load(Ordering::SeqCst) {
-            match try_request(
-                addr,
-                b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-            ) {
+            match http::get(addr, "/livez") {
                 Ok(r) if r.status == 200 => ok += 1,
                 Ok(r) => failed.push(format!("status {}", r.status)),
                 Err(e) => failed.push(e.to_string()),
@@ -68,7 +64,7 @@ fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     let second = Server::builder(&Pg::shared().url)
         .socket_activated(&listener)
-        .dir(TempDir(dir_path.clone()))
+        .dir(TempDir(dir_path)) // the same directory: whichever drops first removes it
         .spawn();
     assert_eq!(second.addr, addr);
     std::thread::sleep(Duration::from_millis(300));
@@ -81,15 +77,7 @@ fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
         &failed[..failed.len().min(5)]
     );
     assert!(ok > 20, "only {ok} requests");
-    assert_eq!(
-        request(
-            addr,
-            "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-        )
-        .status,
-        200
-    );
-    std::mem::forget(TempDir(dir_path)); // removed by `second`'s TempDir
+    assert_eq!(http::get(addr, "/health").unwrap().status, 200);
 }
 
 #[test]
@@ -160,15 +148,15 @@ fn keep_alive_clients_lose_nothing_across_a_socket_activated_restart() {
         .map(|_| {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                let mut c = util::KeepAlive::new(addr);
+                let mut c = KeepAlive::new(addr);
                 let (mut ok, mut failed) = (0u32, Vec::new());
                 while !stop.load(Ordering::SeqCst) {
                     match c.get("/livez") {
-                        Ok(a) if a.status == 200 => ok += 1,
-                        Ok(a) => failed.push(format!("status {}", a.status)),
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("status {}", r.status)),
                         Err(e) => {
                             failed.push(e.to_string());
-                            c = util::KeepAlive::new(addr);
+                            c = KeepAlive::new(addr);
                         }
                     }
                 }
@@ -186,7 +174,7 @@ fn keep_alive_clients_lose_nothing_across_a_socket_activated_restart() {
     );
     let second = Server::builder(&Pg::shared().url)
         .socket_activated(&listener)
-        .dir(TempDir(dir_path.clone()))
+        .dir(TempDir(dir_path)) // the same directory: whichever drops first removes it
         .spawn();
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -206,5 +194,4 @@ fn keep_alive_clients_lose_nothing_across_a_socket_activated_restart() {
     );
     assert!(ok > 100, "only {ok} requests");
     assert_eq!(second.get("/livez").status, 200);
-    std::mem::forget(TempDir(dir_path)); // removed by `second`'s TempDir
 }

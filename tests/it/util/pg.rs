@@ -1,0 +1,158 @@
+//! Real PostgreSQL clusters started by `tests/support/pg.sh`, and `Silent`, a database host
+//! that never answers.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use super::{free_port, TempDir};
+
+/// The password of the role `tribist` in every cluster pg.sh creates.
+pub const PASSWORD: &str = "tribist-test-pw";
+
+/// A real PostgreSQL cluster of this test run, stopped (and its directory removed) on drop.
+pub struct Pg {
+    pub dir: TempDir,
+    pub url: String,
+    pub port: u16,
+    /// Started with `ssl = on` and a certificate signed by `dir/tls/ca.pem` (pg.sh --tls).
+    tls: bool,
+}
+
+static SHARED: OnceLock<Pg> = OnceLock::new();
+static SHARED_TLS: OnceLock<Pg> = OnceLock::new();
+
+impl Pg {
+    pub fn start_new(tag: &str) -> Pg {
+        Pg::create(tag, false)
+    }
+
+    /// A cluster with `ssl = on`, its certificate (localhost, 127.0.0.1) signed by
+    /// `dir/tls/ca.pem`; `dir/tls/other-ca.pem` signed nothing.
+    pub fn start_new_tls(tag: &str) -> Pg {
+        Pg::create(tag, true)
+    }
+
+    fn create(tag: &str, tls: bool) -> Pg {
+        let mut pg = Pg {
+            dir: TempDir::new(&format!("pg-{tag}")),
+            url: String::new(),
+            port: free_port(),
+            tls,
+        };
+        // Already owned by `pg`: stopped by its drop if pg.sh fails half-way.
+        pg.url = pg.start();
+        pg
+    }
+
+    /// One cluster shared by the tests that never stop it. A static is never dropped, so it is
+    /// stopped when the test binary exits.
+    pub fn shared() -> &'static Pg {
+        SHARED.get_or_init(|| {
+            extern "C" fn stop_shared() {
+                if let Some(pg) = SHARED.get() {
+                    pg.stop_quietly();
+                    let _ = std::fs::remove_dir_all(pg.dir.path());
+                }
+            }
+            let pg = Pg::start_new("shared");
+            // SAFETY: registers a plain function; it runs in `exit`, after the tests.
+            assert_eq!(unsafe { libc::atexit(stop_shared) }, 0, "atexit");
+            pg
+        })
+    }
+
+    /// One TLS cluster (`start_new_tls`) shared by the tests that never stop it; stopped
+    /// when the test binary exits, as `shared`'s.
+    pub fn shared_tls() -> &'static Pg {
+        SHARED_TLS.get_or_init(|| {
+            extern "C" fn stop_shared_tls() {
+                if let Some(pg) = SHARED_TLS.get() {
+                    pg.stop_quietly();
+                    let _ = std::fs::remove_dir_all(pg.dir.path());
+                }
+            }
+            let pg = Pg::start_new_tls("shared-tls");
+            // SAFETY: registers a plain function; it runs in `exit`, after the tests.
+            assert_eq!(unsafe { libc::atexit(stop_shared_tls) }, 0, "atexit");
+            pg
+        })
+    }
+
+    pub fn stop(&self) {
+        pg_sh(&["stop", self.dir.path().to_str().unwrap()]);
+    }
+
+    /// Starts the cluster (creating it the first time); returns its URL.
+    pub fn start(&self) -> String {
+        let port = self.port.to_string();
+        let mut args = vec!["start", self.dir.path().to_str().unwrap(), &port];
+        if self.tls {
+            args.push("--tls");
+        }
+        pg_sh(&args)
+    }
+
+    fn stop_quietly(&self) {
+        let _ = Command::new(pg_sh_path())
+            .args(["stop", self.dir.path().to_str().unwrap()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.stop_quietly();
+    }
+}
+
+fn pg_sh_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/pg.sh")
+}
+
+fn pg_sh(args: &[&str]) -> String {
+    let out = Command::new(pg_sh_path())
+        .args(args)
+        .output()
+        .expect("run tests/support/pg.sh");
+    assert!(
+        out.status.success(),
+        "pg.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A TCP listener that accepts connections and never answers: a hung database host.
+pub struct Silent {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut keep = Vec::new();
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                keep.push(stream);
+            }
+        });
+        Silent { addr, accepted }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://tribist:{PASSWORD}@{}/tribist", self.addr)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
