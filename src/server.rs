@@ -612,9 +612,8 @@ fn worker(pool: &Pool, mut checker: Checker) {
 
 fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
     pool.in_flight.fetch_add(1, Ordering::SeqCst);
-    let start = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let url = request.url().to_owned();
+    // Only the debug line needs the time and its own copy of the request line.
+    let start = log::log_enabled!(log::Level::Debug).then(Instant::now);
     let version = request.http_version();
     let headers: Vec<(&str, &str)> = request
         .headers()
@@ -623,6 +622,7 @@ fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
         .collect();
     let oversized = api::oversized_headers(&headers, pool.max_header_bytes);
     let rejected = api::reject_reason((version.0, version.1), &headers);
+    let (method, url) = (request.method().as_str(), request.url());
     let reply = catch_unwind(AssertUnwindSafe(|| match (oversized, &rejected) {
         (Some(size), _) => Reply::error(
             431,
@@ -632,12 +632,14 @@ fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
             ),
         ),
         (None, Some(reason)) => Reply::error(400, &format!("bad request: {reason}")),
-        (None, None) => api::handle(&method, &url, &mut || checker.check_shared(&pool.health)),
+        (None, None) => api::handle(method, url, &mut || checker.check_shared(&pool.health)),
     }))
     .unwrap_or_else(|_| {
-        log::error!("panic while handling {method} {}; answered 500", clip(&url));
+        log::error!("panic while handling {method} {}; answered 500", clip(url));
         Reply::error(500, "internal error; the server log has the details")
     });
+    let line = start.map(|_| format!("{method} {}", clip(url)));
+    drop(headers);
     let status = reply.status;
     let client = request.remote_addr().copied();
     let closing = pool.stopping.load(Ordering::SeqCst)
@@ -656,26 +658,44 @@ fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
     } else {
         request.respond(to_response(reply))
     };
-    if let Err(e) = sent {
+    if let (Some(start), Some(line)) = (start, line) {
+        if let Err(e) = sent {
+            log::debug!("{line}: client went away before the answer: {e}");
+        }
         log::debug!(
-            "{method} {}: client went away before the answer: {e}",
-            clip(&url)
+            "{line} {status} {:.3}ms",
+            start.elapsed().as_secs_f64() * 1e3
         );
     }
-    log::debug!(
-        "{method} {} {status} {:.3}ms",
-        clip(&url),
-        start.elapsed().as_secs_f64() * 1e3
-    );
     pool.in_flight.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// tiny_http's response for `reply`. The headers every answer has are parsed once.
 fn to_response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
+    static COMMON: OnceLock<[Option<Header>; 3]> = OnceLock::new();
+    let [health_json, json, no_store] = COMMON.get_or_init(|| {
+        [
+            Header::from_bytes("Content-Type", api::HEALTH_JSON).ok(),
+            Header::from_bytes("Content-Type", api::JSON).ok(),
+            Header::from_bytes("Cache-Control", "no-store").ok(),
+        ]
+    });
     let mut response = Response::from_string(reply.body).with_status_code(reply.status);
-    let headers =
-        std::iter::once(("Content-Type", reply.content_type.to_owned())).chain(reply.headers);
-    for (name, value) in headers {
-        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+    let content_type = match reply.content_type {
+        api::HEALTH_JSON => health_json.clone(),
+        api::JSON => json.clone(),
+        other => Header::from_bytes("Content-Type", other).ok(),
+    };
+    // Our own constants: they always parse.
+    if let Some(content_type) = content_type {
+        response.add_header(content_type);
+    }
+    for (name, value) in reply.headers {
+        let header = match (name, value.as_str()) {
+            ("Cache-Control", "no-store") => no_store.clone(),
+            _ => Header::from_bytes(name.as_bytes(), value.as_bytes()).ok(),
+        };
+        if let Some(header) = header {
             response.add_header(header);
         }
     }
