@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::error::Error;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8383";
-pub const DEFAULT_WORKERS: usize = 4;
+pub const DEFAULT_WORKERS: usize = 16;
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_MAX: Duration = Duration::from_millis(50);
@@ -45,7 +45,7 @@ Configuration comes from the environment:
   TRIBIST_LISTEN            address to listen on            (default 127.0.0.1:8383)
                             when systemd passes no socket; under tribist.socket the
                             socket's address applies (make install LISTEN=ADDR:PORT)
-  TRIBIST_WORKERS           request worker threads, 1-256   (default 4)
+  TRIBIST_WORKERS           request worker threads, 1-256   (default 16)
   TRIBIST_DB_TIMEOUT        bound on each database check    (default 2s; e.g. 500ms, 1.5s)
   TRIBIST_SHUTDOWN_TIMEOUT  bound on graceful shutdown      (default 10s)
   TRIBIST_KEEPALIVE_MAX     a keep-alive connection's first request this long ago, the

@@ -1,22 +1,22 @@
 //! The PostgreSQL check behind `/health`, bounded in time whatever the database does.
 //!
-//! Each worker owns a `Checker` with one connection, reused across requests. A check is a
-//! query round trip on that connection, run on the worker's thread and bounded by the
-//! client's own timer (`Client::is_valid`). The postgres crate cannot bound connection
+//! Concurrent `/health` requests share one check (`HealthChecks`, single_flight.rs). A check
+//! runs on a `Checker`, one connection reused across checks, taken from a small set that
+//! grows only while checks overlap (a slow database): one connection normally, however many
+//! workers there are. A check is a query round trip on that connection, run on the thread of
+//! the request whose turn it is and bounded by the client's own timer (`Client::is_valid`). The postgres crate cannot bound connection
 //! start-up and authentication (only the TCP connect), so connecting runs on a short-lived
 //! thread that the worker waits for with a deadline; a new connection must answer `SELECT 1`
-//! before it is used. An attempt stuck on a silent peer is kept, not repeated, so threads and
-//! sockets stay bounded at one attempt per worker. After any failure the connection is
-//! dropped and the next check reconnects, so `/health` recovers by itself.
-//!
-//! Concurrent `/health` requests share one check (`check_shared`, single_flight.rs), run by
-//! whichever worker's turn it is on its own connection. Connections use TLS as `sslmode`
-//! says (tls.rs); each learns once, from the server, whether it is encrypted.
+//! before it is used. An attempt stuck on a silent peer is kept with its checker, not
+//! repeated, so threads and sockets stay bounded at one attempt per checker. After any
+//! failure the connection is dropped and the next check reconnects, so `/health` recovers by
+//! itself. Connections use TLS as `sslmode` says (tls.rs); each learns once, from the
+//! server, whether it is encrypted.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -65,10 +65,99 @@ pub struct Checker {
     connecting: Option<Connecting>,
 }
 
-/// The single flight that `/health`'s checks share: checks overlap only once one has run for
-/// an eighth of the timeout (a slow database, not a storm of probes).
-pub fn health_flight(timeout: Duration) -> SingleFlight<DbOutcome> {
-    SingleFlight::new(timeout / 8)
+/// `/health`'s checks, shared by every worker: one flight, and the checkers it runs on.
+pub struct HealthChecks {
+    /// Checks overlap only once one has run for an eighth of the timeout (a slow database,
+    /// not a storm of probes), so at most eight run at once.
+    flight: SingleFlight<DbOutcome>,
+    /// Checkers not running a check, the most recently used last (its connection is warm).
+    idle: Mutex<Vec<Checker>>,
+    made: AtomicUsize,
+    target: DbTarget,
+    timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+impl HealthChecks {
+    pub fn new(target: DbTarget, timeout: Duration, shared: Arc<Shared>) -> HealthChecks {
+        HealthChecks {
+            flight: SingleFlight::new(timeout / 8),
+            idle: Mutex::new(Vec::new()),
+            made: AtomicUsize::new(0),
+            target,
+            timeout,
+            shared,
+        }
+    }
+
+    /// Starts connecting one checker in the background, so that the first `/health` after a
+    /// start or a handover finds its connection (nearly) ready.
+    pub fn warm_up(&self) {
+        let mut checker = self.make();
+        checker.warm_up();
+        self.lock_idle().push(checker);
+    }
+
+    /// The outcome of a round trip that started after this call, shared with every request
+    /// that waits for the same one (single_flight.rs). Answers within the DB timeout.
+    pub fn check(&self) -> DbOutcome {
+        let arrived = Instant::now();
+        let deadline = arrived + self.timeout;
+        let (mut outcome, answered) = self.flight.run(
+            deadline,
+            || {
+                let mut checker = self.lock_idle().pop().unwrap_or_else(|| self.make());
+                let outcome = checker.check_by(deadline);
+                self.lock_idle().push(checker);
+                outcome
+            },
+            |missed| DbOutcome {
+                result: Err(match missed {
+                    Missed::Timeout => format!(
+                        "no answer within {}: the database check in flight has not ended \
+                         (database stalled or network dropping packets)",
+                        fmt_secs(self.timeout)
+                    ),
+                    Missed::CheckFailed => {
+                        "internal error in the database check; the server log has the details"
+                            .into()
+                    }
+                }),
+                elapsed: arrived.elapsed(),
+                encrypted: None,
+                answered: 1,
+            },
+        );
+        outcome.answered = answered;
+        outcome
+    }
+
+    /// How many checks ran and how many requests they answered, since the start.
+    pub fn totals(&self) -> (u64, u64) {
+        self.flight.totals()
+    }
+
+    /// Closes every idle checker's connection (off this thread); at shutdown, before
+    /// `wait_closed`.
+    pub fn close(&self) {
+        let idle = std::mem::take(&mut *self.lock_idle());
+        drop(idle);
+    }
+
+    fn make(&self) -> Checker {
+        let id = self.made.fetch_add(1, Ordering::Relaxed) + 1;
+        Checker::new(
+            id,
+            self.target.clone(),
+            self.timeout,
+            Arc::clone(&self.shared),
+        )
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Checker>> {
+        // Nothing panics while it is held.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One check with a fresh connection, for `server --check-config`: the same bounded path as
@@ -105,8 +194,7 @@ impl Checker {
     }
 
     /// Starts connecting in the background if there is no connection and no attempt yet (one
-    /// attempt at a time, as always): at start, so that the first `/health` after a start or a
-    /// handover does not wait for every worker's connection in turn.
+    /// attempt at a time, as always).
     pub fn warm_up(&mut self) {
         if self.client.is_none() && self.connecting.is_none() {
             self.connecting = self.spawn_connect().ok();
@@ -116,40 +204,6 @@ impl Checker {
     /// Runs the health query, answering within the DB timeout (plus scheduling noise).
     pub fn check(&mut self) -> DbOutcome {
         self.check_by(Instant::now() + self.timeout)
-    }
-
-    /// `/health`'s check: the outcome of a round trip that started after this call, shared
-    /// with every request that waits for the same one (single_flight.rs). This worker's
-    /// connection runs it if it is this request's turn. Answers within the DB timeout.
-    pub fn check_shared(&mut self, flight: &SingleFlight<DbOutcome>) -> DbOutcome {
-        let arrived = Instant::now();
-        let deadline = arrived + self.timeout;
-        let timeout = self.timeout;
-        // While this request waits for another worker's check, this worker's connection is
-        // made ready for when its turn comes.
-        self.warm_up();
-        let (mut outcome, answered) = flight.run(
-            deadline,
-            || self.check_by(deadline),
-            |missed| DbOutcome {
-                result: Err(match missed {
-                    Missed::Timeout => format!(
-                        "no answer within {}: the database check in flight has not ended \
-                         (database stalled or network dropping packets)",
-                        fmt_secs(timeout)
-                    ),
-                    Missed::CheckFailed => {
-                        "internal error in the database check; the server log has the details"
-                            .into()
-                    }
-                }),
-                elapsed: arrived.elapsed(),
-                encrypted: None,
-                answered: 1,
-            },
-        );
-        outcome.answered = answered;
-        outcome
     }
 
     /// Runs the health query, answering by `deadline` (plus scheduling noise).

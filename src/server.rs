@@ -1,7 +1,8 @@
 //! The accept loop, the worker pool and the graceful shutdown sequence.
 //!
 //! tiny_http's own accept thread accepts connections and queues parsed requests; a fixed pool
-//! of workers takes them from the queue, each with its own database `Checker`. The main thread
+//! of workers takes them from the queue; `/health`'s database checks are shared (db.rs
+//! `HealthChecks`), so the workers need no connection of their own. The main thread
 //! only waits for an event: a termination signal, or the death of tiny_http's accept thread
 //! (it ends for good on an accept error, and panics when out of file descriptors; see
 //! accept_watch.rs). Either way it stops accepting, lets the workers answer everything already
@@ -33,16 +34,15 @@ use std::time::{Duration, Instant, SystemTime};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::accept_watch::{self, AcceptThread};
-use crate::api::{self, DbOutcome, Reply};
+use crate::api::{self, Reply};
 use crate::clients::{end_client_reads, open_clients};
 use crate::config::Config;
 use crate::connection::{self, Connections};
-use crate::db::{self, Checker};
+use crate::db;
 use crate::error::Error;
 use crate::handover::{self, Inherited, Ready};
 use crate::listener::Listener;
 use crate::pidfile::PidFile;
-use crate::single_flight::SingleFlight;
 use crate::systemd::{self, Notifier};
 use crate::watchdog;
 
@@ -105,11 +105,14 @@ struct Pool {
     port: u16,
     max_header_bytes: usize,
     /// Concurrent `/health` requests share one database round trip.
-    health: SingleFlight<DbOutcome>,
+    health: db::HealthChecks,
+    /// What the database checkers share, to wait for their connections to close.
+    db: Arc<db::Shared>,
 }
 
 impl Pool {
     fn new(config: &Config, server: Server, events: Sender<Event>, port: u16) -> Arc<Pool> {
+        let db = Arc::new(db::Shared::default());
         Arc::new(Pool {
             server,
             stopping: AtomicBool::new(false),
@@ -119,7 +122,8 @@ impl Pool {
             connections: Connections::new(config.keepalive_max),
             port,
             max_header_bytes: config.max_header_bytes,
-            health: db::health_flight(config.db_timeout),
+            health: db::HealthChecks::new(config.db.clone(), config.db_timeout, Arc::clone(&db)),
+            db,
         })
     }
 }
@@ -268,30 +272,21 @@ struct Workers {
     handles: Vec<JoinHandle<()>>,
     /// Each worker sends its id here when it ends.
     done: Receiver<usize>,
-    /// What their database checkers share, to wait for their connections to close.
-    db: Arc<db::Shared>,
 }
 
 impl Workers {
-    /// Starts `config.workers` workers, each with a database checker of its own.
+    /// Starts `config.workers` workers, and a database connection for the first check.
     fn start(config: &Config, pool: &Arc<Pool>) -> Result<Workers, Error> {
-        let db = Arc::new(db::Shared::default());
+        pool.health.warm_up();
         let (done_tx, done) = mpsc::channel::<usize>();
         let mut handles: Vec<JoinHandle<()>> = Vec::with_capacity(config.workers);
         for id in 1..=config.workers {
-            let mut checker =
-                Checker::new(id, config.db.clone(), config.db_timeout, Arc::clone(&db));
-            // Two connections ready at start serve the first checks; the other workers connect
-            // while they wait for one (Checker::check_shared).
-            if id <= 2 {
-                checker.warm_up();
-            }
             let pool = Arc::clone(pool);
             let done = done_tx.clone();
             let handle = thread::Builder::new()
                 .name(format!("worker-{id}"))
                 .spawn(move || {
-                    worker(&pool, checker);
+                    worker(&pool);
                     let _ = done.send(id);
                 })
                 .map_err(|source| Error::Thread {
@@ -300,7 +295,7 @@ impl Workers {
                 })?;
             handles.push(handle);
         }
-        Ok(Workers { handles, done, db })
+        Ok(Workers { handles, done })
     }
 
     /// Waits (until `deadline`) for every worker to finish.
@@ -565,12 +560,12 @@ fn close(
     workers: Workers,
     deadline: Instant,
 ) -> Result<(), Error> {
-    let db = Arc::clone(&workers.db);
     let finished = workers.finish(config, deadline);
+    pool.health.close();
     let grace = deadline
         .saturating_duration_since(Instant::now())
         .min(DB_CLOSE_GRACE);
-    match db::wait_closed(&db, grace) {
+    match db::wait_closed(&pool.db, grace) {
         0 => log::info!("shutdown: database connections closed"),
         n => log::warn!("shutdown: {n} database connection(s) still blocked; abandoning them"),
     }
@@ -581,7 +576,7 @@ fn close(
     finished
 }
 
-fn worker(pool: &Pool, mut checker: Checker) {
+fn worker(pool: &Pool) {
     loop {
         let poll = if pool.stopping.load(Ordering::SeqCst) {
             DRAIN_POLL
@@ -589,7 +584,7 @@ fn worker(pool: &Pool, mut checker: Checker) {
             POLL
         };
         match pool.server.recv_timeout(poll) {
-            Ok(Some(request)) => serve(pool, request, &mut checker),
+            Ok(Some(request)) => serve(pool, request),
             Ok(None) => {
                 // Drained: done once no client connection is left either (tiny_http may
                 // still hand over a request it had read before the connection ended).
@@ -610,7 +605,7 @@ fn worker(pool: &Pool, mut checker: Checker) {
     }
 }
 
-fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
+fn serve(pool: &Pool, request: Request) {
     pool.in_flight.fetch_add(1, Ordering::SeqCst);
     // Only the debug line needs the time and its own copy of the request line.
     let start = log::log_enabled!(log::Level::Debug).then(Instant::now);
@@ -632,7 +627,7 @@ fn serve(pool: &Pool, request: Request, checker: &mut Checker) {
             ),
         ),
         (None, Some(reason)) => Reply::error(400, &format!("bad request: {reason}")),
-        (None, None) => api::handle(method, url, &mut || checker.check_shared(&pool.health)),
+        (None, None) => api::handle(method, url, &mut || pool.health.check()),
     }))
     .unwrap_or_else(|_| {
         log::error!("panic while handling {method} {}; answered 500", clip(url));

@@ -632,7 +632,7 @@ fn sigusr2_hands_over_to_the_new_binary_and_no_request_fails() {
         "{log}"
     );
     assert!(
-        log.contains(&format!("pid {new}, 4 workers, socket handed over")),
+        log.contains(&format!("pid {new}, 16 workers, socket handed over")),
         "{log}"
     );
     // The successor serves alone now, from the same socket.

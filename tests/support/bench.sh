@@ -17,8 +17,9 @@ usage: bench.sh [--help]
 
 Environment:
   BIN           tribist's release server binary (default target/x86_64-unknown-linux-gnu/release/server)
-  WORKERS       tribist's workers (TRIBIST_WORKERS), also the peer's database pool size and
-                pgbench's connections: both servers hold as many database connections (default 4)
+  WORKERS       tribist's workers (TRIBIST_WORKERS, default: the server's own, 16); its /health
+                checks share one database connection (more only while checks overlap)
+  POOL          the peer's database pool size and pgbench's connections (default 4)
   PEER_THREADS  the peer's tokio worker threads (default: the number of CPUs, tokio's default)
   PEER_BIN      a peer binary to use instead of building bench/peer-axum (cargo build --release
                 --locked, target dir target/peer-axum)
@@ -200,19 +201,20 @@ main() {
     "") ;;
     *) usage >&2; exit 2 ;;
   esac
-  local repo bin workers threads rounds secs peer_bin n
+  local repo bin workers pool threads rounds secs peer_bin n
   repo=$(cd "$(dirname "$0")/../.." && pwd)
   bin=${BIN:-target/x86_64-unknown-linux-gnu/release/server}
-  workers=${WORKERS:-4}
+  workers=${WORKERS:-16}
+  pool=${POOL:-4}
   threads=${PEER_THREADS:-$(nproc)}
   rounds=${ROUNDS:-3}
   secs=${DURATION:-10}
   local -a conns
   read -ra conns <<<"${CONNECTIONS:-16 64}"
   [[ ${#conns[@]} -gt 0 ]] || die "CONNECTIONS is empty"
-  for n in "$workers" "$threads" "$rounds" "$secs" "${conns[@]}"; do
+  for n in "$workers" "$pool" "$threads" "$rounds" "$secs" "${conns[@]}"; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] ||
-      die "WORKERS, PEER_THREADS, ROUNDS, DURATION and CONNECTIONS take whole numbers >= 1, got '$n'"
+      die "WORKERS, POOL, PEER_THREADS, ROUNDS, DURATION and CONNECTIONS take whole numbers >= 1, got '$n'"
   done
   [[ -x "$bin" ]] || die "no server binary at $bin (run: make release)"
   local tool
@@ -234,13 +236,13 @@ main() {
   # The peer's own database in the same cluster, so that each server's queries are counted
   # apart (pg_stat_database counts per database).
   pg_admin -c "CREATE DATABASE peer OWNER tribist" >/dev/null || die "cannot create database peer"
-  start_peer "$peer_bin" "${url%/*}/peer" "$workers" "$threads"
+  start_peer "$peer_bin" "${url%/*}/peer" "$pool" "$threads"
   local -A ports=([tribist]=$port [peer]=$PEER_PORT) pids=([tribist]=$pid [peer]=$PEER_PID)
   local -A rss_idle rss_open rss_after
   echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start;" \
     "PostgreSQL $(pg_admin -A -t -c 'SHOW server_version') on port $pg_port"
-  echo "tribist: pid $pid, $bin, $workers workers (a thread and a database connection each), database tribist"
-  echo "peer:    pid $PEER_PID, axum + tokio, $threads worker threads, a pool of $workers database connections, database peer"
+  echo "tribist: pid $pid, $bin, $workers workers (threads; /health's checks shared, on one database connection unless they overlap), database tribist"
+  echo "peer:    pid $PEER_PID, axum + tokio, $threads worker threads, a pool of $pool database connections, database peer"
   [[ -n "${TRIBIST_KEEPALIVE_MAX:-}" ]] ||
     echo "note: tribist answers Connection: close once a keep-alive connection's first request is 50 ms old (TRIBIST_KEEPALIVE_MAX), so wrk reconnects; the peer keeps its connections"
   local server code size path before
@@ -283,11 +285,11 @@ main() {
   queries[tribist]=$((${after% *} - ${before% *}))
   queries[peer]=$((${after#* } - ${before#* }))
 
-  echo "  pgbench: SELECT 1, $workers connections, $secs s, database tribist"
+  echo "  pgbench: SELECT 1, $pool connections, $secs s, database tribist"
   echo 'SELECT 1;' >"$WORK/select1.sql"
   local tps
-  tps=$(PGPASSWORD=tribist-test-pw pgbench -n -h 127.0.0.1 -p "$pg_port" -U tribist -c "$workers" \
-    -j "$workers" -T "$secs" -f "$WORK/select1.sql" tribist 2>/dev/null |
+  tps=$(PGPASSWORD=tribist-test-pw pgbench -n -h 127.0.0.1 -p "$pg_port" -U tribist -c "$pool" \
+    -j "$pool" -T "$secs" -f "$WORK/select1.sql" tribist 2>/dev/null |
     awk '/^tps/ { print $3; exit }')
 
   print_table "$rounds" "$secs"
@@ -323,7 +325,7 @@ main() {
   echo
   local health_rps
   health_rps=$(column "/health@${conns[-1]}" tribist 4 | median)
-  echo "pgbench SELECT 1 over $workers connections: $(awk -v t="${tps:-0}" 'BEGIN { printf "%.0f", t }') tps;" \
+  echo "pgbench SELECT 1 over $pool connections: $(awk -v t="${tps:-0}" 'BEGIN { printf "%.0f", t }') tps;" \
     "tribist /health req/s at ${conns[-1]} connections / pgbench tps = $(ratio "$health_rps" "${tps:-0}") (README target >= 0.80)"
 }
 

@@ -6,13 +6,13 @@
 //!   DATABASE_URL  the PostgreSQL to check (required; a postgres:// URL or key=value string)
 //!   LISTEN        address to bind (default 127.0.0.1:0); the bound address is printed on
 //!                 stderr as `listening on http://ADDR`
-//!   POOL          database connections (default 4: as many as tribist's default 4 workers,
-//!                 each of which owns one, so both sides hold as many connections)
+//!   POOL          database connections (default 4, the pool the issue measured against;
+//!                 tribist's /health needs one, its checks being shared)
 //!   WORKERS       tokio worker threads (default: the number of CPUs, tokio's own default).
-//!                 Not 4 like tribist's workers: those block on their database round trip, so
-//!                 tribist needs a thread per concurrent check; an async runtime never blocks
+//!                 Not 16 like tribist's workers: those block while they wait for a check, so
+//!                 tribist needs a thread per waiting request; an async runtime never blocks
 //!                 a thread on I/O, and threads beyond the cores only add switches. Each side
-//!                 runs as it would be deployed, with the same number of database connections.
+//!                 runs as it would be deployed.
 //!
 //! On SIGTERM or SIGINT it stops accepting, finishes the requests in flight and prints
 //! `health: A answers from Q database checks` (the line tribist prints), so the benchmark
