@@ -782,6 +782,37 @@ teardown_file() {
   assert_success
 }
 
+@test "TLS to the host's PostgreSQL: encrypted by default, verify-ca against its certificate, verify-full refuses a wrong name" {
+  # Debian's PostgreSQL has ssl = on with its snakeoil certificate; the default sslmode=prefer
+  # encrypts, inside the unit's sandbox, with no libssl in the binary.
+  run on_host "curl -sS http://localhost:8383/health"
+  assert_output --partial '"encrypted":true'
+  local cert=/etc/ssl/certs/ssl-cert-snakeoil.pem
+  printf 'postgres://tribist:%s@localhost:5432/tribist?sslmode=verify-ca&sslrootcert=%s\n' "$DB_PASSWORD" "$cert" \
+    >"$BATS_TEST_TMPDIR/verify_ca"
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" DATABASE_URL_FILE="$BATS_TEST_TMPDIR/verify_ca"
+  assert_success
+  assert_output --partial "(encrypted, sslmode=verify-ca sslrootcert=$cert)"
+  run on_host "curl -sS -w '\n%{http_code}' http://localhost:8383/health"
+  assert_line 200
+  assert_output --partial '"encrypted":true'
+  # The certificate names the machine it was made on, not localhost: verify-full refuses it
+  # before anything changes, and says why.
+  local before
+  before=$(on_host "sha256sum </etc/tribist/env")
+  printf 'postgres://tribist:%s@localhost:5432/tribist?sslmode=verify-full&sslrootcert=%s\n' "$DB_PASSWORD" "$cert" \
+    >"$BATS_TEST_TMPDIR/verify_full"
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" DATABASE_URL_FILE="$BATS_TEST_TMPDIR/verify_full"
+  assert_failure
+  assert_output --partial "not valid for name"
+  assert_output --partial "nothing changed"
+  refute_output --partial "$DB_PASSWORD"
+  assert_equal "$(on_host "sha256sum </etc/tribist/env")" "$before"
+  # Back to the URL the next tests expect.
+  run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" DATABASE_URL_FILE="$BATS_FILE_TMPDIR/database_url"
+  assert_success
+}
+
 @test "a hostile tribist: symlinks, a replaced bin/, a forged lock note and a lying binary change nothing of root's" {
   local canary=CANARY-$RANDOM$RANDOM before after rootpid
   on_host "printf '%s\n' $canary >/root/canary && chmod 600 /root/canary && rm -f /tmp/planted-ran-as-* /tmp/hostile-*"
