@@ -22,6 +22,11 @@ use crate::api::Reply;
 /// to connections the client closed itself.
 const PRUNE_AT: usize = 4096;
 
+/// At most this many connections are tracked (about 4 MB): past it, a connection not yet
+/// tracked gets `Connection: close` on its first answer instead of an entry. Without it a
+/// long `TRIBIST_KEEPALIVE_MAX` and many short connections grew the table without bound.
+const MAX_TRACKED: usize = 65_536;
+
 /// The first request of every open keep-alive connection, by the client's address.
 pub struct Connections {
     max_age: Duration,
@@ -48,6 +53,9 @@ impl Connections {
             .first_seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.len() >= MAX_TRACKED && !seen.contains_key(client) {
+            return true;
+        }
         let first = *seen.entry(*client).or_insert(now);
         if now.duration_since(first) >= self.max_age {
             seen.remove(client);
@@ -190,6 +198,20 @@ mod tests {
         }
         assert_eq!(c.next_prune.lock().unwrap().unwrap(), next, "pruned again");
         assert_eq!(c.first_seen.lock().unwrap().len(), PRUNE_AT + 101);
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_a_connection_past_it_is_closed() {
+        let c = Connections::new(Duration::from_secs(3600));
+        let t0 = Instant::now();
+        let client =
+            |i: usize| SocketAddr::from(([127, 0, (i >> 16) as u8, (i >> 8) as u8], i as u16));
+        for i in 0..MAX_TRACKED {
+            assert!(!c.should_close(Some(&client(i)), t0));
+        }
+        assert!(c.should_close(Some(&client(MAX_TRACKED)), t0));
+        assert!(!c.should_close(Some(&client(1)), t0));
+        assert_eq!(c.first_seen.lock().unwrap().len(), MAX_TRACKED);
     }
 
     #[test]

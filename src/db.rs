@@ -81,7 +81,7 @@ pub struct HealthChecks {
 impl HealthChecks {
     pub fn new(target: DbTarget, timeout: Duration, shared: Arc<Shared>) -> HealthChecks {
         HealthChecks {
-            flight: SingleFlight::new(timeout / 8),
+            flight: SingleFlight::new(timeout / 8, timeout / 2, |o: &DbOutcome| o.result.is_ok()),
             idle: Mutex::new(Vec::new()),
             made: AtomicUsize::new(0),
             target,
@@ -117,6 +117,11 @@ impl HealthChecks {
                         "no answer within {}: the database check in flight has not ended \
                          (database stalled or network dropping packets)",
                         fmt_secs(self.timeout)
+                    ),
+                    Missed::Stalled(age) => format!(
+                        "no answer: a database check has been waiting {:.1}s for the database \
+                         (database stalled or network dropping packets)",
+                        age.as_secs_f64()
                     ),
                     Missed::CheckFailed => {
                         "internal error in the database check; the server log has the details"
@@ -255,6 +260,23 @@ impl Checker {
 
     fn await_connection(&mut self, deadline: Instant) -> Result<(Client, Option<bool>), String> {
         let connecting = match self.connecting.take() {
+            // A peer that accepts and then holds the connection (a proxy, a load balancer, a
+            // frozen server) never lets the attempt end: TCP keepalives are answered. Kept
+            // for ever, it would keep /health failing after the database is back. So an old
+            // attempt is abandoned (its thread ends whenever the peer lets go) and a new one
+            // made, as long as few threads are held that way.
+            Some(c)
+                if c.since.elapsed() >= abandon_after(self.timeout)
+                    && self.shared.live_threads() < MAX_DB_THREADS =>
+            {
+                log::warn!(
+                    "database connect attempt {} stuck for {:.1}s; abandoning it and trying again",
+                    self.id,
+                    c.since.elapsed().as_secs_f64()
+                );
+                drop(c);
+                self.spawn_connect()?
+            }
             Some(c) => c,
             None => self.spawn_connect()?,
         };
@@ -272,7 +294,7 @@ impl Checker {
             }
             Err(RecvTimeoutError::Disconnected) => {
                 log::error!(
-                    "database connect thread of worker {} ended without an answer",
+                    "database connect thread {} ended without an answer",
                     self.id
                 );
                 Err("internal error: the connect attempt ended without an answer".into())
@@ -376,6 +398,15 @@ pub fn describe(err: &postgres::Error) -> String {
         return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
     }
     crate::error::chain(err)
+}
+
+/// Database threads (connect attempts, closing connections) beyond which a stuck connect
+/// attempt is waited for rather than abandoned.
+const MAX_DB_THREADS: usize = 64;
+
+/// How old a connect attempt that never answered must be before it is abandoned.
+fn abandon_after(timeout: Duration) -> Duration {
+    (timeout * 4).max(Duration::from_secs(1))
 }
 
 fn fmt_secs(d: Duration) -> String {

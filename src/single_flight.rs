@@ -17,6 +17,12 @@
 //! the first to end of those that started after it arrived. A check that panics ends
 //! without a result; its waiters are told so instead of waiting forever.
 //!
+//! A stalled database would still hold every waiting request (and its worker thread) for a
+//! whole timeout, leaving none for `/livez`. So once a check has run `stall_after` (half the
+//! timeout) and no check has succeeded since it started, requests are answered at once with
+//! `Missed::Stalled`: evidence of a stall that exists when they arrive, never a stale pass.
+//! New checks start again as soon as the stalled ones end.
+//!
 //! Generic over the outcome so that it is unit-tested with plain closures and threads.
 
 use std::collections::BTreeMap;
@@ -32,6 +38,9 @@ pub enum Missed {
     Timeout,
     /// The check it waited for panicked.
     CheckFailed,
+    /// A check has run this long and none succeeded since it started: the database is not
+    /// answering, known before this request would wait its whole timeout for it.
+    Stalled(Duration),
 }
 
 /// Shared by every worker of one server.
@@ -42,6 +51,13 @@ pub struct SingleFlight<T> {
     /// started: one of them starts the next check beside it (a slow database, not a probe
     /// storm, is what makes checks this long).
     overlap_after: Duration,
+    /// A check running this long with none ended since it started means a stall: new requests
+    /// are answered at once instead of each holding a worker for its whole timeout (which
+    /// left none for `/livez`).
+    stall_after: Duration,
+    /// Whether an outcome is a success (failures, such as the timeouts of overlapping checks,
+    /// prove nothing against a stall).
+    is_ok: fn(&T) -> bool,
     checks: AtomicU64,
     answers: AtomicU64,
 }
@@ -51,6 +67,10 @@ struct State<T> {
     started: u64,
     /// When check number `started` began, while it runs.
     newest_running_since: Option<Instant>,
+    /// When each running check began, by number.
+    running_since: BTreeMap<u64, Instant>,
+    /// When the last successful check ended.
+    last_ok_at: Option<Instant>,
     /// The highest-numbered check that ended, its outcome (`None` if it panicked) and how
     /// many requests it answered. Checks may end out of order; an older one changes nothing.
     best: u64,
@@ -61,17 +81,21 @@ struct State<T> {
 }
 
 impl<T: Clone> SingleFlight<T> {
-    pub fn new(overlap_after: Duration) -> Self {
+    pub fn new(overlap_after: Duration, stall_after: Duration, is_ok: fn(&T) -> bool) -> Self {
         SingleFlight {
             state: Mutex::new(State {
                 started: 0,
                 newest_running_since: None,
+                running_since: BTreeMap::new(),
+                last_ok_at: None,
                 best: 0,
                 last: None,
                 waiting: BTreeMap::new(),
             }),
             ended: Condvar::new(),
             overlap_after,
+            stall_after,
+            is_ok,
             checks: AtomicU64::new(0),
             answers: AtomicU64::new(0),
         }
@@ -108,6 +132,14 @@ impl<T: Clone> SingleFlight<T> {
                 }
                 return (missed(Missed::Timeout), 1);
             }
+            let stall_at = state.stall_at(self.stall_after);
+            if stall_at.is_some_and(|at| now >= at) {
+                if joined {
+                    state.leave(target);
+                }
+                let oldest = state.running_since.values().min().copied().unwrap_or(now);
+                return (missed(Missed::Stalled(now - oldest)), 1);
+            }
             // Nothing started since this request arrived: it starts the next check if none
             // runs, or when the running one has run too long.
             let overlap_at = state
@@ -127,6 +159,7 @@ impl<T: Clone> SingleFlight<T> {
                 Some(at) if state.started < target => at.min(deadline),
                 _ => deadline,
             };
+            let wake = stall_at.map_or(wake, |at| at.min(wake));
             state = match self
                 .ended
                 .wait_timeout(state, wake.saturating_duration_since(now))
@@ -148,13 +181,19 @@ impl<T: Clone> SingleFlight<T> {
     fn lead(&self, mut state: MutexGuard<'_, State<T>>, check: impl FnOnce() -> T) -> (T, usize) {
         state.started += 1;
         let number = state.started;
-        state.newest_running_since = Some(Instant::now());
+        let now = Instant::now();
+        state.newest_running_since = Some(now);
+        state.running_since.insert(number, now);
         drop(state);
         self.checks.fetch_add(1, Ordering::Relaxed);
         let outcome = catch_unwind(AssertUnwindSafe(check));
         let mut state = self.lock();
         if state.started == number {
             state.newest_running_since = None;
+        }
+        state.running_since.remove(&number);
+        if outcome.as_ref().is_ok_and(|o| (self.is_ok)(o)) {
+            state.last_ok_at = Some(Instant::now());
         }
         let mut answered = 1;
         if number > state.best {
@@ -184,6 +223,13 @@ impl<T: Clone> SingleFlight<T> {
 }
 
 impl<T> State<T> {
+    /// When the oldest running check counts as stalled, if none succeeded since it started.
+    fn stall_at(&self, stall_after: Duration) -> Option<Instant> {
+        let oldest = *self.running_since.values().min()?;
+        let ok_since = self.last_ok_at.is_some_and(|at| at >= oldest);
+        (!ok_since).then_some(oldest + stall_after)
+    }
+
     /// A request waiting for check `target` or later stops waiting.
     fn leave(&mut self, target: u64) {
         if let Some(n) = self.waiting.get_mut(&target) {
@@ -211,7 +257,7 @@ mod tests {
 
     #[test]
     fn alone_a_request_runs_its_own_check() {
-        let sf = SingleFlight::new(LONG);
+        let sf = SingleFlight::new(LONG, LONG, |_| true);
         assert_eq!(sf.run(far(), || 7, |_| 0), (7, 1));
         assert_eq!(sf.run(far(), || 8, |_| 0), (8, 1));
         assert_eq!(sf.totals(), (2, 2));
@@ -221,7 +267,7 @@ mod tests {
     /// arrived, and share it: one check for all of them.
     #[test]
     fn requests_during_a_check_share_the_next_one() {
-        let sf = Arc::new(SingleFlight::new(LONG));
+        let sf = Arc::new(SingleFlight::new(LONG, LONG, |_| true));
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         let leader = {
@@ -261,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_waiter_gives_up_at_its_deadline() {
-        let sf = Arc::new(SingleFlight::new(LONG));
+        let sf = Arc::new(SingleFlight::new(LONG, LONG, |_| true));
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         let leader = {
@@ -292,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_panicking_check_releases_its_waiters() {
-        let sf = Arc::new(SingleFlight::<i32>::new(LONG));
+        let sf = Arc::new(SingleFlight::<i32>::new(LONG, LONG, |_| true));
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         let first = {
@@ -368,7 +414,7 @@ mod tests {
     /// without waiting for the slow one.
     #[test]
     fn a_long_check_lets_the_next_one_start_beside_it() {
-        let sf = Arc::new(SingleFlight::new(Duration::from_millis(20)));
+        let sf = Arc::new(SingleFlight::new(Duration::from_millis(20), LONG, |_| true));
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         let slow = {
@@ -399,7 +445,7 @@ mod tests {
     /// check that started after its request arrived, and counters that add up.
     #[test]
     fn under_contention_no_answer_predates_its_request() {
-        let sf = Arc::new(SingleFlight::new(Duration::from_millis(2)));
+        let sf = Arc::new(SingleFlight::new(Duration::from_millis(2), LONG, |_| true));
         let threads: Vec<_> = (0..16)
             .map(|t| {
                 let sf = Arc::clone(&sf);
@@ -430,6 +476,61 @@ mod tests {
         let (checks, answers) = sf.totals();
         assert_eq!(answers, answered);
         assert!(checks < answers, "checks {checks}, answers {answers}");
+        assert!(sf.lock().waiting.is_empty());
+    }
+
+    /// A stall: once a check has run `stall_after` with none ended since, requests are
+    /// answered at once, waiters included, instead of each waiting its whole deadline.
+    #[test]
+    fn a_stalled_check_fails_new_requests_at_once() {
+        let sf = Arc::new(SingleFlight::new(LONG, Duration::from_millis(30), |_| true));
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let stuck = {
+            let sf = Arc::clone(&sf);
+            thread::spawn(move || {
+                sf.run(
+                    far(),
+                    || {
+                        started_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        "late"
+                    },
+                    |_| "missed",
+                )
+            })
+        };
+        started_rx.recv().unwrap();
+        let asked = Instant::now();
+        let waiter = {
+            let sf = Arc::clone(&sf);
+            thread::spawn(move || {
+                sf.run(
+                    far(),
+                    || "second",
+                    |m| {
+                        if matches!(m, Missed::Stalled(_)) {
+                            "stalled"
+                        } else {
+                            "other"
+                        }
+                    },
+                )
+            })
+        };
+        assert_eq!(waiter.join().unwrap(), ("stalled", 1));
+        let waited = asked.elapsed();
+        assert!(
+            waited >= Duration::from_millis(25) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        let now = Instant::now();
+        assert_eq!(sf.run(far(), || "third", |_| "stalled"), ("stalled", 1));
+        assert!(now.elapsed() < Duration::from_millis(20));
+        release_tx.send(()).unwrap();
+        assert_eq!(stuck.join().unwrap(), ("late", 1));
+        // Once it ended, checks run again.
+        assert_eq!(sf.run(far(), || "fresh", |_| "stalled"), ("fresh", 1));
         assert!(sf.lock().waiting.is_empty());
     }
 }

@@ -768,3 +768,66 @@ fn concurrent_health_requests_share_database_checks() {
     assert_eq!(answers, 16 * 40, "{line}");
     assert!(checks < answers, "{line}");
 }
+
+/// A proxy that accepts and holds the connection (TCP keepalives answered) never lets a
+/// connect attempt end. Kept for ever, the attempt kept /health failing after the proxy had
+/// recovered; now an attempt older than 4 timeouts is abandoned and a new one made.
+#[test]
+fn a_connect_attempt_held_by_a_hung_proxy_is_abandoned_and_health_recovers() {
+    let target = format!("127.0.0.1:{}", Pg::shared().port).parse().unwrap();
+    let (proxy, open) = Silent::then_forwarding(target);
+    let server = Server::builder(&proxy.url())
+        .env("TRIBIST_DB_TIMEOUT", "300ms")
+        .spawn();
+    assert_eq!(server.get("/health").status, 503);
+    wait_for("an attempt held by the proxy", 5 * SECOND, || {
+        (proxy.accepted() >= 1).then_some(())
+    });
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for("/health to recover", 15 * SECOND, || {
+        (server.get("/health").status == 200).then_some(())
+    });
+    assert!(
+        server.log().contains("abandoning it and trying again"),
+        "{}",
+        server.log()
+    );
+}
+
+/// A stalled database must not hold every worker: once a check has waited half the timeout
+/// with none ended since, /health fails at once, and /livez (the watchdog's probe) is
+/// answered meanwhile. Before, 64 clients kept all 16 workers waiting a whole timeout each and
+/// /livez waited seconds behind them.
+#[test]
+fn a_stalled_database_leaves_workers_for_livez() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let silent = Silent::start();
+    let server = Server::builder(&silent.url())
+        .env("TRIBIST_DB_TIMEOUT", "2s")
+        .spawn();
+    let addr = server.addr;
+    let stop = AtomicBool::new(false);
+    let slowest = std::thread::scope(|scope| {
+        for _ in 0..64 {
+            scope.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = http::get(addr, "/health");
+                }
+            });
+        }
+        // The first wave may wait up to half the timeout; after that, the stall is known.
+        std::thread::sleep(3 * SECOND / 2);
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let asked = Instant::now();
+            assert_eq!(http::get(addr, "/livez").unwrap().status, 200);
+            slowest = slowest.max(asked.elapsed());
+            std::thread::sleep(SECOND / 20);
+        }
+        stop.store(true, Ordering::SeqCst);
+        slowest
+    });
+    assert!(slowest < SECOND, "/livez took {slowest:?} during the stall");
+    let r = server.get("/health");
+    assert_eq!(r.status, 503);
+}

@@ -1,10 +1,10 @@
 //! Real PostgreSQL clusters started by `tests/support/pg.sh`, and `Silent`, a database host
 //! that never answers.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::{free_port, TempDir};
@@ -134,18 +134,39 @@ pub struct Silent {
 
 impl Silent {
     pub fn start() -> Silent {
+        Silent::start_then(None).0
+    }
+
+    /// A host that holds connections silently until the returned flag is set, and from then
+    /// on forwards new connections to `target`: a proxy or load balancer that hung, then
+    /// recovered (the connections it held stay held).
+    pub fn then_forwarding(target: SocketAddr) -> (Silent, Arc<AtomicBool>) {
+        let (silent, open) = Silent::start_then(Some(target));
+        (silent, open.expect("a target was given"))
+    }
+
+    fn start_then(target: Option<SocketAddr>) -> (Silent, Option<Arc<AtomicBool>>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        let open = target.map(|_| Arc::new(AtomicBool::new(false)));
+        let forwarding = open.clone();
         std::thread::spawn(move || {
             let mut keep = Vec::new();
             for stream in listener.incoming().flatten() {
-                count.fetch_add(1, Ordering::SeqCst);
-                keep.push(stream);
+                match (target, &forwarding) {
+                    (Some(target), Some(open)) if open.load(Ordering::SeqCst) => {
+                        forward(stream, target)
+                    }
+                    _ => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        keep.push(stream);
+                    }
+                }
             }
         });
-        Silent { addr, accepted }
+        (Silent { addr, accepted }, open)
     }
 
     pub fn url(&self) -> String {
@@ -154,5 +175,21 @@ impl Silent {
 
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Copies bytes both ways between `client` and a new connection to `target`.
+fn forward(client: TcpStream, target: SocketAddr) {
+    let Ok(server) = TcpStream::connect(target) else {
+        return;
+    };
+    for (mut from, mut to) in [
+        (client.try_clone().unwrap(), server.try_clone().unwrap()),
+        (server, client),
+    ] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        });
     }
 }
