@@ -51,7 +51,7 @@ pub struct SingleFlight<T> {
     /// started: one of them starts the next check beside it (a slow database, not a probe
     /// storm, is what makes checks this long).
     overlap_after: Duration,
-    /// A check running this long with none ended since it started means a stall: new requests
+    /// A check running this long with none succeeded since it started means a stall: new requests
     /// are answered at once instead of each holding a worker for its whole timeout (which
     /// left none for `/livez`).
     stall_after: Duration,
@@ -65,9 +65,8 @@ pub struct SingleFlight<T> {
 struct State<T> {
     /// Checks started so far; they are numbered from 1.
     started: u64,
-    /// When check number `started` began, while it runs.
-    newest_running_since: Option<Instant>,
-    /// When each running check began, by number.
+    /// When each running check began, by number: the first is the oldest, and check number
+    /// `started` is the newest while it runs.
     running_since: BTreeMap<u64, Instant>,
     /// When the last successful check ended.
     last_ok_at: Option<Instant>,
@@ -85,7 +84,6 @@ impl<T: Clone> SingleFlight<T> {
         SingleFlight {
             state: Mutex::new(State {
                 started: 0,
-                newest_running_since: None,
                 running_since: BTreeMap::new(),
                 last_ok_at: None,
                 best: 0,
@@ -137,14 +135,15 @@ impl<T: Clone> SingleFlight<T> {
                 if joined {
                     state.leave(target);
                 }
-                let oldest = state.running_since.values().min().copied().unwrap_or(now);
+                let oldest = state.oldest_running().unwrap_or(now);
                 return (missed(Missed::Stalled(now - oldest)), 1);
             }
             // Nothing started since this request arrived: it starts the next check if none
             // runs, or when the running one has run too long.
             let overlap_at = state
-                .newest_running_since
-                .map(|since| since + self.overlap_after);
+                .running_since
+                .get(&state.started)
+                .map(|&since| since + self.overlap_after);
             if state.started < target && overlap_at.is_none_or(|at| now >= at) {
                 if joined {
                     state.leave(target);
@@ -181,16 +180,11 @@ impl<T: Clone> SingleFlight<T> {
     fn lead(&self, mut state: MutexGuard<'_, State<T>>, check: impl FnOnce() -> T) -> (T, usize) {
         state.started += 1;
         let number = state.started;
-        let now = Instant::now();
-        state.newest_running_since = Some(now);
-        state.running_since.insert(number, now);
+        state.running_since.insert(number, Instant::now());
         drop(state);
         self.checks.fetch_add(1, Ordering::Relaxed);
         let outcome = catch_unwind(AssertUnwindSafe(check));
         let mut state = self.lock();
-        if state.started == number {
-            state.newest_running_since = None;
-        }
         state.running_since.remove(&number);
         if outcome.as_ref().is_ok_and(|o| (self.is_ok)(o)) {
             state.last_ok_at = Some(Instant::now());
@@ -225,9 +219,16 @@ impl<T: Clone> SingleFlight<T> {
 impl<T> State<T> {
     /// When the oldest running check counts as stalled, if none succeeded since it started.
     fn stall_at(&self, stall_after: Duration) -> Option<Instant> {
-        let oldest = *self.running_since.values().min()?;
+        let oldest = self.oldest_running()?;
         let ok_since = self.last_ok_at.is_some_and(|at| at >= oldest);
         (!ok_since).then_some(oldest + stall_after)
+    }
+
+    /// When the oldest running check began (checks start in the order of their numbers).
+    fn oldest_running(&self) -> Option<Instant> {
+        self.running_since
+            .first_key_value()
+            .map(|(_, &since)| since)
     }
 
     /// A request waiting for check `target` or later stops waiting.
