@@ -388,15 +388,12 @@ fn db_target(get: &impl Fn(&str) -> Option<String>, timeout: Duration) -> Result
         (Some(r), _) => (Some(r), var),
         (None, env) => (env, "PGSSLROOTCERT"),
     };
-    let tls =
-        crate::tls::Settings::new(sslmode.as_deref(), sslrootcert.as_deref()).map_err(|e| {
-            let culprit = if e.contains("sslrootcert") && !e.contains("sslmode") {
-                root_var
-            } else {
-                mode_var
-            };
-            bad(culprit, e)
-        })?;
+    let tls = crate::tls::Settings::new(sslmode.as_deref(), sslrootcert.as_deref()).map_err(
+        |(param, e)| match param {
+            crate::tls::Param::Mode => bad(mode_var, e),
+            crate::tls::Param::RootCert => bad(root_var, e),
+        },
+    )?;
     let hostaddrs: Vec<String> = config
         .get_hostaddrs()
         .iter()

@@ -114,6 +114,16 @@ pub enum Roots {
     System,
 }
 
+/// Which of the two settings a refusal is about, so the error names the variable to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    Mode,
+    RootCert,
+}
+
+/// A refused setting: which one, and why.
+pub type Refused = (Param, String);
+
 /// How the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {
@@ -147,29 +157,33 @@ impl fmt::Debug for Settings {
 impl Settings {
     /// `sslmode` and `sslrootcert` as given (either may be absent), checked and loaded: the CA
     /// certificates are read now, so a missing or empty file stops the start with a reason.
-    pub fn new(mode: Option<&str>, rootcert: Option<&str>) -> Result<Settings, String> {
+    pub fn new(mode: Option<&str>, rootcert: Option<&str>) -> Result<Settings, Refused> {
         let roots = match rootcert.map(str::trim).filter(|r| !r.is_empty()) {
             None => None,
             Some("system") => Some(Roots::System),
             Some(path) => Some(Roots::File(PathBuf::from(path))),
         };
         let mode = match mode.map(str::trim).filter(|m| !m.is_empty()) {
-            Some(m) => SslMode::parse(m)?,
+            Some(m) => SslMode::parse(m).map_err(|e| (Param::Mode, e))?,
             None if roots == Some(Roots::System) => SslMode::VerifyFull,
             None => SslMode::Prefer,
         };
         if roots == Some(Roots::System) && mode != SslMode::VerifyFull {
-            return Err(format!(
-                "weak sslmode {mode} may not be used with sslrootcert=system (use verify-full)"
+            return Err((
+                Param::Mode,
+                format!(
+                    "weak sslmode {mode} may not be used with sslrootcert=system (use verify-full)"
+                ),
             ));
         }
         if mode == SslMode::VerifyCa && roots.is_none() {
             // Any certificate a public CA issued, for any name, would pass.
-            return Err(
-                "sslmode verify-ca needs sslrootcert=PATH (the CA that signed the \
-                        server's certificate); with the system's CA store use verify-full"
+            return Err((
+                Param::Mode,
+                "sslmode verify-ca needs sslrootcert=PATH (the CA that signed the server's \
+                 certificate); with the system's CA store use verify-full"
                     .into(),
-            );
+            ));
         }
         let check = match (mode, &roots) {
             (SslMode::Disable, _) => Check::Nothing,
@@ -226,18 +240,20 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn client_config(check: Check, roots: Option<&Roots>) -> Result<ClientConfig, String> {
+fn client_config(check: Check, roots: Option<&Roots>) -> Result<ClientConfig, Refused> {
+    let set_up = |e: rustls::Error| (Param::Mode, format!("TLS set-up: {e}"));
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up: {e}"))?;
+        .map_err(set_up)?;
     let verifier: Arc<dyn ServerCertVerifier> = match check {
         Check::Nothing => Arc::new(AnyCertificate(provider)),
         Check::Chain | Check::ChainAndName => {
-            let store = root_store(roots.unwrap_or(&Roots::System))?;
+            let store =
+                root_store(roots.unwrap_or(&Roots::System)).map_err(|e| (Param::RootCert, e))?;
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
                 .build()
-                .map_err(|e| format!("TLS set-up: {e}"))?;
+                .map_err(|e| (Param::Mode, format!("TLS set-up: {e}")))?;
             if check == Check::Chain {
                 Arc::new(AnyName(webpki))
             } else {
@@ -628,23 +644,26 @@ mod tests {
     #[test]
     fn values_that_may_be_passwords_are_not_quoted_in_errors() {
         let (_, taken) = split_params("host=db sslmode= password=hunter2").unwrap();
-        let err = Settings::new(taken.sslmode.as_deref(), None).unwrap_err();
+        let err = Settings::new(taken.sslmode.as_deref(), None).unwrap_err().1;
         assert!(!err.contains("hunter2"), "{err}");
         let (_, taken) =
             split_params("host=db sslrootcert= password=hunter2 sslmode=require").unwrap();
-        let err =
-            Settings::new(taken.sslmode.as_deref(), taken.sslrootcert.as_deref()).unwrap_err();
+        let err = Settings::new(taken.sslmode.as_deref(), taken.sslrootcert.as_deref())
+            .unwrap_err()
+            .1;
         assert!(!err.contains("hunter2"), "{err}");
         let err = split_params("host=db password='hunter2 x").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
-        let err = Settings::new(Some("verify-ful"), None).unwrap_err();
+        let err = Settings::new(Some("verify-ful"), None).unwrap_err().1;
         assert!(err.contains("\"verify-ful\""), "{err}");
     }
 
     #[test]
     fn verify_ca_needs_its_own_ca() {
-        let err = Settings::new(Some("verify-ca"), None).unwrap_err();
+        let (param, err) = Settings::new(Some("verify-ca"), None).unwrap_err();
         assert!(err.contains("sslrootcert=PATH"), "{err}");
+        // The mode is what to change: PGSSLMODE, not PGSSLROOTCERT, is named.
+        assert_eq!(param, Param::Mode);
     }
 
     #[test]
@@ -690,21 +709,27 @@ mod tests {
         // The system store may be empty on a build machine; only the mode rules are checked.
         match Settings::new(None, Some("system")) {
             Ok(s) => assert_eq!(s.mode, SslMode::VerifyFull),
-            Err(e) => assert!(e.contains("CA store"), "{e}"),
+            Err((_, e)) => assert!(e.contains("CA store"), "{e}"),
         }
-        let err = Settings::new(Some("require"), Some("system")).unwrap_err();
+        let err = Settings::new(Some("require"), Some("system"))
+            .unwrap_err()
+            .1;
         assert!(err.contains("verify-full"), "{err}");
     }
 
     #[test]
     fn a_missing_or_empty_root_file_is_refused_with_its_path() {
-        let err = Settings::new(Some("verify-full"), Some("/nonexistent/ca.pem")).unwrap_err();
+        let (param, err) =
+            Settings::new(Some("verify-full"), Some("/nonexistent/ca.pem")).unwrap_err();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        assert_eq!(param, Param::RootCert);
         let dir = std::env::temp_dir().join(format!("tribist-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let err = Settings::new(Some("verify-ca"), empty.to_str()).unwrap_err();
+        let err = Settings::new(Some("verify-ca"), empty.to_str())
+            .unwrap_err()
+            .1;
         assert!(err.contains("no PEM certificate"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
