@@ -4,10 +4,10 @@
 //! runs on a `Checker`, one connection reused across checks, taken from a small set that
 //! grows only while checks overlap (a slow database): one connection normally, however many
 //! workers there are. A check is a query round trip on that connection, run on the thread of
-//! the request whose turn it is and bounded by the client's own timer (`Client::is_valid`). The postgres crate cannot bound connection
-//! start-up and authentication (only the TCP connect), so connecting runs on a short-lived
-//! thread that the worker waits for with a deadline; a new connection must answer `SELECT 1`
-//! before it is used. An attempt stuck on a silent peer is kept with its checker, not
+//! the request whose turn it is and bounded by the client's own timer (`Client::is_valid`).
+//! The postgres crate cannot bound connection start-up and authentication (only the TCP
+//! connect), so connecting runs on a short-lived thread that the check waits for with a
+//! deadline; a new connection must answer `SELECT 1` before it is used. An attempt stuck on a silent peer is kept with its checker, not
 //! repeated, so threads and sockets stay bounded at one attempt per checker. After any
 //! failure the connection is dropped and the next check reconnects, so `/health` recovers by
 //! itself. Connections use TLS as `sslmode` says (tls.rs); each learns once, from the
@@ -178,8 +178,8 @@ pub fn check_once(config: &crate::config::Config) -> DbOutcome {
 }
 
 /// A connection attempt running on its own thread, because the postgres crate cannot bound
-/// start-up and authentication. It is kept until it finishes, so a worker never has more than
-/// one attempt (one thread, one socket) in flight.
+/// start-up and authentication. It is kept until it finishes (or is abandoned as stuck), so a
+/// checker never has more than one attempt (one thread, one socket) in flight.
 struct Connecting {
     result: Receiver<Result<(Client, Option<bool>), String>>,
     since: Instant,
@@ -382,13 +382,18 @@ fn connect(target: &DbTarget) -> Result<(Client, Option<bool>), String> {
     log::debug!(
         "connected to database {} ({})",
         target.display,
-        match encrypted {
-            Some(true) => "encrypted",
-            Some(false) => "not encrypted",
-            None => "encryption unknown",
-        }
+        encryption(encrypted)
     );
     Ok((client, encrypted))
+}
+
+/// How a connection's encryption is described (logs, `--check-config`).
+pub fn encryption(encrypted: Option<bool>) -> &'static str {
+    match encrypted {
+        Some(true) => "encrypted",
+        Some(false) => "not encrypted",
+        None => "encryption unknown",
+    }
 }
 
 /// A short reason from a postgres error: the server's message when it sent one, else the

@@ -101,11 +101,7 @@ fn run() -> Result<(), Error> {
                         config.listen,
                         config.db.display,
                         outcome.elapsed.as_secs_f64() * 1e3,
-                        match outcome.encrypted {
-                            Some(true) => "encrypted",
-                            Some(false) => "not encrypted",
-                            None => "encryption unknown",
-                        },
+                        db::encryption(outcome.encrypted),
                         config.db.tls
                     );
                     Ok(())
