@@ -50,34 +50,29 @@ impl Pg {
     /// One cluster shared by the tests that never stop it. A static is never dropped, so it is
     /// stopped when the test binary exits.
     pub fn shared() -> &'static Pg {
-        SHARED.get_or_init(|| {
-            extern "C" fn stop_shared() {
-                if let Some(pg) = SHARED.get() {
-                    pg.stop_quietly();
-                    let _ = std::fs::remove_dir_all(pg.dir.path());
-                }
-            }
-            let pg = Pg::start_new("shared");
-            // SAFETY: registers a plain function; it runs in `exit`, after the tests.
-            assert_eq!(unsafe { libc::atexit(stop_shared) }, 0, "atexit");
-            pg
-        })
+        Pg::shared_in(&SHARED, || Pg::start_new("shared"))
     }
 
     /// One TLS cluster (`start_new_tls`) shared by the tests that never stop it; stopped
     /// when the test binary exits, as `shared`'s.
     pub fn shared_tls() -> &'static Pg {
-        SHARED_TLS.get_or_init(|| {
-            extern "C" fn stop_shared_tls() {
-                if let Some(pg) = SHARED_TLS.get() {
+        Pg::shared_in(&SHARED_TLS, || Pg::start_new_tls("shared-tls"))
+    }
+
+    /// The cluster in `cell`, started by `start` the first time, with the exit hook that
+    /// stops every shared cluster registered once.
+    fn shared_in(cell: &'static OnceLock<Pg>, start: impl FnOnce() -> Pg) -> &'static Pg {
+        cell.get_or_init(|| {
+            extern "C" fn stop_shared() {
+                for pg in [SHARED.get(), SHARED_TLS.get()].into_iter().flatten() {
                     pg.stop_quietly();
                     let _ = std::fs::remove_dir_all(pg.dir.path());
                 }
             }
-            let pg = Pg::start_new_tls("shared-tls");
+            static REGISTERED: std::sync::Once = std::sync::Once::new();
             // SAFETY: registers a plain function; it runs in `exit`, after the tests.
-            assert_eq!(unsafe { libc::atexit(stop_shared_tls) }, 0, "atexit");
-            pg
+            REGISTERED.call_once(|| assert_eq!(unsafe { libc::atexit(stop_shared) }, 0, "atexit"));
+            start()
         })
     }
 
