@@ -30,29 +30,36 @@ const MAX_TRACKED: usize = 65_536;
 /// The first request of every open keep-alive connection, by the client's address.
 pub struct Connections {
     max_age: Duration,
-    first_seen: Mutex<HashMap<SocketAddr, Instant>>,
+    table: Mutex<Table>,
+}
+
+struct Table {
+    first_seen: HashMap<SocketAddr, Instant>,
     /// When the table, once past PRUNE_AT entries, may be pruned again: at most every
     /// `max_age` (one second at most), so that a table of live connections (a long
     /// `max_age`, many clients) is not scanned on every request.
-    next_prune: Mutex<Option<Instant>>,
+    next_prune: Option<Instant>,
 }
 
 impl Connections {
     pub fn new(max_age: Duration) -> Connections {
         Connections {
             max_age,
-            first_seen: Mutex::new(HashMap::new()),
-            next_prune: Mutex::new(None),
+            table: Mutex::new(Table {
+                first_seen: HashMap::new(),
+                next_prune: None,
+            }),
         }
     }
 
     /// Called for every request: true when its answer must close the connection.
     pub fn should_close(&self, client: Option<&SocketAddr>, now: Instant) -> bool {
         let Some(client) = client else { return false };
-        let mut seen = self
-            .first_seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut table = self.lock();
+        let Table {
+            first_seen: seen,
+            next_prune,
+        } = &mut *table;
         if seen.len() >= MAX_TRACKED && !seen.contains_key(client) {
             return true;
         }
@@ -61,16 +68,10 @@ impl Connections {
             seen.remove(client);
             return true;
         }
-        if seen.len() > PRUNE_AT {
-            let mut next = self
-                .next_prune
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if next.is_none_or(|at| now >= at) {
-                let max_age = self.max_age;
-                seen.retain(|_, t| now.duration_since(*t) < max_age);
-                *next = Some(now + max_age.min(Duration::from_secs(1)));
-            }
+        if seen.len() > PRUNE_AT && next_prune.is_none_or(|at| now >= at) {
+            let max_age = self.max_age;
+            seen.retain(|_, t| now.duration_since(*t) < max_age);
+            *next_prune = Some(now + max_age.min(Duration::from_secs(1)));
         }
         false
     }
@@ -78,20 +79,20 @@ impl Connections {
     /// Whether the connection from `client` has carried a request and is still kept alive.
     /// One that has not is new: its client is about to send its first request.
     pub fn carried_a_request(&self, client: &SocketAddr) -> bool {
-        self.first_seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains_key(client)
+        self.lock().first_seen.contains_key(client)
     }
 
     /// Forgets a connection that is closed anyway.
     pub fn forget(&self, client: Option<&SocketAddr>) {
         if let Some(client) = client {
-            self.first_seen
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .remove(client);
+            self.lock().first_seen.remove(client);
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -179,7 +180,7 @@ mod tests {
             c.should_close(Some(&addr(port)), t0);
         }
         c.should_close(Some(&addr(60_000)), t0 + Duration::from_secs(1));
-        assert_eq!(c.first_seen.lock().unwrap().len(), 1);
+        assert_eq!(c.lock().first_seen.len(), 1);
     }
 
     /// With a long bound and many live clients, pruning removes nothing: it must not then
@@ -191,13 +192,13 @@ mod tests {
         for port in 0..=PRUNE_AT as u16 {
             c.should_close(Some(&addr(port)), t0);
         }
-        let next = c.next_prune.lock().unwrap().unwrap();
+        let next = c.lock().next_prune.unwrap();
         assert!(next >= t0 + Duration::from_secs(1));
         for port in 0..100 {
             c.should_close(Some(&addr(5_000 + port)), t0);
         }
-        assert_eq!(c.next_prune.lock().unwrap().unwrap(), next, "pruned again");
-        assert_eq!(c.first_seen.lock().unwrap().len(), PRUNE_AT + 101);
+        assert_eq!(c.lock().next_prune.unwrap(), next, "pruned again");
+        assert_eq!(c.lock().first_seen.len(), PRUNE_AT + 101);
     }
 
     #[test]
@@ -211,7 +212,7 @@ mod tests {
         }
         assert!(c.should_close(Some(&client(MAX_TRACKED)), t0));
         assert!(!c.should_close(Some(&client(1)), t0));
-        assert_eq!(c.first_seen.lock().unwrap().len(), MAX_TRACKED);
+        assert_eq!(c.lock().first_seen.len(), MAX_TRACKED);
     }
 
     #[test]

@@ -795,7 +795,7 @@ fn a_connect_attempt_held_by_a_hung_proxy_is_abandoned_and_health_recovers() {
 }
 
 /// A stalled database must not hold every worker: once a check has waited half the timeout
-/// with none ended since, /health fails at once, and /livez (the watchdog's probe) is
+/// with none succeeding since, /health fails at once, and /livez (the watchdog's probe) is
 /// answered meanwhile, within the database timeout. Before, 64 clients kept all 16 workers
 /// waiting a whole timeout each and /livez waited 5 s behind them.
 #[test]
