@@ -29,11 +29,16 @@ impl Reply {
     fn json(status: u16, content_type: &'static str, body: &Value) -> Reply {
         let mut text = body.to_string();
         text.push('\n');
+        Reply::json_text(status, content_type, text)
+    }
+
+    /// A JSON body already written out (ending in a newline), never cached.
+    fn json_text(status: u16, content_type: &'static str, body: String) -> Reply {
         Reply {
             status,
             content_type,
             headers: vec![("Cache-Control", "no-store".into())],
-            body: text,
+            body,
         }
     }
 
@@ -223,12 +228,7 @@ pub fn health(db: &DbOutcome, now: SystemTime) -> Reply {
         body.push_str("}]}}");
     }
     body.push('\n');
-    Reply {
-        status: if db.result.is_ok() { 200 } else { 503 },
-        content_type: HEALTH_JSON,
-        headers: vec![("Cache-Control", "no-store".into())],
-        body,
-    }
+    Reply::json_text(if db.result.is_ok() { 200 } else { 503 }, HEALTH_JSON, body)
 }
 
 /// Formats a time as RFC 3339 in UTC with millisecond precision.
