@@ -154,7 +154,7 @@ cmd_keep() {
   [[ -f server ]] || die "no server to keep"
   mkdir -p "$RELEASES_DIR"
   [[ -d "$RELEASES_DIR" && ! -L "$RELEASES_DIR" ]] || die "$API_DIR/$RELEASES_DIR is not a directory"
-  version=$(timeout -k 2 10 ./server --version </dev/null 2>/dev/null | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40) || version=""
+  version=$(version_output server | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40) || version=""
   ln -f server "$RELEASES_DIR/.$id.tmp"
   mv -f "$RELEASES_DIR/.$id.tmp" "$RELEASES_DIR/$id"
   printf 'version=%s\nkept=%s\nby=%s\n' "${version:-unknown}" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
