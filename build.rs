@@ -1,30 +1,76 @@
-//! Bakes the git commit into the binary, so `/health` reports which release is serving.
+//! Bakes the release id into the binary, so `/health` reports which release is serving.
+//!
+//! The id is the git commit, and a release must be its bytes: a build from a tree whose
+//! sources (src/, build.rs, Cargo.toml, Cargo.lock) differ from that commit gets an id of its
+//! own, `<commit>-dirty-<12 hex digits>`, the digits naming those changes (git hash-object of
+//! the diff and the untracked source files), so two such builds never pose as one release.
 //! `TRIBIST_RELEASE_ID` overrides it (builds outside a git checkout).
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// The paths whose content goes into the binary: a change elsewhere (README, tests) leaves
+/// the bytes, and so the id, as the commit's.
+const SOURCES: [&str; 4] = ["src", "build.rs", "Cargo.toml", "Cargo.lock"];
+
+fn git(args: &[&str]) -> Option<Vec<u8>> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+/// A short name for the uncommitted changes to SOURCES, or None when there are none.
+fn dirty_hash() -> Option<String> {
+    let mut args = vec!["diff", "HEAD", "--binary", "--"];
+    args.extend(SOURCES);
+    let mut changes = git(&args)?;
+    let mut untracked = vec!["ls-files", "-z", "--others", "--exclude-standard", "--"];
+    untracked.extend(SOURCES);
+    for name in git(&untracked)?.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        changes.extend_from_slice(b"\0untracked ");
+        changes.extend_from_slice(name);
+        changes.push(0);
+        changes.extend(std::fs::read(String::from_utf8_lossy(name).as_ref()).ok()?);
+    }
+    if changes.is_empty() {
+        return None;
+    }
+    let mut child = Command::new("git")
+        .args(["hash-object", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(&changes).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let hash = text(out.stdout);
+    (out.status.success() && hash.len() >= 12).then(|| hash[..12].to_string())
+}
 
 fn main() {
     println!("cargo:rerun-if-env-changed=TRIBIST_RELEASE_ID");
-    let commit = std::env::var("TRIBIST_RELEASE_ID")
+    let id = std::env::var("TRIBIST_RELEASE_ID")
         .ok()
         .filter(|s| !s.is_empty())
         .or_else(|| {
-            let out = Command::new("git")
-                .args(["rev-parse", "HEAD"])
-                .output()
-                .ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            let commit = text(git(&["rev-parse", "HEAD"])?);
+            Some(match dirty_hash() {
+                Some(hash) => {
+                    println!(
+                        "cargo:warning=building from uncommitted changes: release id {commit}-dirty-{hash} (commit them for a release named by its commit)"
+                    );
+                    format!("{commit}-dirty-{hash}")
+                }
+                None => commit,
+            })
         });
-    if let Ok(out) = Command::new("git")
-        .args(["rev-parse", "--git-dir"])
-        .output()
-    {
-        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if out.status.success() && !dir.is_empty() {
-            // HEAD moves on checkout; the ref it points at moves on commit. Only existing
-            // paths: cargo reruns the script every build for a missing one.
-            for path in ["HEAD", "refs/heads", "packed-refs"] {
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]).map(text) {
+        if !dir.is_empty() {
+            // HEAD moves on checkout; the ref it points at moves on commit; the index on add.
+            // Only existing paths: cargo reruns the script every build for a missing one.
+            for path in ["HEAD", "refs/heads", "packed-refs", "index"] {
                 let path = std::path::Path::new(&dir).join(path);
                 if path.exists() {
                     println!("cargo:rerun-if-changed={}", path.display());
@@ -32,8 +78,12 @@ fn main() {
             }
         }
     }
+    // Any change to the sources may make the tree dirty (or clean again).
+    for path in SOURCES {
+        println!("cargo:rerun-if-changed={path}");
+    }
     println!(
         "cargo:rustc-env=TRIBIST_COMMIT={}",
-        commit.unwrap_or_else(|| "unknown".into())
+        id.unwrap_or_else(|| "unknown".into())
     );
 }

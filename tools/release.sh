@@ -53,6 +53,18 @@ tools() {
   echo "$ZIGLANG $ZIGBUILD" >"$venv/.pins"
 }
 
+# Says which release id the binary carries; warns when it is a build of uncommitted changes
+# (build.rs names those <commit>-dirty-<hash>, a release of their own).
+report_id() {
+  local id
+  id=$("$1" --version 2>/dev/null | sed -n 's/^server [^ ]* (commit \(.*\))$/\1/p' | head -n 1) || id=""
+  if [[ "$id" == *-dirty-* ]]; then
+    echo "$PROG: WARNING: built from uncommitted changes: release id $id (a release of its own; commit them to ship a release named by its commit)" >&2
+  else
+    echo "$PROG: built release ${id:-unknown}" >&2
+  fi
+}
+
 main() {
   case "${1:-}" in
     -h | --help) usage; return 0 ;;
@@ -64,7 +76,9 @@ main() {
   source "$repo/tools/elf.sh"
   venv=${TRIBIST_TOOLS:-$repo/.tools}/zig
   tools "$venv"
-  (cd "$repo" && PATH="$venv/bin:$PATH" "${CARGO:-cargo}" zigbuild --release --locked -q --target "$TARGET.$GLIBC") ||
+  echo "$PROG: building the release (cargo zigbuild; about a minute the first time)" >&2
+  # cargo's own progress goes to the terminal (stderr); the path alone to stdout.
+  (cd "$repo" && PATH="$venv/bin:$PATH" "${CARGO:-cargo}" zigbuild --release --locked --target "$TARGET.$GLIBC") ||
     die "the build failed (above)"
   out=$repo/target/$TARGET/release/server
   [[ -x "$out" ]] || die "the build left no $out"
@@ -73,6 +87,7 @@ main() {
   [[ "$machine" == x86_64 ]] || die "$out is $machine, not x86_64"
   [[ -n "$needed" ]] || die "$out names no GLIBC_ version: not a glibc binary?"
   version_le "$needed" "$GLIBC" || die "$out needs glibc $needed, more than $GLIBC"
+  report_id "$out"
   echo "$out"
 }
 
