@@ -27,6 +27,11 @@
 # |                   | the previous one whatever their age            |                       |
 # | releases/ID.meta  | its version, when it was kept, who shipped it  | keep                  |
 #
+# A release is its bytes: `identity` tells whether an upload is the installed binary, a new
+# release, or other bytes under an id already kept (refused: two binaries are never one
+# release), and `keep` never replaces a kept binary with other bytes. Pruning also removes
+# whatever the kit left in releases/ that no release owns (temporary links, lone metadata).
+#
 # Every step is a rename(2) or a hard link in the same directory: `server` exists at every
 # instant and is always a complete binary.
 set -euo pipefail
@@ -35,6 +40,7 @@ export LC_ALL=C
 readonly PROG=releases.sh
 readonly API_DIR=${TRIBIST_API_DIR:-/home/tribist/api}
 readonly EXIT_CHECKSUM=3
+readonly EXIT_CONFIGURATION=4
 
 usage() {
   cat <<USAGE
@@ -45,6 +51,9 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
   version NAME     print the commit NAME reports with --version (server, server.prev,
                    server_new, server.failed or an upload); exit 1 if it does not run or
                    prints no valid commit
+  identity NAME ID whether binary NAME, which reports release ID, is 'installed' (the same
+                   bytes as server), 'new', or 'conflict' (a kept release, or the installed
+                   binary, carries ID with other bytes)
   hands-over NAME  exit 0 if NAME's --version says 'handover: SIGUSR2' (it can take over
                    from the serving process), 1 if not
   stage NAME       make upload NAME server_new, keeping server.prev as .server.prev.keep
@@ -59,7 +68,10 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
                    the service's configuration ENVFILE (its TRIBIST_LISTEN replaced by a
                    free loopback port) in a scratch directory; succeed once /health
                    answers 200 with releaseId RELEASE, fail (printing why, the last
-                   answer and its output) if it exits, answers otherwise or SECONDS pass
+                   answer and its output) if it exits, answers otherwise or SECONDS pass;
+                   fail at once, exit $EXIT_CONFIGURATION, when /health says the database refuses
+                   the configuration ("failure":"configuration": a wrong password, an
+                   unknown database or role, a certificate that does not verify)
   discard NAME     remove upload NAME
   keep ID KEEP BY  after a switch: keep the serving binary as releases/ID (ID: its releaseId)
                    with its version, the time and BY (who shipped it); then prune releases/
@@ -70,7 +82,8 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
                    to a new upload, for an upgrade to it; print the upload's name
   --help
 
-Exit codes: 0 done, 1 failed (the message says why), 2 misuse, $EXIT_CHECKSUM checksum mismatch.
+Exit codes: 0 done, 1 failed (the message says why), 2 misuse, $EXIT_CHECKSUM checksum mismatch,
+$EXIT_CONFIGURATION preflight: the database refuses the configuration (waiting will not help).
 USAGE
 }
 
@@ -154,12 +167,19 @@ cmd_keep() {
   [[ -f server ]] || die "no server to keep"
   mkdir -p "$RELEASES_DIR"
   [[ -d "$RELEASES_DIR" && ! -L "$RELEASES_DIR" ]] || die "$API_DIR/$RELEASES_DIR is not a directory"
-  version=$(version_output server | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40) || version=""
-  ln -f server "$RELEASES_DIR/.$id.tmp"
-  mv -f "$RELEASES_DIR/.$id.tmp" "$RELEASES_DIR/$id"
-  printf 'version=%s\nkept=%s\nby=%s\n' "${version:-unknown}" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    "$(printf '%s' "$by" | tr -cd '\40-\176' | head -c 120)" >"$RELEASES_DIR/.$id.meta.tmp"
-  mv -f "$RELEASES_DIR/.$id.meta.tmp" "$RELEASES_DIR/$id.meta"
+  if [[ -f "$RELEASES_DIR/$id" && -f "$RELEASES_DIR/$id.meta" ]] && cmp -s server "$RELEASES_DIR/$id"; then
+    # Already kept (a rollback to it, or the same bytes again): it keeps its place and note.
+    echo "$PROG: release $id is kept already"
+  elif [[ -e "$RELEASES_DIR/$id" ]] && ! cmp -s server "$RELEASES_DIR/$id"; then
+    die "releases/$id holds other bytes than the serving binary; not replacing it (two binaries are never one release)"
+  else
+    version=$(version_output server | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40) || version=""
+    ln -f server "$RELEASES_DIR/.$id.tmp"
+    mv -f "$RELEASES_DIR/.$id.tmp" "$RELEASES_DIR/$id"
+    printf 'version=%s\nkept=%s\nby=%s\n' "${version:-unknown}" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+      "$(printf '%s' "$by" | tr -cd '\40-\176' | head -c 120)" >"$RELEASES_DIR/.$id.meta.tmp"
+    mv -f "$RELEASES_DIR/.$id.meta.tmp" "$RELEASES_DIR/$id.meta"
+  fi
   # Newest first by the time kept; the serving and the previous binary always stay.
   while IFS= read -r f; do
     n=$((n + 1))
@@ -170,12 +190,51 @@ cmd_keep() {
       echo "$PROG: pruned release $f (KEEP=$keep)"
     fi
   done < <(cd "$RELEASES_DIR" && ls -1t -- *.meta 2>/dev/null)
+  prune_strays
+}
+
+# Removes from releases/ what no release owns: temporary links and notes a run left (.ID.tmp,
+# .ID.meta.tmp), a binary without its note and a note without its binary.
+prune_strays() {
+  local f
+  for f in "$RELEASES_DIR"/.* "$RELEASES_DIR"/*; do
+    [[ -e "$f" || -L "$f" ]] || continue
+    case "${f##*/}" in
+      . | ..) continue ;;
+      .*) ;;
+      *.meta) [[ -f "${f%.meta}" ]] && continue ;;
+      *) [[ -f "$f.meta" && -f "$f" && ! -L "$f" ]] && continue ;;
+    esac
+    rm -rf -- "$f"
+    echo "$PROG: removed ${f} (no release owns it)"
+  done
+}
+
+# identity NAME ID: see usage.
+cmd_identity() {
+  local name=$1 id=$2
+  check_binary "$name"
+  check_id "$id"
+  cd "$API_DIR"
+  if [[ -f server ]] && cmp -s "$name" server; then
+    echo installed
+  elif [[ -e "$RELEASES_DIR/$id" ]] && ! cmp -s "$name" "$RELEASES_DIR/$id"; then
+    echo "conflict: release $id is kept with other bytes (releases/$id)"
+  elif [[ -f server && "$(cmd_version server 2>/dev/null)" == "$id" ]]; then
+    echo "conflict: the installed binary is release $id with other bytes"
+  else
+    echo new
+  fi
 }
 
 cmd_list() {
   local f id marks version kept by
   cd "$API_DIR"
-  [[ -d "$RELEASES_DIR" ]] || { echo "no release kept yet (one is kept at every successful upgrade)"; return 0; }
+  if [[ ! -d "$RELEASES_DIR" ]]; then
+    echo "no release kept yet (one is kept at every successful install and upgrade)"
+    unkept_serving
+    return 0
+  fi
   printf '%-42s %-10s %-21s %s\n' RELEASE VERSION KEPT BY
   while IFS= read -r f; do
     id=${f%.meta}
@@ -188,6 +247,20 @@ cmd_list() {
     [[ -e server.prev && "$RELEASES_DIR/$id" -ef server.prev ]] && marks+=" [previous]"
     printf '%-42s %-10s %-21s %s%s\n' "$id" "${version:-?}" "${kept:-?}" "${by:-?}" "$marks"
   done < <(cd "$RELEASES_DIR" && ls -1t -- *.meta 2>/dev/null)
+  unkept_serving
+}
+
+# The installed binary when no kept release is it (promoted by hand: server_new and a
+# restart), so that what serves is always listed.
+unkept_serving() {
+  local f id version
+  [[ -f server ]] || return 0
+  for f in "$RELEASES_DIR"/*; do
+    [[ "$f" != *.meta && "$f" -ef server ]] && return 0
+  done
+  id=$(cmd_version server 2>/dev/null) || id="(does not run)"
+  version=$(version_output server | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40) || version=""
+  printf '%-42s %-10s %-21s %s%s\n' "$id" "${version:-?}" "-" "(not kept: installed by hand or not yet healthy)" " [serving]"
 }
 
 cmd_restage() {
@@ -272,13 +345,20 @@ preflight_cleanup() {
   if [[ -n "$PREFLIGHT_DIR" ]]; then rm -rf "$PREFLIGHT_DIR"; fi
 }
 
+# preflight_failed RELEASE WHY [STATUS]: says why, with the binary's last output lines (whole
+# lines, each at most 300 characters), and exits STATUS (default 1).
 preflight_failed() {
   echo "$PROG: preflight: release $1 $2" >&2
   if [[ -s "$PREFLIGHT_DIR/log" ]]; then
     echo "$PROG: preflight: its last output lines:" >&2
-    tail -n 15 "$PREFLIGHT_DIR/log" | head -c 4000 | sed 's/^/    /' >&2
+    tail -n 15 "$PREFLIGHT_DIR/log" | cut -c 1-300 | sed 's/^/    /' >&2
   fi
-  exit 1
+  exit "${3:-1}"
+}
+
+# The "output" of a /health body (why it failed), unescaped enough to read; at most 600 bytes.
+health_output() {
+  sed -n 's/.*"output":"\(\([^"\\]\|\\.\)*\)".*/\1/p' <<<"$1" | head -n 1 | sed 's/\\"/"/g; s/\\\\/\\/g' | head -c 600
 }
 
 cmd_preflight() {
@@ -312,8 +392,12 @@ cmd_preflight() {
       if [[ "$status" == 200 ]]; then
         got=$(sed -n 's/.*"releaseId":"\([A-Za-z0-9._+-]*\)".*/\1/p' <<<"$body" | head -n 1)
         [[ "$got" == "$want" ]] || preflight_failed "$want" "answered /health 200 but reports releaseId '$got'"
-        echo "$PROG: preflight: release $want answered /health 200 beside the serving one (127.0.0.1:$port, $((SECONDS - start)) s)"
+        echo "$PROG: preflight: release $want answered /health 200 (127.0.0.1:$port, $((SECONDS - start)) s)"
         return 0
+      fi
+      # The server's contract (api/openapi.yaml): a failure waiting cannot cure.
+      if [[ "$status" == 503 && "$body" == *'"failure":"configuration"'* ]]; then
+        preflight_failed "$want" "cannot work with this configuration: the database refuses it ($(health_output "$body")); waiting will not help" "$EXIT_CONFIGURATION"
       fi
     fi
     if ! kill -0 "$PREFLIGHT_PID" 2>/dev/null; then
@@ -324,10 +408,20 @@ cmd_preflight() {
         echo "$PROG: preflight: release $want predates server --env-file; not checked before the switch (only after it)"
         return 0
       fi
+      # Exit status 2 is the server refusing a setting (server --help): definite too.
+      if ((rc == 2)); then
+        preflight_failed "$want" "refused its configuration (exit status 2; the reason is in its output below)" "$EXIT_CONFIGURATION"
+      fi
       preflight_failed "$want" "exited (status $rc) before answering /health 200"
     fi
     if ((SECONDS - start >= secs)); then
-      preflight_failed "$want" "did not answer /health 200 within ${secs}s$([[ -n "$port" ]] && echo "; last answer: HTTP $status ${body:0:500}")"
+      local last=""
+      if [[ -n "$port" ]]; then
+        last=$(health_output "$body")
+        last="; last answer: HTTP $status${last:+: $last}"
+        [[ "$status" != 000 || -n "$body" ]] || last="; /health did not answer"
+      fi
+      preflight_failed "$want" "did not answer /health 200 within ${secs}s$last"
     fi
     sleep 0.05
   done
@@ -351,6 +445,7 @@ main() {
   case "$cmd $#" in
     "receive 1") cmd_receive "$1" ;;
     "version 1") cmd_version "$1" ;;
+    "identity 2") cmd_identity "$1" "$2" ;;
     "hands-over 1") cmd_hands_over "$1" ;;
     "keep 3") cmd_keep "$1" "$2" "$3" ;;
     "list 0") cmd_list ;;

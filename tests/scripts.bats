@@ -440,3 +440,88 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   refute_output --partial "touch"
   [[ ! -e "$mark-env" && ! -e "$mark-denv" && ! -e "$mark-share" && ! -e "$mark-listen" && ! -e "$mark-to" ]]
 }
+
+@test "releases.sh keep after a rollback: no raw tool error, no temporary file left, strays pruned" {
+  new_api
+  printf '#!/bin/sh\necho "server 1.2 (commit r2)"\n' >"$API/r2"
+  chmod 750 "$API/r2"
+  chown -R nobody:nogroup "$API"
+  # server (old) is kept; r2 is promoted and kept; a plain rollback swaps them; the kept old
+  # release is kept again: it is the very file already there (the raw mv error before).
+  run as_nobody "$RELEASES" keep old 5 alice
+  assert_success
+  as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f server server.prev && ln -f r2 server'
+  run as_nobody "$RELEASES" keep r2 5 alice
+  assert_success
+  run as_nobody "$RELEASES" swap
+  assert_success
+  # A stray from an older run, and a note without its binary.
+  as_nobody sh -c 'cd "$TRIBIST_API_DIR/releases" && ln -f ../server .old.tmp && echo x >lone.meta'
+  run as_nobody "$RELEASES" keep old 5 alice
+  assert_success
+  refute_output --partial "same file"
+  assert_output --partial "release old is kept already"
+  run ls -A "$API/releases"
+  assert_output "old
+old.meta
+r2
+r2.meta"
+  run as_nobody "$RELEASES" list
+  assert_line --regexp '^old .*\[serving\]$'
+  assert_line --regexp '^r2 .*\[previous\]$'
+}
+
+@test "releases.sh: a release is its bytes: identity says installed, new or conflict; keep never replaces other bytes" {
+  new_api
+  run as_nobody "$RELEASES" keep old 5 alice
+  assert_success
+  # The same bytes as the installed binary; other bytes under a new id; other bytes under the
+  # installed id (a build of uncommitted changes at the same commit), and under a kept one.
+  cp "$API/server" "$API/.upload.same01"
+  printf '#!/bin/sh\necho "server 1.1 (commit new)"\n' >"$API/.upload.new001"
+  printf '#!/bin/sh\n# other bytes\necho "server 1.0 (commit old)"\n' >"$API/.upload.other1"
+  chmod 750 "$API"/.upload.*
+  chown -R nobody:nogroup "$API"
+  run as_nobody "$RELEASES" identity .upload.same01 old
+  assert_output installed
+  run as_nobody "$RELEASES" identity .upload.new001 new
+  assert_output new
+  run as_nobody "$RELEASES" identity .upload.other1 old
+  assert_output --partial "conflict: release old is kept with other bytes"
+  rm "$API/releases/old" "$API/releases/old.meta"
+  run as_nobody "$RELEASES" identity .upload.other1 old
+  assert_output --partial "conflict: the installed binary is release old with other bytes"
+  # keep refuses to put other bytes under a kept name.
+  as_nobody "$RELEASES" keep old 5 alice
+  as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f .upload.other1 server'
+  run as_nobody "$RELEASES" keep old 5 alice
+  assert_failure
+  assert_output --partial "holds other bytes than the serving binary; not replacing it"
+  run as_nobody cat "$API/releases/old"
+  assert_output --partial 'echo "server 1.0 (commit old)"'
+  refute_output --partial "other bytes"
+}
+
+@test "releases.sh list: a binary promoted by hand (not kept) is listed as serving" {
+  new_api
+  run as_nobody "$RELEASES" list
+  assert_success
+  assert_line --index 0 --partial "no release kept yet"
+  assert_line --regexp '^old +1\.0 +- +\(not kept: installed by hand or not yet healthy\) \[serving\]$'
+  run as_nobody "$RELEASES" keep old 5 alice
+  printf '#!/bin/sh\necho "server 1.3 (commit byhand)"\n' >"$API/server_new"
+  chmod 750 "$API/server_new"
+  chown nobody:nogroup "$API/server_new"
+  run as_nobody "$RELEASES" promote
+  assert_success
+  run as_nobody "$RELEASES" list
+  assert_line --regexp '^byhand +1\.3 .*\[serving\]$'
+  assert_line --regexp '^old .*\[previous\]$'
+}
+
+@test "make with a mistyped target names the nearest one and exits 2" {
+  run make -s -C "$BATS_TEST_DIRNAME/.." upgarde
+  assert_failure 2
+  assert_output --partial "there is no target upgarde (did you mean: make upgrade?); make help lists them all"
+  refute_output --partial "No rule to make target"
+}
