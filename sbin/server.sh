@@ -18,13 +18,16 @@ usage() {
   cat <<USAGE
 usage: $PROG start|stop|restart|reload|status|promote
 
-  start    systemctl start $UNIT (which first promotes $API_DIR/server_new if present)
+  start    systemctl start $UNIT.socket $UNIT.service: the socket listens again and the
+           server starts (first promoting $API_DIR/server_new if present)
   restart  systemctl restart $UNIT (the same)
   reload   systemctl reload $UNIT: promotes server_new too, then the serving process starts
            it on the same socket and drains once it serves (no client waits); if it fails,
            the old process goes on serving and this exits 1 (the binary that failed is
            then $API_DIR/server: put server.prev back before the next restart)
-  stop     systemctl stop $UNIT
+  stop     systemctl stop $UNIT.socket $UNIT.service: the server stops and so does its
+           socket, so no request starts it again; it stays down until 'start' (or a deploy:
+           make upgrade, make install) starts it, and starts at boot as usual
   status   systemctl status $UNIT
   promote  only the move, as user tribist: server -> server.prev, server_new -> server
            (each step atomic; $RELEASES promote)
@@ -39,13 +42,16 @@ die() {
   exit 1
 }
 
-# systemctl VERB tribist, through sudo unless root. Returns systemctl's exit code.
+# systemctl VERB and the units it acts on, through sudo unless root (the sudoers drop-in
+# allows exactly these command lines). Returns systemctl's exit code.
 systemctl_() {
-  local verb=$1
+  local verb=$1 units=("$UNIT")
+  # The socket too: a stopped service with a listening socket starts at the next request.
+  [[ "$verb" == start || "$verb" == stop ]] && units=("$UNIT.socket" "$UNIT.service")
   if [[ $(id -u) -eq 0 ]]; then
-    systemctl "$verb" "$UNIT"
+    systemctl "$verb" "${units[@]}"
   else
-    sudo -n systemctl "$verb" "$UNIT"
+    sudo -n systemctl "$verb" "${units[@]}"
   fi
 }
 
