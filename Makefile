@@ -17,11 +17,12 @@ DEV_PG_PORT ?= 54329
 # --- deployment (make install / upgrade / …): sbin/remote.sh --help explains each ---
 # HOST (ssh destination), HOSTS ("app1 app2": upgrade one after the other), SSH_OPTS (options
 # for ssh; better: a Host entry in ~/.ssh/config), BIN (default: the release build),
-# DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LISTEN, LINES, PURGE, PREFLIGHT, SET, UNSET. They reach
+# DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LISTEN, LINES, PURGE, YES, PREFLIGHT, SET, UNSET, FOLLOW,
+# SINCE, GREP. They reach
 # sbin/remote.sh through the environment exactly as typed: make does not expand $ in them,
 # and no recipe line contains them, so quotes, $(), backticks and ; stay text.
-DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE PREFLIGHT SET UNSET \
-	PARALLEL TO KEEP TRIBIST_SSH_SHARE TRIBIST_DEPLOY_DIR
+DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE YES PREFLIGHT SET UNSET \
+	PARALLEL TO KEEP TRIBIST_SSH_SHARE TRIBIST_DEPLOY_DIR FOLLOW SINCE GREP
 $(foreach v,$(DEPLOY_VARS),$(eval override $(v) := $$(value $(v)))$(if $(value $(v)),$(eval export $(v))))
 export RELEASE_BIN CARGO
 # ENV=staging: the hosts in deploy/staging.hosts. Taken from make's command line only, since
@@ -42,7 +43,7 @@ APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck ba
 	binutils
 
 .PHONY: help deps build release run test test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo soak clean \
-	install upgrade rollback status logs audit uninstall unlock check config releases
+	install upgrade rollback status start stop logs audit uninstall unlock check config releases
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,7 +54,7 @@ deps: ## install the Debian packages the tests need (root), or say which are mis
 build: ## debug build
 	$(CARGO) build
 
-release: ## the binary install/upgrade ship: x86_64 Linux, glibc >= 2.17 (cargo-zigbuild from PyPI)
+release: ## the binary install/upgrade ship: x86_64 Linux, glibc >= 2.17; uncommitted changes get a release id of their own
 	@tools/release.sh >/dev/null
 
 run: release ## serve on LISTEN (default 127.0.0.1:8383); starts a local PostgreSQL in $(DEV_DIR) unless DATABASE_URL is set
@@ -91,16 +92,22 @@ rollback: ## put the previous binary back on HOST (TO=id-prefix: any kept releas
 releases: ## the releases HOST keeps (KEEP=5), which serves and which is the previous one
 	@$(remote) releases
 
-status: ## service state, releases and /health on HOST; one line per host with HOSTS= or ENV=
+status: ## one line per host (HOST=, HOSTS=, ENV=), details under it for one; exit 0 only if healthy
 	@$(remote) status
 
-logs: ## the service's last LINES log lines on HOST
+start: ## start the service and its socket on HOST (after make stop, or server.sh stop on the host)
+	@$(remote) start
+
+stop: ## stop the service and its socket on HOST; it stays down until make start or a deploy
+	@$(remote) stop
+
+logs: ## the service's last LINES log lines on HOST; FOLLOW=1 (Ctrl-C ends it), SINCE='1 hour ago', GREP=text
 	@$(remote) logs
 
-audit: ## every deployment recorded on HOST, root's and tribist's (root or sudo)
+audit: ## the last LINES (50) deployments recorded on HOST, root's and tribist's, newest last (root or sudo)
 	@$(remote) audit
 
-uninstall: ## remove the service from HOST (keeps config and data unless PURGE=1)
+uninstall: ## remove the service from HOST (keeps config and data unless PURGE=1, which asks; YES=1 for scripts)
 	@$(remote) uninstall
 
 unlock: ## break a stuck deploy lock on HOST on purpose (its holder rolls back)
@@ -134,3 +141,7 @@ bench: release ## tribist vs an axum peer (bench/peer-axum) on one PostgreSQL: r
 clean: ## remove build output and the local PostgreSQL
 	-@[[ -d $(DEV_DIR)/pg ]] && tests/support/pg.sh stop $(DEV_DIR)/pg 2>/dev/null; true
 	rm -rf target $(DEV_DIR)
+
+# Any other target: say so, with the nearest one, instead of make's "No rule to make target".
+.DEFAULT:
+	@tools/unknown-target.sh '$(subst ','\'',$@)' $(firstword $(MAKEFILE_LIST))
