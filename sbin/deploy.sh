@@ -9,7 +9,7 @@
 # THE RULE: no step that runs as root reads, writes, creates, truncates, appends to, chowns,
 # chmods or executes a path that user tribist can create, rename or replace.
 #
-# It holds by construction (README, "Who owns what on the host"): /home/tribist, bin/, .ssh/
+# It holds by construction (docs/deploying.md, "Who owns what on the host"): /home/tribist, bin/, .ssh/
 # and the scripts are root's; tribist owns only api/ (binaries, uploads) and the service's
 # runtime directory /run/tribist (PID). Whatever has to happen in those is done as tribist:
 # `as_tribist` runs releases.sh (or the binary's --version) through setpriv with no
@@ -48,6 +48,17 @@ readonly SUDOERS_FILE=/etc/sudoers.d/$UNIT
 readonly SCRIPTS=(server.sh wait_for_it.sh deploy.sh releases.sh)
 readonly EXIT_USAGE=2
 readonly EXIT_LOCKED=3
+# The configuration cannot work (the database refuses it, or the binary refuses a setting):
+# remote.sh names the make config / make install command that fixes it.
+readonly EXIT_CONFIGURATION=4
+# tribist is not installed here (no unit, or no binary): make install.
+readonly EXIT_NOT_INSTALLED=5
+# status and summary: installed but not running; running but not healthy on its release.
+readonly EXIT_STOPPED=6
+readonly EXIT_UNHEALTHY=7
+# Written (root's) once $ENV_FILE has served a healthy start: until then a re-install with a
+# DATABASE_URL replaces the one in it, since it was never "the configuration to keep".
+readonly ENV_OK=$STATE_DIR/env-served
 WAIT=${TRIBIST_WAIT:-30}
 # Seconds the new binary has to answer /health beside the serving one (--preflight).
 PREFLIGHT=10
@@ -86,8 +97,12 @@ usage: $PROG [--by WHO] [--preflight SECONDS] [--listen ADDR:PORT] [--keep N] CO
        $PROG status                  unit state, pid, releases and /health
        $PROG serving                 the releaseId /health reports now
        $PROG summary                 one line: state, release, health, age, address
-       $PROG logs [LINES]            the service's last LINES (default 100) log lines
-       $PROG audit                   (root) every deployment recorded on this host
+       $PROG logs [LINES [SINCE [GREP]]] the service's last LINES (default 100) log lines,
+                                     from SINCE (journalctl --since; - for any), matching
+                                     GREP (journalctl --grep; - for any)
+       $PROG follow [SINCE [GREP]]   (root) the log as it is written, until Ctrl-C
+       $PROG audit [LINES]           (root) the last LINES (default 50) deployments recorded
+                                     on this host, each once, newest last
        $PROG unlock                  break the deploy lock on purpose (stops its holder)
        $PROG config                  every setting as the installed binary reads $ENV_FILE
                                      (passwords masked)
@@ -100,7 +115,8 @@ usage: $PROG [--by WHO] [--preflight SECONDS] [--listen ADDR:PORT] [--keep N] CO
        $PROG on-reload               (root) the unit's reload step: promote server_new, record
                                      it, have the serving process hand over to it, and wait
        $PROG uninstall [--purge]     (root) stop and remove the service; --purge also
-                                     removes $CONF_DIR, $STATE_DIR and user $USER_NAME
+                                     removes $CONF_DIR, $STATE_DIR, the address drop-ins,
+                                     user $USER_NAME and $HOME_DIR
        $PROG --help
 
 --listen ADDR:PORT (install) sets the address tribist.socket listens on (default: the one set
@@ -133,7 +149,10 @@ in the journal, under the sender's uid as the kernel reports it (tag tribist-dep
 
 TRIBIST_WAIT sets how long to wait for /health (default 30 s).
 Exit codes: 0 done, 1 failed (the message says why and what state the host is in), 2 misuse,
-$EXIT_LOCKED another deployment holds the lock.
+$EXIT_LOCKED another deployment holds the lock, $EXIT_CONFIGURATION the configuration cannot work (the database
+refuses it, or the binary refuses a setting; waiting will not help), $EXIT_NOT_INSTALLED tribist is not installed here.
+status and summary: 0 healthy on the installed release, $EXIT_NOT_INSTALLED not installed, $EXIT_STOPPED stopped, $EXIT_UNHEALTHY running but
+not healthy (or serving another release than the installed one).
 USAGE
 }
 
@@ -247,7 +266,7 @@ lock() {
   if ! flock -n 8; then
     if [[ -n "$UPLOAD" ]]; then releases discard "$UPLOAD" || true; fi
     warn "refused: another deployment holds the lock on $(hostname): $(holder_note)"
-    warn "wait for it to finish, or if it is stuck break the lock on purpose: make unlock HOST=…"
+    warn "wait for it to finish, or if it is stuck break the lock on purpose (make unlock)"
     exit "$EXIT_LOCKED"
   fi
   if is_root; then
@@ -542,7 +561,7 @@ valid_keys() {
   ((n > 0))
 }
 
-# The layout of the README's ownership table; see `expect` for what an older one leaves.
+# The layout of the ownership table in docs/deploying.md; see `expect` for what an older one leaves.
 make_layout() {
   local old_keys=""
   if ! id "$USER_NAME" >/dev/null 2>&1; then
@@ -598,25 +617,74 @@ representable() {
   [[ "$1" != *[[:cntrl:]]* ]] && printf '%s' "$1" | iconv -f UTF-8 -t UTF-8 >/dev/null 2>&1
 }
 
-write_env() {
-  local bundle=$1 url
-  if [[ -e "$ENV_FILE" ]]; then
-    say "keeping the existing $ENV_FILE${2:+ (the DATABASE_URL given was not used)}"
-  elif [[ -f "$bundle/database_url" ]]; then
-    url=$(cat "$bundle/database_url")
-    representable "$url" || die "DATABASE_URL holds a control character or is not UTF-8: systemd cannot pass it on; nothing written"
-    install -o root -g "$USER_NAME" -m 0640 /dev/null "$ENV_FILE.tmp"
-    {
-      echo "# Written by make install. \`server --help\` lists every setting."
-      env_line DATABASE_URL "$url"
-    } >"$ENV_FILE.tmp"
-    mv -f "$ENV_FILE.tmp" "$ENV_FILE"
-    say "wrote $ENV_FILE with the DATABASE_URL given"
-  else
-    install -o root -g "$USER_NAME" -m 0640 "$bundle/tribist.env.example" "$ENV_FILE"
-    warn "no DATABASE_URL given: wrote the example $ENV_FILE; edit it, then: systemctl restart $UNIT"
+# Whether $ENV_FILE has served a healthy start (install or config recorded it; an older
+# install that serves healthy now counts too, and is recorded).
+env_served() {
+  [[ -f "$ENV_OK" ]] && return 0
+  if [[ -f "$ENV_FILE" ]] && systemctl is-active --quiet "$UNIT" 8<&- &&
+    [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$(health_url)" 2>/dev/null)" == 200 ]]; then
+    mark_env_served
+    return 0
   fi
-  # Whatever was there before, the secret is readable by root and the service only.
+  return 1
+}
+mark_env_served() { install -o root -g root -m 0644 /dev/null "$ENV_OK" 2>/dev/null || true; }
+
+# A new environment file beside $ENV_FILE (root's, readable by the service's group), for a
+# preflight before it replaces the real one; prints its path. $1: a file to start from.
+env_candidate() {
+  local from=$1 new
+  new=$(mktemp "$CONF_DIR/.env.XXXXXX")
+  CONFIG_NEW=$new
+  chown root:"$USER_NAME" "$new"
+  chmod 0640 "$new"
+  if [[ -n "$from" ]]; then cat "$from" >"$new"; fi
+  echo "$new"
+}
+
+# The environment file install is to run with: sets ENV_USE to its path (ENV_FILE itself when
+# kept, else a candidate that replaces it once the preflight passed). A URL given replaces
+# the DATABASE_URL of a file that never served; one that served is kept (make config changes
+# it). No URL and no file: refused, nothing installed.
+ENV_USE=""
+choose_env() {
+  local bundle=$1 url
+  if [[ ! -f "$bundle/database_url" ]]; then
+    [[ -f "$ENV_FILE" ]] || {
+      warn "no DATABASE_URL given and there is no $ENV_FILE yet: nothing installed; give the URL in a file (DATABASE_URL_FILE=path)"
+      exit "$EXIT_CONFIGURATION"
+    }
+    ENV_USE=$ENV_FILE
+    env_served || say "using the existing $ENV_FILE, which has not served yet"
+    return 0
+  fi
+  url=$(cat "$bundle/database_url")
+  representable "$url" || die "DATABASE_URL holds a control character or is not UTF-8: systemd cannot pass it on; nothing written"
+  if [[ -f "$ENV_FILE" ]] && env_served; then
+    say "keeping the existing $ENV_FILE, which serves: the DATABASE_URL given was not used (make config DATABASE_URL_FILE=… changes it, checked)"
+    ENV_USE=$ENV_FILE
+    return 0
+  fi
+  if [[ -f "$ENV_FILE" ]]; then
+    ENV_USE=$(env_candidate "$ENV_FILE")
+    sed -i -E '/^[[:space:]]*(export[[:space:]]+)?DATABASE_URL[[:space:]]*=/d' "$ENV_USE"
+    say "replacing the DATABASE_URL in $ENV_FILE, which has never served, with the one given (once the preflight passes)"
+  else
+    ENV_USE=$(env_candidate "")
+    echo "# Written by make install. \`server --help\` lists every setting." >"$ENV_USE"
+  fi
+  env_line DATABASE_URL "$url" >>"$ENV_USE"
+}
+
+# Puts the environment file the preflight passed with in place (a no-op when it is kept);
+# whatever was there before, the secret is readable by root and the service only.
+install_env() {
+  if [[ "$ENV_USE" != "$ENV_FILE" ]]; then
+    if [[ -f "$ENV_FILE" ]]; then cp -p "$ENV_FILE" "$CONF_DIR/env.prev"; fi
+    mv -f "$ENV_USE" "$ENV_FILE"
+    CONFIG_NEW=""
+    say "wrote $ENV_FILE with the DATABASE_URL given"
+  fi
   chown root:"$USER_NAME" "$ENV_FILE"
   chmod 0640 "$ENV_FILE"
 }
@@ -694,12 +762,16 @@ write_listen() {
 }
 
 cmd_install() {
-  local bundle=$1 upload sum f listen
+  local bundle=$1 upload sum f listen ident
   need_root install
   [[ -d /run/systemd/system ]] || die "systemd is not running on this host; tribist needs it"
   for f in server tribist.service tribist.socket tribist.sudoers tribist.env.example "${SCRIPTS[@]}"; do
     [[ -f "$bundle/$f" ]] || die "the upload is incomplete: $bundle/$f is missing; run make install again"
   done
+  if [[ ! -f "$bundle/database_url" && ! -f "$ENV_FILE" ]]; then
+    warn "no DATABASE_URL given and there is no $ENV_FILE yet: nothing installed; give the URL in a file (DATABASE_URL_FILE=path)"
+    exit "$EXIT_CONFIGURATION"
+  fi
   listen=$(wanted_listen)
   check_listen "$listen"
   for f in curl sudo setpriv setsid flock logger iconv; do
@@ -721,7 +793,13 @@ cmd_install() {
     die "the binary to install does not run on this host ('server --version' failed); nothing installed"
   }
   install -o root -g root -m 0644 "$bundle/tribist.env.example" "$CONF_DIR/env.example"
-  write_env "$bundle" "$([[ -f "$bundle/database_url" ]] && echo given)"
+  choose_env "$bundle"
+  if ! ident=$(releases identity "$upload" "$TO_RELEASE"); then ident=new; fi
+  if [[ "$ident" == conflict* ]]; then
+    releases discard "$upload" || true
+    audit refused-same-id-other-bytes
+    die "refused: $(clean "${ident#conflict: }" 200), and two different binaries are never one release; ship a build of committed changes (git commit, then make install again); nothing installed"
+  fi
 
   visudo -c -q -f "$bundle/tribist.sudoers" || die "the sudoers drop-in does not parse; nothing installed for sudo"
   install -o root -g root -m 0440 "$bundle/tribist.sudoers" "$SUDOERS_FILE"
@@ -730,12 +808,19 @@ cmd_install() {
   # The same preflight as an upgrade's: the binary, with the configuration now in place,
   # must answer /health 200 beside whatever serves before anything (re)starts.
   UPLOAD=$upload
-  if ! preflight "$upload" "$TO_RELEASE"; then
+  local rc=0
+  preflight "$upload" "$TO_RELEASE" "$ENV_USE" || rc=$?
+  if ((rc != 0)); then
     releases discard "$upload" || true
     audit refused-preflight
-    die "refused: release $TO_RELEASE failed its preflight (above), so the service was not (re)started; fix $ENV_FILE or the database (the answer above says which), then run make install again"
+    if ((rc == EXIT_CONFIGURATION)); then
+      warn "refused: release $TO_RELEASE cannot work with this configuration (above): nothing was (re)started, $ENV_FILE is as it was"
+      exit "$EXIT_CONFIGURATION"
+    fi
+    die "refused: release $TO_RELEASE failed its preflight (above), so the service was not (re)started and $ENV_FILE is as it was"
   fi
   UPLOAD=""
+  install_env
 
   # The binary becomes server_new; the restart below promotes it (first install included).
   releases stage "$upload"
@@ -758,9 +843,10 @@ cmd_install() {
   say "starting $UNIT and waiting up to ${WAIT}s for $(health_url)"
   if ! restart_and_wait "$TO_RELEASE"; then
     audit failed
-    die "installed, but $UNIT is not healthy (see above); fix $ENV_FILE or the database, then: systemctl restart $UNIT"
+    die "installed, but $UNIT is not healthy (see above) although its preflight passed; once the cause above is fixed, run make install again"
   fi
   releases commit
+  mark_env_served
   audit ok
   keep_release "$TO_RELEASE"
   say "installed: $UNIT is healthy, release $(serving_release)"
@@ -804,9 +890,21 @@ keep_release() {
     warn "could not keep release $1 in $API_DIR/releases (above); it serves all the same"
 }
 
+# Refuses (exit $EXIT_NOT_INSTALLED) to switch on a host where install never finished: no unit or
+# no binary (a first install that was refused leaves neither).
+need_installed() {
+  if [[ ! -f "$UNIT_FILE" || ! -f "$API_DIR/server" ]]; then
+    if [[ -n "$UPLOAD" ]]; then releases discard "$UPLOAD" || true; fi
+    audit refused-not-installed
+    warn "tribist is not installed on $(hostname) ($([[ -f "$UNIT_FILE" ]] && echo "no $API_DIR/server" || echo "no $UNIT_FILE")): a first install has not finished; nothing changed"
+    exit "$EXIT_NOT_INSTALLED"
+  fi
+}
+
 # Everything of an upgrade after the lock: preflight, stage, switch, health, commit or revert.
 switch_to_upload() {
-  local upload=$1 done_word=$2 new old
+  local upload=$1 done_word=$2 new old ident rc=0
+  need_installed
   FROM_RELEASE=$(release_of server || echo none)
   if ! new=$(release_of "$upload"); then
     releases discard "$upload" || true
@@ -816,9 +914,39 @@ switch_to_upload() {
   fi
   old=$FROM_RELEASE
   TO_RELEASE=$new
-  if ! preflight "$upload" "$new"; then
+  # A release is its bytes: the same bytes again change nothing; other bytes under an id the
+  # host knows are refused, so releases/ never holds two binaries under one name.
+  ident=$(releases identity "$upload" "$new") || ident=new
+  case "$ident" in
+    installed)
+      releases discard "$upload" || true
+      UPLOAD=""
+      if [[ "$(serving_release)" == "$new" ]]; then
+        audit unchanged
+        say "release $new is already installed and serving (the same bytes): nothing changed"
+        return 0
+      fi
+      audit refused-installed-not-serving
+      die "release $new is already installed (the same bytes) but does not serve now: make status says why; nothing changed"
+      ;;
+    conflict*)
+      releases discard "$upload" || true
+      UPLOAD=""
+      audit refused-same-id-other-bytes
+      die "refused: $(clean "${ident#conflict: }" 200); two different binaries are never one release: ship a build of committed changes (git commit; make release names a build of uncommitted ones <commit>-dirty-<hash>); nothing changed"
+      ;;
+    kept-other*)
+      warn "warning: $(clean "${ident#kept-other: }" 200): this binary may serve, but it is not kept under that id (the bytes kept first stay)"
+      ;;
+  esac
+  preflight "$upload" "$new" || rc=$?
+  if ((rc != 0)); then
     releases discard "$upload" || true
     audit refused-preflight
+    if ((rc == EXIT_CONFIGURATION)); then
+      warn "refused: release $new cannot work with the configuration in $ENV_FILE (above); nothing changed, release $old still serves"
+      exit "$EXIT_CONFIGURATION"
+    fi
     die "refused: release $new failed its preflight (above); nothing changed, release $old still serves"
   fi
   SWITCHING=1
@@ -847,8 +975,9 @@ switch_to_upload() {
 # Runs releases.sh preflight in the background (so an interrupt's trap runs at once) and
 # prints what it says, indented. Returns its status.
 preflight() {
-  local rc=0 env_file=${3:-$ENV_FILE}
-  say "preflight: starting release $2 beside the serving one (up to ${PREFLIGHT}s)"
+  local rc=0 env_file=${3:-$ENV_FILE} where="nothing serves yet"
+  systemctl is-active --quiet "$UNIT" 8<&- && where="beside the serving one"
+  say "preflight: starting release $2 ($where; up to ${PREFLIGHT}s)"
   if ((PREFLIGHT == 0)); then
     warn "preflight skipped (PREFLIGHT=0): release $2 is checked only after the switch"
     return 0
@@ -872,16 +1001,26 @@ revert_upgrade() {
 }
 
 cmd_rollback() {
-  local prev
+  local prev rc=0
   lock rollback
+  need_installed
   FROM_RELEASE=$(release_of server || echo none)
+  if ! as_tribist test -e "$API_DIR/server.prev"; then
+    audit refused-no-previous
+    die "nothing to roll back to yet: release $FROM_RELEASE is the only one installed here (make releases lists the kept ones; make rollback TO=ID goes to one of them)"
+  fi
   prev=$(release_of server.prev) || {
     audit refused-no-previous
-    die "there is no server.prev that runs ('--version' failed or it is missing); not rolling back"
+    die "the previous binary (server.prev) does not run here ('--version' failed); nothing changed (make releases lists the kept ones; make rollback TO=ID goes to one of them)"
   }
   TO_RELEASE=$prev
-  if ! preflight server.prev "$prev"; then
+  preflight server.prev "$prev" || rc=$?
+  if ((rc != 0)); then
     audit refused-preflight
+    if ((rc == EXIT_CONFIGURATION)); then
+      warn "refused: release $prev (server.prev) cannot work with the configuration in $ENV_FILE (above); nothing changed"
+      exit "$EXIT_CONFIGURATION"
+    fi
     die "refused: release $prev (server.prev) failed its preflight (above); nothing changed"
   fi
   say "rolling back to $prev"
@@ -914,8 +1053,15 @@ config_name_ok() {
 # Every setting as the serving binary reads $ENV_FILE, passwords masked (root or tribist).
 cmd_config_show() {
   [[ -r "$ENV_FILE" ]] || die "cannot read $ENV_FILE: is tribist installed here (make install)?"
+  if ! as_tribist test -x "$API_DIR/server"; then
+    echo "# $ENV_FILE (no binary is installed to read it: make install; passwords masked)"
+    sed -E 's#^([[:space:]]*(export[[:space:]]+)?(DATABASE_URL|PGPASSWORD)[[:space:]]*=).*#\1(masked)#' "$ENV_FILE" | printable
+    return 0
+  fi
   echo "# $ENV_FILE as the installed binary reads it (server --print-config; passwords masked)"
-  as_tribist "$API_DIR/server" --print-config "$ENV_FILE" || die "'server --print-config' failed (above)"
+  # With the socket's address, which is where the service listens (not the env file's concern).
+  as_tribist env TRIBIST_LISTEN="$(listen_address)" "$API_DIR/server" --print-config "$ENV_FILE" ||
+    die "'server --print-config' failed (above)"
   echo "# the address: $(listen_address) (tribist.socket; make install LISTEN=ADDR:PORT changes it)"
 }
 
@@ -960,7 +1106,11 @@ cmd_config_change() {
     esac
   done
   ((${#names[@]} > 0)) || usage_error "config: nothing to change"
-  [[ -f "$ENV_FILE" && ! -L "$ENV_FILE" ]] || die "$ENV_FILE is missing: make install first"
+  [[ ! -L "$ENV_FILE" ]] || die "$ENV_FILE is a symbolic link; replace it with a file (or make install) first"
+  [[ -d "$CONF_DIR" && -f "$LOCK_FILE" ]] || {
+    warn "tribist was never installed here (no $CONF_DIR): make install, with DATABASE_URL_FILE=, writes the first configuration"
+    exit "$EXIT_NOT_INSTALLED"
+  }
   lock config
   AUDIT_EXTRA="changed=$(IFS=,; echo "${names[*]}")"
   # The restart would promote it: a configuration change must not also change the binary.
@@ -968,33 +1118,49 @@ cmd_config_change() {
     audit refused-binary-staged
     die "$API_DIR/server_new is staged, and the restart would promote it: finish it first (systemctl restart $UNIT, or make upgrade) or remove it; nothing changed"
   fi
-  FROM_RELEASE=$(release_of server) || die "the installed binary does not run ('server --version' failed); fix that first (make upgrade)"
-  TO_RELEASE=$FROM_RELEASE
-  new=$(mktemp "$CONF_DIR/.env.XXXXXX")
-  CONFIG_NEW=$new
-  chown root:"$USER_NAME" "$new"
-  chmod 0640 "$new"
-  cat "$ENV_FILE" >"$new"
+  new=$(env_candidate "$([[ -f "$ENV_FILE" ]] && echo "$ENV_FILE")")
   for name in "${names[@]}"; do
     sed -i -E "/^[[:space:]]*(export[[:space:]]+)?${name}[[:space:]]*=/d" "$new"
   done
   for arg in "${sets[@]}"; do env_line "${arg%%=*}" "${arg#*=}" >>"$new"; done
   if [[ -n "$have_url" ]]; then env_line DATABASE_URL "$url" >>"$new"; fi
-  if cmp -s "$new" "$ENV_FILE"; then
+  if [[ -f "$ENV_FILE" ]] && cmp -s "$new" "$ENV_FILE"; then
     rm -f "$new"
     audit unchanged
     say "nothing changes: $ENV_FILE already says so"
     return 0
   fi
+  # A host whose first install never finished (no unit, or a binary that does not run): the
+  # file is all there is to change; make install checks it with its preflight, then starts.
+  if [[ ! -f "$UNIT_FILE" ]] || ! FROM_RELEASE=$(release_of server); then
+    FROM_RELEASE=none
+    if [[ -f "$ENV_FILE" ]]; then cp -p "$ENV_FILE" "$CONF_DIR/env.prev"; fi
+    mv -f "$new" "$ENV_FILE"
+    CONFIG_NEW=""
+    audit saved-not-installed
+    say "saved $ENV_FILE (${names[*]}); tribist is not installed here yet (no unit, or no binary that runs), so nothing checked or started it: make install runs it through a preflight with this configuration"
+    return 0
+  fi
+  TO_RELEASE=$FROM_RELEASE
   say "checking the new configuration with the installed binary (server --check-config)"
-  if ! out=$(as_tribist "$API_DIR/server" --check-config "$new" 2>&1); then
+  local rc=0
+  out=$(as_tribist env TRIBIST_LISTEN="$(listen_address)" "$API_DIR/server" --check-config "$new" 2>&1) || rc=$?
+  if ((rc != 0)); then
     audit refused-check
-    die "refused: $(printf '%s' "$out" | head -c 600 | sed 's/^server: error: //'); nothing changed"
+    warn "refused: $(printf '%s' "$out" | head -c 600 | sed 's/^server: error: //'); nothing changed"
+    # The binary's own exit codes (server --help): 2 a setting refused, 4 the database
+    # refuses the configuration; anything else may pass by itself (the database is down).
+    ((rc == 2 || rc == 4)) && exit "$EXIT_CONFIGURATION"
+    exit 1
   fi
   say "    $out"
-  if ! preflight server "$FROM_RELEASE" "$new"; then
+  rc=0
+  preflight server "$FROM_RELEASE" "$new" || rc=$?
+  if ((rc != 0)); then
     audit refused-preflight
-    die "refused: release $FROM_RELEASE does not serve with the new configuration (above); nothing changed"
+    warn "refused: release $FROM_RELEASE does not serve with the new configuration (above); nothing changed"
+    ((rc == EXIT_CONFIGURATION)) && exit "$EXIT_CONFIGURATION"
+    exit 1
   fi
   cp -p "$ENV_FILE" "$CONF_DIR/env.prev"
   CONFIG_SWITCHING=1
@@ -1003,6 +1169,7 @@ cmd_config_change() {
   say "applying (${names[*]}): restarting $UNIT, since a handover keeps the environment, and waiting up to ${WAIT}s"
   if restart_and_wait "$FROM_RELEASE"; then
     CONFIG_SWITCHING=""
+    mark_env_served
     audit ok
     say "configuration changed (${names[*]}); the previous file is $CONF_DIR/env.prev"
     return 0
@@ -1020,56 +1187,132 @@ cmd_config_change() {
 
 # --- reports ----------------------------------------------------------------------------------
 
-cmd_status() {
-  local rc=0 pid main
-  systemctl show "$UNIT" -p ActiveState -p SubState -p MainPID -p NRestarts -p ExecMainStartTimestamp 8<&- || true
-  pid=$(as_tribist head -c 32 -- "$RUN_DIR/PID" 2>/dev/null || true)
-  main=$(systemctl show -p MainPID --value "$UNIT" 2>/dev/null || true)
-  if [[ "$pid" =~ ^[0-9]+$ ]]; then
-    echo "PID file: $pid$([[ "$pid" == "$main" ]] && echo " (systemd's MainPID)")"
+# The host's state in one line, and its exit code: healthy on the installed release (0), not
+# installed ($EXIT_NOT_INSTALLED), stopped ($EXIT_STOPPED), running but not healthy on its release ($EXIT_UNHEALTHY).
+# A stopped service is not asked /health: with its socket listening, that would start it.
+SUMMARY=""
+summarise() {
+  local state sock pid out code body serving installed age listen why
+  listen=$(listen_address)
+  if [[ ! -f "$UNIT_FILE" ]]; then
+    SUMMARY="not-installed (no $UNIT_FILE; make install)"
+    return "$EXIT_NOT_INSTALLED"
   fi
-  echo "listen: $(listen_address) (tribist.socket; make install LISTEN=ADDR:PORT changes it)"
-  echo "installed release: $(release_of server || echo unknown)"
-  local prev
-  if prev=$(release_of server.prev); then echo "rollback target: $prev"; fi
-  echo "health: $(curl -sS --max-time 5 -w ' (HTTP %{http_code})' "$(health_url)" 2>&1 | printable | head -c 2000)" || rc=1
+  installed=$(release_of server) || installed=none
+  state=$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null) || state=unknown
+  sock=$(systemctl show -p ActiveState --value "$UNIT.socket" 8<&- 2>/dev/null) || sock=unknown
+  if [[ "$state" != active && "$state" != reloading ]]; then
+    SUMMARY="stopped release=$installed service=${state:-unknown} socket=${sock:-unknown} listen=$listen"
+    return "$EXIT_STOPPED"
+  fi
+  pid=$(systemctl show -p MainPID --value "$UNIT" 8<&- 2>/dev/null) || pid=0
+  age=$(ps -o etime= -p "$pid" 2>/dev/null | tr -d ' ') || age=""
+  out=$(curl -sS --max-time 5 -w '\n%{http_code}' "$(health_url)" 2>/dev/null | head -c 20000) || true
+  code=${out##*$'\n'}
+  [[ "$code" =~ ^[0-9]{3}$ ]] || code=000
+  body=${out%$'\n'*}
+  serving=$(sed -n 's/.*"releaseId":"\([A-Za-z0-9._+-]*\)".*/\1/p' <<<"$body" | head -n 1 | head -c 64)
+  if [[ "$code" == 200 && "$serving" == "$installed" ]]; then
+    SUMMARY="healthy release=$installed health=200 up=${age:--} listen=$listen"
+    return 0
+  fi
+  why=$(sed -n 's/.*"output":"\([^"]*\)".*/\1/p' <<<"$body" | head -n 1)
+  [[ "$code" != 200 ]] || why="serving release ${serving:-unknown}, not the installed $installed"
+  [[ "$code" != 000 ]] || why="/health does not answer on $listen"
+  SUMMARY="unhealthy release=$installed health=$code up=${age:--} listen=$listen: $(clean "$why" 200)"
+  return "$EXIT_UNHEALTHY"
+}
+
+# One line (summary's), then the details a person looks at next.
+cmd_status() {
+  local rc=0 props prev pid
+  summarise || rc=$?
+  echo "$SUMMARY"
+  ((rc != EXIT_NOT_INSTALLED)) || return "$rc"
+  props=$(systemctl show "$UNIT" -p ActiveState -p SubState -p MainPID -p NRestarts -p ExecMainStartTimestamp 8<&- 2>/dev/null) || props=""
+  echo "  service: $(sed -n 's/^ActiveState=//p' <<<"$props") ($(sed -n 's/^SubState=//p' <<<"$props")), pid $(sed -n 's/^MainPID=//p' <<<"$props"), started $(sed -n 's/^ExecMainStartTimestamp=//p' <<<"$props" | sed 's/^$/-/'), restarts $(sed -n 's/^NRestarts=//p' <<<"$props")"
+  echo "  socket: $(systemctl show -p ActiveState --value "$UNIT.socket" 8<&- 2>/dev/null), $(listen_address) (make install LISTEN=ADDR:PORT changes it)"
+  pid=$(as_tribist head -c 32 -- "$RUN_DIR/PID" 2>/dev/null || true)
+  if [[ "$pid" =~ ^[0-9]+$ ]]; then
+    echo "  PID file: $pid$([[ "$pid" == "$(sed -n 's/^MainPID=//p' <<<"$props")" ]] && echo " (systemd's MainPID)")"
+  fi
+  prev=$(release_of server.prev) || prev="none (nothing to roll back to yet)"
+  echo "  installed release: $(release_of server || echo none); previous: $prev"
+  if ((rc != EXIT_STOPPED)); then
+    echo "  health: $(curl -sS --max-time 5 -w ' (HTTP %{http_code})' "$(health_url)" 2>&1 | printable | head -c 600)"
+  fi
   return "$rc"
 }
 
-# One line for a fleet's status: state, release, health, the serving process's age, address.
 cmd_summary() {
-  local state pid code age
-  state=$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null) || state=unknown
-  pid=$(systemctl show -p MainPID --value "$UNIT" 8<&- 2>/dev/null) || pid=0
-  code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 3 "$(health_url)" 2>/dev/null) || code=000
-  age=$(ps -o etime= -p "$pid" 2>/dev/null | tr -d ' ') || age=""
-  echo "${state:-unknown} release=$(serving_release | head -c 64) health=${code:-000} up=${age:--} listen=$(listen_address)"
+  local rc=0
+  summarise || rc=$?
+  echo "$SUMMARY"
+  return "$rc"
 }
 
+# logs LINES SINCE GREP ("-" for none): journalctl's own options, as root; as tribist only
+# `systemctl status` is allowed.
 cmd_logs() {
-  local lines=${1:-100}
+  local lines=${1:-100} since=${2:--} grep=${3:--} args=()
   [[ "$lines" =~ ^[1-9][0-9]{0,5}$ ]] || usage_error "LINES must be a whole number from 1 to 999999, got '$(clean "$lines" 40)'"
+  log_filters "$since" "$grep"
   if is_root; then
-    journalctl -u "$UNIT" -n "$lines" --no-pager
+    args=(-u "$UNIT" -n "$lines" --no-pager "${LOG_FILTERS[@]}")
+    journalctl "${args[@]}" | printable
   else
-    say "as $(id -un) only 'systemctl status' is allowed (its last lines); all $lines lines need root"
+    say "as $(id -un) only 'systemctl status' is allowed (its last lines); all $lines lines, SINCE and GREP need root"
     sudo -n systemctl status "$UNIT" || true
   fi
 }
 
+# journalctl options for SINCE and GREP, each checked (journalctl parses them itself; neither
+# can become an option).
+LOG_FILTERS=()
+log_filters() {
+  local since=$1 grep=$2
+  LOG_FILTERS=()
+  if [[ "$since" != - ]]; then
+    [[ "$since" =~ ^[A-Za-z0-9\ :.+-]{1,40}$ && "$since" != -* ]] ||
+      usage_error "SINCE must be a time journalctl understands (e.g. '1 hour ago', today, 2026-12-01 10:00), got '$(clean "$since" 60)'"
+    LOG_FILTERS+=("--since=$since")
+  fi
+  if [[ "$grep" != - ]]; then
+    [[ -n "$grep" && ${#grep} -le 200 && "$grep" != *[[:cntrl:]]* ]] || usage_error "GREP must be 1-200 printable characters"
+    LOG_FILTERS+=("--grep=$grep")
+  fi
+}
+
+# follow SINCE GREP: the log as it is written, until Ctrl-C (which ends it cleanly, exit 0).
+cmd_follow() {
+  need_root "logs with FOLLOW=1"
+  log_filters "${1:--}" "${2:--}"
+  # Ctrl-C (through ssh -t) or a lost session: journalctl and its filter end with this
+  # process group, and following ends as it should, with status 0.
+  trap 'trap "" INT TERM HUP PIPE; kill -TERM 0 2>/dev/null; exit 0' INT TERM HUP PIPE
+  journalctl -u "$UNIT" -n 20 -f --no-pager "${LOG_FILTERS[@]}" | printable &
+  wait $! || true
+}
+
+# The last LINES deployment records, each once, newest last: root's own file (only root can
+# write it) and, from the journal, what other users sent (tribist's deployments), marked with
+# the uid the kernel gave the entry (which the sender cannot choose). Root's records are in
+# the journal too; those are not repeated.
 cmd_audit() {
-  local uid name
+  local lines=${1:-50} uid name
   need_root audit
-  echo "== $AUDIT_LOG: root's deployments (only root can write it) =="
-  if [[ -s "$AUDIT_LOG" ]]; then cat "$AUDIT_LOG"; else echo "(empty)"; fi
-  echo
-  echo "== the journal, tag tribist-deploy, by the sender's uid (set by the kernel, not the sender) =="
-  for uid in $(journalctl -t tribist-deploy -F _UID 2>/dev/null | sort -n); do
-    [[ "$uid" =~ ^[0-9]+$ ]] || continue
-    name=$(id -nu "$uid" 2>/dev/null || echo "uid $uid")
-    echo "-- sent by $name (_UID=$uid):"
-    journalctl -t tribist-deploy "_UID=$uid" -o short-iso --no-pager -q | sed 's/^/   /'
-  done
+  [[ "$lines" =~ ^[1-9][0-9]{0,5}$ ]] || usage_error "LINES must be a whole number from 1 to 999999, got '$(clean "$lines" 40)'"
+  {
+    if [[ -s "$AUDIT_LOG" ]]; then sed 's/$/ [root'"'"'s file]/' "$AUDIT_LOG"; fi
+    for uid in $(journalctl -t tribist-deploy -F _UID 2>/dev/null | sort -n); do
+      [[ "$uid" =~ ^[0-9]+$ && "$uid" != 0 ]] || continue
+      name=$(id -nu "$uid" 2>/dev/null || echo "uid $uid")
+      # The journal's own time first (a message's text can never start a line); a message's
+      # continuation lines are dropped.
+      journalctl -t tribist-deploy "_UID=$uid" --utc -o short-iso --no-pager -q 2>/dev/null |
+        sed -nE "s/^([0-9]{4}-[0-9][0-9]-[0-9][0-9]T[^ ]+) [^ ]+ [^ :]+: /\1 [journal: sent by $(clean "$name" 32), _UID=$uid] /p"
+    done
+  } | printable | sort -s -k1,1 | tail -n "$lines"
 }
 
 # The unit's pre-start step, as root outside the sandbox (`ExecStartPre=+`): promotes
@@ -1187,9 +1430,16 @@ cmd_uninstall() {
       id "$USER_NAME" >/dev/null 2>&1 && die "userdel $USER_NAME failed; remove the user by hand (userdel -r $USER_NAME)"
     fi
     rm -rf --one-file-system "$HOME_DIR" "$CONF_DIR" "$STATE_DIR"
-    say "removed the service, its configuration, $STATE_DIR, user $USER_NAME and $HOME_DIR"
+    # The address (install LISTEN=) is configuration too: a later install starts from the default.
+    local dropin
+    for dropin in "$SOCKET_DROPIN" "$SERVICE_DROPIN"; do
+      rm -f "$dropin"
+      rmdir "${dropin%/*}" 2>/dev/null || true
+    done
+    systemctl daemon-reload
+    say "removed the service, its configuration and address, $STATE_DIR, user $USER_NAME and $HOME_DIR"
   else
-    say "removed the service; kept $ENV_FILE, $HOME_DIR and $AUDIT_LOG (uninstall --purge removes them)"
+    say "removed the service; kept $ENV_FILE, the address ($(wanted_listen)), $HOME_DIR and $AUDIT_LOG (uninstall --purge removes them)"
   fi
 }
 
@@ -1241,7 +1491,10 @@ main() {
     "summary 0") cmd_summary ;;
     "logs 0") cmd_logs ;;
     "logs 1") cmd_logs "$1" ;;
+    "logs 3") cmd_logs "$1" "$2" "$3" ;;
+    "follow 2") cmd_follow "$1" "$2" ;;
     "audit 0") cmd_audit ;;
+    "audit 1") cmd_audit "$1" ;;
     "on-start 0") cmd_on_start ;;
     "on-reload 0") cmd_on_reload ;;
     "config 0") cmd_config_show ;;

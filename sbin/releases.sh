@@ -2,7 +2,7 @@
 # Every binary state and rename in /home/tribist/api, in one place, always as user tribist.
 #
 # Installed as /home/tribist/bin/releases.sh (root-owned). api/ is the one directory user
-# tribist owns on the host, so nothing that runs as root may work in it (README, "Who owns
+# tribist owns on the host, so nothing that runs as root may work in it (docs/deploying.md, "Who owns
 # what"): root's deploy.sh calls this script through setpriv as tribist, the unit's pre-start
 # step does too, and tribist's own deploy.sh calls it directly. It refuses to run as root.
 #
@@ -28,8 +28,9 @@
 # | releases/ID.meta  | its version, when it was kept, who shipped it  | keep                  |
 #
 # A release is its bytes: `identity` tells whether an upload is the installed binary, a new
-# release, or other bytes under an id already kept (refused: two binaries are never one
-# release), and `keep` never replaces a kept binary with other bytes. Pruning also removes
+# release, or other bytes under the installed binary's id (refused by deploy.sh: old and new
+# could not be told apart) or a kept one's, and `keep` never replaces a kept binary with
+# other bytes. Pruning also removes
 # whatever the kit left in releases/ that no release owns (temporary links, lone metadata).
 #
 # Every step is a rename(2) or a hard link in the same directory: `server` exists at every
@@ -52,8 +53,10 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
                    server_new, server.failed or an upload); exit 1 if it does not run or
                    prints no valid commit
   identity NAME ID whether binary NAME, which reports release ID, is 'installed' (the same
-                   bytes as server), 'new', or 'conflict' (a kept release, or the installed
-                   binary, carries ID with other bytes)
+                   bytes as server), 'conflict: …' (the installed binary carries ID with
+                   other bytes: old and new could not be told apart), 'kept-other: …' (a
+                   kept release carries ID with other bytes: NAME may serve but is never
+                   kept under that id), or 'new'
   hands-over NAME  exit 0 if NAME's --version says 'handover: SIGUSR2' (it can take over
                    from the serving process), 1 if not
   stage NAME       make upload NAME server_new, keeping server.prev as .server.prev.keep
@@ -167,8 +170,8 @@ cmd_keep() {
   [[ -f server ]] || die "no server to keep"
   mkdir -p "$RELEASES_DIR"
   [[ -d "$RELEASES_DIR" && ! -L "$RELEASES_DIR" ]] || die "$API_DIR/$RELEASES_DIR is not a directory"
-  if [[ -f "$RELEASES_DIR/$id" && -f "$RELEASES_DIR/$id.meta" ]] && cmp -s server "$RELEASES_DIR/$id"; then
-    # Already kept (a rollback to it, or the same bytes again): it keeps its place and note.
+  if [[ -f "$RELEASES_DIR/$id.meta" && "$RELEASES_DIR/$id" -ef server ]]; then
+    # Already kept (a rollback to it): it keeps its place and note.
     echo "$PROG: release $id is kept already"
   elif [[ -e "$RELEASES_DIR/$id" ]] && ! cmp -s server "$RELEASES_DIR/$id"; then
     die "releases/$id holds other bytes than the serving binary; not replacing it (two binaries are never one release)"
@@ -218,10 +221,10 @@ cmd_identity() {
   cd "$API_DIR"
   if [[ -f server ]] && cmp -s "$name" server; then
     echo installed
-  elif [[ -e "$RELEASES_DIR/$id" ]] && ! cmp -s "$name" "$RELEASES_DIR/$id"; then
-    echo "conflict: release $id is kept with other bytes (releases/$id)"
   elif [[ -f server && "$(cmd_version server 2>/dev/null)" == "$id" ]]; then
     echo "conflict: the installed binary is release $id with other bytes"
+  elif [[ -e "$RELEASES_DIR/$id" ]] && ! cmp -s "$name" "$RELEASES_DIR/$id"; then
+    echo "kept-other: release $id is kept with other bytes (releases/$id)"
   else
     echo new
   fi
@@ -258,9 +261,11 @@ unkept_serving() {
   for f in "$RELEASES_DIR"/*; do
     [[ "$f" != *.meta && "$f" -ef server ]] && return 0
   done
+  local why="(not kept: installed by hand or not yet healthy)"
   id=$(cmd_version server 2>/dev/null) || id="(does not run)"
+  [[ ! -e "$RELEASES_DIR/$id" ]] || why="(not kept: releases/$id holds other bytes)"
   version=$(version_output server | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40) || version=""
-  printf '%-42s %-10s %-21s %s%s\n' "$id" "${version:-?}" "-" "(not kept: installed by hand or not yet healthy)" " [serving]"
+  printf '%-42s %-10s %-21s %s%s\n' "$id" "${version:-?}" "-" "$why" " [serving]"
 }
 
 cmd_restage() {

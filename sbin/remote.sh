@@ -29,7 +29,10 @@ usage: $PROG COMMAND       (normally through make: make COMMAND HOST=…)
               rolls back a host that fails, and stops there
   rollback    put the previous release back on HOST (TO=ID-prefix: any kept release)
   releases    the releases HOST keeps (KEEP, default 5), which serves, which is previous
-  status      service state, releases and /health on HOST; one line per host for HOSTS/ENV
+  status      one line per host (HOST, HOSTS or ENV): healthy, stopped, unhealthy, not
+              installed or unreachable; details under it for one host
+  start       start the service and its socket on HOST (server.sh start)
+  stop        stop the service and its socket on HOST, until start or a deploy (server.sh stop)
   logs        the service's last LINES log lines on HOST
   audit       every deployment recorded on HOST (root or sudo)
   unlock      break a stuck deploy lock on HOST (its holder rolls back)
@@ -62,11 +65,18 @@ Settings, from the environment (make passes its variables through unchanged):
   LISTEN             install: the address tribist.socket listens on, IPv4:PORT or
                      [IPv6]:PORT (default: as set before, else 127.0.0.1:8383); a port
                      something else uses on the host is refused
-  LINES              logs: how many lines (default 100)
+  LINES              logs: how many lines (default 100); audit: how many records (default 50)
+  FOLLOW             logs: 1 follows the log as it is written, until Ctrl-C (root or sudo)
+  SINCE              logs: from when, as journalctl --since reads it ('1 hour ago', today,
+                     '2026-12-01 10:00'; root or sudo)
+  GREP               logs: only lines matching this pattern (journalctl --grep; root or sudo)
   PREFLIGHT          upgrade, rollback: seconds the new release has to answer /health 200
                      beside the serving one before anything switches (default 10; 0 skips
                      it, e.g. to roll back while the database is down)
-  PURGE              uninstall: 1 also removes the configuration and user tribist
+  PURGE              uninstall: 1 also removes the configuration, the audit log, user tribist
+                     and its home (the releases); asks first at a terminal
+  YES                uninstall PURGE=1: 1 answers its question (for scripts; without a
+                     terminal PURGE=1 is refused unless YES=1)
   SET, UNSET         config: "TRIBIST_WORKERS=8 TRIBIST_DB_TIMEOUT=3s", "TRIBIST_LOG_LEVEL"
   TO                 rollback: the release to go back to (a prefix of its id is enough)
   KEEP               upgrade, rollback: how many releases the host keeps (1-99,
@@ -76,7 +86,11 @@ Settings, from the environment (make passes its variables through unchanged):
                      connection per step
 
 Exit codes: 0 done, 1 failed on the host (the messages say why), 2 a value was refused
-(nothing was sent), 3 another deployment holds the host's lock.
+(nothing was sent), 3 another deployment holds the host's lock, 4 the configuration cannot
+work (the database refuses it, or the binary a setting: waiting will not help), 5 tribist is
+not installed on the host. Every failure ends with the one command to run next.
+status: 0 healthy on its installed release, 5 not installed, 6 stopped, 7 running but not
+healthy (or not on its installed release), 8 unreachable; with several hosts, the highest.
 USAGE
 }
 
@@ -89,6 +103,24 @@ die() {
 refuse() {
   warn "$*"
   exit "$EXIT_USAGE"
+}
+
+# After deploy.sh on host $2 ended with status $1 (deploy.sh --help lists them): the one
+# command that gets the host further, with the host's name in it.
+next_step() {
+  local rc=$1 host=$2
+  case "$rc" in
+    3) warn "next: wait for it to finish, or if it is stuck break it: make unlock HOST=$host" ;;
+    4)
+      if [[ "$COMMAND" == install ]]; then
+        warn "next: put the right database URL in a file (chmod 600) and run: make install HOST=$host DATABASE_URL_FILE=path (make check HOST=$host DATABASE_URL_FILE=path tries it first)"
+      else
+        warn "next: make config HOST=$host DATABASE_URL_FILE=path (a file with the right database URL), or SET=NAME=VALUE / UNSET=NAME for the setting named above"
+      fi
+      ;;
+    5) warn "next: make install HOST=$host DATABASE_URL_FILE=path (a file with the database URL)" ;;
+    255) warn "next: make check HOST=$host (ssh could not reach it or was cut off; check HOST, SSH_OPTS and ~/.ssh/config)" ;;
+  esac
 }
 
 # Shows a refused value without letting it act on the terminal.
@@ -193,7 +225,11 @@ deployer() {
 # host with an older layout (home directory owned by tribist) or one tampered with, root
 # refuses instead of running what tribist may have put there. Only constants and quoted words.
 # shellcheck disable=SC2016 # expanded by the remote shell, on purpose
-readonly GUARD='if [ "$(id -u)" -eq 0 ]; then
+readonly GUARD='if [ ! -e "$1" ] && [ "${1#/home/tribist/bin/}" != "$1" ]; then
+  echo "on $(hostname): tribist is not installed (no $1): make install" >&2
+  exit 5
+fi
+if [ "$(id -u)" -eq 0 ]; then
   case "$1" in /home/tribist/bin/*)
     for p in /home/tribist /home/tribist/bin "$1"; do
       if [ -z "$(find "$p" -maxdepth 0 -user root ! -perm /022 2>/dev/null)" ]; then
@@ -267,7 +303,18 @@ ship_bin() {
     bin=$REPO/$RELEASE_BIN
   fi
   [[ -f "$bin" && -x "$bin" ]] || refuse "BIN=$(shown "$bin") is not an executable file"
+  warn_uncommitted "$bin"
   printf '%s' "$bin"
+}
+
+# A build of uncommitted changes carries a release id of its own (<commit>-dirty-<hash>, by
+# build.rs): said before it ships, so nobody takes it for the commit's release.
+warn_uncommitted() {
+  local id
+  id=$(timeout 5 "$1" --version 2>/dev/null </dev/null | sed -n 's/^server [^ ]* (commit \(.*\))$/\1/p' | head -n 1) || id=""
+  if [[ "$id" == *-dirty-* ]]; then
+    warn "WARNING: $(shown "$1") is built from uncommitted changes: it ships as release $id, a release of its own (commit them to ship a release named by its commit)"
+  fi
 }
 
 # The database URL for install: from DATABASE_URL_FILE, or asked at a terminal, never from a
@@ -280,14 +327,18 @@ database_url() {
   if [[ -n "${DATABASE_URL_FILE:-}" ]]; then
     [[ -f "$DATABASE_URL_FILE" && -r "$DATABASE_URL_FILE" ]] ||
       refuse "DATABASE_URL_FILE=$(shown "$DATABASE_URL_FILE") is not a readable file"
+    if [[ -n "$(find "$DATABASE_URL_FILE" -maxdepth 0 -perm /077 2>/dev/null)" ]]; then
+      warn "warning: DATABASE_URL_FILE=$(shown "$DATABASE_URL_FILE") can be read by other users of this machine (a password in it?): chmod 600 $(shown "$DATABASE_URL_FILE")"
+    fi
     url=$(cat -- "$DATABASE_URL_FILE"; printf x)
     url=${url%x}
     url=${url%$'\n'}
     [[ -n "$url" ]] || refuse "DATABASE_URL_FILE=$(shown "$DATABASE_URL_FILE") is empty"
   elif [[ -t 0 && -r /dev/tty ]] && ! ssh_to "$HOST_NOW" -T test -e /etc/tribist/env; then
     # At a terminal, for a host without a configuration yet.
-    IFS= read -r -s -p "DATABASE_URL for $HOST_NOW (not echoed; empty: write the example, to edit on the host): " url </dev/tty || true
+    IFS= read -r -s -p "DATABASE_URL for $HOST_NOW (postgres://USER:PASSWORD@HOST:5432/DB; not echoed): " url </dev/tty || true
     echo >&2
+    [[ -n "$url" ]] || refuse "no database URL given, and $HOST_NOW has none yet: nothing was sent. Put it in a file (chmod 600) and run: make $COMMAND HOST=$HOST_NOW DATABASE_URL_FILE=path"
   fi
   [[ -n "$url" ]] || return 0
   [[ "$url" != *[[:cntrl:]]* ]] || refuse "the database URL holds a newline or control character: systemd's environment file cannot carry it"
@@ -349,7 +400,7 @@ host_checks() {
   fi
   local answer
   # shellcheck disable=SC2016 # expanded on the host, on purpose
-  if answer=$(env_line DATABASE_URL "$(cat "$url")" | ssh_to "$host" -T sh -c 'cat >"$1/env"; env -i PATH=/usr/bin:/bin "$1/server" --check-config "$1/env" 2>&1; rc=$?; rm -rf "$1"; exit $rc' sh "$dir"); then
+  if answer=$(env_line DATABASE_URL "$(cat "$url")" | ssh_to "$host" -T sh -c 'cat >"$1/env"; env -i PATH=/usr/bin:/bin TRIBIST_LISTEN="$2" "$1/server" --check-config "$1/env" 2>&1; rc=$?; rm -rf "$1"; exit $rc' sh "$dir" "$listen"); then
     echo "    PASS database: $(printf '%s' "$answer" | tr -cd '\40-\176' | sed 's/^configuration OK: //')"
   else
     echo "    FAIL database: $(printf '%s' "$answer" | tr -cd '\40-\176' | sed 's/^server: error: //'); fix: the URL in DATABASE_URL_FILE, the database's pg_hba.conf, or a firewall between them"
@@ -417,7 +468,11 @@ cmd_config() {
   fi
   say "changing the configuration on $host"
   ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" config "${args[@]}" <"$url_file" || rc=$?
-  ((rc == 0)) || die "make config: failed on $host (exit $rc); the messages above say why and what serves"
+  if ((rc != 0)); then
+    warn "make config: failed on $host (exit $rc); the messages above say why and what serves"
+    next_step "$rc" "$host"
+    exit "$rc"
+  fi
   say "configuration of $host done"
 }
 
@@ -476,7 +531,11 @@ cmd_install() {
   # shellcheck disable=SC2016 # expanded on the host, on purpose
   ssh_to "$host" -t sh -c 'd=$1 by=$2 listen=$3; if [ -n "$listen" ]; then set -- --listen "$listen"; else set --; fi
 bash "$d/deploy.sh" --by "$by" "$@" install "$d"; rc=$?; rm -rf "$d"; exit $rc' sh "$dir" "$by" "$listen" || rc=$?
-  ((rc == 0)) || die "make install: failed on $host (exit $rc); the messages above say why"
+  if ((rc != 0)); then
+    warn "make install: failed on $host (exit $rc); the messages above say why"
+    next_step "$rc" "$host"
+    exit "$rc"
+  fi
   say "installed on $host"
 }
 
@@ -488,6 +547,7 @@ upgrade_host() {
   upload=$(ssh_to "$host" -T "$REMOTE_DEPLOY" receive "$sum" <"$bin") || {
     rc=$?
     warn "make upgrade: the upload to $host failed (exit $rc); nothing changed there"
+    next_step "$rc" "$host"
     return "$rc"
   }
   [[ "$upload" =~ ^\.upload\.[A-Za-z0-9]{6,16}$ ]] || die "the host answered an unexpected upload name: $(shown "$upload")"
@@ -495,6 +555,7 @@ upgrade_host() {
   ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" upgrade "$upload" || rc=$?
   if ((rc != 0)); then
     warn "make upgrade: FAILED on $host (exit $rc); see the messages above"
+    next_step "$rc" "$host"
     return "$rc"
   fi
   say "upgrade of $host done"
@@ -598,13 +659,59 @@ cmd_upgrade() {
   fi
 }
 
-# make status for a fleet (HOSTS or ENV): one line per host.
-status_lines() {
-  local h line
+# make status: one line per host (with HOST, details under it), and an exit status saying
+# whether every host is healthy on its installed release (see usage); the highest wins.
+readonly STATUS_UNREACHABLE=8
+cmd_status() {
+  local h out rc worst=0 verb=summary
+  targets
+  [[ -n "$TARGETS_MANY" ]] || verb=status
   for h in "${TARGETS[@]}"; do
-    line=$(ssh_to "$h" -T "$REMOTE_DEPLOY" summary 2>/dev/null | tr -cd '\40-\176' | head -c 300) || line="unreachable or too old for a summary (make status HOST=$h says more)"
-    printf '%-24s %s\n' "$h" "$line"
+    rc=0
+    out=$(ssh_to "$h" -T "$REMOTE_DEPLOY" "$verb" 2>&1) || rc=$?
+    out=$(printf '%s' "$out" | tr -cd '\12\40-\176' | head -c 4000)
+    case "$rc" in
+      0 | 5 | 6 | 7) ;;
+      255) out="unreachable (ssh: $(sed -n '$p' <<<"$out" | head -c 200)); make check HOST=$h says why"; rc=$STATUS_UNREACHABLE ;;
+      *) out="unknown (the host's deploy.sh answered exit $rc: $(sed -n '$p' <<<"$out" | head -c 200)); make install HOST=$h updates it"; rc=$STATUS_UNREACHABLE ;;
+    esac
+    printf '%-24s %s\n' "$h" "$(sed -n 1p <<<"$out")"
+    if [[ -z "$TARGETS_MANY" ]]; then
+      sed -n '2,$p' <<<"$out"
+      status_next "$rc" "$h"
+    fi
+    ((rc > worst)) && worst=$rc
   done
+  return "$worst"
+}
+
+# The one command that gets a host in status $1 further.
+status_next() {
+  local rc=$1 host=$2
+  case "$rc" in
+    5) echo "next: make install HOST=$host DATABASE_URL_FILE=path (a file with the database URL)" ;;
+    6) echo "next: make start HOST=$host" ;;
+    7) echo "next: make logs HOST=$host says why" ;;
+    8) echo "next: make check HOST=$host says why it cannot be reached" ;;
+  esac
+}
+
+# make start|stop HOST=…: server.sh on the host (as root, a sudo user or tribist, whose sudo
+# rights allow exactly these), so a stopped service stays down until started again.
+cmd_start_stop() {
+  local host rc=0
+  host=$(one_host)
+  ssh_to "$host" -T "$REMOTE_BIN_DIR/server.sh" "$COMMAND" || rc=$?
+  if ((rc != 0)); then
+    warn "make $COMMAND: failed on $host (exit $rc); the messages above say why"
+    next_step "$rc" "$host"
+    exit "$rc"
+  fi
+  if [[ "$COMMAND" == start ]]; then
+    say "started on $host (make status HOST=$host shows its health)"
+  else
+    say "stopped on $host: it stays down until make start HOST=$host or a deploy"
+  fi
 }
 
 one_host() {
@@ -622,14 +729,43 @@ cmd_rollback() {
     args=(--to "$to")
   fi
   say "rolling back $host${to:+ to release $to…}"
-  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" rollback "${args[@]}"
+  local rc=0
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" rollback "${args[@]}" || rc=$?
+  if ((rc != 0)); then
+    next_step "$rc" "$host"
+    exit "$rc"
+  fi
 }
 
+# make logs [LINES=] [SINCE=] [GREP=] [FOLLOW=1]: checked here, checked again on the host,
+# and passed to journalctl as words. FOLLOW runs at a terminal where there is one, so Ctrl-C
+# reaches the host and ends it cleanly.
 cmd_logs() {
-  local host lines=${LINES:-100}
+  local host lines=${LINES:-100} since=${SINCE:-} grep=${GREP:-} rc=0
   host=$(one_host)
   [[ "$lines" =~ ^[1-9][0-9]{0,5}$ ]] || refuse "LINES must be a whole number from 1 to 999999, got $(shown "$lines")"
-  ssh_to "$host" -T "$REMOTE_DEPLOY" logs "$lines"
+  if [[ -n "$since" ]]; then
+    [[ "$since" =~ ^[A-Za-z0-9\ :.+-]{1,40}$ && "$since" != -* ]] ||
+      refuse "SINCE must be a time journalctl understands ('1 hour ago', today, '2026-12-01 10:00'), got $(shown "$since")"
+  fi
+  if [[ -n "$grep" ]]; then
+    [[ ${#grep} -le 200 && "$grep" != *[[:cntrl:]]* ]] || refuse "GREP must be at most 200 printable characters, got $(shown "$grep")"
+  fi
+  case "${FOLLOW:-}" in
+    "" | 0)
+      if [[ -z "$since$grep" ]]; then
+        ssh_to "$host" -T "$REMOTE_DEPLOY" logs "$lines"
+      else
+        ssh_to "$host" -T "$REMOTE_DEPLOY" logs "$lines" "${since:--}" "${grep:--}"
+      fi
+      ;;
+    1)
+      ssh_to "$host" -t "$REMOTE_DEPLOY" follow "${since:--}" "${grep:--}" || rc=$?
+      # Ctrl-C reaches the host, which ends following with status 0 (130 if it came first).
+      ((rc == 0 || rc == 130)) || exit "$rc"
+      ;;
+    *) refuse "FOLLOW must be 1 (or empty), got $(shown "$FOLLOW")" ;;
+  esac
 }
 
 cmd_uninstall() {
@@ -641,8 +777,28 @@ cmd_uninstall() {
     1) purge=(--purge) ;;
     *) refuse "PURGE must be 1 (or empty), got $(shown "$PURGE")" ;;
   esac
+  if ((${#purge[@]} > 0)); then confirm_purge "$host"; fi
   say "uninstalling from $host"
   ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" uninstall "${purge[@]}"
+}
+
+# PURGE=1 deletes what cannot be had back: asked at a terminal; YES=1 answers for a script;
+# neither: refused, nothing sent.
+confirm_purge() {
+  local host=$1 answer=""
+  case "${YES:-}" in
+    1) return 0 ;;
+    "" | 0) ;;
+    *) refuse "YES must be 1 (or empty), got $(shown "$YES")" ;;
+  esac
+  if [[ ! -t 0 || ! -r /dev/tty ]]; then
+    refuse "PURGE=1 deletes on $host the configuration (the database URL), the audit log, user tribist and /home/tribist with every kept release; without a terminal to ask, say so with YES=1: make uninstall HOST=$host PURGE=1 YES=1 (nothing was sent)"
+  fi
+  echo "make uninstall PURGE=1 deletes on $host, for good:" >&2
+  echo "  /etc/tribist (the configuration, with the database URL), /var/lib/tribist-deploy (the audit log)," >&2
+  echo "  user tribist and /home/tribist (every kept release, the deploy key), and the address drop-ins." >&2
+  IFS= read -r -p "Type yes to delete them: " answer </dev/tty || true
+  [[ "$answer" == yes ]] || refuse "not confirmed: nothing was sent (plain make uninstall HOST=$host keeps them)"
 }
 
 cmd_unlock() {
@@ -650,14 +806,18 @@ cmd_unlock() {
   host=$(one_host)
   by=$(deployer)
   say "breaking the deploy lock on $host"
-  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" unlock
+  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" unlock || {
+    local rc=$?
+    next_step "$rc" "$host"
+    exit "$rc"
+  }
 }
 
 main() {
   COMMAND=${1:-}
   case "$COMMAND" in
     -h | --help) usage; return 0 ;;
-    install | upgrade | rollback | status | logs | audit | unlock | uninstall | check | config | releases) ;;
+    install | upgrade | rollback | status | logs | audit | unlock | uninstall | check | config | releases | start | stop) ;;
     *) warn "unknown command '$(shown "$COMMAND")'"; usage >&2; exit "$EXIT_USAGE" ;;
   esac
   [[ $# -eq 1 ]] || refuse "$COMMAND takes no arguments; settings come from the environment (see --help)"
@@ -670,18 +830,18 @@ main() {
     config) set_preflight_args; cmd_config ;;
     upgrade) cmd_upgrade ;;
     rollback) cmd_rollback ;;
-    status)
-      targets
-      if [[ -n "$TARGETS_MANY" ]]; then
-        status_lines
-      else
-        ssh_to "${TARGETS[0]}" -T "$REMOTE_DEPLOY" status
-      fi
+    status) cmd_status ;;
+    start | stop) cmd_start_stop ;;
+    audit)
+      local host lines=${LINES:-50}
+      host=$(one_host)
+      [[ "$lines" =~ ^[1-9][0-9]{0,5}$ ]] || refuse "LINES must be a whole number from 1 to 999999, got $(shown "$lines")"
+      ssh_to "$host" -T "$REMOTE_DEPLOY" audit "$lines"
       ;;
-    audit | releases)
+    releases)
       local host
       host=$(one_host)
-      ssh_to "$host" -T "$REMOTE_DEPLOY" "$COMMAND"
+      ssh_to "$host" -T "$REMOTE_DEPLOY" releases
       ;;
     logs) cmd_logs ;;
     unlock) cmd_unlock ;;

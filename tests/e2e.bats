@@ -12,6 +12,8 @@ HOSTSH="$REPO/tests/e2e/host.sh"
 RELEASE="$REPO/${RELEASE_BIN:-target/x86_64-unknown-linux-gnu/release/server}"
 A=tribe2ea
 B=tribe2eb
+# A fresh host for a newcomer's first day (the README's walk), then stop/start, status and logs.
+C=tribe2ec
 DB_PASSWORD=e2e-db-password-4711
 TIMINGS=${TRIBIST_E2E_TIMINGS:-$REPO/target/e2e-timings.txt}
 
@@ -129,7 +131,7 @@ setup_file() {
   mkdir -p "$(dirname "$TIMINGS")"
   : >"$TIMINGS"
   make -s -C "$REPO" release
-  "$REPO/tests/e2e/build-alt.sh" "$BATS_FILE_TMPDIR/server-b"
+  "$REPO/tests/e2e/build-alt.sh" "$BATS_FILE_TMPDIR/server-b" "$BATS_FILE_TMPDIR/server-dirty"
   # A "binary" that answers --version but exits at once when started.
   printf '#!/bin/sh\n[ "$1" = --version ] && { echo "server 9.9.9 (commit broken-release)"; exit 0; }\necho "cannot start" >&2\nexit 1\n' \
     >"$BATS_FILE_TMPDIR/server-bad"
@@ -140,16 +142,18 @@ setup_file() {
 exec sleep 600
 ' \
     >"$BATS_FILE_TMPDIR/server-hang"
-  # Two that pass for a real release built on host A's copy of server-b (see on_host_test_server):
-  # one that hangs only when systemd starts it (what a preflight cannot see), one that answers
-  # /health 503 (its database password is wrong).
-  printf '#!/bin/sh\n[ -n "$NOTIFY_SOCKET" ] && exec sleep 600\nexec /usr/local/lib/tribist-test/server "$@"\n' \
+  # Two that pass for a real release built on host A's copy of the first release (RELEASE): one
+  # that hangs only when systemd starts it (what a preflight cannot see), one that answers
+  # /health 503 (its database password is wrong). Their ids are RELEASE's, a kept release
+  # with other bytes, so they may serve but are never kept; they are shipped while another
+  # release serves (other bytes under the installed binary's id are refused).
+  printf '#!/bin/sh\n[ -n "$NOTIFY_SOCKET" ] && exec sleep 600\nexec /usr/local/lib/tribist-test/server-a "$@"\n' \
     >"$BATS_FILE_TMPDIR/server-systemd-hang"
-  printf '#!/bin/sh\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec /usr/local/lib/tribist-test/server "$@"\n' \
+  printf '#!/bin/sh\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec /usr/local/lib/tribist-test/server-a "$@"\n' \
     >"$BATS_FILE_TMPDIR/server-503"
   # A release from before handovers: its --version lacks the line that offers one. It runs
   # the real server under its own path (exec -a), as a wrapper must for later handovers.
-  printf '#!/bin/bash\nif [ "$1" = --version ]; then /usr/local/lib/tribist-test/server --version | head -n 1; exit 0; fi\nexec -a "$0" /usr/local/lib/tribist-test/server "$@"\n' \
+  printf '#!/bin/bash\nif [ "$1" = --version ]; then /usr/local/lib/tribist-test/server-a --version | head -n 1; exit 0; fi\nexec -a "$0" /usr/local/lib/tribist-test/server-a "$@"\n' \
     >"$BATS_FILE_TMPDIR/server-no-handover"
   chmod 755 "$BATS_FILE_TMPDIR/server-bad" "$BATS_FILE_TMPDIR/server-hang" "$BATS_FILE_TMPDIR/server-systemd-hang" \
     "$BATS_FILE_TMPDIR/server-503" "$BATS_FILE_TMPDIR/server-no-handover"
@@ -163,16 +167,36 @@ exec sleep 600
   printf '%s' "host=localhost dbname=tribist user=tribist password='p\$ \\\\ \\' \" # %x ' " >"$BATS_FILE_TMPDIR/database_url_b"
   "$HOSTSH" up "$A"
   "$HOSTSH" up "$B"
+  "$HOSTSH" up "$C"
   "$HOSTSH" ssh "$A" "install -d /usr/local/lib/tribist-test && cat >/usr/local/lib/tribist-test/server && chmod 755 /usr/local/lib/tribist-test/server" \
     <"$BATS_FILE_TMPDIR/server-b"
+  "$HOSTSH" ssh "$A" "cat >/usr/local/lib/tribist-test/server-a && chmod 755 /usr/local/lib/tribist-test/server-a" <"$RELEASE"
   install_db "$A"
   install_db "$B"
+  install_db "$C"
   "$HOSTSH" ssh "$B" "runuser -u postgres -- psql -q -v ON_ERROR_STOP=1" <<<"ALTER ROLE tribist PASSWORD 'p\$ \\ '' \" # %x ';"
 }
 
 teardown_file() {
   "$HOSTSH" down "$A"
   "$HOSTSH" down "$B"
+  "$HOSTSH" down "$C"
+}
+
+# Runs make TARGET … at a pseudo-terminal, as a person types it, on host $C as root.
+on_c() { at_terminal make -s -C "$REPO" "$1" HOST="root@$C" SSH_OPTS="-F $CFG" "${@:2}"; }
+# make exits 2 for any failure and names the kit's own status on its last line; a script that
+# needs the status itself runs sbin/remote.sh with the same variables, as this does.
+kit_c() { env HOST="root@$C" SSH_OPTS="-F $CFG" "${@:2}" "$REPO/sbin/remote.sh" "$1"; }
+
+# Waits (up to 20 s) until file $1 holds text $2 (what a person waits for on the screen).
+wait_for_text() {
+  local i
+  for i in $(seq 200); do
+    grep -qF -- "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  fail "never saw '$2'; the screen said: $(cat "$1")"
 }
 
 @test "the shipped binary is x86-64 and needs at most glibc 2.17 (objdump -T)" {
@@ -182,6 +206,183 @@ teardown_file() {
   highest=$(objdump -T "$RELEASE" | grep -oE 'GLIBC_[0-9]+\.[0-9]+(\.[0-9]+)?' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
   echo "highest GLIBC_ version needed: $highest" | tee -a "$TIMINGS" >&3
   [[ "$(printf '%s\n2.17\n' "$highest" | sort -V | tail -n 1)" == 2.17 ]]
+}
+
+@test "a newcomer's first day, as the README walks it: a refused install repaired by the command it names" {
+  local a b url=$BATS_TEST_TMPDIR/tribist-db wrong=$BATS_TEST_TMPDIR/wrong-db start
+  a=$(release_of "$RELEASE")
+  b=$(release_of "$BATS_FILE_TMPDIR/server-b")
+  # Before anything: not installed, said in one line with its own exit status.
+  run on_c status
+  assert_failure 2
+  assert_output --regexp "^root@$C +on $C: tribist is not installed"
+  assert_output --partial "[Makefile:"
+  assert_output --partial "status] Error 5"
+  run kit_c status
+  assert_failure 5
+  # The URL file as the README makes it (0600), and a mistyped one left world-readable.
+  (umask 077 && echo "postgres://tribist:$DB_PASSWORD@localhost:5432/tribist" >"$url")
+  echo "postgres://tribist:mistyped-4711@localhost:5432/tribist" >"$wrong"
+  chmod 644 "$wrong"
+  run on_c check DATABASE_URL_FILE="$wrong"
+  assert_failure
+  assert_output --partial "DATABASE_URL_FILE=$wrong can be read by other users of this machine"
+  assert_output --regexp "FAIL database: .*password authentication failed"
+  # Enter at the prompt: one instruction, nothing installed.
+  on_c install >"$BATS_TEST_TMPDIR/prompt.out" 2>&1 &
+  local job=$! rc=0
+  wait_for_text "$BATS_TEST_TMPDIR/prompt.out" "DATABASE_URL for root@$C"
+  press $'\r'
+  wait "$job" || rc=$?
+  run cat "$BATS_TEST_TMPDIR/prompt.out"
+  assert_equal "$rc" 2
+  assert_output --partial "install] Error 2"
+  assert_output --partial "no database URL given, and root@$C has none yet: nothing was sent. Put it in a file (chmod 600) and run: make install HOST=root@$C DATABASE_URL_FILE=path"
+  run on "$C" "id tribist"
+  assert_failure
+  # The wrong password: refused at once (a definite answer, not the 10 s preflight), with the
+  # command that fixes it, and nothing that needs undoing.
+  start=$EPOCHREALTIME
+  run on_c install DATABASE_URL_FILE="$wrong" DEPLOY_KEY="$BATS_FILE_TMPDIR/deploy_key.pub"
+  printf 'first install refused for a wrong password: %.1f s\n' "$(bc <<<"$EPOCHREALTIME - $start")" | tee -a "$TIMINGS" >&3
+  assert_failure 2
+  assert_output --partial "install] Error 4"
+  assert_output --partial "preflight: starting release $a (nothing serves yet"
+  assert_output --partial "password authentication failed"
+  assert_output --partial "cannot work with this configuration"
+  refute_output --partial "within 10s"
+  refute_output --partial "mistyped-4711"
+  assert_output --partial "next: put the right database URL in a file (chmod 600) and run: make install HOST=root@$C DATABASE_URL_FILE=path"
+  run on "$C" "test -e /etc/tribist/env || test -e /etc/systemd/system/tribist.service"
+  assert_failure
+  # An upgrade there says what is missing; make config works on a host never installed.
+  run kit_c upgrade BIN="$BATS_FILE_TMPDIR/server-b"
+  assert_failure 5
+  assert_output --partial "next: make install HOST=root@$C DATABASE_URL_FILE=path"
+  run on_c config DATABASE_URL_FILE="$wrong"
+  assert_success
+  assert_output --partial "saved /etc/tribist/env (DATABASE_URL); tribist is not installed here yet"
+  # The command the refusal named: it replaces the URL that never served, and installs.
+  run timed "first install, repaired" on_c install DATABASE_URL_FILE="$url" DEPLOY_KEY="$BATS_FILE_TMPDIR/deploy_key.pub"
+  assert_success
+  assert_output --partial "replacing the DATABASE_URL in /etc/tribist/env, which has never served"
+  assert_output --partial "preflight: release $a answered /health 200"
+  assert_output --partial "==> installed on root@$C"
+  run on "$C" "curl -sS http://localhost:8383/health"
+  assert_output --partial '"status":"pass"'
+  # Nothing to roll back to yet: said so.
+  run on_c rollback
+  assert_failure 2
+  assert_output --partial "nothing to roll back to yet: release $a is the only one installed here"
+  # Upgrade, releases, rollback, status, logs, as the README has them.
+  run timed "make upgrade (first day)" on_c upgrade BIN="$BATS_FILE_TMPDIR/server-b"
+  assert_success
+  assert_output --partial "upgraded: release $b is serving"
+  run on_c releases
+  assert_success
+  assert_output --regexp "$b +0\.1\.0 .*\[serving\]"
+  assert_output --regexp "$a +0\.1\.0 .*\[previous\]"
+  at_terminal make -s -C "$REPO" rollback HOST="root@$C" SSH_OPTS="-F $CFG" >"$BATS_TEST_TMPDIR/rollback.out" 2>&1
+  run cat "$BATS_TEST_TMPDIR/rollback.out"
+  assert_output --partial "rolled back: release $a is serving"
+  refute_output --partial "mv:"
+  refute_output --partial "could not keep"
+  # No stray byte (a NUL) on the way.
+  run grep -c -P '\x00' "$BATS_TEST_TMPDIR/rollback.out"
+  assert_output 0
+  run on "$C" "ls -A /home/tribist/api/releases"
+  refute_output --regexp '(^|\n)\.'
+  run on_c status
+  assert_success
+  assert_output --regexp "^root@$C +healthy release=$a health=200 up=[0-9:-]+ listen=127\.0\.0\.1:8383"
+  run on_c logs
+  assert_success
+  assert_output --partial "listening on"
+}
+
+@test "server.sh stop stops for tribist and root until start; make status says stopped, unhealthy, unreachable" {
+  local tribist="ssh -F $CFG -i $BATS_FILE_TMPDIR/deploy_key tribist@$C"
+  run $tribist /home/tribist/bin/server.sh stop
+  assert_success
+  refute_output --partial "can still be activated"
+  # It stays down: the socket is closed too, so no request starts it again.
+  run on "$C" "curl -sS -o /dev/null --max-time 2 http://localhost:8383/health; systemctl is-active tribist.socket tribist.service"
+  assert_output --partial "Connection refused"
+  assert_line inactive
+  refute_line active
+  run kit_c status
+  assert_failure 6
+  assert_output --regexp "^root@$C +stopped release="
+  assert_output --partial "next: make start HOST=root@$C"
+  # The command it names.
+  run on_c start
+  assert_success
+  run on "$C" "/home/tribist/bin/wait_for_it.sh -t 30"
+  assert_success
+  # And from tribist's side, with the deploy key: stop, start.
+  run $tribist /home/tribist/bin/server.sh stop
+  assert_success
+  run $tribist /home/tribist/bin/server.sh start
+  assert_success
+  run on "$C" "/home/tribist/bin/wait_for_it.sh -t 30"
+  assert_success
+  # As root the same.
+  run on "$C" "/home/tribist/bin/server.sh stop && systemctl is-active tribist.socket"
+  assert_output inactive
+  run on "$C" "/home/tribist/bin/server.sh start && /home/tribist/bin/wait_for_it.sh -q -t 30 && echo up"
+  assert_output up
+  run on "$C" "/home/tribist/bin/server.sh --help"
+  assert_output --partial "stays down until 'start'"
+  # The database down: running but unhealthy (7), with the reason; back: healthy (0).
+  on "$C" "systemctl stop postgresql"
+  run kit_c status
+  on "$C" "systemctl start postgresql"
+  assert_failure 7
+  assert_output --regexp "^root@$C +unhealthy release=.* health=503 "
+  assert_output --partial "next: make logs HOST=root@$C says why"
+  run on "$C" "/home/tribist/bin/wait_for_it.sh -q -t 30"
+  run on_c status
+  assert_success
+  # A host that does not answer: 8, in the same one-line form.
+  run env HOSTS="root@$C root@nohost" SSH_OPTS="-F $CFG" "$REPO/sbin/remote.sh" status
+  assert_failure 8
+  assert_output --regexp "root@$C +healthy release="
+  assert_output --regexp "root@nohost +unreachable"
+  # A binary promoted by hand (the seed's way: server_new, then a restart) shows as serving.
+  run $tribist "cp /home/tribist/api/server.prev /home/tribist/api/server_new && /home/tribist/bin/server.sh restart"
+  assert_success
+  run on "$C" "/home/tribist/bin/wait_for_it.sh -q -t 30"
+  run on_c releases
+  assert_output --partial "[serving]"
+}
+
+@test "make logs follows until Ctrl-C, and takes SINCE= and GREP=; make audit prints each record once, newest last" {
+  on_c logs FOLLOW=1 >"$BATS_TEST_TMPDIR/follow.out" 2>&1 &
+  local job=$! rc=0
+  wait_for_text "$BATS_TEST_TMPDIR/follow.out" "listening on"
+  # A line written now reaches the follower.
+  on "$C" "systemctl restart tribist"
+  wait_for_text "$BATS_TEST_TMPDIR/follow.out" "Stopping tribist.service"
+  press $'\x03'
+  wait "$job" || rc=$?
+  run cat "$BATS_TEST_TMPDIR/follow.out"
+  assert_equal "$rc" 0
+  refute_output --partial "Connection to"
+  refute_output --partial "Error"
+  run on_c logs SINCE="1 hour ago" GREP="listening on" LINES=5
+  assert_success
+  assert_output --partial "listening on"
+  refute_output --partial "Started tribist"
+  run kit_c logs SINCE='now; id'
+  assert_failure 2
+  # The audit: each record once (root's are in the journal too), newest last, LINES of them.
+  run on_c audit LINES=1000
+  assert_success
+  assert_equal "$(grep -c 'action=install .*result=ok' <<<"$output")" 1
+  assert_equal "$(grep -c 'action=install .*result=refused-preflight' <<<"$output")" 1
+  run on_c audit LINES=2
+  assert_equal "${#lines[@]}" 2
+  assert_output --partial "action=service-start"
 }
 
 @test "make install at a terminal: /health is 200 on the host and PID is systemd's MainPID" {
@@ -224,8 +425,12 @@ teardown_file() {
   assert_line 0
   assert_line 200
   run deploy status HOST="root@$B" SSH_OPTS="-F $CFG"
-  assert_output --partial "listen: 127.0.0.1:9001"
+  assert_success
+  assert_output --regexp "^root@$B +healthy release=.* listen=127\.0\.0\.1:9001"
   assert_output --partial "(HTTP 200)"
+  # The configuration as the binary reads it names the socket's address, not the default.
+  run deploy config HOST="root@$B" SSH_OPTS="-F $CFG"
+  assert_line "TRIBIST_LISTEN=127.0.0.1:9001"
   # A port something else holds, and a TRIBIST_LISTEN that would contradict the socket, are
   # refused before anything changes, saying where the address is set.
   run deploy install HOST="root@$B" SSH_OPTS="-F $CFG" LISTEN=0.0.0.0:22
@@ -300,21 +505,23 @@ teardown_file() {
   [[ -n "$score" ]] && (($(bc <<<"$score <= 1.5")))
 }
 
-@test "sudo: user tribist may run exactly systemctl start|stop|restart|reload|status tribist" {
+@test "sudo: user tribist may run exactly systemctl start|stop|restart|reload|status tribist, and start|stop with the socket" {
   run on_host "visudo -c"
   assert_success
-  for verb in start stop restart reload status; do
-    run on_host "sudo -l -U tribist /usr/bin/systemctl $verb tribist"
+  for cmd in "start tribist" "stop tribist" "restart tribist" "reload tribist" "status tribist" \
+    "start tribist.socket tribist.service" "stop tribist.socket tribist.service"; do
+    run on_host "sudo -l -U tribist /usr/bin/systemctl $cmd"
     assert_success
   done
   for cmd in "systemctl start sshd tribist" "systemctl start sshd" "systemctl enable tribist" \
+    "systemctl stop tribist.socket" "systemctl start tribist.socket sshd.service" \
     "systemctl restart tribist.service --now" "journalctl" "bash" "systemctl edit tribist"; do
     run on_host "sudo -l -U tribist /usr/bin/$cmd"
     assert_failure
   done
 }
 
-@test "who owns what: the README's table, and the running server cannot write what runs next" {
+@test "who owns what: the ownership table (docs/deploying.md), and the running server cannot write what runs next" {
   run on_host "stat -c '%n %U:%G %a' /home/tribist /home/tribist/bin /home/tribist/bin/deploy.sh /home/tribist/bin/releases.sh /home/tribist/.ssh /home/tribist/.ssh/authorized_keys /home/tribist/api /home/tribist/api/server /run/tribist /var/lib/tribist-deploy /var/lib/tribist-deploy/lock /var/lib/tribist-deploy/audit.log /etc/tribist /etc/tribist/env"
   assert_output "/home/tribist root:tribist 750
 /home/tribist/bin root:root 755
@@ -488,10 +695,14 @@ teardown_file() {
     BIN="$BATS_FILE_TMPDIR/server-hang" PREFLIGHT=3
   assert_failure
   assert_output --partial "release hanging-release did not answer /health 200 within 3s"
-  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-503" PREFLIGHT=3
+  # A wrong password is a definite failure: refused at once, not after PREFLIGHT seconds.
+  run timed "upgrade refused by the preflight (the database refuses it)" deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" \
+    BIN="$BATS_FILE_TMPDIR/server-503"
   assert_failure
-  assert_output --partial "did not answer /health 200 within 3s; last answer: HTTP 503"
+  assert_output --partial "cannot work with this configuration: the database refuses it"
   assert_output --partial "password authentication failed"
+  refute_output --partial "within 10s"
+  assert_output --partial "next: make config HOST=root@$A DATABASE_URL_FILE=path"
   # Never switched: the same process serves the same release, nothing was left behind.
   assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
   assert_equal "$(serving)" "$b"
@@ -510,6 +721,7 @@ teardown_file() {
   run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b" DEPLOYER=bob@desk
   assert_failure
   assert_output --partial "refused: another deployment holds the lock"
+  assert_output --partial "next: wait for it to finish, or if it is stuck break it: make unlock HOST=root@$A"
   assert_output --partial "upgrade by alice@laptop as tribist@"
   assert_output --partial "since 20"
   local start=$EPOCHREALTIME rc=0
@@ -519,9 +731,10 @@ teardown_file() {
   assert_output --partial "release hanging-release did not answer /health 200 within 10s"
   assert_output --partial "make upgrade: FAILED"
   assert_equal "$(serving)" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
-  # Released: the next deployment goes ahead.
-  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
+  # Released: the next deployment goes ahead (to the release that serves: it says so).
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b"
   assert_success
+  assert_output --partial "is already installed and serving (the same bytes): nothing changed"
 }
 
 @test "deploy lock: Ctrl-C at the terminal and a broken lock both roll back and release" {
@@ -559,12 +772,12 @@ teardown_file() {
   local a b
   a=$(release_of "$RELEASE")
   b=$(release_of "$BATS_FILE_TMPDIR/server-b")
-  run deploy audit HOST="root@$A" SSH_OPTS="-F $CFG"
+  run deploy audit HOST="root@$A" SSH_OPTS="-F $CFG" LINES=100000
   assert_success
   assert_line --regexp "action=install user=root from=[^ ]+ by=\"[^\"]*\" release_from=none release_to=$a result=ok"
   assert_line --regexp "action=upgrade user=root .* release_from=$a release_to=$b result=ok"
   assert_line --regexp "action=rollback user=root .* release_from=$b release_to=$a result=ok"
-  assert_line --partial "-- sent by tribist (_UID="
+  assert_line --partial "[journal: sent by tribist, _UID="
   assert_line --regexp "action=upgrade user=tribist .* by=\"alice@laptop\" release_from=$b release_to=hanging-release result=refused-preflight"
   assert_line --partial "result=interrupted-rolled-back"
   # Every start and handover is in root's record too, with the binary's digest, whoever asked.
@@ -631,8 +844,8 @@ teardown_file() {
   assert_equal "$(serving "$B")" "$r"
   TRIBIST_DEPLOY_DIR="$BATS_TEST_TMPDIR/deploy" run deploy status ENV=e2e SSH_OPTS="$(as_tribist)"
   assert_success
-  assert_line --regexp "^tribist@$A +active release=$r health=200 up=[0-9:-]+ listen=127\.0\.0\.1:8383$"
-  assert_line --regexp "^root@$B +active release=$r health=200 up=[0-9:-]+ listen=127\.0\.0\.1:9001$"
+  assert_line --regexp "^tribist@$A +healthy release=$r health=200 up=[0-9:-]+ listen=127\.0\.0\.1:8383$"
+  assert_line --regexp "^root@$B +healthy release=$r health=200 up=[0-9:-]+ listen=127\.0\.0\.1:9001$"
 }
 
 @test "releases: the host keeps them by releaseId, make rollback TO= goes to any, KEEP prunes" {
@@ -659,6 +872,37 @@ teardown_file() {
   assert_success
   run on_host "ls /home/tribist/api/releases | grep -vc meta"
   assert_output 2
+}
+
+@test "a release is its bytes: the same bytes change nothing, other bytes under a known id are refused, uncommitted changes get their own id" {
+  local a b d
+  a=$(release_of "$RELEASE")
+  b=$(release_of "$BATS_FILE_TMPDIR/server-b")
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
+  assert_success
+  assert_output --partial "release $a is already installed and serving (the same bytes): nothing changed"
+  refute_output --partial "switching"
+  # Other bytes that claim the serving release's id (a build at the same commit elsewhere).
+  printf '#!/bin/sh\necho "server 0.1.0 (commit %s)"\n' "$a" >"$BATS_TEST_TMPDIR/same-id"
+  chmod 755 "$BATS_TEST_TMPDIR/same-id"
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_TEST_TMPDIR/same-id"
+  assert_failure
+  assert_output --partial "the installed binary is release $a with other bytes"
+  assert_output --partial "two different binaries are never one release"
+  assert_equal "$(on_host "sha256sum </home/tribist/api/releases/$a | cut -c1-64")" "$(sha256sum <"$RELEASE" | cut -c1-64)"
+  # A build of uncommitted changes at the other release's commit: an id of its own, said.
+  d=$(release_of "$BATS_FILE_TMPDIR/server-dirty")
+  [[ "$d" =~ ^$b-dirty-[0-9a-f]{12}$ ]] || fail "the dirty build's id is '$d'"
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-dirty"
+  assert_success
+  assert_output --partial "is built from uncommitted changes: it ships as release $d"
+  assert_output --partial "upgraded: release $d is serving"
+  run deploy releases HOST="root@$A" SSH_OPTS="-F $CFG"
+  assert_line --regexp "^$d .*\[serving\]$"
+  assert_line --regexp "^$a .*\[previous\]$"
+  run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
+  assert_success
+  assert_equal "$(serving)" "$a"
 }
 
 @test "hostile deployer values are data: quotes, \$(), backticks, ; and spaces work literally, newlines are refused" {
@@ -724,7 +968,7 @@ teardown_file() {
   echo "postgres://tribist:overwritten@localhost:5432/tribist" >"$BATS_TEST_TMPDIR/url"
   run deploy install HOST="root@$A" SSH_OPTS="-F $CFG" DATABASE_URL_FILE="$BATS_TEST_TMPDIR/url"
   assert_success
-  assert_output --partial "keeping the existing /etc/tribist/env (the DATABASE_URL given was not used)"
+  assert_output --partial "keeping the existing /etc/tribist/env, which serves: the DATABASE_URL given was not used"
   run on_host cat /etc/tribist/env
   assert_output --partial "TRIBIST_WORKERS=3"
   assert_output --partial "$DB_PASSWORD"
@@ -759,6 +1003,7 @@ teardown_file() {
   assert_failure
   assert_output --partial "password authentication failed"
   assert_output --partial "nothing changed"
+  assert_output --partial "next: make config HOST=root@$A DATABASE_URL_FILE=path"
   refute_output --partial "not-the-password"
   assert_equal "$(on_host "sha256sum </etc/tribist/env")" "$before"
   assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
@@ -906,7 +1151,8 @@ root:tribist 750"
 @test "make status and make logs report the service" {
   run deploy status HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_success
-  assert_output --partial "ActiveState=active"
+  assert_line --regexp "^root@$A +healthy release="
+  assert_output --partial "  service: active (running)"
   assert_output --partial '"status":"pass"'
   run deploy logs HOST="tribist@$A" SSH_OPTS="$(as_tribist)"
   assert_output --partial "listening on"
@@ -927,8 +1173,27 @@ root:tribist 750"
   run on_host "systemctl is-active tribist.service tribist.socket"
   assert_failure
   on_host "test -f /etc/tribist/env && test -x /home/tribist/api/server"
+  # PURGE=1 without a terminal and without YES=1: refused, nothing sent; at a terminal,
+  # anything but "yes" keeps everything.
   run deploy uninstall HOST="root@$A" SSH_OPTS="-F $CFG" PURGE=1
+  assert_failure 2
+  assert_output --partial "make uninstall HOST=root@$A PURGE=1 YES=1"
+  at_terminal make -s -C "$REPO" uninstall HOST="root@$A" SSH_OPTS="-F $CFG" PURGE=1 >"$BATS_TEST_TMPDIR/purge.out" 2>&1 &
+  local job=$! rc=0
+  wait_for_text "$BATS_TEST_TMPDIR/purge.out" "Type yes to delete them:"
+  press $'no\r'
+  wait "$job" || rc=$?
+  assert_equal "$rc" 2
+  on_host "test -f /etc/tribist/env && id tribist"
+  # Moved to another port first: PURGE forgets that too, so a plain install serves on 8383.
+  run deploy install HOST="root@$A" SSH_OPTS="-F $CFG" LISTEN=127.0.0.1:9005
   assert_success
-  run on_host "test -e /etc/tribist || id tribist"
+  run deploy uninstall HOST="root@$A" SSH_OPTS="-F $CFG" PURGE=1 YES=1
+  assert_success
+  run on_host "test -e /etc/tribist || id tribist || test -e /etc/systemd/system/tribist.socket.d || test -e /etc/systemd/system/tribist.service.d"
   assert_failure
+  run deploy install HOST="root@$A" SSH_OPTS="-F $CFG" DATABASE_URL_FILE="$BATS_FILE_TMPDIR/database_url"
+  assert_success
+  run on_host "curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:8383/health"
+  assert_output 200
 }

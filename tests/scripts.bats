@@ -471,12 +471,12 @@ r2.meta"
   assert_line --regexp '^r2 .*\[previous\]$'
 }
 
-@test "releases.sh: a release is its bytes: identity says installed, new or conflict; keep never replaces other bytes" {
+@test "releases.sh: a release is its bytes: identity says installed, new, conflict or kept-other; keep never replaces other bytes" {
   new_api
   run as_nobody "$RELEASES" keep old 5 alice
   assert_success
   # The same bytes as the installed binary; other bytes under a new id; other bytes under the
-  # installed id (a build of uncommitted changes at the same commit), and under a kept one.
+  # installed id (a build of uncommitted changes at the same commit).
   cp "$API/server" "$API/.upload.same01"
   printf '#!/bin/sh\necho "server 1.1 (commit new)"\n' >"$API/.upload.new001"
   printf '#!/bin/sh\n# other bytes\necho "server 1.0 (commit old)"\n' >"$API/.upload.other1"
@@ -487,19 +487,27 @@ r2.meta"
   run as_nobody "$RELEASES" identity .upload.new001 new
   assert_output new
   run as_nobody "$RELEASES" identity .upload.other1 old
-  assert_output --partial "conflict: release old is kept with other bytes"
-  rm "$API/releases/old" "$API/releases/old.meta"
+  assert_output "conflict: the installed binary is release old with other bytes"
+  # Once release new is installed, other bytes under the kept id old may serve, never be kept.
+  as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f server server.prev && ln -f .upload.new001 server'
+  run as_nobody "$RELEASES" keep new 5 alice
   run as_nobody "$RELEASES" identity .upload.other1 old
-  assert_output --partial "conflict: the installed binary is release old with other bytes"
-  # keep refuses to put other bytes under a kept name.
-  as_nobody "$RELEASES" keep old 5 alice
-  as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f .upload.other1 server'
+  assert_output "kept-other: release old is kept with other bytes (releases/old)"
+  as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f server server.prev && ln -f .upload.other1 server'
   run as_nobody "$RELEASES" keep old 5 alice
   assert_failure
   assert_output --partial "holds other bytes than the serving binary; not replacing it"
   run as_nobody cat "$API/releases/old"
-  assert_output --partial 'echo "server 1.0 (commit old)"'
   refute_output --partial "other bytes"
+  run as_nobody "$RELEASES" list
+  assert_line --regexp '^old .*\(not kept: releases/old holds other bytes\) \[serving\]$'
+  # The same bytes as a kept release, in another file (shipped again): kept as that file.
+  cp "$API/releases/new" "$API/.upload.again1"
+  chown nobody:nogroup "$API/.upload.again1"
+  as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f server server.prev && ln -f .upload.again1 server'
+  run as_nobody "$RELEASES" keep new 5 alice
+  assert_success
+  [[ "$API/releases/new" -ef "$API/server" ]]
 }
 
 @test "releases.sh list: a binary promoted by hand (not kept) is listed as serving" {

@@ -6,7 +6,9 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-usage: build-alt.sh OUT     build and copy the other release's binary to OUT
+usage: build-alt.sh OUT [DIRTY_OUT]
+  build and copy the other release's binary to OUT; with DIRTY_OUT, also a build of the
+  same commit with an uncommitted change to its sources (release id <commit>-dirty-<hash>)
 The build directory is cached in $TRIBIST_E2E_CACHE/target-alt (default /var/cache/tribist-e2e).
 USAGE
 }
@@ -16,7 +18,7 @@ main() {
     -h | --help) usage; return 0 ;;
     "") usage >&2; exit 2 ;;
   esac
-  local out=$1 repo src cache
+  local out=$1 dirty=${2:-} repo src cache
   repo=$(cd "$(dirname "$0")/../.." && pwd)
   cache=${TRIBIST_E2E_CACHE:-/var/cache/tribist-e2e}
   src=$(mktemp -d)
@@ -28,6 +30,11 @@ main() {
   mkdir -p "$cache"
   (cd "$src/repo" && CARGO_TARGET_DIR="$cache/target-alt" cargo build -q --release --locked)
   cp "$cache/target-alt/release/server" "$out"
+  if [[ -n "$dirty" ]]; then
+    echo "// e2e: an uncommitted change" >>"$src/repo/src/main.rs"
+    (cd "$src/repo" && CARGO_TARGET_DIR="$cache/target-alt" cargo build -q --release --locked)
+    cp "$cache/target-alt/release/server" "$dirty"
+  fi
 }
 
 main "$@"
