@@ -70,8 +70,8 @@ lint: ## shellcheck every script (every line of shell lives in one); rustfmt and
 	$(CARGO) clippy --all-targets --locked -q -- -D warnings
 	python3 -m py_compile tests/support/*.py
 
-test-scripts: ## bats tests of the shell scripts
-	$(BATS) tests/scripts.bats
+test-scripts: ## bats tests of the shell scripts (and of host.sh's image preparation)
+	$(BATS) tests/scripts.bats tests/dev.bats
 
 config: ## HOST's configuration (masked); SET="NAME=VALUE …" UNSET="NAME …" DATABASE_URL_FILE=… change it safely
 	@$(remote) config
