@@ -175,6 +175,25 @@ cluster_port() { sed -n 4p "$DEV/pg/data/postmaster.pid"; }
   assert_equal "$(cluster_port)" "$port"
 }
 
+@test "run.sh: a running cluster is not stopped for a DEV_PG_PORT that is taken" {
+  start_run DEV_PG_PORT=
+  wait_healthy
+  stop_run
+  local first taken
+  first=$(cluster_port)
+  taken=$(free_port)
+  hold_port "$taken"
+  start_run DEV_PG_PORT="$taken"
+  wait "$RUN_PID" && fail "run.sh succeeded on a taken port: $(cat "$DEV.out")"
+  RUN_PID=""
+  run cat "$DEV.out"
+  assert_output --regexp "DEV_PG_PORT=$taken is taken; fix: make run DEV_PG_PORT=[0-9]+$"
+  # Still running where it was.
+  assert_equal "$(cluster_port)" "$first"
+  run env PGPASSWORD=tribist-test-pw psql -X -h 127.0.0.1 -p "$first" -U tribist -tAc 'SELECT 1'
+  assert_output 1
+}
+
 @test "run.sh: a cluster whose role and database are missing gets them again" {
   start_run DEV_PG_PORT=
   wait_healthy

@@ -96,6 +96,16 @@ holder() {
     sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1, pid \2/p' || true
 }
 
+# True when something accepts TCP connections on 127.0.0.1:PORT.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Exits 3: PORT is taken.
+port_taken() {
+  local who
+  who=$(holder "$2")
+  die 3 "port $2 on 127.0.0.1 is taken${who:+ (by $who)}; start it on another: pg.sh start $1 OTHER-PORT"
+}
+
 # Creates the role and the database whenever they are missing (a first start that failed
 # half-way, a role dropped by hand), and sets the password every time.
 ensure_role() {
@@ -136,20 +146,22 @@ start() {
   fi
   running=""
   as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1 && running=$(running_port "$dir")
+  if [[ -n "$running" && "$running" != "$port" ]] && listening "$port"; then
+    port_taken "$dir" "$port"
+  fi
   if [[ -n "$running" && "$running" != "$port" ]]; then
     as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null ||
       die 1 "cannot stop the cluster in $dir (port $running) to move it to port $port; see $dir/server.log"
     running=""
   fi
   if [[ -z "$running" ]]; then
-    local logged=0 who
+    local logged=0
     [[ -f "$dir/server.log" ]] && logged=$(stat -c %s "$dir/server.log")
     if ! as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
       -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200$ssl_opts" \
       start >/dev/null 2>&1; then
       if tail -c +"$((logged + 1))" "$dir/server.log" 2>/dev/null | grep -q 'Address already in use'; then
-        who=$(holder "$port")
-        die 3 "port $port on 127.0.0.1 is taken${who:+ (by $who)}; start it on another: pg.sh start $dir OTHER-PORT"
+        port_taken "$dir" "$port"
       fi
       die 1 "PostgreSQL did not start; see $dir/server.log"
     fi

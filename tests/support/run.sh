@@ -70,7 +70,7 @@ start_pg() {
     URL=$("$pg" start "$dir" "$given" 2>"$err") || rc=$?
     if ((rc == 3)); then
       sed 's/; start it on another.*//; s/^pg\.sh: //' "$err" >&2
-      die "DEV_PG_PORT=$given is taken; fix: make run DEV_PG_PORT=$(free_port)   (or leave DEV_PG_PORT out: make run picks a free port)"
+      die "DEV_PG_PORT=$given is taken; fix: make run DEV_PG_PORT=$(free_port)"
     fi
     ((rc == 0)) || { cat "$err" >&2; exit "$rc"; }
     PORT=$given
