@@ -13,7 +13,8 @@ BATS ?= bats
 # The binary make release builds and make install/upgrade ship (tools/release.sh).
 RELEASE_BIN ?= target/x86_64-unknown-linux-gnu/release/server
 DEV_DIR ?= .dev
-DEV_PG_PORT ?= 54329
+# make run's PostgreSQL port on 127.0.0.1; empty: the first free one of the last used and 54329 up.
+DEV_PG_PORT ?=
 # --- deployment (make install / upgrade / …): sbin/remote.sh --help explains each ---
 # HOST (ssh destination), HOSTS ("app1 app2": upgrade one after the other), SSH_OPTS (options
 # for ssh; better: a Host entry in ~/.ssh/config), BIN (default: the release build),
@@ -57,7 +58,7 @@ build: ## debug build
 release: ## the binary install/upgrade ship: x86_64 Linux, glibc >= 2.17; uncommitted changes get a release id of their own
 	@tools/release.sh >/dev/null
 
-run: release ## serve on LISTEN (default 127.0.0.1:8383); starts a local PostgreSQL in $(DEV_DIR) unless DATABASE_URL is set
+run: release ## serve on LISTEN (default 127.0.0.1:8383) against DATABASE_URL, else a local PostgreSQL in .dev on a free port (DEV_PG_PORT=PORT sets it)
 	@BIN=$(RELEASE_BIN) DEV_DIR=$(DEV_DIR) DEV_PG_PORT=$(DEV_PG_PORT) tests/support/run.sh
 
 test: deps lint test-unit test-api test-robust test-scripts test-e2e soak ## everything CI runs: lint, Rust, API fuzzing, slowloris, scripts, end to end, soak (root)
@@ -71,8 +72,9 @@ lint: ## shellcheck every script (every line of shell lives in one); rustfmt and
 	$(CARGO) clippy --all-targets --locked -q -- -D warnings
 	python3 -m py_compile tests/support/*.py
 
-test-scripts: ## bats tests of the shell scripts
-	$(BATS) tests/scripts.bats
+test-scripts: ## bats tests of the shell scripts, make run's local PostgreSQL and the e2e image's preparation
+	$(CARGO) build --locked -q
+	$(BATS) tests/scripts.bats tests/dev.bats
 
 config: ## HOST's configuration (masked); SET="NAME=VALUE …" UNSET="NAME …" DATABASE_URL_FILE=… change it safely
 	@$(remote) config
@@ -140,6 +142,7 @@ bench: release ## tribist vs an axum peer (bench/peer-axum) on one PostgreSQL: r
 
 clean: ## remove build output and the local PostgreSQL
 	-@[[ -d $(DEV_DIR)/pg ]] && tests/support/pg.sh stop $(DEV_DIR)/pg 2>/dev/null; true
+	-@[[ -L $(DEV_DIR)/pg && $$(readlink $(DEV_DIR)/pg) == /var/tmp/tribist-dev-* ]] && rm -rf "$$(readlink $(DEV_DIR)/pg)"; true
 	rm -rf target $(DEV_DIR)
 
 # Any other target: say so, with the nearest one, instead of make's "No rule to make target".

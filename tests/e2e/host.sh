@@ -19,7 +19,9 @@ readonly BASE_VERSION=2
 
 usage() {
   cat <<'USAGE'
-usage: host.sh prepare         build the cached root file system if missing (~2 min, once)
+usage: host.sh prepare         build the cached root file system if missing (~2 min, once);
+                               every time, make its PostgreSQL listen on 5432 (a cached
+                               image whose cluster took another port is repaired)
        host.sh up NAME         boot host NAME; prints nothing, returns once its sshd answers
        host.sh down NAME       power it off and delete it (also its network namespace)
        host.sh reboot NAME     power it off and boot the same file system again
@@ -45,16 +47,63 @@ log() { echo "host.sh: $*" >&2; }
 
 base() { echo "$CACHE/rootfs-$SUITE"; }
 
+# The hosts' PostgreSQL port. pg_createcluster, run by debootstrap in a chroot that shares
+# this machine's network, takes the first free port from 5432: 5433 when this machine runs
+# its own PostgreSQL.
+readonly HOST_PG_PORT=5432
+
+# The postgresql.conf of each cluster in root file system DIR.
+pg_confs() { compgen -G "$1/etc/postgresql/*/*/postgresql.conf" || true; }
+
+# True when every cluster in DIR listens on HOST_PG_PORT (and there is one).
+pg_port_ok() {
+  local conf found=""
+  while IFS= read -r conf; do
+    [[ -n "$conf" ]] || continue
+    found=1
+    grep -Eq "^[[:space:]]*port[[:space:]]*=[[:space:]]*$HOST_PG_PORT([^0-9]|$)" "$conf" || return 1
+  done < <(pg_confs "$1")
+  [[ -n "$found" ]]
+}
+
+# Makes every cluster in root file system DIR listen on HOST_PG_PORT, whatever port
+# pg_createcluster chose (also repairs an image cached by an earlier run).
+pin_pg_port() {
+  local dir=$1 conf confs
+  confs=$(pg_confs "$dir")
+  [[ -n "$confs" ]] || die "no PostgreSQL cluster in $dir/etc/postgresql; rebuild the image: rm -rf $dir && $0 prepare"
+  while IFS= read -r conf; do
+    if grep -Eq "^[[:space:]]*port[[:space:]]*=[[:space:]]*$HOST_PG_PORT([^0-9]|$)" "$conf"; then
+      continue
+    fi
+    log "${conf#"$dir"}: $(grep -E '^[[:space:]]*port[[:space:]]*=' "$conf" | head -n 1 || echo 'no port line'); setting port = $HOST_PG_PORT"
+    if grep -Eq '^[[:space:]]*port[[:space:]]*=' "$conf"; then
+      sed -i -E "s/^[[:space:]]*port[[:space:]]*=[[:space:]]*[0-9]+/port = $HOST_PG_PORT/" "$conf"
+    else
+      echo "port = $HOST_PG_PORT" >>"$conf"
+    fi
+  done <<<"$confs"
+}
+
 prepare() {
   local dir marker
   dir=$(base)
   marker="$dir/.tribist-base-$BASE_VERSION"
-  [[ -f "$marker" ]] && return 0
+  [[ -f "$marker" ]] && pg_port_ok "$dir" && return 0
   [[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap, systemd-nspawn, ip netns)"
   mkdir -p "$CACHE"
   exec 9>"$CACHE/.lock"
   flock 9
-  [[ -f "$marker" ]] && return 0
+  if [[ ! -f "$marker" ]]; then
+    prepare_base "$dir"
+    touch "$marker"
+  fi
+  pin_pg_port "$dir"
+}
+
+# debootstrap (unless done) and the settings a container needs, in root file system DIR.
+prepare_base() {
+  local dir=$1
   if [[ ! -f "$dir/.debootstrap-done" ]]; then
     log "building the $SUITE root file system in $dir (about 2 minutes, cached afterwards)"
     rm -rf "$dir.tmp"
@@ -75,7 +124,6 @@ prepare() {
   install -d -m 700 "$dir/root/.ssh"
   install -m 600 "$CACHE/id_ed25519.pub" "$dir/root/.ssh/authorized_keys"
   : >"$dir/etc/machine-id"
-  touch "$marker"
 }
 
 netns() { echo "tribist-$1"; }
