@@ -7,15 +7,18 @@
 //! the request whose turn it is and bounded by the client's own timer (`Client::is_valid`).
 //! The postgres crate cannot bound connection start-up and authentication (only the TCP
 //! connect), so connecting runs on a short-lived thread that the check waits for with a
-//! deadline; a new connection must answer `SELECT 1` before it is used. An attempt stuck on a silent peer is kept with its checker, not
-//! repeated, so threads and sockets stay bounded at one attempt per checker. After any
-//! failure the connection is dropped and the next check reconnects, so `/health` recovers by
-//! itself. Connections use TLS as `sslmode` says (tls.rs); each learns once, from the
-//! server, whether it is encrypted.
+//! deadline; a new connection must answer `SELECT 1` before it is used. An attempt stuck on a
+//! silent peer is kept with its checker, not repeated, so threads and sockets stay bounded at
+//! one attempt per checker; one that finished while no check waited (the warm-up made at the
+//! start) is taken however old, and only one still running after four timeouts counts as
+//! stuck. After any failure the connection is dropped and the next check reconnects, so
+//! `/health` recovers by itself. Each failure says whether waiting can help (`classify`: the
+//! `failure` of `/health`'s 503, `--check-config`'s exit code). Connections use TLS as
+//! `sslmode` says (tls.rs); each learns once, from the server, whether it is encrypted.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -264,25 +267,35 @@ impl Checker {
 
     fn await_connection(&mut self, deadline: Instant) -> Result<(Client, Option<bool>), DbFailure> {
         let connecting = match self.connecting.take() {
-            // A peer that accepts and then holds the connection (a proxy, a load balancer, a
-            // frozen server) never lets the attempt end: TCP keepalives are answered. Kept
-            // for ever, it would keep /health failing after the database is back. So an old
-            // attempt is abandoned (its thread ends whenever the peer lets go) and a new one
-            // made, as long as few threads are held that way.
-            Some(c)
-                if c.since.elapsed() >= abandon_after(self.timeout)
-                    && self.shared.live_threads() < MAX_DB_THREADS =>
-            {
-                log::warn!(
-                    "database connect attempt {} stuck for {:.1}s; abandoning it and trying again",
-                    self.id,
-                    c.since.elapsed().as_secs_f64()
-                );
-                drop(c);
-                self.spawn_connect()?
-            }
-            Some(c) => c,
             None => self.spawn_connect()?,
+            Some(c) => match c.result.try_recv() {
+                // An attempt that ended while no check waited for it (the warm-up, or one a
+                // check gave up on): its connection is taken however long it waited (the
+                // round trip that follows proves it still works); its failure is older than
+                // this check, so it may no longer be true, and a new attempt is made.
+                Ok(Ok(connection)) => return Ok(connection),
+                Ok(Err(_)) | Err(TryRecvError::Disconnected) => self.spawn_connect()?,
+                // A peer that accepts and then holds the connection (a proxy, a load
+                // balancer, a frozen server) never lets the attempt end: TCP keepalives are
+                // answered. Kept for ever, it would keep /health failing after the database
+                // is back. So an attempt still running when old is abandoned (its thread ends
+                // whenever the peer lets go) and a new one made, as long as few threads are
+                // held that way.
+                Err(TryRecvError::Empty)
+                    if c.since.elapsed() >= abandon_after(self.timeout)
+                        && self.shared.live_threads() < MAX_DB_THREADS =>
+                {
+                    log::warn!(
+                        "database connect attempt {} stuck for {:.1}s; abandoning it and trying \
+                         again",
+                        self.id,
+                        c.since.elapsed().as_secs_f64()
+                    );
+                    drop(c);
+                    self.spawn_connect()?
+                }
+                Err(TryRecvError::Empty) => c,
+            },
         };
         let wait = deadline.saturating_duration_since(Instant::now());
         match connecting.result.recv_timeout(wait) {
