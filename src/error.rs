@@ -102,13 +102,13 @@ impl fmt::Display for Error {
             Error::CheckFailed { failure, message } => match failure {
                 crate::api::Failure::Configuration => write!(
                     f,
-                    "{message}; the database refused these settings, which waiting will not \
-                     change: fix DATABASE_URL (or the PG* variables) or the database"
+                    "{message}; a definite failure, which waiting will not change: fix \
+                     DATABASE_URL (or the PG* variables) or the database"
                 ),
                 crate::api::Failure::Unavailable => write!(
                     f,
-                    "{message}; the database did not answer, which may change by waiting \
-                     (starting up, down, or unreachable)"
+                    "{message}; a transient failure, which may change by waiting (the \
+                     database starting up, down or unreachable)"
                 ),
             },
             Error::AcceptDied(_) => write!(
