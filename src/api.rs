@@ -48,11 +48,63 @@ impl Reply {
     }
 }
 
+/// Whether a failed database check can pass by waiting. This is a contract: the deploy kit
+/// reads it from `/health`'s 503 body (`"failure":"configuration"` or
+/// `"failure":"unavailable"`) and from `server --check-config`'s exit code (4 or 5), to end a
+/// preflight at once on a failure that waiting cannot fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Definite: the database refused these settings (authentication failed, unknown database
+    /// or role, no right to connect, a setting refused) or its TLS certificate failed
+    /// verification. It stays so until someone changes the settings or the database.
+    Configuration,
+    /// Transient, or not known to be definite: the database is starting or shutting down,
+    /// refuses connections, has too many, does not answer in time, or the network failed.
+    Unavailable,
+}
+
+impl Failure {
+    /// The value of `"failure"` in `/health`'s body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Configuration => "configuration",
+            Failure::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why a database check failed, and whether waiting can help.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbFailure {
+    pub kind: Failure,
+    /// A short reason, safe to show (never a password or connection string).
+    pub reason: String,
+}
+
+impl DbFailure {
+    pub fn new(kind: Failure, reason: impl Into<String>) -> DbFailure {
+        DbFailure {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// A failure that may pass by waiting (or is not known to be definite).
+    pub fn unavailable(reason: impl Into<String>) -> DbFailure {
+        DbFailure::new(Failure::Unavailable, reason)
+    }
+}
+
+impl std::fmt::Display for DbFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 /// What one database check found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DbOutcome {
-    /// `Err` holds a short reason, safe to show (never a password or connection string).
-    pub result: Result<(), String>,
+    pub result: Result<(), DbFailure>,
     pub elapsed: Duration,
     /// Whether the connection the check ran on is encrypted (TLS); `None` without one.
     pub encrypted: Option<bool>,
@@ -206,11 +258,12 @@ pub fn health(db: &DbOutcome, now: SystemTime) -> Reply {
     });
     let ms = (db.elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
     let status = if db.result.is_ok() { "pass" } else { "fail" };
-    let output = db
-        .result
-        .as_ref()
-        .err()
-        .map(|reason| json_str(&format!("postgres: {reason}")));
+    let failed = db.result.as_ref().err().map(|f| {
+        (
+            json_str(&format!("postgres: {}", f.reason)),
+            f.kind.as_str(),
+        )
+    });
     let mut body = String::with_capacity(512);
     // Writing to a String cannot fail.
     let _ = write!(
@@ -222,8 +275,12 @@ pub fn health(db: &DbOutcome, now: SystemTime) -> Reply {
     if let Some(encrypted) = db.encrypted {
         let _ = write!(body, r#","encrypted":{encrypted}"#);
     }
-    if let Some(output) = &output {
-        let _ = write!(body, r#","output":{output}}}]}},"output":{output}}}"#);
+    if let Some((output, failure)) = &failed {
+        // `"failure":"…"` exactly so, without spaces: the kit matches it as text.
+        let _ = write!(
+            body,
+            r#","output":{output},"failure":"{failure}"}}]}},"output":{output},"failure":"{failure}"}}"#
+        );
     } else {
         body.push_str("}]}}");
     }
@@ -293,6 +350,7 @@ mod tests {
         assert_eq!(check["encrypted"], true);
         assert_eq!(check["answeredRequests"], 3);
         assert!(b.get("output").is_none());
+        assert!(b.get("failure").is_none() && check.get("failure").is_none());
     }
 
     /// The body is written by hand: any reason must still make valid JSON.
@@ -301,7 +359,7 @@ mod tests {
         let reason = "a \"quoted\"\n\\ reason \u{1} with ümlauts";
         let r = health(
             &DbOutcome {
-                result: Err(reason.into()),
+                result: Err(DbFailure::new(Failure::Configuration, reason)),
                 elapsed: Duration::from_nanos(1),
                 encrypted: Some(false),
                 answered: 7,
@@ -316,13 +374,15 @@ mod tests {
         assert_eq!(check["answeredRequests"], 7);
         assert_eq!(check["observedValue"], 0.0);
         assert_eq!(check["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(check["failure"], "configuration");
+        assert_eq!(b["failure"], "configuration");
         assert!(r.body.ends_with("}\n"));
     }
 
     #[test]
     fn health_fail_is_503_with_output() {
         let mut fail = || DbOutcome {
-            result: Err("connection refused".into()),
+            result: Err(DbFailure::unavailable("connection refused")),
             elapsed: Duration::from_millis(3),
             encrypted: None,
             answered: 1,
@@ -333,6 +393,34 @@ mod tests {
         assert_eq!(b["status"], "fail");
         assert_eq!(b["output"], "postgres: connection refused");
         assert_eq!(b["checks"]["postgres:responseTime"][0]["status"], "fail");
+        assert_eq!(b["failure"], "unavailable");
+        assert_eq!(
+            b["checks"]["postgres:responseTime"][0]["failure"],
+            "unavailable"
+        );
+    }
+
+    /// The kit matches the failure kind as text, so its spelling is part of the contract.
+    #[test]
+    fn health_failure_is_written_exactly_as_the_kit_reads_it() {
+        for (kind, text) in [
+            (Failure::Configuration, r#""failure":"configuration""#),
+            (Failure::Unavailable, r#""failure":"unavailable""#),
+        ] {
+            let r = health(
+                &DbOutcome {
+                    result: Err(DbFailure::new(kind, "why")),
+                    elapsed: Duration::ZERO,
+                    encrypted: None,
+                    answered: 1,
+                },
+                UNIX_EPOCH,
+            );
+            assert_eq!(r.status, 503);
+            assert!(r.body.contains(text), "{}", r.body);
+        }
+        let r = health(&ok(), UNIX_EPOCH);
+        assert!(!r.body.contains("failure"), "{}", r.body);
     }
 
     #[test]

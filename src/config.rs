@@ -24,7 +24,11 @@ tribist API server: GET /health checks PostgreSQL, GET /livez checks the process
 
 usage: server [--env-file FILE]       serve
        server --check-config [FILE]  check the configuration (FILE, or the environment)
-                                     and that the database answers; exit 0, 1 or 2
+                                     and that the database answers; exit 0 if it does,
+                                     2 bad configuration, 4 the database refused the
+                                     settings (definite: authentication, unknown database
+                                     or role, TLS certificate), 5 it did not answer
+                                     (transient: starting, down, unreachable, timeout)
        server --print-config [FILE]  print the effective value of every setting, secrets
                                      masked (exit 2 if the configuration is bad)
        server --help | --version
@@ -58,7 +62,7 @@ Configuration comes from the environment:
 
 On start the server writes its pid to ./PID; SIGTERM or SIGINT drains in-flight requests,
 removes ./PID and exits 0. Exit codes: 1 runtime failure, 2 bad configuration, 3 another
-server already runs in this directory.
+server already runs in this directory; 4 and 5 as --check-config above.
 ";
 
 #[derive(Clone, Debug)]

@@ -7,22 +7,25 @@
 //! the request whose turn it is and bounded by the client's own timer (`Client::is_valid`).
 //! The postgres crate cannot bound connection start-up and authentication (only the TCP
 //! connect), so connecting runs on a short-lived thread that the check waits for with a
-//! deadline; a new connection must answer `SELECT 1` before it is used. An attempt stuck on a silent peer is kept with its checker, not
-//! repeated, so threads and sockets stay bounded at one attempt per checker. After any
-//! failure the connection is dropped and the next check reconnects, so `/health` recovers by
-//! itself. Connections use TLS as `sslmode` says (tls.rs); each learns once, from the
-//! server, whether it is encrypted.
+//! deadline; a new connection must answer `SELECT 1` before it is used. An attempt stuck on a
+//! silent peer is kept with its checker, not repeated, so threads and sockets stay bounded at
+//! one attempt per checker; one that finished while no check waited (the warm-up made at the
+//! start) is taken however old, and only one still running after four timeouts counts as
+//! stuck. After any failure the connection is dropped and the next check reconnects, so
+//! `/health` recovers by itself. Each failure says whether waiting can help (`classify`: the
+//! `failure` of `/health`'s 503, `--check-config`'s exit code). Connections use TLS as
+//! `sslmode` says (tls.rs); each learns once, from the server, whether it is encrypted.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use postgres::Client;
 
-use crate::api::DbOutcome;
+use crate::api::{DbFailure, DbOutcome, Failure};
 use crate::config::DbTarget;
 use crate::single_flight::{Missed, SingleFlight};
 
@@ -47,7 +50,11 @@ impl Shared {
         let failing = outcome.result.is_err();
         if self.failing.swap(failing, Ordering::SeqCst) != failing {
             match &outcome.result {
-                Err(reason) => log::warn!("database {target} check failing: {reason}"),
+                Err(f) => log::warn!(
+                    "database {target} check failing: {} (failure: {})",
+                    f.reason,
+                    f.kind.as_str()
+                ),
                 Ok(()) => log::info!("database {target} reachable again"),
             }
         }
@@ -112,7 +119,7 @@ impl HealthChecks {
                 outcome
             },
             |missed| DbOutcome {
-                result: Err(match missed {
+                result: Err(DbFailure::unavailable(match missed {
                     Missed::Timeout => format!(
                         "no answer within {}: the database check in flight has not ended \
                          (database stalled or network dropping packets)",
@@ -127,7 +134,7 @@ impl HealthChecks {
                         "internal error in the database check; the server log has the details"
                             .into()
                     }
-                }),
+                })),
                 elapsed: arrived.elapsed(),
                 encrypted: None,
                 answered: 1,
@@ -181,7 +188,7 @@ pub fn check_once(config: &crate::config::Config) -> DbOutcome {
 /// start-up and authentication. It is kept until it finishes (or is abandoned as stuck), so a
 /// checker never has more than one attempt (one thread, one socket) in flight.
 struct Connecting {
-    result: Receiver<Result<(Client, Option<bool>), String>>,
+    result: Receiver<Result<(Client, Option<bool>), DbFailure>>,
     since: Instant,
 }
 
@@ -225,14 +232,14 @@ impl Checker {
         outcome
     }
 
-    fn check_inner(&mut self, deadline: Instant) -> Result<(), String> {
+    fn check_inner(&mut self, deadline: Instant) -> Result<(), DbFailure> {
         if self.client.is_none() {
             let (client, encrypted) = self.await_connection(deadline)?;
             self.client = Some(client);
             self.encrypted = encrypted;
         }
         let Some(client) = self.client.as_mut() else {
-            return Err("no connection".into());
+            return Err(DbFailure::unavailable("no connection"));
         };
         // The round trip runs on this thread, bounded by the client's own timer. A connect
         // that used up most of the budget still leaves the query a fair slice of it.
@@ -243,42 +250,52 @@ impl Checker {
         match client.is_valid(budget) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let reason = if sent.elapsed() >= budget {
-                    format!(
+                let failure = if sent.elapsed() >= budget {
+                    DbFailure::unavailable(format!(
                         "no answer within {} on an open connection (database stalled or \
                          network dropping packets)",
                         fmt_secs(self.timeout)
-                    )
+                    ))
                 } else {
-                    describe(&e)
+                    failure(&e)
                 };
                 self.discard_client();
-                Err(reason)
+                Err(failure)
             }
         }
     }
 
-    fn await_connection(&mut self, deadline: Instant) -> Result<(Client, Option<bool>), String> {
+    fn await_connection(&mut self, deadline: Instant) -> Result<(Client, Option<bool>), DbFailure> {
         let connecting = match self.connecting.take() {
-            // A peer that accepts and then holds the connection (a proxy, a load balancer, a
-            // frozen server) never lets the attempt end: TCP keepalives are answered. Kept
-            // for ever, it would keep /health failing after the database is back. So an old
-            // attempt is abandoned (its thread ends whenever the peer lets go) and a new one
-            // made, as long as few threads are held that way.
-            Some(c)
-                if c.since.elapsed() >= abandon_after(self.timeout)
-                    && self.shared.live_threads() < MAX_DB_THREADS =>
-            {
-                log::warn!(
-                    "database connect attempt {} stuck for {:.1}s; abandoning it and trying again",
-                    self.id,
-                    c.since.elapsed().as_secs_f64()
-                );
-                drop(c);
-                self.spawn_connect()?
-            }
-            Some(c) => c,
             None => self.spawn_connect()?,
+            Some(c) => match c.result.try_recv() {
+                // An attempt that ended while no check waited for it (the warm-up, or one a
+                // check gave up on): its connection is taken however long it waited (the
+                // round trip that follows proves it still works); its failure is older than
+                // this check, so it may no longer be true, and a new attempt is made.
+                Ok(Ok(connection)) => return Ok(connection),
+                Ok(Err(_)) | Err(TryRecvError::Disconnected) => self.spawn_connect()?,
+                // A peer that accepts and then holds the connection (a proxy, a load
+                // balancer, a frozen server) never lets the attempt end: TCP keepalives are
+                // answered. Kept for ever, it would keep /health failing after the database
+                // is back. So an attempt still running when old is abandoned (its thread ends
+                // whenever the peer lets go) and a new one made, as long as few threads are
+                // held that way.
+                Err(TryRecvError::Empty)
+                    if c.since.elapsed() >= abandon_after(self.timeout)
+                        && self.shared.live_threads() < MAX_DB_THREADS =>
+                {
+                    log::warn!(
+                        "database connect attempt {} stuck for {:.1}s; abandoning it and trying \
+                         again",
+                        self.id,
+                        c.since.elapsed().as_secs_f64()
+                    );
+                    drop(c);
+                    self.spawn_connect()?
+                }
+                Err(TryRecvError::Empty) => c,
+            },
         };
         let wait = deadline.saturating_duration_since(Instant::now());
         match connecting.result.recv_timeout(wait) {
@@ -286,31 +303,37 @@ impl Checker {
             Err(RecvTimeoutError::Timeout) => {
                 let started = connecting.since.elapsed().as_secs_f64();
                 self.connecting = Some(connecting);
-                Err(format!(
+                Err(DbFailure::unavailable(format!(
                     "no answer within {}: connecting for {started:.1}s (database host \
                      unreachable, overloaded or not speaking the PostgreSQL protocol)",
                     fmt_secs(self.timeout)
-                ))
+                )))
             }
             Err(RecvTimeoutError::Disconnected) => {
                 log::error!(
                     "database connect thread {} ended without an answer",
                     self.id
                 );
-                Err("internal error: the connect attempt ended without an answer".into())
+                Err(DbFailure::unavailable(
+                    "internal error: the connect attempt ended without an answer",
+                ))
             }
         }
     }
 
-    fn spawn_connect(&self) -> Result<Connecting, String> {
+    fn spawn_connect(&self) -> Result<Connecting, DbFailure> {
         let (tx, rx) = mpsc::channel();
         let target = self.target.clone();
         self.spawn_tracked(format!("db-connect-{}", self.id), move || {
-            let result = catch_unwind(AssertUnwindSafe(|| connect(&target)))
-                .unwrap_or_else(|_| Err("internal error while connecting (see the log)".into()));
+            let result = catch_unwind(AssertUnwindSafe(|| connect(&target))).unwrap_or_else(|_| {
+                Err(DbFailure::unavailable(
+                    "internal error while connecting (see the log)",
+                ))
+            });
             // The worker may have given up waiting; then the connection is simply closed.
             let _ = tx.send(result);
-        })?;
+        })
+        .map_err(DbFailure::unavailable)?;
         Ok(Connecting {
             result: rx,
             since: Instant::now(),
@@ -358,16 +381,16 @@ impl Drop for LiveGuard {
 
 /// Opens a connection (TLS as `sslmode` says) and proves it can run SQL: `SELECT 1` must
 /// return 1. Also returns whether the server sees the connection encrypted.
-fn connect(target: &DbTarget) -> Result<(Client, Option<bool>), String> {
+fn connect(target: &DbTarget) -> Result<(Client, Option<bool>), DbFailure> {
     let mut client = target.config.connect(target.tls.connector()).map_err(|e| {
-        let reason = describe(&e);
-        if crate::tls::is_tls_failure(&reason) {
-            format!("{reason} ({})", target.tls.hint(&reason))
-        } else {
-            reason
+        let mut failure = failure(&e);
+        if crate::tls::is_tls_failure(&failure.reason) {
+            let hint = target.tls.hint(&failure.reason);
+            failure.reason = format!("{} ({hint})", failure.reason);
         }
+        failure
     })?;
-    let rows = client.simple_query(FIRST_QUERY).map_err(|e| describe(&e))?;
+    let rows = client.simple_query(FIRST_QUERY).map_err(|e| failure(&e))?;
     let row = rows.iter().find_map(|m| match m {
         postgres::SimpleQueryMessage::Row(row) => Some((
             row.get(0).map(str::to_owned),
@@ -377,7 +400,11 @@ fn connect(target: &DbTarget) -> Result<(Client, Option<bool>), String> {
     });
     let encrypted = match row {
         Some((Some(one), encrypted)) if one == "1" => encrypted,
-        other => return Err(format!("unexpected answer to {FIRST_QUERY:?}: {other:?}")),
+        other => {
+            return Err(DbFailure::unavailable(format!(
+                "unexpected answer to {FIRST_QUERY:?}: {other:?}"
+            )))
+        }
     };
     log::debug!(
         "connected to database {} ({})",
@@ -405,6 +432,70 @@ pub fn describe(err: &postgres::Error) -> String {
     crate::error::chain(err)
 }
 
+/// A failed connection or query: why (`describe`), and whether waiting can help (`classify`).
+fn failure(err: &postgres::Error) -> DbFailure {
+    DbFailure::new(classify(err), describe(err))
+}
+
+/// Whether an error from connecting or querying is definite, read from the error's types and
+/// codes (never its text): the SQLSTATE the server sent, or the rustls error of a failed
+/// handshake. Anything else (I/O errors, a connection closed, a failure of the client) may
+/// pass by waiting.
+pub fn classify(err: &(dyn std::error::Error + 'static)) -> Failure {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(db) = e.downcast_ref::<postgres::error::DbError>() {
+            return classify_sqlstate(db.code());
+        }
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return classify_tls(tls);
+        }
+        // tokio-rustls reports a failed handshake as an io::Error holding the rustls error,
+        // which io::Error's `source` skips.
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return classify_tls(tls);
+        }
+        cur = e.source();
+    }
+    Failure::Unavailable
+}
+
+/// The server's errors that stay until someone changes the settings or the database.
+fn classify_sqlstate(code: &postgres::error::SqlState) -> Failure {
+    match code.code() {
+        // Class 28: invalid_authorization_specification (no such role, pg_hba.conf rejects
+        // the connection, the role may not log in) and 28P01 invalid_password.
+        c if c.starts_with("28") => Failure::Configuration,
+        // invalid_catalog_name: no such database.
+        "3D000"
+        // insufficient_privilege: no CONNECT privilege on the database.
+        | "42501"
+        // undefined_object: an unknown setting in `options`.
+        | "42704"
+        // invalid_parameter_value: a setting's value the server refuses.
+        | "22023" => Failure::Configuration,
+        // Among others 57P03 cannot_connect_now (starting up, shutting down), 53300
+        // too_many_connections, 57P01 admin_shutdown, class 08 connection exceptions.
+        _ => Failure::Unavailable,
+    }
+}
+
+/// A certificate that fails verification, or a server whose TLS cannot talk to ours.
+fn classify_tls(err: &rustls::Error) -> Failure {
+    match err {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType
+        | rustls::Error::InvalidCertRevocationList(_)
+        | rustls::Error::PeerIncompatible(_) => Failure::Configuration,
+        _ => Failure::Unavailable,
+    }
+}
+
 /// Database threads (connect attempts, closing connections) beyond which a stuck connect
 /// attempt is waited for rather than abandoned.
 const MAX_DB_THREADS: usize = 64;
@@ -425,4 +516,93 @@ pub fn wait_closed(shared: &Shared, grace: Duration) -> usize {
         thread::sleep(Duration::from_millis(5));
     }
     shared.live_threads()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres::error::SqlState;
+    use rustls::CertificateError;
+    use std::io;
+
+    /// An error whose cause is `inner`, as postgres::Error wraps what went wrong.
+    #[derive(Debug)]
+    struct Outer(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error connecting")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    fn of_code(code: &str) -> Failure {
+        classify_sqlstate(&SqlState::from_code(code))
+    }
+
+    #[test]
+    fn settings_the_server_refuses_are_definite() {
+        for code in ["28P01", "28000", "3D000", "42501", "42704", "22023"] {
+            assert_eq!(of_code(code), Failure::Configuration, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_database_starting_full_or_going_away_is_transient() {
+        for code in [
+            "57P03", "53300", "57P01", "57P02", "08006", "08001", "XX000", "ZZ999",
+        ] {
+            assert_eq!(of_code(code), Failure::Unavailable, "{code}");
+        }
+    }
+
+    /// tokio-rustls hands a failed handshake over as an io::Error holding the rustls error,
+    /// which postgres::Error holds as its cause.
+    #[test]
+    fn a_certificate_that_fails_verification_is_definite() {
+        for tls in [
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+            rustls::Error::InvalidCertificate(CertificateError::Expired),
+            rustls::Error::NoCertificatesPresented,
+        ] {
+            let wrapped = Outer(Box::new(io::Error::new(io::ErrorKind::InvalidData, tls)));
+            assert_eq!(classify(&wrapped), Failure::Configuration, "{wrapped:?}");
+        }
+        let direct = Outer(Box::new(rustls::Error::InvalidCertificate(
+            CertificateError::BadSignature,
+        )));
+        assert_eq!(classify(&direct), Failure::Configuration);
+    }
+
+    #[test]
+    fn network_errors_and_other_tls_errors_are_transient() {
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::Other,
+        ] {
+            let wrapped = Outer(Box::new(io::Error::from(kind)));
+            assert_eq!(classify(&wrapped), Failure::Unavailable, "{kind:?}");
+        }
+        let unreachable = io::Error::from_raw_os_error(libc::ENETUNREACH);
+        assert_eq!(classify(&unreachable), Failure::Unavailable);
+        let tls = Outer(Box::new(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::General("peer went away".into()),
+        )));
+        assert_eq!(classify(&tls), Failure::Unavailable);
+        // An error with no known cause is not definite: the kit then waits, as before.
+        assert_eq!(
+            classify(&Outer("server does not support TLS".into())),
+            Failure::Unavailable
+        );
+    }
 }

@@ -2,7 +2,9 @@
 //!
 //! Every failure the environment can cause ends up here, so `main` prints it once, with its
 //! cause chain, and exits with a code an operator (or systemd) can act on:
-//! 0 clean exit, 1 runtime failure, 2 bad configuration or usage, 3 already running.
+//! 0 clean exit, 1 runtime failure, 2 bad configuration or usage, 3 already running; and for
+//! `--check-config`, 4 the database refused the settings (definite) or 5 it did not answer
+//! (transient), so that a deployment script knows whether waiting can help.
 
 use std::fmt;
 use std::io;
@@ -14,6 +16,10 @@ pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_CONFIG: i32 = 2;
 /// Exit code when another server already runs in the same working directory.
 pub const EXIT_ALREADY_RUNNING: i32 = 3;
+/// `--check-config`: the database refused the settings; waiting will not help.
+pub const EXIT_DB_CONFIGURATION: i32 = 4;
+/// `--check-config`: the database did not answer (or not yet); it may by waiting.
+pub const EXIT_DB_UNAVAILABLE: i32 = 5;
 
 #[derive(Debug)]
 pub enum Error {
@@ -39,8 +45,11 @@ pub enum Error {
     },
     /// tiny_http's accept thread died: the process no longer accepts connections.
     AcceptDied(io::Error),
-    /// `--check-config`: the configuration parses but the database does not answer.
-    CheckFailed(String),
+    /// `--check-config`: the configuration parses but the database check failed.
+    CheckFailed {
+        failure: crate::api::Failure,
+        message: String,
+    },
     /// Graceful shutdown did not finish within its deadline.
     ShutdownDeadline { secs: f64, busy: usize },
 }
@@ -50,6 +59,10 @@ impl Error {
         match self {
             Error::Config { .. } | Error::Usage(_) => EXIT_CONFIG,
             Error::AlreadyRunning { .. } => EXIT_ALREADY_RUNNING,
+            Error::CheckFailed { failure, .. } => match failure {
+                crate::api::Failure::Configuration => EXIT_DB_CONFIGURATION,
+                crate::api::Failure::Unavailable => EXIT_DB_UNAVAILABLE,
+            },
             _ => EXIT_FAILURE,
         }
     }
@@ -86,7 +99,18 @@ impl fmt::Display for Error {
             ),
             Error::Signal(_) => write!(f, "cannot install the SIGTERM/SIGINT handler"),
             Error::Thread { what, .. } => write!(f, "cannot start the {what} thread"),
-            Error::CheckFailed(msg) => write!(f, "{msg}"),
+            Error::CheckFailed { failure, message } => match failure {
+                crate::api::Failure::Configuration => write!(
+                    f,
+                    "{message}; a definite failure, which waiting will not change: fix \
+                     DATABASE_URL (or the PG* variables) or the database"
+                ),
+                crate::api::Failure::Unavailable => write!(
+                    f,
+                    "{message}; a transient failure, which may change by waiting (the \
+                     database starting up, down or unreachable)"
+                ),
+            },
             Error::AcceptDied(_) => write!(
                 f,
                 "the HTTP accept thread died, so no new connection can be served; exiting so \

@@ -106,10 +106,10 @@ fn run() -> Result<(), Error> {
                     );
                     Ok(())
                 }
-                Err(reason) => Err(Error::CheckFailed(format!(
-                    "database {}: {reason}",
-                    config.db.display
-                ))),
+                Err(failed) => Err(Error::CheckFailed {
+                    failure: failed.kind,
+                    message: format!("database {}: {}", config.db.display, failed.reason),
+                }),
             }
         }
         Command::PrintConfig { env_file } => {

@@ -794,6 +794,46 @@ fn a_connect_attempt_held_by_a_hung_proxy_is_abandoned_and_health_recovers() {
     );
 }
 
+/// The warm-up connection made at the start waits, finished, for the first /health. That
+/// probe came after four timeouts, so the attempt counted as stuck: it was abandoned with a
+/// warning ("stuck for 12.0s") and a second connection made (486 ms instead of 5 ms with TLS).
+/// Now a finished attempt is taken however old: no warning, one connection.
+#[test]
+fn the_first_health_after_idle_time_takes_the_warm_up_connection() {
+    let server = Server::builder(&Pg::shared().url)
+        .env("TRIBIST_DB_TIMEOUT", "1s")
+        .env("TRIBIST_LOG_LEVEL", "debug")
+        .spawn();
+    let connects = |log: &str| log.matches("connected to database").count();
+    wait_for("the warm-up connection", 5 * SECOND, || {
+        (connects(&server.log()) == 1).then_some(())
+    });
+    // Deliberately idle for more than four timeouts (when a running attempt counts as stuck).
+    std::thread::sleep(5 * SECOND);
+    let asked = Instant::now();
+    let r = server.get("/health");
+    let took = asked.elapsed();
+    assert_eq!(r.status, 200, "{r:?}");
+    let log = server.log();
+    assert!(!log.contains("stuck"), "{log}");
+    assert_eq!(connects(&log), 1, "{log}");
+    eprintln!("first /health after 5 s idle: {took:?}");
+}
+
+/// The warm-up attempt failed (the database was down at the start) and nobody asked since:
+/// that failure predates the first /health, which must not answer with it once the database
+/// is up. It makes a new attempt instead.
+#[test]
+fn a_warm_up_failure_older_than_the_first_health_is_not_its_answer() {
+    let pg = Pg::start_new("late");
+    pg.stop();
+    let server = Server::builder(&pg.url).spawn();
+    // The warm-up is refused within milliseconds; starting the cluster takes far longer.
+    pg.start();
+    let r = server.get("/health");
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 /// A stalled database must not hold every worker: once a check has waited half the timeout
 /// with none succeeding since, /health fails at once, and /livez (the watchdog's probe) is
 /// answered meanwhile, within the database timeout. Before, 64 clients kept all 16 workers

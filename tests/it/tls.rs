@@ -82,6 +82,8 @@ fn verify_full_with_a_wrong_ca_is_503_saying_why() {
     assert!(output.contains("sslmode=verify-full"), "{output}");
     assert!(output.contains("other-ca.pem"), "{output}");
     assert!(!output.contains(PASSWORD), "{output}");
+    // Definite: a certificate does not change by waiting.
+    assert_eq!(check["failure"], "configuration", "{check}");
 }
 
 /// The certificate is for localhost and 127.0.0.1; `hostaddr` connects to it under another
@@ -100,6 +102,7 @@ fn a_wrong_host_name_fails_verify_full_but_not_verify_ca() {
     assert_eq!(status, 503, "{check}");
     let output = check["output"].as_str().unwrap();
     assert!(output.contains("not valid for name"), "{output}");
+    assert_eq!(check["failure"], "configuration", "{check}");
     let (status, check) = health_of(&url("verify-ca"));
     assert_eq!(status, 200, "{check}");
     assert_eq!(check["encrypted"], true, "{check}");
