@@ -309,9 +309,18 @@ ship_bin() {
 
 # A build of uncommitted changes carries a release id of its own (<commit>-dirty-<hash>, by
 # build.rs): said before it ships, so nobody takes it for the commit's release.
+# Only a binary this machine may run (an ELF for its machine, or a script with #!) is asked.
 warn_uncommitted() {
-  local id
-  id=$(timeout 5 "$1" --version 2>/dev/null </dev/null | sed -n 's/^server [^ ]* (commit \(.*\))$/\1/p' | head -n 1) || id=""
+  local id machine
+  machine=$(elf_machine "$1")
+  if [[ "$machine" == not-elf ]]; then
+    [[ "$(head -c 2 -- "$1")" == '#!' ]] || return 0
+  elif [[ "$machine" != "$(uname -m)" ]]; then
+    return 0
+  fi
+  # bash's exec, not timeout's execvp: a file the kernel refuses is never read by a shell.
+  # shellcheck disable=SC2016 # $0 is the inner shell's
+  id=$(timeout 5 bash -c 'exec -- "$0" --version' "$1" 2>/dev/null </dev/null | sed -n 's/^server [^ ]* (commit \(.*\))$/\1/p' | head -n 1) || id=""
   if [[ "$id" == *-dirty-* ]]; then
     warn "WARNING: $(shown "$1") is built from uncommitted changes: it ships as release $id, a release of its own (commit them to ship a release named by its commit)"
   fi

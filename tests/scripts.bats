@@ -533,3 +533,18 @@ r2.meta"
   assert_output --partial "there is no target upgarde (did you mean: make upgrade?); make help lists them all"
   refute_output --partial "No rule to make target"
 }
+
+@test "remote.sh never has a shell read a BIN the kernel refuses (asking its --version for the dirty-build warning)" {
+  local dir
+  dir=$(mktemp -d)
+  # An x86-64 ELF header with nothing behind it: execve refuses it, and execvp's fallback
+  # would run it through /bin/sh, whose '>' (byte 076 of the header) creates a file here.
+  { printf '\177ELF\2\1\1\0\0\0\0\0\0\0\0\0\2\0\076\0'; head -c 200 /dev/zero; printf 'GLIBC_2.17\0x\0'; } >"$dir/server"
+  chmod 755 "$dir/server"
+  cd "$dir"
+  run env BIN="$dir/server" HOST=root@nohost SSH=false "$BATS_TEST_DIRNAME/../sbin/remote.sh" upgrade
+  assert_failure
+  run ls -A "$dir"
+  assert_output server
+  rm -rf "$dir"
+}
