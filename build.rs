@@ -3,7 +3,9 @@
 //! The id is the git commit, and a release must be its bytes: a build from a tree whose
 //! sources (src/, build.rs, Cargo.toml, Cargo.lock) differ from that commit gets an id of its
 //! own, `<commit>-dirty-<12 hex digits>`, the digits naming those changes (git hash-object of
-//! the diff and the untracked source files), so two such builds never pose as one release.
+//! the diff and the untracked source files), so two such builds never pose as one release;
+//! when the changes cannot be read (an unreadable or dangling untracked file), the id is
+//! `<commit>-dirty-unknown`, never the clean commit's.
 //! `TRIBIST_RELEASE_ID` overrides it (builds outside a git checkout).
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -21,29 +23,49 @@ fn text(bytes: Vec<u8>) -> String {
     String::from_utf8_lossy(&bytes).trim().to_string()
 }
 
-/// A short name for the uncommitted changes to SOURCES, or None when there are none.
+/// The uncommitted changes to SOURCES: None when there are none, else a short name for them
+/// ("unknown" when they cannot be read: a modified tree is never taken for a clean one).
 fn dirty_hash() -> Option<String> {
-    let mut args = vec!["diff", "HEAD", "--binary", "--"];
+    // No user configuration (external diff drivers, text conversion, colour) in the bytes.
+    let mut args = vec![
+        "diff",
+        "HEAD",
+        "--binary",
+        "--no-ext-diff",
+        "--no-textconv",
+        "--no-color",
+        "--",
+    ];
     args.extend(SOURCES);
-    let mut changes = git(&args)?;
     let mut untracked = vec!["ls-files", "-z", "--others", "--exclude-standard", "--"];
     untracked.extend(SOURCES);
-    for name in git(&untracked)?.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    let (Some(mut changes), Some(names)) = (git(&args), git(&untracked)) else {
+        return Some("unknown".into());
+    };
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         changes.extend_from_slice(b"\0untracked ");
         changes.extend_from_slice(name);
         changes.push(0);
-        changes.extend(std::fs::read(String::from_utf8_lossy(name).as_ref()).ok()?);
+        match std::fs::read(String::from_utf8_lossy(name).as_ref()) {
+            Ok(bytes) => changes.extend(bytes),
+            Err(_) => return Some("unknown".into()),
+        }
     }
     if changes.is_empty() {
         return None;
     }
+    Some(hash_object(&changes).unwrap_or_else(|| "unknown".into()))
+}
+
+/// The first 12 hex digits of git's hash of BYTES.
+fn hash_object(bytes: &[u8]) -> Option<String> {
     let mut child = Command::new("git")
         .args(["hash-object", "--stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .ok()?;
-    child.stdin.take()?.write_all(&changes).ok()?;
+    child.stdin.take()?.write_all(bytes).ok()?;
     let out = child.wait_with_output().ok()?;
     let hash = text(out.stdout);
     (out.status.success() && hash.len() >= 12).then(|| hash[..12].to_string())

@@ -72,6 +72,8 @@ TO_RELEASE=""
 UPLOAD=""
 # install --listen ADDR:PORT.
 LISTEN=""
+# --target: the host as the deployer names it, for the one next command a refusal prints.
+TARGET=""
 # How many releases api/releases keeps (--keep).
 KEEP=5
 # More for the audit line (config: the names changed, never values).
@@ -104,6 +106,7 @@ usage: $PROG [--by WHO] [--preflight SECONDS] [--listen ADDR:PORT] [--keep N] CO
        $PROG audit [LINES]           (root) the last LINES (default 50) deployments recorded
                                      on this host, each once, newest last
        $PROG unlock                  break the deploy lock on purpose (stops its holder)
+       $PROG start|stop              the service and its socket, under the lock, audited
        $PROG config                  every setting as the installed binary reads $ENV_FILE
                                      (passwords masked)
        $PROG config [--set NAME=VALUE]... [--unset NAME]... [--database-url-stdin]
@@ -621,6 +624,12 @@ representable() {
 # install that serves healthy now counts too, and is recorded).
 env_served() {
   [[ -f "$ENV_OK" ]] && return 0
+  # An install from before the record: root's audit says whether anything ever served.
+  if [[ -f "$ENV_FILE" && -s "$AUDIT_LOG" ]] &&
+    grep -Eq ' action=(install|upgrade|rollback|config) user=[^ ]+ .* result=ok$' "$AUDIT_LOG"; then
+    mark_env_served
+    return 0
+  fi
   if [[ -f "$ENV_FILE" ]] && systemctl is-active --quiet "$UNIT" 8<&- &&
     [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$(health_url)" 2>/dev/null)" == 200 ]]; then
     mark_env_served
@@ -631,15 +640,14 @@ env_served() {
 mark_env_served() { install -o root -g root -m 0644 /dev/null "$ENV_OK" 2>/dev/null || true; }
 
 # A new environment file beside $ENV_FILE (root's, readable by the service's group), for a
-# preflight before it replaces the real one; prints its path. $1: a file to start from.
+# preflight before it replaces the real one: sets CONFIG_NEW to its path, which the exit trap
+# removes unless it was put in place. $1: a file to start from.
 env_candidate() {
-  local from=$1 new
-  new=$(mktemp "$CONF_DIR/.env.XXXXXX")
-  CONFIG_NEW=$new
-  chown root:"$USER_NAME" "$new"
-  chmod 0640 "$new"
-  if [[ -n "$from" ]]; then cat "$from" >"$new"; fi
-  echo "$new"
+  local from=$1
+  CONFIG_NEW=$(mktemp "$CONF_DIR/.env.XXXXXX")
+  chown root:"$USER_NAME" "$CONFIG_NEW"
+  chmod 0640 "$CONFIG_NEW"
+  if [[ -n "$from" ]]; then cat "$from" >"$CONFIG_NEW"; fi
 }
 
 # The environment file install is to run with: sets ENV_USE to its path (ENV_FILE itself when
@@ -666,11 +674,13 @@ choose_env() {
     return 0
   fi
   if [[ -f "$ENV_FILE" ]]; then
-    ENV_USE=$(env_candidate "$ENV_FILE")
+    env_candidate "$ENV_FILE"
+    ENV_USE=$CONFIG_NEW
     sed -i -E '/^[[:space:]]*(export[[:space:]]+)?DATABASE_URL[[:space:]]*=/d' "$ENV_USE"
     say "replacing the DATABASE_URL in $ENV_FILE, which has never served, with the one given (once the preflight passes)"
   else
-    ENV_USE=$(env_candidate "")
+    env_candidate ""
+    ENV_USE=$CONFIG_NEW
     echo "# Written by make install. \`server --help\` lists every setting." >"$ENV_USE"
   fi
   env_line DATABASE_URL "$url" >>"$ENV_USE"
@@ -794,12 +804,17 @@ cmd_install() {
   }
   install -o root -g root -m 0644 "$bundle/tribist.env.example" "$CONF_DIR/env.example"
   choose_env "$bundle"
+  # Install is the repair path: the binary given replaces whatever claims its id (say so);
+  # the very bytes installed already are not staged again, so server.prev stays the
+  # previous release.
+  local check_name=$upload
   if ! ident=$(releases identity "$upload" "$TO_RELEASE"); then ident=new; fi
-  if [[ "$ident" == conflict* ]]; then
-    releases discard "$upload" || true
-    audit refused-same-id-other-bytes
-    die "refused: $(clean "${ident#conflict: }" 200), and two different binaries are never one release; ship a build of committed changes (git commit, then make install again); nothing installed"
-  fi
+  case "$ident" in
+    installed) check_name=server ;;
+    conflict* | kept-other*)
+      warn "warning: $(clean "${ident#*: }" 200) (built elsewhere, from uncommitted changes, or tampered with): installing the binary given"
+      ;;
+  esac
 
   visudo -c -q -f "$bundle/tribist.sudoers" || die "the sudoers drop-in does not parse; nothing installed for sudo"
   install -o root -g root -m 0440 "$bundle/tribist.sudoers" "$SUDOERS_FILE"
@@ -809,12 +824,17 @@ cmd_install() {
   # must answer /health 200 beside whatever serves before anything (re)starts.
   UPLOAD=$upload
   local rc=0
-  preflight "$upload" "$TO_RELEASE" "$ENV_USE" || rc=$?
+  preflight "$check_name" "$TO_RELEASE" "$ENV_USE" || rc=$?
   if ((rc != 0)); then
     releases discard "$upload" || true
     audit refused-preflight
     if ((rc == EXIT_CONFIGURATION)); then
       warn "refused: release $TO_RELEASE cannot work with this configuration (above): nothing was (re)started, $ENV_FILE is as it was"
+      if [[ "$ENV_USE" == "$ENV_FILE" ]] && env_served; then
+        warn "next: $ENV_FILE has served and is kept by install; change it: make config HOST=${TARGET:-…} DATABASE_URL_FILE=path (or SET=NAME=VALUE for the setting named above)"
+      else
+        warn "next: put the right database URL in a file (chmod 600) and run: make install HOST=${TARGET:-…} DATABASE_URL_FILE=path (make check HOST=${TARGET:-…} DATABASE_URL_FILE=path tries it first)"
+      fi
       exit "$EXIT_CONFIGURATION"
     fi
     die "refused: release $TO_RELEASE failed its preflight (above), so the service was not (re)started and $ENV_FILE is as it was"
@@ -823,7 +843,12 @@ cmd_install() {
   install_env
 
   # The binary becomes server_new; the restart below promotes it (first install included).
-  releases stage "$upload"
+  if [[ "$check_name" == server ]]; then
+    releases discard "$upload" || true
+    say "release $TO_RELEASE is installed already (the same bytes); the files and units are updated"
+  else
+    releases stage "$upload"
+  fi
 
   install -o root -g root -m 0644 "$bundle/tribist.service" "$UNIT_FILE"
   install -o root -g root -m 0644 "$bundle/tribist.socket" "$SOCKET_FILE"
@@ -858,7 +883,10 @@ cmd_receive() {
   local sum=$1
   [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || usage_error "'$sum' is not a SHA-256 (64 hex digits)"
   [[ -d "$API_DIR" ]] || die "$API_DIR does not exist: is tribist installed? (make install)"
-  TRIBIST_TIMEOUT=900 as_tribist_from /dev/stdin "$BIN_DIR/releases.sh" receive "$sum"
+  local rc=0
+  TRIBIST_TIMEOUT=900 as_tribist_from /dev/stdin "$BIN_DIR/releases.sh" receive "$sum" || rc=$?
+  # releases.sh's 3 is a checksum mismatch, not deploy.sh's 3 (the lock).
+  ((rc == 0)) || exit 1
 }
 
 cmd_upgrade() {
@@ -893,7 +921,7 @@ keep_release() {
 # Refuses (exit $EXIT_NOT_INSTALLED) to switch on a host where install never finished: no unit or
 # no binary (a first install that was refused leaves neither).
 need_installed() {
-  if [[ ! -f "$UNIT_FILE" || ! -f "$API_DIR/server" ]]; then
+  if [[ ! -f "$UNIT_FILE" ]] || ! as_tribist test -f "$API_DIR/server"; then
     if [[ -n "$UPLOAD" ]]; then releases discard "$UPLOAD" || true; fi
     audit refused-not-installed
     warn "tribist is not installed on $(hostname) ($([[ -f "$UNIT_FILE" ]] && echo "no $API_DIR/server" || echo "no $UNIT_FILE")): a first install has not finished; nothing changed"
@@ -933,7 +961,7 @@ switch_to_upload() {
       releases discard "$upload" || true
       UPLOAD=""
       audit refused-same-id-other-bytes
-      die "refused: $(clean "${ident#conflict: }" 200); two different binaries are never one release: ship a build of committed changes (git commit; make release names a build of uncommitted ones <commit>-dirty-<hash>); nothing changed"
+      die "refused: $(clean "${ident#conflict: }" 200) (built elsewhere, from uncommitted changes, or tampered with), and two different binaries are never one release; nothing changed. To replace it with this binary anyway: make install HOST=${TARGET:-…} BIN=path"
       ;;
     kept-other*)
       warn "warning: $(clean "${ident#kept-other: }" 200): this binary may serve, but it is not kept under that id (the bytes kept first stay)"
@@ -1118,7 +1146,8 @@ cmd_config_change() {
     audit refused-binary-staged
     die "$API_DIR/server_new is staged, and the restart would promote it: finish it first (systemctl restart $UNIT, or make upgrade) or remove it; nothing changed"
   fi
-  new=$(env_candidate "$([[ -f "$ENV_FILE" ]] && echo "$ENV_FILE")")
+  env_candidate "$([[ -f "$ENV_FILE" ]] && echo "$ENV_FILE")"
+  new=$CONFIG_NEW
   for name in "${names[@]}"; do
     sed -i -E "/^[[:space:]]*(export[[:space:]]+)?${name}[[:space:]]*=/d" "$new"
   done
@@ -1132,15 +1161,20 @@ cmd_config_change() {
   fi
   # A host whose first install never finished (no unit, or a binary that does not run): the
   # file is all there is to change; make install checks it with its preflight, then starts.
-  if [[ ! -f "$UNIT_FILE" ]] || ! FROM_RELEASE=$(release_of server); then
+  if [[ ! -f "$UNIT_FILE" ]]; then
     FROM_RELEASE=none
     if [[ -f "$ENV_FILE" ]]; then cp -p "$ENV_FILE" "$CONF_DIR/env.prev"; fi
     mv -f "$new" "$ENV_FILE"
     CONFIG_NEW=""
+    rm -f "$ENV_OK"
     audit saved-not-installed
     say "saved $ENV_FILE (${names[*]}); tribist is not installed here yet (no unit, or no binary that runs), so nothing checked or started it: make install runs it through a preflight with this configuration"
     return 0
   fi
+  FROM_RELEASE=$(release_of server) || {
+    audit refused-does-not-run
+    die "the installed binary does not run ('server --version' failed), so nothing can check the new configuration; nothing changed (make upgrade ships one that runs)"
+  }
   TO_RELEASE=$FROM_RELEASE
   say "checking the new configuration with the installed binary (server --check-config)"
   local rc=0
@@ -1185,6 +1219,35 @@ cmd_config_change() {
   die "the new configuration failed AND the previous one does not serve either: $UNIT is down; see 'journalctl -u $UNIT'"
 }
 
+# --- start and stop -------------------------------------------------------------------------
+
+# start|stop (make start|stop): the service and its socket together, under the deploy lock
+# and audited like any change to what serves; start waits for /health.
+cmd_service() {
+  local verb=$1
+  lock "$verb"
+  need_installed
+  FROM_RELEASE=$(release_of server || echo none)
+  TO_RELEASE=$FROM_RELEASE
+  if is_root; then
+    systemctl "$verb" "$UNIT.socket" "$UNIT.service" 8<&- || { audit failed; die "'systemctl $verb $UNIT.socket $UNIT.service' failed (above)"; }
+  else
+    sudo -n systemctl "$verb" "$UNIT.socket" "$UNIT.service" 8<&- ||
+      { audit failed; die "'sudo systemctl $verb $UNIT.socket $UNIT.service' failed (above); make install updates the sudoers drop-in"; }
+  fi
+  if [[ "$verb" == start ]]; then
+    if ! wait_healthy ""; then
+      audit failed
+      die "started, but not healthy within ${WAIT}s (above)"
+    fi
+    audit ok
+    say "started: $UNIT is healthy, release $(serving_release)"
+  else
+    audit ok
+    say "stopped $UNIT and its socket: it stays down until make start or a deploy"
+  fi
+}
+
 # --- reports ----------------------------------------------------------------------------------
 
 # The host's state in one line, and its exit code: healthy on the installed release (0), not
@@ -1201,9 +1264,14 @@ summarise() {
   installed=$(release_of server) || installed=none
   state=$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null) || state=unknown
   sock=$(systemctl show -p ActiveState --value "$UNIT.socket" 8<&- 2>/dev/null) || sock=unknown
-  if [[ "$state" != active && "$state" != reloading ]]; then
-    SUMMARY="stopped release=$installed service=${state:-unknown} socket=${sock:-unknown} listen=$listen"
+  if [[ "$state" == inactive ]]; then
+    SUMMARY="stopped release=$installed service=inactive socket=${sock:-unknown} listen=$listen"
     return "$EXIT_STOPPED"
+  fi
+  if [[ "$state" != active && "$state" != reloading ]]; then
+    # Starting, restarting after a crash (activating), stopping or failed: not healthy.
+    SUMMARY="unhealthy release=$installed service=${state:-unknown} listen=$listen: the service is ${state:-in an unknown state}"
+    return "$EXIT_UNHEALTHY"
   fi
   pid=$(systemctl show -p MainPID --value "$UNIT" 8<&- 2>/dev/null) || pid=0
   age=$(ps -o etime= -p "$pid" 2>/dev/null | tr -d ' ') || age=""
@@ -1290,29 +1358,40 @@ cmd_follow() {
   # Ctrl-C (through ssh -t) or a lost session: journalctl and its filter end with this
   # process group, and following ends as it should, with status 0.
   trap 'trap "" INT TERM HUP PIPE; kill -TERM 0 2>/dev/null; exit 0' INT TERM HUP PIPE
-  journalctl -u "$UNIT" -n 20 -f --no-pager "${LOG_FILTERS[@]}" | printable &
+  journalctl -u "$UNIT" -n 20 -f --no-pager "${LOG_FILTERS[@]}" | stdbuf -oL tr -cd "$PRINTABLE" &
   wait $! || true
 }
 
-# The last LINES deployment records, each once, newest last: root's own file (only root can
-# write it) and, from the journal, what other users sent (tribist's deployments), marked with
-# the uid the kernel gave the entry (which the sender cannot choose). Root's records are in
-# the journal too; those are not repeated.
+# The last LINES records of root's own file (only root can write it) and, apart, the last
+# LINES the journal holds from other users (tribist's deployments, marked with the uid the
+# kernel gave the entry, which the sender cannot choose), merged by time, newest last. Root's
+# records are in the journal too; those are not repeated. Each line's source follows its time,
+# where the text of an entry can never be; and however much tribist sends, root's last LINES
+# are shown.
 cmd_audit() {
-  local lines=${1:-50} uid name
+  local lines=${1:-50} others
   need_root audit
   [[ "$lines" =~ ^[1-9][0-9]{0,5}$ ]] || usage_error "LINES must be a whole number from 1 to 999999, got '$(clean "$lines" 40)'"
+  others=$(journal_records | tail -n "$((lines + 1))")
   {
-    if [[ -s "$AUDIT_LOG" ]]; then sed 's/$/ [root'"'"'s file]/' "$AUDIT_LOG"; fi
-    for uid in $(journalctl -t tribist-deploy -F _UID 2>/dev/null | sort -n); do
-      [[ "$uid" =~ ^[0-9]+$ && "$uid" != 0 ]] || continue
-      name=$(id -nu "$uid" 2>/dev/null || echo "uid $uid")
-      # The journal's own time first (a message's text can never start a line); a message's
-      # continuation lines are dropped.
-      journalctl -t tribist-deploy "_UID=$uid" --utc -o short-iso --no-pager -q 2>/dev/null |
-        sed -nE "s/^([0-9]{4}-[0-9][0-9]-[0-9][0-9]T[^ ]+) [^ ]+ [^ :]+: /\1 [journal: sent by $(clean "$name" 32), _UID=$uid] /p"
-    done
-  } | printable | sort -s -k1,1 | tail -n "$lines"
+    if [[ -s "$AUDIT_LOG" ]]; then tail -n "$lines" "$AUDIT_LOG" | sed -E "s/^([^ ]+) /\1 [root's file] /"; fi
+    printf '%s\n' "$others" | tail -n "$lines" | sed '/^$/d'
+  } | printable | sort -s -k1,1
+  if (($(printf '%s\n' "$others" | sed '/^$/d' | wc -l) > lines)); then
+    echo "(older entries from the journal are not shown: LINES=$((lines * 10)) shows more)"
+  fi
+}
+
+# Deployment records other users sent to the journal (tag tribist-deploy), oldest first, each
+# led by the journal's own time and the sender's uid; a message's continuation lines dropped.
+journal_records() {
+  local uid name
+  for uid in $(journalctl -t tribist-deploy -F _UID 2>/dev/null | sort -n); do
+    [[ "$uid" =~ ^[0-9]+$ && "$uid" != 0 ]] || continue
+    name=$(id -nu "$uid" 2>/dev/null | tr -cd 'A-Za-z0-9._-' | head -c 32)
+    journalctl -t tribist-deploy "_UID=$uid" --utc -o short-iso --no-pager -q 2>/dev/null |
+      sed -nE "s/^([0-9]{4}-[0-9][0-9]-[0-9][0-9]T[^ ]+) [^ ]+ [^ :]+: /\1 [journal: sent by ${name:-uid $uid}, _UID=$uid] /p"
+  done | sort -s -k1,1
 }
 
 # The unit's pre-start step, as root outside the sandbox (`ExecStartPre=+`): promotes
@@ -1464,6 +1543,11 @@ main() {
         KEEP=$2
         shift 2
         ;;
+      --target)
+        [[ "${2:-}" =~ ^[]A-Za-z0-9_.@:%[-]{1,255}$ && "${2:-}" != -* ]] || usage_error "--target needs an ssh destination"
+        TARGET=$2
+        shift 2
+        ;;
       --listen)
         valid_listen "${2:-}" || usage_error "--listen needs IPv4:PORT or [IPv6]:PORT (port 1-65535), got '$(clean "${2:-}" 60)'"
         LISTEN=$2
@@ -1486,6 +1570,8 @@ main() {
       ;;
     "releases 0") releases list ;;
     "unlock 0") cmd_unlock ;;
+    "start 0") cmd_service start ;;
+    "stop 0") cmd_service stop ;;
     "status 0") cmd_status ;;
     "serving 0") serving_release ;;
     "summary 0") cmd_summary ;;

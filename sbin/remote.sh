@@ -112,11 +112,10 @@ next_step() {
   case "$rc" in
     3) warn "next: wait for it to finish, or if it is stuck break it: make unlock HOST=$host" ;;
     4)
-      if [[ "$COMMAND" == install ]]; then
-        warn "next: put the right database URL in a file (chmod 600) and run: make install HOST=$host DATABASE_URL_FILE=path (make check HOST=$host DATABASE_URL_FILE=path tries it first)"
-      else
+      # install's host side knows whether it kept a configuration that served, and says
+      # which command changes it.
+      [[ "$COMMAND" == install ]] ||
         warn "next: make config HOST=$host DATABASE_URL_FILE=path (a file with the right database URL), or SET=NAME=VALUE / UNSET=NAME for the setting named above"
-      fi
       ;;
     5) warn "next: make install HOST=$host DATABASE_URL_FILE=path (a file with the database URL)" ;;
     255) warn "next: make check HOST=$host (ssh could not reach it or was cut off; check HOST, SSH_OPTS and ~/.ssh/config)" ;;
@@ -308,20 +307,12 @@ ship_bin() {
 }
 
 # A build of uncommitted changes carries a release id of its own (<commit>-dirty-<hash>, by
-# build.rs): said before it ships, so nobody takes it for the commit's release.
-# Only a binary this machine may run (an ELF for its machine, or a script with #!) is asked.
+# build.rs): said before it ships, so nobody takes it for the commit's release. Read from the
+# file's bytes (the id is a string in it): nothing of BIN runs here.
 warn_uncommitted() {
-  local id machine
-  machine=$(elf_machine "$1")
-  if [[ "$machine" == not-elf ]]; then
-    [[ "$(head -c 2 -- "$1")" == '#!' ]] || return 0
-  elif [[ "$machine" != "$(uname -m)" ]]; then
-    return 0
-  fi
-  # bash's exec, not timeout's execvp: a file the kernel refuses is never read by a shell.
-  # shellcheck disable=SC2016 # $0 is the inner shell's
-  id=$(timeout 5 bash -c 'exec -- "$0" --version' "$1" 2>/dev/null </dev/null | sed -n 's/^server [^ ]* (commit \(.*\))$/\1/p' | head -n 1) || id=""
-  if [[ "$id" == *-dirty-* ]]; then
+  local id
+  id=$(LC_ALL=C grep -aoE '[0-9a-f]{40}-dirty-([0-9a-f]{12}|unknown)' -- "$1" 2>/dev/null | head -n 1) || id=""
+  if [[ -n "$id" ]]; then
     warn "WARNING: $(shown "$1") is built from uncommitted changes: it ships as release $id, a release of its own (commit them to ship a release named by its commit)"
   fi
 }
@@ -336,7 +327,10 @@ database_url() {
   if [[ -n "${DATABASE_URL_FILE:-}" ]]; then
     [[ -f "$DATABASE_URL_FILE" && -r "$DATABASE_URL_FILE" ]] ||
       refuse "DATABASE_URL_FILE=$(shown "$DATABASE_URL_FILE") is not a readable file"
-    if [[ -n "$(find "$DATABASE_URL_FILE" -maxdepth 0 -perm /077 2>/dev/null)" ]]; then
+    local mode
+    mode=$(stat -L -c %a -- "$DATABASE_URL_FILE" 2>/dev/null) || mode=600
+    [[ "$mode" =~ ^[0-7]{3,4}$ ]] || mode=600
+    if (((8#$mode & 8#077) != 0)); then
       warn "warning: DATABASE_URL_FILE=$(shown "$DATABASE_URL_FILE") can be read by other users of this machine (a password in it?): chmod 600 $(shown "$DATABASE_URL_FILE")"
     fi
     url=$(cat -- "$DATABASE_URL_FILE"; printf x)
@@ -476,7 +470,7 @@ cmd_config() {
     args+=(--database-url-stdin)
   fi
   say "changing the configuration on $host"
-  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" config "${args[@]}" <"$url_file" || rc=$?
+  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" --target "$host" "${PREFLIGHT_ARGS[@]}" config "${args[@]}" <"$url_file" || rc=$?
   if ((rc != 0)); then
     warn "make config: failed on $host (exit $rc); the messages above say why and what serves"
     next_step "$rc" "$host"
@@ -539,7 +533,7 @@ cmd_install() {
   say "installing on $host"
   # shellcheck disable=SC2016 # expanded on the host, on purpose
   ssh_to "$host" -t sh -c 'd=$1 by=$2 listen=$3; if [ -n "$listen" ]; then set -- --listen "$listen"; else set --; fi
-bash "$d/deploy.sh" --by "$by" "$@" install "$d"; rc=$?; rm -rf "$d"; exit $rc' sh "$dir" "$by" "$listen" || rc=$?
+bash "$d/deploy.sh" --by "$by" --target "$4" "$@" install "$d"; rc=$?; rm -rf "$d"; exit $rc' sh "$dir" "$by" "$listen" "$host" || rc=$?
   if ((rc != 0)); then
     warn "make install: failed on $host (exit $rc); the messages above say why"
     next_step "$rc" "$host"
@@ -561,7 +555,7 @@ upgrade_host() {
   }
   [[ "$upload" =~ ^\.upload\.[A-Za-z0-9]{6,16}$ ]] || die "the host answered an unexpected upload name: $(shown "$upload")"
   say "activating on $host"
-  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" upgrade "$upload" || rc=$?
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" --target "$host" "${PREFLIGHT_ARGS[@]}" upgrade "$upload" || rc=$?
   if ((rc != 0)); then
     warn "make upgrade: FAILED on $host (exit $rc); see the messages above"
     next_step "$rc" "$host"
@@ -671,18 +665,24 @@ cmd_upgrade() {
 # make status: one line per host (with HOST, details under it), and an exit status saying
 # whether every host is healthy on its installed release (see usage); the highest wins.
 readonly STATUS_UNREACHABLE=8
+STATUS_ERR=""
 cmd_status() {
-  local h out rc worst=0 verb=summary
+  local h out err rc worst=0 verb=summary
+  STATUS_ERR=$(mktemp)
+  SECRET_FILE=$STATUS_ERR
   targets
   [[ -n "$TARGETS_MANY" ]] || verb=status
   for h in "${TARGETS[@]}"; do
     rc=0
-    out=$(ssh_to "$h" -T "$REMOTE_DEPLOY" "$verb" 2>&1) || rc=$?
+    # The state from standard output only: an sshd banner or a sudo warning is not it.
+    out=$(ssh_to "$h" -T "$REMOTE_DEPLOY" "$verb" 2>"$STATUS_ERR") || rc=$?
     out=$(printf '%s' "$out" | tr -cd '\12\40-\176' | head -c 4000)
+    err=$(tr -cd '\12\40-\176' <"$STATUS_ERR" | sed '/^$/d' | tail -n 1 | head -c 200)
     case "$rc" in
-      0 | 5 | 6 | 7) ;;
-      255) out="unreachable (ssh: $(sed -n '$p' <<<"$out" | head -c 200)); make check HOST=$h says why"; rc=$STATUS_UNREACHABLE ;;
-      *) out="unknown (the host's deploy.sh answered exit $rc: $(sed -n '$p' <<<"$out" | head -c 200)); make install HOST=$h updates it"; rc=$STATUS_UNREACHABLE ;;
+      0 | 6 | 7) ;;
+      5) [[ -n "$out" ]] || out="not installed (${err:-no answer})" ;;
+      255) out="unreachable (ssh: ${err:-no answer}); make check HOST=$h says why"; rc=$STATUS_UNREACHABLE ;;
+      *) out="unknown (the host answered exit $rc: ${err:-nothing}); make install HOST=$h updates it"; rc=$STATUS_UNREACHABLE ;;
     esac
     printf '%-24s %s\n' "$h" "$(sed -n 1p <<<"$out")"
     if [[ -z "$TARGETS_MANY" ]]; then
@@ -705,21 +705,18 @@ status_next() {
   esac
 }
 
-# make start|stop HOST=…: server.sh on the host (as root, a sudo user or tribist, whose sudo
-# rights allow exactly these), so a stopped service stays down until started again.
+# make start|stop HOST=…: deploy.sh start|stop on the host (under the deploy lock, audited;
+# as root, a sudo user or tribist, whose sudo rights allow exactly these), so a stopped
+# service stays down until started again.
 cmd_start_stop() {
-  local host rc=0
+  local host by rc=0
   host=$(one_host)
-  ssh_to "$host" -T "$REMOTE_BIN_DIR/server.sh" "$COMMAND" || rc=$?
+  by=$(deployer)
+  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" --target "$host" "$COMMAND" || rc=$?
   if ((rc != 0)); then
     warn "make $COMMAND: failed on $host (exit $rc); the messages above say why"
     next_step "$rc" "$host"
     exit "$rc"
-  fi
-  if [[ "$COMMAND" == start ]]; then
-    say "started on $host (make status HOST=$host shows its health)"
-  else
-    say "stopped on $host: it stays down until make start HOST=$host or a deploy"
   fi
 }
 
@@ -739,7 +736,7 @@ cmd_rollback() {
   fi
   say "rolling back $host${to:+ to release $to…}"
   local rc=0
-  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" "${PREFLIGHT_ARGS[@]}" rollback "${args[@]}" || rc=$?
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" --target "$host" "${PREFLIGHT_ARGS[@]}" rollback "${args[@]}" || rc=$?
   if ((rc != 0)); then
     next_step "$rc" "$host"
     exit "$rc"
@@ -758,7 +755,7 @@ cmd_logs() {
       refuse "SINCE must be a time journalctl understands ('1 hour ago', today, '2026-12-01 10:00'), got $(shown "$since")"
   fi
   if [[ -n "$grep" ]]; then
-    [[ ${#grep} -le 200 && "$grep" != *[[:cntrl:]]* ]] || refuse "GREP must be at most 200 printable characters, got $(shown "$grep")"
+    [[ ${#grep} -le 200 && "$grep" != *[[:cntrl:]]* && "$grep" != - ]] || refuse "GREP must be a pattern of at most 200 printable characters, got $(shown "$grep")"
   fi
   case "${FOLLOW:-}" in
     "" | 0)
@@ -815,7 +812,7 @@ cmd_unlock() {
   host=$(one_host)
   by=$(deployer)
   say "breaking the deploy lock on $host"
-  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" unlock || {
+  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" --target "$host" unlock || {
     local rc=$?
     next_step "$rc" "$host"
     exit "$rc"

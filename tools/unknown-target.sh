@@ -33,10 +33,8 @@ nearest() {
     END { if (best != "" && bestn <= 3) print best }'
 }
 
+# Every argument is data (make passes the target as typed, `make -- --help` included).
 main() {
-  case "${1:-}" in
-    -h | --help) usage; return 0 ;;
-  esac
   [[ $# -eq 2 ]] || { usage >&2; exit 2; }
   local target=$1 makefile=$2 near
   near=$(targets "$makefile" | nearest "$target")
