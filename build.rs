@@ -28,7 +28,10 @@ fn dirty_hash() -> Option<String> {
     let mut changes = git(&args)?;
     let mut untracked = vec!["ls-files", "-z", "--others", "--exclude-standard", "--"];
     untracked.extend(SOURCES);
-    for name in git(&untracked)?.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for name in git(&untracked)?
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
         changes.extend_from_slice(b"\0untracked ");
         changes.extend_from_slice(name);
         changes.push(0);
