@@ -434,6 +434,51 @@ recent_log() {
 # Why the next switch cannot be a handover (empty when it can): see can_hand_over.
 NO_HANDOVER=""
 
+# The serving process's StatusText starts with fixed tokens (src/handover.rs `Status`):
+# `handover=STATE`, then ` attempt=N` but for off and stopping, then `; ` and words for
+# people. systemd takes STATUS= from the main process only (NotifyAccess=main), so this
+# reads no file of tribist's. handover_tokens TEXT sets HANDOVER_STATE (ready, started,
+# failed, off, stopping; empty for a server that predates the tokens) and HANDOVER_ATTEMPT
+# (the number of its last attempt, empty without one).
+readonly HANDOVER_TOKENS='^handover=([a-z]+)( attempt=([0-9]{1,9}))?(;|$)'
+HANDOVER_STATE=""
+HANDOVER_ATTEMPT=""
+handover_tokens() {
+  HANDOVER_STATE=""
+  HANDOVER_ATTEMPT=""
+  if [[ "$1" =~ $HANDOVER_TOKENS ]]; then
+    HANDOVER_STATE=${BASH_REMATCH[1]}
+    HANDOVER_ATTEMPT=${BASH_REMATCH[3]}
+  fi
+}
+
+# Whether the serving process, whose StatusText is $1, can hand over now: its tokens say
+# ready (or failed: it serves on and takes the next attempt); a server that predates them
+# says "SIGUSR2 hands over" in its words.
+serving_hands_over() {
+  handover_tokens "$1"
+  case "$HANDOVER_STATE" in
+    ready | failed) return 0 ;;
+    "") [[ "$1" == *"SIGUSR2 hands over"* ]] ;;
+    *) return 1 ;;
+  esac
+}
+
+# Whether StatusText $1 says that the attempt asked for after StatusText $2 (the one before
+# the signal) failed: its tokens say failed with a higher attempt number; a server that
+# predates them says "handover attempt … failed" in words that changed.
+handover_failed() {
+  local before=""
+  handover_tokens "$2"
+  before=${HANDOVER_ATTEMPT:-0}
+  handover_tokens "$1"
+  if [[ -n "$HANDOVER_STATE" ]]; then
+    [[ "$HANDOVER_STATE" == failed && -n "$HANDOVER_ATTEMPT" ]] && ((10#$HANDOVER_ATTEMPT > 10#$before))
+  else
+    [[ "$1" == *"handover attempt"*failed* && "$1" != "$2" ]]
+  fi
+}
+
 # Whether the serving process can hand over to binary $1 of api/ (what the switch runs; by
 # systemctl reload, handled by on-reload): the unit has the reload step, the service is up,
 # its server says it hands over, the new binary says it can take over, the configuration is
@@ -452,8 +497,12 @@ can_hand_over() {
     NO_HANDOVER="$UNIT is ${state:-unknown}, not active"
   elif [[ "$can" != yes ]]; then
     NO_HANDOVER="the installed unit has no reload step (make install updates it)"
-  elif [[ "$status" != *"SIGUSR2 hands over"* ]]; then
-    NO_HANDOVER="the serving binary predates handovers"
+  elif ! serving_hands_over "$status"; then
+    if [[ -n "$HANDOVER_STATE" ]]; then
+      NO_HANDOVER="the serving process cannot hand over now (handover=$HANDOVER_STATE)"
+    else
+      NO_HANDOVER="the serving binary predates handovers"
+    fi
   elif ! releases hands-over "$name"; then
     NO_HANDOVER="the release to switch to predates handovers"
   elif [[ -z "$since" ]] || ! env_mtime=$(stat -c %.6Y "$ENV_FILE" 2>/dev/null) ||
@@ -1436,8 +1485,8 @@ cmd_on_reload() {
   ACTION=service-handover
   [[ "$main" =~ ^[1-9][0-9]*$ ]] || die "no MAINPID: this runs as $UNIT's reload step (systemctl reload $UNIT)"
   before=$(systemctl show -p StatusText --value "$UNIT" 8<&- 2>/dev/null) || before=""
-  [[ "$before" == *"SIGUSR2 hands over"* ]] ||
-    die "the serving process (pid $main) cannot hand over (it predates handovers, or is not serving yet): use 'systemctl restart $UNIT'"
+  serving_hands_over "$before" ||
+    die "the serving process (pid $main) cannot hand over (${HANDOVER_STATE:+handover=$HANDOVER_STATE; }it predates handovers, or is not serving yet): use 'systemctl restart $UNIT'"
   promote_and_digest
   handover_audit "from_pid=$main promoted=$PROMOTED server_sha256=$DIGEST"
   systemctl kill --kill-who=main --signal=SIGUSR2 "$UNIT" 8<&- || die "could not signal pid $main"
@@ -1461,9 +1510,12 @@ cmd_on_reload() {
       say "handed over: pid $pid serves; pid $main drains"
       return 0
     fi
-    if [[ "$status" == *"handover attempt"*failed* && "$status" != "$before" ]]; then
+    if handover_failed "$status" "$before"; then
       handover_audit "from_pid=$main result=failed"
-      die "$(clean "handover attempt${status##*handover attempt}" 400); pid $main goes on serving"
+      # The reason, in the server's words after the tokens.
+      status=${status#handover=*; }
+      [[ "$status" != *"handover attempt"* ]] || status="handover attempt${status##*handover attempt}"
+      die "$(clean "$status" 400); pid $main goes on serving"
     fi
     if [[ "$pid" != "$main" ]]; then
       handover_audit "from_pid=$main result=failed"

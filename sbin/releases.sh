@@ -49,16 +49,21 @@ usage: $PROG COMMAND   (as user tribist; in $API_DIR)
 
   receive SHA256   read a binary from stdin into a new .upload.XXXXXX, check its SHA-256
                    (exit $EXIT_CHECKSUM and remove it on a mismatch), print its name
-  version NAME     print the commit NAME reports with --version (server, server.prev,
-                   server_new, server.failed or an upload); exit 1 if it does not run or
-                   prints no valid commit
+  describe NAME    what NAME (server, server.prev, server_new, server.failed or an upload)
+                   says of itself with --describe (docs/server.md), checked, as three
+                   lines: releaseId=ID, version=V, features=F1 F2 …; exit 1 if it does
+                   not run or predates --describe
+  version NAME     print the release id NAME reports: its --describe's releaseId, or for a
+                   binary that predates --describe the commit of its --version ('server
+                   VERSION (commit ID)'); exit 1 if it does not run or says no valid id
   identity NAME ID whether binary NAME, which reports release ID, is 'installed' (the same
                    bytes as server), 'conflict: …' (the installed binary carries ID with
                    other bytes: old and new could not be told apart), 'kept-other: …' (a
                    kept release carries ID with other bytes: NAME may serve but is never
                    kept under that id), or 'new'
-  hands-over NAME  exit 0 if NAME's --version says 'handover: SIGUSR2' (it can take over
-                   from the serving process), 1 if not
+  hands-over NAME  exit 0 if NAME can take over from the serving process (its --describe
+                   lists the feature 'handover'; before --describe, its --version says
+                   'handover: SIGUSR2'), 1 if not
   stage NAME       make upload NAME server_new, keeping server.prev as .server.prev.keep
   commit           the staged upgrade succeeded: drop .server.prev.keep
   revert           a staged upgrade failed: server_new removed; if server was promoted
@@ -139,9 +144,98 @@ version_output() {
   (cd "$API_DIR" && timeout -k 2 10 "./$1" --version </dev/null 2>&1 | head -c 2000)
 }
 
+# The one line binary NAME prints for --describe (stdout only, at most 2000 bytes); fails if
+# it does not run or refuses the option (a binary that predates it exits 2).
+describe_output() {
+  (cd "$API_DIR" && timeout -k 2 10 "./$1" --describe </dev/null 2>/dev/null | head -c 2000)
+}
+
+# The form of --describe's line (src/contract.rs): {"key":VALUE,…}, VALUE a whole number, a
+# string without " or \, or an array of such strings; no blanks. So a key is found by its
+# quotes alone: no string can hold a quote.
+readonly DESCRIBE_STRING='"[^"\]*"'
+readonly DESCRIBE_PAIR="$DESCRIBE_STRING:($DESCRIBE_STRING|[0-9]+|\[($DESCRIBE_STRING(,$DESCRIBE_STRING)*)?\])"
+readonly DESCRIBE_LINE="^\{($DESCRIBE_PAIR(,$DESCRIBE_PAIR)*)?\}\$"
+# The contract this kit reads.
+readonly CONTRACT=1
+
+# describe_key LINE KEY: the value of KEY in a checked line (as it is written: a string with
+# its quotes), if KEY is there exactly once.
+describe_key() {
+  local rest=$1 re="[{,]\"$2\":(\"[^\"]*\"|[0-9]+|\\[[^]]*\\])[,}]"
+  [[ "$rest" =~ $re ]] || return 1
+  local value=${BASH_REMATCH[1]}
+  rest=${rest/"${BASH_REMATCH[0]}"/,}
+  [[ ! "$rest" =~ $re ]] || return 1
+  printf '%s\n' "$value"
+}
+
+# describe_string LINE KEY PATTERN: the string value of KEY, without its quotes, if it
+# matches PATTERN (an extended regular expression for the whole value).
+describe_string() {
+  local value
+  value=$(describe_key "$1" "$2") || return 1
+  [[ "$value" =~ ^\"(.*)\"$ ]] || return 1
+  value=${BASH_REMATCH[1]}
+  [[ "$value" =~ ^($3)$ ]] || return 1
+  printf '%s\n' "$value"
+}
+
+# Sets DESCRIBED_ID, DESCRIBED_VERSION and DESCRIBED_FEATURES (space-separated) from binary
+# NAME's --describe; returns 1, setting nothing, when NAME does not describe itself in a
+# form this kit reads (it predates --describe, does not run, or says something else).
+DESCRIBED_ID="" DESCRIBED_VERSION="" DESCRIBED_FEATURES=""
+describe_binary() {
+  local out id version features f list=()
+  out=$(describe_output "$1") || return 1
+  [[ "$out" != *$'\n'* && "$out" =~ $DESCRIBE_LINE ]] || return 1
+  [[ "$(describe_key "$out" contract)" == "$CONTRACT" ]] || return 1
+  describe_string "$out" name tribist >/dev/null || return 1
+  id=$(describe_string "$out" releaseId '[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,63}') || return 1
+  version=$(describe_string "$out" version '[A-Za-z0-9._+-]{1,40}') || return 1
+  features=$(describe_key "$out" features) || return 1
+  [[ "$features" == \[*\] ]] || return 1
+  features=${features#[}
+  features=${features%]}
+  if [[ -n "$features" ]]; then
+    IFS=, read -r -a list <<<"$features"
+  fi
+  features=""
+  for f in "${list[@]}"; do
+    [[ "$f" =~ ^\"([a-z0-9-]{1,32})\"$ ]] || return 1
+    features+="${features:+ }${BASH_REMATCH[1]}"
+  done
+  DESCRIBED_ID=$id DESCRIBED_VERSION=$version DESCRIBED_FEATURES=$features
+}
+
+# Whether the binary describe_binary last read lists feature $1.
+described_has() { [[ " $DESCRIBED_FEATURES " == *" $1 "* ]]; }
+
+cmd_describe() {
+  local name=$1
+  check_binary "$name"
+  describe_binary "$name" ||
+    die "$name does not describe itself ('$name --describe' failed or printed no line this kit reads: it predates --describe, or does not run)"
+  printf 'releaseId=%s\nversion=%s\nfeatures=%s\n' "$DESCRIBED_ID" "$DESCRIBED_VERSION" "$DESCRIBED_FEATURES"
+}
+
+# The version binary NAME reports (--describe's, else --version's first line), or nothing.
+version_of() {
+  if describe_binary "$1"; then
+    echo "$DESCRIBED_VERSION"
+  else
+    version_output "$1" | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40
+  fi
+}
+
 cmd_version() {
   local name=$1 out commit
   check_binary "$name"
+  if describe_binary "$name"; then
+    echo "$DESCRIBED_ID"
+    return 0
+  fi
+  # A binary that predates --describe.
   out=$(version_output "$name") || die "$name does not run on this host ('$name --version' failed)"
   commit=$(sed -n 's/^server [^ ]* (commit \([A-Za-z0-9._+-]\{1,64\}\))$/\1/p' <<<"$out" | head -n 1)
   [[ -n "$commit" ]] || die "$name --version did not print 'server VERSION (commit ID)'"
@@ -151,6 +245,11 @@ cmd_version() {
 cmd_hands_over() {
   local name=$1 out
   check_binary "$name"
+  if describe_binary "$name"; then
+    described_has handover
+    return
+  fi
+  # A binary that predates --describe.
   out=$(version_output "$name") || return 1
   grep -qx 'handover: SIGUSR2' <<<"$out"
 }
@@ -176,7 +275,7 @@ cmd_keep() {
   elif [[ -e "$RELEASES_DIR/$id" ]] && ! cmp -s server "$RELEASES_DIR/$id"; then
     die "releases/$id holds other bytes than the serving binary; not replacing it (two binaries are never one release)"
   else
-    version=$(version_output server | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40) || version=""
+    version=$(version_of server) || version=""
     ln -f server "$RELEASES_DIR/.$id.tmp"
     mv -f "$RELEASES_DIR/.$id.tmp" "$RELEASES_DIR/$id"
     printf 'version=%s\nkept=%s\nby=%s\n' "${version:-unknown}" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
@@ -264,7 +363,7 @@ unkept_serving() {
   local why="(not kept: installed by hand or not yet healthy)"
   id=$(cmd_version server 2>/dev/null) || id="(does not run)"
   [[ ! -e "$RELEASES_DIR/$id" ]] || why="(not kept: releases/$id holds other bytes)"
-  version=$(version_output server | sed -n '1s/^server \([^ ]*\) .*/\1/p' | tr -cd 'A-Za-z0-9._+-' | head -c 40) || version=""
+  version=$(version_of server) || version=""
   printf '%-42s %-10s %-21s %s%s\n' "$id" "${version:-?}" "-" "$why" " [serving]"
 }
 
@@ -367,12 +466,21 @@ health_output() {
 }
 
 cmd_preflight() {
-  local name=$1 want=$2 secs=$3 env=$4 port="" out="" status=000 body="" got rc start
+  local name=$1 want=$2 secs=$3 env=$4 port="" out="" status=000 body="" got rc start addr described=""
   case "$name" in server | server.prev) ;; *) check_upload "$name" ;; esac
   [[ "$want" =~ ^[A-Za-z0-9._+-]{1,64}$ ]] || usage_error "'$want' is not a release id"
   [[ "$secs" =~ ^[1-9][0-9]{0,2}$ ]] || usage_error "SECONDS must be 1 to 999, got '$secs'"
   [[ -f "$API_DIR/$name" ]] || die "$name: no such binary"
   [[ -r "$env" ]] || die "cannot read the configuration $env as $(id -un)"
+  # What the binary offers: the address file, --env-file. One that predates --describe is
+  # read from its output instead (below).
+  if describe_binary "$name"; then
+    described=1
+    if ! described_has env-file; then
+      echo "$PROG: preflight: release $want predates server --env-file; not checked before the switch (only after it)"
+      return 0
+    fi
+  fi
   PREFLIGHT_DIR=$(mktemp -d /tmp/tribist-preflight.XXXXXX)
   trap preflight_cleanup EXIT
   trap 'exit 130' INT TERM HUP
@@ -380,14 +488,24 @@ cmd_preflight() {
   # Made here, before the background process opens it: on a busy machine the first look at
   # it can come first.
   : >"$PREFLIGHT_DIR/log"
-  # The service's environment as systemd gives it (User=tribist), the port moved, the log at
-  # info (the port is read from its "listening on" line), and a time bound of its own.
+  # The service's environment as systemd gives it (User=tribist), the port moved and written
+  # to the address file once bound, the log at info (a binary that predates the address file
+  # says the port in its "listening on" line), and a time bound of its own.
   (cd "$PREFLIGHT_DIR" && exec env -i PATH=/usr/local/bin:/usr/bin:/bin USER=tribist LOGNAME=tribist \
     HOME=/home/tribist TRIBIST_LISTEN=127.0.0.1:0 TRIBIST_LOG_LEVEL=info \
-    timeout -k 2 "$((secs + 5))" "$API_DIR/$name" --env-file "$env") </dev/null >>"$PREFLIGHT_DIR/log" 2>&1 &
+    TRIBIST_ADDRESS_FILE="$PREFLIGHT_DIR/address" timeout -k 2 "$((secs + 5))" "$API_DIR/$name" --env-file "$env") </dev/null >>"$PREFLIGHT_DIR/log" 2>&1 &
   PREFLIGHT_PID=$!
   while true; do
-    if [[ -z "$port" ]]; then
+    if [[ -z "$port" && -n "$described" ]] && described_has address-file; then
+      # Written whole (renamed into place), once the server listens.
+      if [[ -f "$PREFLIGHT_DIR/address" ]]; then
+        addr=$(head -c 100 "$PREFLIGHT_DIR/address")
+        [[ "$addr" =~ ^127\.0\.0\.1:([1-9][0-9]{0,4})$ ]] ||
+          preflight_failed "$want" "wrote an address file that is not 127.0.0.1:PORT (TRIBIST_ADDRESS_FILE)"
+        port=${BASH_REMATCH[1]}
+      fi
+    elif [[ -z "$port" ]]; then
+      # A binary that predates the address file.
       port=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$PREFLIGHT_DIR/log" | head -n 1)
     fi
     if [[ -n "$port" ]]; then
@@ -409,7 +527,8 @@ cmd_preflight() {
       rc=0
       wait "$PREFLIGHT_PID" || rc=$?
       PREFLIGHT_PID=""
-      if grep -q -- 'unexpected argument "--env-file"' "$PREFLIGHT_DIR/log"; then
+      # A binary that predates --describe says so only in its refusal.
+      if [[ -z "$described" ]] && grep -q -- 'unexpected argument "--env-file"' "$PREFLIGHT_DIR/log"; then
         echo "$PROG: preflight: release $want predates server --env-file; not checked before the switch (only after it)"
         return 0
       fi
@@ -449,6 +568,7 @@ main() {
   umask 027
   case "$cmd $#" in
     "receive 1") cmd_receive "$1" ;;
+    "describe 1") cmd_describe "$1" ;;
     "version 1") cmd_version "$1" ;;
     "identity 2") cmd_identity "$1" "$2" ;;
     "hands-over 1") cmd_hands_over "$1" ;;

@@ -51,7 +51,8 @@ impl Reply {
 /// Whether a failed database check can pass by waiting. This is a contract: the deploy kit
 /// reads it from `/health`'s 503 body (`"failure":"configuration"` or
 /// `"failure":"unavailable"`) and from `server --check-config`'s exit code (4 or 5), to end a
-/// preflight at once on a failure that waiting cannot fix.
+/// preflight at once on a failure that waiting cannot fix. `server --describe` lists it as
+/// `FAILURE_FEATURE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// Definite: the database refused these settings (authentication failed, unknown database
@@ -62,6 +63,9 @@ pub enum Failure {
     /// refuses connections, has too many, does not answer in time, or the network failed.
     Unavailable,
 }
+
+/// `Failure`'s name in `server --describe`.
+pub const FAILURE_FEATURE: &str = "failure";
 
 impl Failure {
     /// The value of `"failure"` in `/health`'s body.

@@ -31,6 +31,8 @@ usage: server [--env-file FILE]       serve
                                      (transient: starting, down, unreachable, timeout)
        server --print-config [FILE]  print the effective value of every setting, secrets
                                      masked (exit 2 if the configuration is bad)
+       server --describe             print what this binary is and the features the deploy
+                                     kit relies on, as one line of JSON (docs/server.md)
        server --help | --version
 
 FILE is in systemd's EnvironmentFile= format (/etc/tribist/env); variables set in the
@@ -59,6 +61,8 @@ Configuration comes from the environment:
   TRIBIST_MAX_HEADER_BYTES  a larger request header section is answered 431
                             (default 16384; 1024-1048576)
   TRIBIST_LOG_LEVEL         error, warn, info, debug, trace (default info)
+  TRIBIST_ADDRESS_FILE      for the deploy kit, not a setting: once listening, write the
+                            address listened on (127.0.0.1:PORT) to this file, atomically
 
 On start the server writes its pid to ./PID; SIGTERM or SIGINT drains in-flight requests,
 removes ./PID and exits 0. Exit codes: 1 runtime failure, 2 bad configuration, 3 another
@@ -75,6 +79,9 @@ pub struct Config {
     pub keepalive_max: Duration,
     pub max_header_bytes: usize,
     pub log_level: log::LevelFilter,
+    /// Where to write the address listened on, for whoever started the server
+    /// (`TRIBIST_ADDRESS_FILE`, address_file.rs); not a setting of the service.
+    pub address_file: Option<std::path::PathBuf>,
 }
 
 /// The database to check, with a description that never contains the password.
@@ -158,6 +165,7 @@ impl Config {
             },
         };
         let db = db_target(&get, db_timeout)?;
+        let address_file = nonempty(crate::address_file::ENV).map(std::path::PathBuf::from);
         Ok(Config {
             listen,
             workers,
@@ -167,6 +175,7 @@ impl Config {
             keepalive_max,
             max_header_bytes,
             log_level,
+            address_file,
         })
     }
 }

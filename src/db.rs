@@ -172,6 +172,10 @@ impl HealthChecks {
     }
 }
 
+/// `server --check-config [FILE]`: `check_once`, its verdict as the exit code (0, or 4 and 5:
+/// `Failure`); the feature's name in `server --describe`.
+pub const CHECK_CONFIG_FEATURE: &str = "check-config";
+
 /// One check with a fresh connection, for `server --check-config`: the same bounded path as
 /// a worker's first `/health`.
 pub fn check_once(config: &crate::config::Config) -> DbOutcome {

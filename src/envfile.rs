@@ -11,6 +11,10 @@
 
 use crate::error::Error;
 
+/// `server --env-file FILE` (and `--check-config FILE`, `--print-config FILE`) reads FILE
+/// with this parser: the feature's name in `server --describe`.
+pub const FEATURE: &str = "env-file";
+
 /// What a file holds, as systemd reads it.
 #[derive(Debug, Default)]
 pub struct EnvFile {

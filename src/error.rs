@@ -31,6 +31,8 @@ pub enum Error {
     AlreadyRunning { dir: PathBuf, pid: Option<u32> },
     /// Writing, reading or locking the PID file failed.
     PidFile { path: PathBuf, source: io::Error },
+    /// The address file (`TRIBIST_ADDRESS_FILE`) could not be written.
+    AddressFile { path: PathBuf, source: io::Error },
     /// The listen address could not be bound.
     Bind {
         addr: String,
@@ -92,6 +94,12 @@ impl fmt::Display for Error {
                  writable by this user",
                 path.display()
             ),
+            Error::AddressFile { path, .. } => write!(
+                f,
+                "cannot write the address file {} (TRIBIST_ADDRESS_FILE): check that its \
+                 directory exists and is writable by this user",
+                path.display()
+            ),
             Error::Bind { addr, .. } => write!(
                 f,
                 "cannot listen on {addr}: is another process using the port? \
@@ -129,7 +137,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::PidFile { source, .. } => Some(source),
+            Error::PidFile { source, .. } | Error::AddressFile { source, .. } => Some(source),
             Error::Bind { source, .. } => Some(source.as_ref()),
             Error::Signal(e) => Some(e),
             Error::Thread { source, .. } => Some(source),

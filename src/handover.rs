@@ -20,8 +20,16 @@
 //! filled in the uid) by uid 0. Under systemd that is `ExecReload=`'s audited step; tribist's
 //! own processes cannot start a binary this way, neither with kill(2) nor with a forged
 //! rt_sigqueueinfo(2) (outside systemd the process's owner may too, for tests and `make
-//! run`). `server --version` says `handover: SIGUSR2`, so deploy.sh knows which releases can
-//! take over this way.
+//! run`). `server --describe` lists the feature `handover` (and `server --version` says
+//! `handover: SIGUSR2`, for kits that predate `--describe`), so deploy.sh knows which releases
+//! can take over this way.
+//!
+//! What `systemctl status` says (`STATUS=`) starts with fixed tokens, `handover=STATE` and,
+//! but for `off` and `stopping`, `attempt=N`, then `; ` and the words for people (`Status`
+//! below). The reload step (deploy.sh on-reload, root) reads them from systemd, which only
+//! takes them from the main process (`NotifyAccess=main`): whether this process can hand
+//! over, and whether the attempt it asked for failed, without reading a file of tribist's or
+//! depending on how the words are put.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -46,8 +54,51 @@ const MAIN: &[u8] = b"main\n";
 /// How long a successor waits for `main` before it notifies systemd anyway.
 const MAIN_WAIT: Duration = Duration::from_secs(5);
 
-/// The line `server --version` adds, for deploy.sh.
-pub const FEATURE: &str = "handover: SIGUSR2";
+/// The line `server --version` adds, for kits that predate `server --describe`.
+pub const VERSION_LINE: &str = "handover: SIGUSR2";
+
+/// This feature's name in `server --describe`: SIGUSR2 hands over, and `STATUS=` starts with
+/// the tokens of `Status`.
+pub const FEATURE: &str = "handover";
+
+/// Where this process stands on handovers, as the first words of its `STATUS=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Serving; no handover asked for yet: `handover=ready attempt=0`.
+    Ready,
+    /// Attempt N is under way: `handover=started attempt=N`.
+    Started(u32),
+    /// Attempt N failed and this process goes on serving; a SIGUSR2 starts attempt N+1:
+    /// `handover=failed attempt=N`.
+    Failed(u32),
+    /// This process cannot hand over (it could not set the signal up): `handover=off`.
+    Off,
+    /// Draining, on a termination signal: `handover=stopping`.
+    Stopping,
+}
+
+impl Status {
+    /// The machine-readable words, without the text.
+    pub fn tokens(self) -> String {
+        match self {
+            Status::Ready => "handover=ready attempt=0".into(),
+            Status::Started(n) => format!("handover=started attempt={n}"),
+            Status::Failed(n) => format!("handover=failed attempt={n}"),
+            Status::Off => "handover=off".into(),
+            Status::Stopping => "handover=stopping".into(),
+        }
+    }
+
+    /// The `STATUS=` line: the tokens, `; `, then `text` (its control characters, which would
+    /// end the notification's line, made spaces).
+    pub fn line(self, text: &str) -> String {
+        let text: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        format!("STATUS={}; {text}", self.tokens())
+    }
+}
 /// How long a stopped successor has to exit after SIGTERM before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -382,6 +433,31 @@ fn stop(child: &mut Child) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The words deploy.sh reads (can_hand_over, on-reload): they may gain states, never
+    /// change these.
+    #[test]
+    fn status_starts_with_fixed_tokens_then_the_words() {
+        assert_eq!(
+            Status::Ready.line("serving on 127.0.0.1:8383"),
+            "STATUS=handover=ready attempt=0; serving on 127.0.0.1:8383"
+        );
+        assert_eq!(
+            Status::Started(2).line("handing over"),
+            "STATUS=handover=started attempt=2; handing over"
+        );
+        assert_eq!(
+            Status::Failed(3).line("handover attempt 3 failed: it\nended"),
+            "STATUS=handover=failed attempt=3; handover attempt 3 failed: it ended"
+        );
+        assert_eq!(Status::Off.line("x"), "STATUS=handover=off; x");
+        assert_eq!(
+            Status::Stopping.line("draining"),
+            "STATUS=handover=stopping; draining"
+        );
+        // What kits that predate the tokens look for is still there, in the words.
+        assert_eq!(VERSION_LINE, "handover: SIGUSR2");
+    }
 
     #[test]
     fn only_root_or_the_owner_outside_systemd_may_ask_and_only_with_kill() {

@@ -4,11 +4,13 @@
 //! so the integration tests and the unit tests see the same code.
 
 pub mod accept_watch;
+pub mod address_file;
 pub mod api;
 pub mod build;
 pub mod clients;
 pub mod config;
 pub mod connection;
+pub mod contract;
 pub mod db;
 pub mod envfile;
 pub mod error;

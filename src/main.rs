@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use tribist::config::{self, Config};
 use tribist::error::{self, Error};
-use tribist::{build, db, envfile, handover, logging, server};
+use tribist::{build, contract, db, envfile, handover, logging, server};
 
 fn main() -> ExitCode {
     match run() {
@@ -25,6 +25,7 @@ enum Command {
     PrintConfig { env_file: Option<String> },
     Help,
     Version,
+    Describe,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Error> {
@@ -37,6 +38,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, Error> 
         (None, _) => Ok(Command::Serve { env_file: None }),
         (Some("-h" | "--help"), None) => Ok(Command::Help),
         (Some("-V" | "--version"), None) => Ok(Command::Version),
+        (Some("--describe"), None) => Ok(Command::Describe),
         (Some("--env-file"), Some(file)) => Ok(Command::Serve {
             env_file: Some(file),
         }),
@@ -85,8 +87,12 @@ fn run() -> Result<(), Error> {
         }
         Command::Version => {
             println!("server {} (commit {})", build::VERSION, build::COMMIT);
-            // What deploy.sh asks before it hands over to this binary rather than restarting.
-            println!("{}", handover::FEATURE);
+            // What kits that predate --describe ask before they hand over rather than restart.
+            println!("{}", handover::VERSION_LINE);
+            Ok(())
+        }
+        Command::Describe => {
+            println!("{}", contract::describe());
             Ok(())
         }
         Command::CheckConfig { env_file } => {
@@ -123,6 +129,36 @@ fn run() -> Result<(), Error> {
             let config = load_config(env_file.as_deref())?;
             logging::init(config.log_level);
             server::run(config)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, Error> {
+        parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    /// The features `--describe` lists that are command-line options are options here.
+    #[test]
+    fn every_described_option_is_accepted() {
+        assert!(matches!(parse(&["--describe"]), Ok(Command::Describe)));
+        assert!(parse(&["--describe", "x"]).is_err());
+        for feature in [
+            envfile::FEATURE,
+            db::CHECK_CONFIG_FEATURE,
+            contract::DESCRIBE,
+        ] {
+            assert!(contract::FEATURES.contains(&feature));
+            let option = format!("--{feature}");
+            let args: &[&str] = if feature == contract::DESCRIBE {
+                &[&option]
+            } else {
+                &[&option, "/etc/tribist/env"]
+            };
+            assert!(parse(args).is_ok(), "{option}");
         }
     }
 }

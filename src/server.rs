@@ -73,11 +73,16 @@ const DB_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a successor has to serve before a handover is given up (handover.rs).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What `systemctl status` says while serving; `deploy.sh` looks for "SIGUSR2 hands over"
-/// before it asks for a handover rather than a restart.
-fn serving_status(addr: std::net::SocketAddr, workers: usize) -> String {
+/// What `systemctl status` says while serving, after the handover tokens (handover.rs
+/// `Status`); kits that predate them look for "SIGUSR2 hands over".
+fn serving_status(addr: std::net::SocketAddr, workers: usize, handovers: bool) -> String {
+    let hands_over = if handovers {
+        "; SIGUSR2 hands over"
+    } else {
+        ""
+    };
     format!(
-        "serving on {addr} with {workers} workers (pid {}; SIGUSR2 hands over)",
+        "serving on {addr} with {workers} workers (pid {}{hands_over})",
         std::process::id()
     )
 }
@@ -136,6 +141,8 @@ struct Main {
     notifier: Notifier,
     /// What `systemctl status` says while serving.
     status: String,
+    /// Its tokens: `Ready`, or `Off` when handovers are off.
+    serving: handover::Status,
 }
 
 /// What start-up takes from the environment and opens, before any worker exists.
@@ -180,6 +187,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     let pool = Pool::new(&config, opened.server, events, main.listener.addr.port());
     // Before any worker answers: whoever sees /health answer can rely on PID.
     main.pid_file.write()?;
+    if let Some(path) = &config.address_file {
+        crate::address_file::write(path, main.listener.addr)?;
+    }
     let workers = Workers::start(&config, &pool)?;
     announce(&config, &main, opened.ready);
     start_watchdog(&pool, &main.listener)?;
@@ -208,7 +218,12 @@ fn open(config: &Config) -> Result<Opened, Error> {
             addr: listener.addr.to_string(),
             source,
         })?;
-    let status = serving_status(listener.addr, config.workers);
+    let status = serving_status(listener.addr, config.workers, successor.is_some());
+    let serving = if successor.is_some() {
+        handover::Status::Ready
+    } else {
+        handover::Status::Off
+    };
     Ok(Opened {
         main: Main {
             listener,
@@ -216,6 +231,7 @@ fn open(config: &Config) -> Result<Opened, Error> {
             pid_file,
             notifier,
             status,
+            serving,
         },
         server,
         successor,
@@ -340,7 +356,7 @@ fn announce(config: &Config, main: &Main, ready: Option<Ready>) {
         crate::build::VERSION,
         crate::build::COMMIT,
     );
-    let ready_message = format!("READY=1\nSTATUS={}", main.status);
+    let ready_message = format!("READY=1\n{}", main.serving.line(&main.status));
     let Some(ready) = ready else {
         main.notifier.send(&ready_message);
         return;
@@ -451,11 +467,12 @@ impl Handovers {
             return;
         }
         self.attempts += 1;
-        main.notifier.send(&format!(
-            "STATUS=handing over to {} (attempt {})",
-            exe.display(),
-            self.attempts
-        ));
+        main.notifier
+            .send(&handover::Status::Started(self.attempts).line(&format!(
+                "handing over to {} (attempt {})",
+                exe.display(),
+                self.attempts
+            )));
         match handover::start(exe, main.listener.fd, main.pid_file.lock_fd()) {
             Ok(started) => {
                 log::info!("handover: started pid {}", started.pid());
@@ -497,10 +514,11 @@ impl Handovers {
         if let Err(e) = main.pid_file.write() {
             log::error!("handover: {}", crate::error::chain(&e));
         }
-        main.notifier.send(&format!(
-            "STATUS={}; handover attempt {attempts} failed: {reason}",
-            main.status
-        ));
+        main.notifier
+            .send(&handover::Status::Failed(attempts).line(&format!(
+                "{}; handover attempt {attempts} failed: {reason}",
+                main.status
+            )));
     }
 
     /// Stops a successor still starting when serving ends.
@@ -517,7 +535,8 @@ fn stop_accepting(main: &Main, pool: &Pool, handed_over: bool, deadline: Instant
     pool.stopping.store(true, Ordering::SeqCst);
     // After a handover systemd's main process is the successor: not a word from this one.
     if !handed_over {
-        main.notifier.send("STOPPING=1\nSTATUS=draining");
+        let status = handover::Status::Stopping.line("draining");
+        main.notifier.send(&format!("STOPPING=1\n{status}"));
     }
     let limit = (Instant::now() + STOP_ACCEPTING).min(deadline);
     main.listener

@@ -229,6 +229,146 @@ new_api() {
   assert_equal "$(as_nobody "$RELEASES" version server)" old
 }
 
+# A fake binary in api/ named NAME whose --describe prints LINE and whose --version prints
+# VERSION_LINES (printf format); any other argument runs the rest of the script, REST.
+fake_binary() {
+  local name=$1 line=$2 version=$3 rest=${4:-exit 0}
+  printf '%s\n' "$line" >"$API/$name.describe"
+  printf '#!/bin/sh\nif [ "$1" = --describe ]; then cat "$0.describe"; exit 0; fi\nif [ "$1" = --version ]; then printf "%s"; exit 0; fi\n%s\n' \
+    "$version" "$rest" >"$API/$name"
+  chmod 750 "$API/$name"
+  chown nobody:nogroup "$API/$name" "$API/$name.describe"
+}
+
+# A binary that predates --describe: it refuses the option as the server does (exit 2).
+old_binary() {
+  local name=$1 version=$2 rest=${3:-exit 0}
+  printf '#!/bin/sh\nif [ "$1" = --version ]; then printf "%s"; exit 0; fi\nif [ "$1" != --env-file ]; then echo "server: error: unexpected argument \\"$1\\" (see server --help)" >&2; exit 2; fi\n%s\n' \
+    "$version" "$rest" >"$API/$name"
+  chmod 750 "$API/$name"
+  chown nobody:nogroup "$API/$name"
+}
+
+DESCRIBED='{"contract":1,"name":"tribist","version":"0.2.0","releaseId":"rel-new","features":["env-file","check-config","handover","failure","describe","address-file"]}'
+
+@test "releases.sh describe: a binary's --describe, checked, as releaseId, version and features" {
+  new_api
+  fake_binary server "$DESCRIBED" 'server 0.2.0 (commit rel-new)\n'
+  run as_nobody "$RELEASES" describe server
+  assert_success
+  assert_output "releaseId=rel-new
+version=0.2.0
+features=env-file check-config handover failure describe address-file"
+  # Fields in another order, and fields and features this kit does not know, are fine.
+  fake_binary server '{"features":["handover","x-new"],"releaseId":"r1","later":[],"n":7,"version":"1.0","name":"tribist","contract":1}' x
+  run as_nobody "$RELEASES" describe server
+  assert_success
+  assert_line "releaseId=r1"
+  assert_line "features=handover x-new"
+}
+
+@test "releases.sh describe: a line this kit cannot read is refused and never echoed" {
+  new_api
+  local line
+  for line in \
+    '{"contract":2,"name":"tribist","version":"1","releaseId":"r","features":[]}' \
+    '{"contract":1,"name":"other","version":"1","releaseId":"r","features":[]}' \
+    '{"contract":1,"name":"tribist","version":"1","releaseId":"r","releaseId":"s","features":[]}' \
+    '{"contract":1,"name":"tribist","version":"1","releaseId":"a\"b","features":[]}' \
+    '{"contract":1,"name":"tribist","version":"1","releaseId":"../x","features":[]}' \
+    '{"contract":1,"name":"tribist","version":"1","releaseId":"r","features":["UPPER"]}' \
+    '{"contract":1, "name":"tribist","version":"1","releaseId":"r","features":[]}' \
+    $'{"contract":1,"name":"tribist","version":"1","releaseId":"r","features":[]}\n* * * * * root x' \
+    $'{"contract":1,"name":"tribist","version":"1","releaseId":"\033[2Jr","features":[]}' \
+    "{\"contract\":1,\"name\":\"tribist\",\"version\":\"1\",\"releaseId\":\"r\",\"features\":[],\"pad\":\"$(printf '%2100s' x)\"}"; do
+    fake_binary server "$line" x
+    run as_nobody "$RELEASES" describe server
+    assert_failure 1
+    assert_output --partial "server does not describe itself"
+    refute_output --partial "releaseId="
+    refute_output --partial "* * *"
+    refute_output --partial $'\033'
+  done
+  old_binary server 'server 0.1.0 (commit old)\nhandover: SIGUSR2\n'
+  run as_nobody "$RELEASES" describe server
+  assert_failure 1
+  assert_output --partial "predates --describe"
+}
+
+@test "releases.sh version and hands-over: --describe first, --version's words for a binary that predates it" {
+  new_api
+  # Its --version words say another commit and no handover: --describe is what counts.
+  fake_binary server "$DESCRIBED" 'server 0.2.0 (commit words)\n'
+  run as_nobody "$RELEASES" version server
+  assert_success
+  assert_output rel-new
+  run as_nobody "$RELEASES" hands-over server
+  assert_success
+  fake_binary server '{"contract":1,"name":"tribist","version":"0.2.0","releaseId":"r2","features":["env-file"]}' 'server 0.2.0 (commit r2)\nhandover: SIGUSR2\n'
+  run as_nobody "$RELEASES" hands-over server
+  assert_failure 1
+  # Today's release, which predates --describe, still upgrades from and to.
+  old_binary server.prev 'server 0.1.0 (commit old-one)\nhandover: SIGUSR2\n'
+  run as_nobody "$RELEASES" version server.prev
+  assert_success
+  assert_output old-one
+  run as_nobody "$RELEASES" hands-over server.prev
+  assert_success
+  old_binary server.prev 'server 0.0.9 (commit older)\n'
+  run as_nobody "$RELEASES" hands-over server.prev
+  assert_failure 1
+}
+
+@test "releases.sh preflight: the port comes from the address file, not from a log line" {
+  new_api
+  cp "$BATS_TEST_DIRNAME/support/fake_release.py" "$API/fake_release.py"
+  echo 'DATABASE_URL="postgres://x@localhost/x"' >"$API/env"
+  chown nobody:nogroup "$API/fake_release.py" "$API/env"
+  fake_binary server "$DESCRIBED" 'server 0.2.0 (commit rel-new)\n' "exec python3 \"\$(dirname \"\$0\")/fake_release.py\" rel-new address-file"
+  run as_nobody "$RELEASES" preflight server rel-new 5 "$API/env"
+  assert_success
+  assert_output --regexp "preflight: release rel-new answered /health 200 \(127\.0\.0\.1:[0-9]+, "
+  # A binary that predates the address file: its "listening on" line.
+  old_binary server 'server 0.1.0 (commit rel-old)\nhandover: SIGUSR2\n' "exec python3 \"\$(dirname \"\$0\")/fake_release.py\" rel-old log-line"
+  run as_nobody "$RELEASES" preflight server rel-old 5 "$API/env"
+  assert_success
+  assert_output --partial "preflight: release rel-old answered /health 200"
+  # One that predates --env-file is taken, and said so.
+  printf '#!/bin/sh\necho "server: error: unexpected argument \\"$1\\" (see server --help)" >&2\nexit 2\n' >"$API/server"
+  run as_nobody "$RELEASES" preflight server rel-older 5 "$API/env"
+  assert_success
+  assert_output --partial "predates server --env-file"
+}
+
+@test "deploy.sh reads the handover outcome from StatusText's tokens, and an old server's words" {
+  # The functions alone (deploy.sh runs as root on a host with systemd).
+  source <(sed -n '/^readonly HANDOVER_TOKENS=/p; /^handover_tokens() {/,/^}/p; /^serving_hands_over() {/,/^}/p; /^handover_failed() {/,/^}/p' \
+    "$BATS_TEST_DIRNAME/../sbin/deploy.sh")
+  local ready='handover=ready attempt=0; serving on 127.0.0.1:8383 with 16 workers (pid 7; SIGUSR2 hands over)'
+  serving_hands_over "$ready"
+  assert_equal "$HANDOVER_STATE" ready
+  serving_hands_over 'handover=failed attempt=2; serving on … (pid 7; SIGUSR2 hands over); handover attempt 2 failed: x'
+  ! serving_hands_over 'handover=started attempt=3; handing over to /home/tribist/api/server (attempt 3)' || false
+  assert_equal "$HANDOVER_STATE" started
+  # The tokens decide, not the words.
+  ! serving_hands_over 'handover=off; serving on … (pid 7; SIGUSR2 hands over)' || false
+  serving_hands_over 'handover=ready attempt=0; reworded entirely'
+  # A server that predates the tokens.
+  serving_hands_over 'serving on 127.0.0.1:8383 with 16 workers (pid 7; SIGUSR2 hands over)'
+  ! serving_hands_over 'serving on 127.0.0.1:8383 with 16 workers (pid 7)' || false
+  # A failure is the attempt asked for: a higher number than before the signal.
+  handover_failed 'handover=failed attempt=1; reworded: no' "$ready"
+  assert_equal "$HANDOVER_ATTEMPT" 1
+  ! handover_failed 'handover=failed attempt=2; x' 'handover=failed attempt=2; x' || false
+  handover_failed 'handover=failed attempt=3; x' 'handover=failed attempt=2; x'
+  ! handover_failed 'handover=started attempt=3; handover attempt 2 failed' 'handover=failed attempt=2; x' || false
+  ! handover_failed "$ready" "$ready" || false
+  # Words with no tokens: as before the tokens.
+  local old='serving on 127.0.0.1:8383 with 16 workers (pid 7; SIGUSR2 hands over)'
+  handover_failed "$old; handover attempt 1 failed: it ended" "$old"
+  ! handover_failed "$old" "$old" || false
+}
+
 @test "server.sh promote refuses root (api/ is tribist's)" {
   run "$SERVER_SH" promote
   assert_failure 1

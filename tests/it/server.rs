@@ -307,6 +307,80 @@ fn help_version_and_bad_arguments() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--frobnicate"));
 }
 
+/// `--describe`: one line of JSON the kit reads instead of `--version`'s words.
+#[test]
+fn describe_prints_one_line_of_json_naming_the_release_and_its_features() {
+    let out = Command::new(BIN).arg("--describe").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["contract"], 1);
+    assert_eq!(v["name"], "tribist");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["releaseId"], commit().as_str());
+    for feature in [
+        "env-file",
+        "check-config",
+        "handover",
+        "failure",
+        "address-file",
+    ] {
+        assert!(
+            v["features"].as_array().unwrap().contains(&feature.into()),
+            "{feature}: {text}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["--describe", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `TRIBIST_ADDRESS_FILE`: the preflight learns the port the kernel chose from a file, not
+/// from a log line.
+#[test]
+fn the_address_file_names_the_port_bound_for_port_0() {
+    let dir = TempDir::new("address");
+    let file = dir.path().join("address");
+    let server = Server::builder(&Pg::shared().url)
+        .env("TRIBIST_ADDRESS_FILE", file.to_str().unwrap())
+        .env("TRIBIST_LOG_LEVEL", "error") // no "listening on" line to read
+        .dir(dir)
+        .spawn_raw();
+    let (_process, dir, _log) = server;
+    let text = wait_for("the address file", 10 * SECOND, || {
+        fs::read_to_string(&file).ok()
+    });
+    assert!(text.ends_with('\n'), "{text:?}");
+    let addr: std::net::SocketAddr = text.trim_end().parse().unwrap();
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0);
+    assert_eq!(http::get(addr, "/health").unwrap().status, 200);
+    // Written whole (a temporary file renamed over it): nothing else is left beside it.
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["PID", "address", "server.log"]);
+}
+
+#[test]
+fn an_address_file_that_cannot_be_written_stops_the_start_naming_it() {
+    let (mut process, _dir, log) = Server::builder(&Pg::shared().url)
+        .env("TRIBIST_ADDRESS_FILE", "/nonexistent-tribist/address")
+        .spawn_raw();
+    let status = wait_for("the server to exit", 10 * SECOND, || process.try_wait());
+    let text = fs::read_to_string(log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("cannot write the address file /nonexistent-tribist/address"),
+        "{text}"
+    );
+}
+
 #[test]
 fn libpq_variables_work_when_database_url_is_unset() {
     let pg = Pg::shared();
@@ -521,9 +595,15 @@ fn hundred_database_outages_leak_no_thread_descriptor_or_connection() {
 
 /// The server started from a copy of the binary at `DIR/server`, which a test can replace.
 fn server_from_copy() -> Server {
+    server_from_copy_with(&[])
+}
+
+/// `server_from_copy` with more variables in its environment.
+fn server_from_copy_with(env: &[(&str, &str)]) -> Server {
     let dir = TempDir::new("handover");
     fs::copy(BIN, dir.path().join("server")).unwrap();
-    Server::builder(&Pg::shared().url)
+    env.iter()
+        .fold(Server::builder(&Pg::shared().url), |b, (k, v)| b.env(k, v))
         .dir(dir)
         .wrapper("exec \"$PWD/server\"")
         .spawn()
@@ -679,6 +759,55 @@ fn failed_handover_keeps_the_old_process_serving() {
     server.signal("USR2");
     let new = pid_other_than(&server, old);
     let _successor = KillOnDrop(new);
+    assert_eq!(server.get("/health").status, 200);
+}
+
+/// What deploy.sh's reload step reads: `STATUS=` starts with `handover=STATE attempt=N`,
+/// whatever the words after it say.
+#[test]
+fn a_failed_handover_says_so_in_status_tokens_with_its_attempt() {
+    use std::os::unix::net::UnixDatagram;
+    let notify_dir = TempDir::new("notify");
+    let sock = notify_dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&sock).unwrap();
+    notify.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let server = server_from_copy_with(&[("NOTIFY_SOCKET", sock.to_str().unwrap())]);
+    let mut buf = [0u8; 1024];
+    let mut recv = || {
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let ready = recv();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=handover=ready attempt=0; serving on "),
+        "{ready}"
+    );
+    replace_binary(&server, "#!/bin/sh\nexit 3\n");
+    for attempt in 1..=2 {
+        server.signal("USR2");
+        let started = recv();
+        assert!(
+            started.starts_with(&format!(
+                "STATUS=handover=started attempt={attempt}; handing over to "
+            )),
+            "{started}"
+        );
+        let failed = recv();
+        assert!(
+            failed.starts_with(&format!(
+                "STATUS=handover=failed attempt={attempt}; serving on "
+            )),
+            "{failed}"
+        );
+        // The words for people (and for kits that predate the tokens) are still there.
+        assert!(
+            failed.contains(&format!(
+                "SIGUSR2 hands over); handover attempt {attempt} failed: "
+            )),
+            "{failed}"
+        );
+        assert!(!failed.contains('\n'), "one line: {failed:?}");
+    }
     assert_eq!(server.get("/health").status, 200);
 }
 

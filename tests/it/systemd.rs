@@ -20,10 +20,19 @@ fn socket_activation_keeps_the_socket_across_a_restart_and_loses_no_request() {
     let dir_path = dir.path().to_path_buf();
     let mut first = Server::builder(&Pg::shared().url)
         .env("TRIBIST_LISTEN", "127.0.0.1:1") // ignored: the socket comes from "systemd"
+        .env(
+            "TRIBIST_ADDRESS_FILE",
+            dir.path().join("address").to_str().unwrap(),
+        )
         .socket_activated(&listener)
         .dir(dir)
         .spawn();
     assert_eq!(first.addr, addr);
+    // The address file names systemd's socket, not TRIBIST_LISTEN.
+    assert_eq!(
+        std::fs::read_to_string(dir_path.join("address")).unwrap(),
+        format!("{addr}\n")
+    );
     assert!(
         first.log().contains("socket from systemd"),
         "{}",
@@ -97,10 +106,15 @@ fn notify_ready_stopping_and_watchdog() {
     };
     let first = recv();
     assert!(first.starts_with("READY=1\n"), "{first}");
+    // The handover tokens first (what deploy.sh reads), then the words.
     assert!(
-        first.contains(&format!("STATUS=serving on {}", server.addr)),
+        first.contains(&format!(
+            "STATUS=handover=ready attempt=0; serving on {}",
+            server.addr
+        )),
         "{first}"
     );
+    assert!(first.contains("; SIGUSR2 hands over)"), "{first}");
     // Keep-alive pings follow, each after a successful self-probe of /livez.
     for _ in 0..3 {
         assert_eq!(recv(), "WATCHDOG=1");
@@ -110,7 +124,10 @@ fn notify_ready_stopping_and_watchdog() {
         let m = recv();
         m.starts_with("STOPPING=1").then_some(m)
     });
-    assert!(stopping.contains("STATUS=draining"));
+    assert!(
+        stopping.contains("STATUS=handover=stopping; draining"),
+        "{stopping}"
+    );
     assert_eq!(server.wait_exit(5 * SECOND).code(), Some(0));
 }
 
