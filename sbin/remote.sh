@@ -532,8 +532,8 @@ cmd_install() {
   [[ "$dir" =~ ^/tmp/tribist-install\.[A-Za-z0-9]{6}$ ]] || die "the host answered an unexpected upload directory: $(shown "$dir")"
   say "installing on $host"
   # shellcheck disable=SC2016 # expanded on the host, on purpose
-  ssh_to "$host" -t sh -c 'd=$1 by=$2 listen=$3; if [ -n "$listen" ]; then set -- --listen "$listen"; else set --; fi
-bash "$d/deploy.sh" --by "$by" --target "$4" "$@" install "$d"; rc=$?; rm -rf "$d"; exit $rc' sh "$dir" "$by" "$listen" "$host" || rc=$?
+  ssh_to "$host" -t sh -c 'd=$1 by=$2 listen=$3 target=$4; if [ -n "$listen" ]; then set -- --listen "$listen"; else set --; fi
+bash "$d/deploy.sh" --by "$by" --target "$target" "$@" install "$d"; rc=$?; rm -rf "$d"; exit $rc' sh "$dir" "$by" "$listen" "$host" || rc=$?
   if ((rc != 0)); then
     warn "make install: failed on $host (exit $rc); the messages above say why"
     next_step "$rc" "$host"
