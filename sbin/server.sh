@@ -60,7 +60,9 @@ change() {
   local verb=$1 rc=0
   systemctl_ "$verb" || rc=$?
   ((rc == 0)) && return 0
-  die "'systemctl $verb $UNIT' failed (exit $rc); see 'journalctl -u $UNIT -n 50'" \
+  local what=$UNIT
+  [[ "$verb" == start || "$verb" == stop ]] && what="$UNIT.socket $UNIT.service"
+  die "'systemctl $verb $what' failed (exit $rc); see 'journalctl -u $UNIT -n 50'" \
     "$([[ $(id -u) -ne 0 ]] && echo "(as $(id -un): is /etc/sudoers.d/tribist installed?)")"
 }
 

@@ -153,7 +153,7 @@ exec sleep 600
     >"$BATS_FILE_TMPDIR/server-503"
   # A release from before handovers: its --version lacks the line that offers one. It runs
   # the real server under its own path (exec -a), as a wrapper must for later handovers.
-  printf '#!/bin/bash\nif [ "$1" = --version ]; then /usr/local/lib/tribist-test/server-a --version | head -n 1; exit 0; fi\nexec -a "$0" /usr/local/lib/tribist-test/server-a "$@"\n' \
+  printf '#!/bin/bash\nif [ "$1" = --version ]; then /usr/local/lib/tribist-test/server-a --version | head -n 1; exit 0; fi\nif [ "$1" = --describe ]; then echo "server: error: unexpected argument \\"--describe\\"" >&2; exit 2; fi\nexec -a "$0" /usr/local/lib/tribist-test/server-a "$@"\n' \
     >"$BATS_FILE_TMPDIR/server-no-handover"
   chmod 755 "$BATS_FILE_TMPDIR/server-bad" "$BATS_FILE_TMPDIR/server-hang" "$BATS_FILE_TMPDIR/server-systemd-hang" \
     "$BATS_FILE_TMPDIR/server-503" "$BATS_FILE_TMPDIR/server-no-handover"
@@ -624,7 +624,7 @@ wait_for_text() {
 
 @test "a damaged upload never becomes server_new and nothing changes" {
   run on_host "head -c 1000 /home/tribist/api/server | /home/tribist/bin/deploy.sh receive $(sha256sum "$BATS_FILE_TMPDIR/server-b" | cut -d' ' -f1)"
-  assert_failure 3
+  assert_failure 1
   assert_output --partial "checksum mismatch"
   run on_host "ls -a /home/tribist/api"
   refute_output --partial server_new
