@@ -368,13 +368,34 @@ cmd_unlock() {
   if ((${#signalled[@]} == 0)); then
     die "the lock is held by a process $(id -un) cannot see or signal (a root deployment?); break it as root: make unlock HOST=root@…"
   fi
-  warn "broke the deploy lock held by: $note [pid ${signalled[*]}]"
-  local deadline=$((SECONDS + 40))
+  warn "sent SIGTERM to the deploy lock's holder: $note [pid ${signalled[*]}]"
+  # A deployment (deploy.sh) gets 40 s to roll back what it started; anything else holding
+  # the lock 5 s: then SIGKILL, said as it happens.
+  local start=$SECONDS killed=()
   until flock -n "$LOCK_FILE" true 8<&-; do
-    ((SECONDS < deadline)) || die "pid ${signalled[*]} still holds the lock after 40 s"
+    if ((SECONDS - start >= 5)); then
+      for pid in $(lock_holders); do
+        if is_deployment "$pid" && ((SECONDS - start < 40)); then continue; fi
+        if holds_lock "$pid" && kill -KILL "$pid" 2>/dev/null; then
+          killed+=("$pid")
+          warn "pid $pid still held the lock $((SECONDS - start)) s after SIGTERM: sent SIGKILL"
+        fi
+      done
+    fi
+    ((SECONDS - start < 45)) || die "pid $(lock_holders | tr '\n' ' ')still holds the lock 45 s after SIGTERM and SIGKILL; see: ps -o pid,user,cmd -p PID"
     sleep 0.2
   done
-  say "lock released (its holder rolled back what it had started)"
+  if ((${#killed[@]} > 0)); then
+    say "lock released: pid ${killed[*]} had to be killed (SIGKILL), so what it had started was not rolled back by it; make status shows what serves"
+  else
+    say "lock released (its holder rolled back what it had started)"
+  fi
+}
+
+# Whether process $1 is a deployment (deploy.sh), which rolls back on SIGTERM and is given the
+# time to; its command line is only read, bounded.
+is_deployment() {
+  head -c 4096 "/proc/$1/cmdline" 2>/dev/null | tr '\0' ' ' | grep -q 'deploy\.sh'
 }
 
 need_root() { is_root || die "'$1' must run as root (or through sudo): HOST=root@… or a user with sudo"; }
@@ -427,7 +448,7 @@ recent_log() {
   if is_root; then
     journalctl -u "$UNIT" -n 25 --no-pager 2>&1 || true
   else
-    sudo -n systemctl status "$UNIT" 2>&1 || true
+    sudo -n systemctl status "$UNIT" 2>&1 | printable || true
   fi
 }
 
@@ -1379,7 +1400,8 @@ cmd_logs() {
     journalctl "${args[@]}" | printable
   else
     say "as $(id -un) only 'systemctl status' is allowed (its last lines); all $lines lines, SINCE and GREP need root"
-    sudo -n systemctl status "$UNIT" || true
+    # systemd 252 prints the service's STATUS= text unescaped: filtered like the rest.
+    sudo -n systemctl status "$UNIT" 2>&1 | printable | head -c 20000 || true
   fi
 }
 

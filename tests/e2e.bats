@@ -767,7 +767,8 @@ wait_for_text() {
   wait_switching "$BATS_FILE_TMPDIR/unlock.out"
   run deploy unlock HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_success
-  assert_output --partial "broke the deploy lock held by: upgrade by"
+  assert_output --partial "sent SIGTERM to the deploy lock's holder: upgrade by"
+  refute_output --partial "SIGKILL"
   rc=0
   wait "$job" || rc=$?
   ((rc != 0))
@@ -1104,13 +1105,16 @@ LIAR
   refute_output --partial "$canary"
   on_host "{ nohup sleep 1000 </dev/null >/dev/null 2>&1 & } ; echo \$! >/root/sleep.pid"
   rootpid=$(on_host cat /root/sleep.pid)
-  as_tribist_on_host "rm -f /home/tribist/api/.deploy.holder; printf 'upgrade by root (pid $rootpid) since now\n' >/home/tribist/api/.deploy.holder; nohup flock /var/lib/tribist-deploy/lock sleep 300 </dev/null >/dev/null 2>&1 &"
+  # Its holder ignores SIGTERM (SIG_IGN is inherited by flock and sleep).
+  as_tribist_on_host "rm -f /home/tribist/api/.deploy.holder; printf 'upgrade by root (pid $rootpid) since now\n' >/home/tribist/api/.deploy.holder; nohup sh -c 'trap \"\" TERM; exec flock /var/lib/tribist-deploy/lock sleep 300' </dev/null >/dev/null 2>&1 &"
   run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
   assert_failure
   assert_output --partial "refused: another deployment holds the lock"
   assert_output --partial "(as user tribist wrote it)"
   run deploy unlock HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_success
+  assert_output --regexp "pid [0-9]+ still held the lock [0-9]+ s after SIGTERM: sent SIGKILL"
+  assert_output --partial "had to be killed (SIGKILL)"
   on_host "kill -0 $rootpid && kill $rootpid && rm /root/sleep.pid"
   run on_host "ls -a /home/tribist/api"
   refute_output --partial .upload.
