@@ -4,9 +4,11 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use crate::util::burst;
 use crate::util::http::{self, KeepAlive};
 use crate::util::pg::Pg;
 use crate::util::server::Server;
+use crate::util::SECOND;
 
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -237,5 +239,43 @@ fn keep_alive_connections_opened_at_once_all_get_served() {
             min * 10 >= max,
             "{n} connections: answers per connection {min}..{max}"
         );
+    }
+}
+
+/// A server that binds its own socket listens with the backlog systemd's socket has (4096):
+/// connections arriving while it does not accept (here: stopped) wait in the backlog, instead
+/// of 129 (std's backlog of 128) and the rest resending their SYN after 1 s, 3 s, 7 s...
+#[test]
+fn a_server_binding_its_own_socket_keeps_a_burst_in_its_backlog() {
+    let mut server = Server::start();
+    assert_eq!(server.get("/livez").status, 200);
+    server.signal("STOP");
+    let stopped = Stopped(server.pid());
+    let conns = burst::connect_all(server.addr, 300, 5 * SECOND);
+    let connected = conns.iter().filter(|c| c.is_some()).count();
+    drop(stopped);
+    assert_eq!(
+        connected, 300,
+        "handshakes completed while the server was stopped"
+    );
+    for mut s in conns.into_iter().flatten() {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(10 * SECOND)).unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    }
+    assert!(server.exited().is_none());
+}
+
+/// SIGCONTs a stopped process when dropped, also when the test panics.
+struct Stopped(u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) takes no memory.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
     }
 }
