@@ -1,14 +1,17 @@
 //! The client connections open in this process, found through `/proc/self/fd`, so that a
-//! drain can tell when they are gone and end the idle ones.
+//! drain can tell when they are gone and end the idle ones, and the pool watch
+//! (pool_watch.rs) can see which are waiting for a thread or idle.
 //!
 //! tiny_http owns every connection on a thread of its own and offers no list of them, nor a
 //! way to end one. The kernel has the list: every socket of this process connected to the
 //! listening port is a client's. Their descriptors are only borrowed here.
 
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{FromRawFd, RawFd};
+use std::time::Duration;
 
 use crate::connection::Connections;
+use crate::pool_watch::Seen;
 
 /// Counts this process's client connections (TCP sockets connected to `port`) for which
 /// `act` returns true; `act` runs on each while it is known to be one, in the same step.
@@ -32,6 +35,74 @@ fn client_sockets(port: u16, act: impl Fn(&TcpStream) -> bool) -> usize {
                 && act(&stream)
         })
         .count()
+}
+
+/// Every client connection as the kernel sees it now: bytes received and still unread, and
+/// how long nothing was sent or received (TCP_INFO and FIONREAD, two system calls per
+/// connection besides its addresses). Descriptors that are not TCP sockets on `port` are
+/// passed over after one failed call.
+pub fn snapshot(port: u16) -> Vec<Seen> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter_map(|fd| {
+            let info = tcp_info(fd)?;
+            // Connected sockets only (ESTABLISHED or CLOSE_WAIT), never the listener.
+            if !matches!(info.tcpi_state, 1 | 8) {
+                return None;
+            }
+            // SAFETY: `fd` is an open socket of this process; ManuallyDrop never closes it.
+            let stream = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+            if stream.local_addr().ok()?.port() != port {
+                return None;
+            }
+            let peer = stream.peer_addr().ok()?;
+            let mut unread: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int to the pointer given.
+            if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut unread) } != 0 {
+                return None;
+            }
+            let ms = |v: u32| Duration::from_millis(u64::from(v));
+            Some(Seen {
+                fd,
+                peer,
+                received: info.tcpi_bytes_received,
+                unread: u64::try_from(unread).unwrap_or(0),
+                quiet: ms(info.tcpi_last_data_recv.min(info.tcpi_last_data_sent)),
+            })
+        })
+        .collect()
+}
+
+/// TCP_INFO of `fd`; `None` when it is not a TCP socket.
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+    // SAFETY: tcp_info is plain integers; the kernel writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc == 0).then_some(info)
+    }
+}
+
+/// Ends the reading side of the client connection `fd` from `peer`, if that is still what
+/// `fd` is (it may have been closed and reused since it was seen): its thread reads
+/// end-of-file and closes it; an answer being written still goes out.
+pub fn end_reads(port: u16, fd: RawFd, peer: SocketAddr) -> bool {
+    // SAFETY: only borrowed; ManuallyDrop never closes it. If `fd` is no longer open the calls
+    // below fail.
+    let stream = std::mem::ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+    let same = stream.local_addr().is_ok_and(|a| a.port() == port)
+        && stream.peer_addr().is_ok_and(|p| p == peer);
+    same && stream.shutdown(Shutdown::Read).is_ok()
 }
 
 /// How many client connections are open.
