@@ -18,11 +18,13 @@
 //! free, and takes the connection at the head of the queue. One wake-up per waiting
 //! connection, repeated (with backoff) while it still waits.
 //!
-//! Looking costs a pass over `/proc/self/fd` and two system calls per client connection. It
-//! happens only when connections arrive (the listening socket is watched with epoll, edge
-//! triggered: it reports arrivals and nothing else) for `SETTLE` after the last arrival, while
-//! a connection waits, and once every `period` (at most a second) to end idle connections.
-//! Keep-alive clients that stay connected cause no arrivals, so no look but the periodic one.
+//! Looking costs a pass over `/proc/self/fd`, one fstat(2) per descriptor and two system
+//! calls per connection no thread has read from yet (clients.rs `Scanner`). It happens only
+//! when connections arrive (the listening socket is watched with epoll, edge triggered: it
+//! reports arrivals and nothing else) for `SETTLE` after the last arrival, while a connection
+//! waits, and once every `period` (at most a second) as a full look, which also reads every
+//! connection's idle time. Keep-alive clients that stay connected cause no arrivals, so no
+//! look but the periodic one.
 //!
 //! Idle connections: a connection that neither sent nor received anything for the idle time,
 //! with nothing unread, has its reading side shut down (clients.rs `end_reads`); its thread
@@ -143,8 +145,11 @@ impl Watch {
         let mut waiting = HashMap::new();
         for s in seen.iter().filter(|s| s.untaken()) {
             let key = (s.fd, s.peer);
+            // Its request may have sat unread for a while already (the kernel's clock, in
+            // milliseconds): else it is woken at the first look GRACE later.
+            let waited = s.quiet.min(GRACE);
             let mut w = self.waiting.remove(&key).unwrap_or(Waiting {
-                next_wake: now + GRACE,
+                next_wake: now + GRACE - waited,
                 wakes: 0,
             });
             if now >= w.next_wake {
@@ -237,29 +242,48 @@ pub fn start(
         .name("pool-watch".into())
         .spawn(move || {
             let mut watch = Watch::new(idle);
+            let mut scanner = clients::Scanner::new(port);
             let mut look_at = Instant::now() + watch.period();
-            let mut told_open = Instant::now();
+            let mut full_at = Instant::now();
+            // The last look, and the least time from it to the next one.
+            let (mut last_look, mut gap) = (Instant::now(), FAST);
+            // Whether the next look is one of the fast ones (after arrivals, while one waits).
+            let mut soon = false;
             while serving() {
                 let now = Instant::now();
                 if now < look_at {
-                    if arrivals.wait(look_at - now) {
+                    // A look soon covers whatever arrives meanwhile: sleep rather than be
+                    // woken by each arrival of a burst.
+                    if soon {
+                        thread::sleep(look_at - now);
+                    } else if arrivals.wait(look_at - now) {
                         let first = Instant::now() + watch.arrived(Instant::now());
-                        look_at = look_at.min(first);
+                        (look_at, soon) = (look_at.min(first.max(last_look + gap)), true);
                     }
                     continue;
                 }
-                let seen = clients::snapshot(port);
+                if arrivals.wait(Duration::ZERO) {
+                    watch.arrived(now);
+                }
+                // Between full looks (idle times, open connections), only the connections no
+                // thread has read from yet are looked at.
+                let full = now >= full_at;
+                let seen = scanner.look(full);
                 let plan = watch.plan(now, &seen);
                 shared.update(&watch);
                 if !serving() {
                     break;
                 }
                 act(&plan, target, port);
-                if now.duration_since(told_open) >= watch.period() {
+                if full {
                     open(&seen.iter().map(|s| s.peer).collect(), now);
-                    told_open = now;
+                    full_at = now + watch.period();
                 }
-                look_at = Instant::now() + plan.next;
+                // A look over thousands of connections takes a while (and longer when the
+                // machine is busy): at most a fifth of the time goes to looking.
+                (last_look, gap) = (now, FAST.max(now.elapsed() * 4));
+                look_at = now + plan.next.max(gap);
+                soon = plan.next < watch.period();
             }
         })
         .map_err(|source| Error::Thread {
@@ -320,7 +344,8 @@ impl Arrivals {
         Ok(Arrivals { epoll })
     }
 
-    /// Waits up to `limit` (rounded up to a millisecond) for connections to arrive.
+    /// Waits up to `limit` (rounded up to a millisecond) for connections to arrive; whether
+    /// any arrived since the last call.
     fn wait(&self, limit: Duration) -> bool {
         let ms = limit.as_micros().div_ceil(1000).min(60_000) as libc::c_int;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
@@ -371,6 +396,15 @@ mod tests {
         assert_eq!(w.plan(t0 + GRACE * 4, &queued).wake, 0);
         assert_eq!(w.plan(t0 + GRACE * 7, &queued).wake, 1);
         assert_eq!((w.found, w.wakes), (1, 3));
+    }
+
+    #[test]
+    fn a_request_the_kernel_says_has_sat_unread_for_the_grace_is_woken_at_first_sight() {
+        let mut w = Watch::new(IDLE);
+        let t0 = Instant::now();
+        assert_eq!(w.plan(t0, &[seen(7, 40, 40, 2)]).wake, 1);
+        assert_eq!(w.plan(t0, &[seen(8, 40, 40, 1)]).wake, 0);
+        assert_eq!(w.plan(t0 + ms(1), &[seen(8, 40, 40, 2)]).wake, 1);
     }
 
     #[test]
