@@ -244,7 +244,9 @@ print_table() {
   echo
   echo "=== $rounds rounds of $secs s per scenario and server, interleaved; medians of the rounds"
   echo "    (spread: (max - min) / median of the rounds' req/s; worst: the highest round's p99;"
-  echo "    errors: non-2xx and socket errors, all rounds; reconnects/s: median of the rounds)"
+  echo "    errors: non-2xx and socket errors, all rounds; reconnects/s: median of the rounds, the"
+  echo "    connections accepted beyond wrk's own, so tribist's include its wake-up connections, one"
+  echo "    per connection found waiting in tiny_http's pool: see the 'connections:' line below)"
   printf '%-18s %-8s %9s %8s %9s %9s %7s %12s %13s\n' scenario server "req/s" spread "p99 ms" "worst" errors reconnects/s tribist/peer
   for scenario in "${SCENARIOS[@]}"; do
     peer_rps=$(column "$scenario" peer 4 | median)
