@@ -269,6 +269,7 @@ print_table() {
   done
   echo
   echo "=== tail: tribist's p99 in every round within 1.5 x the peer's p99 of the same round, or 1.5 ms"
+  echo "    (what bounds it under steady keep-alive load: the CPU; docs/tail-latency.md)"
   for scenario in "${SCENARIOS[@]}"; do
     misses=$(tail_misses "$scenario")
     if [[ -z "$misses" ]]; then
@@ -286,6 +287,9 @@ print_bursts() {
   echo "    each connection's first answer from the start of the burst (target: <= 20 ms for tribist)"
   printf '%-7s %-8s %5s %18s %17s %15s %13s\n' when server conns "slowest first ms" "median first ms" "never answered" reconnects/s
   sort -k1,1r -k3,3n -k2,2r "$WORK/bursts" | awk '{ printf "%-7s %-8s %5s %18s %17s %15s %13s\n", $1, $2, $3, $4, $5, $6, $7 }'
+  echo "    what bounds tribist's: tiny_http's accept thread starts an OS thread per connection, one"
+  echo "    after the other; a connection left waiting in its pool is found and given a thread within"
+  echo "    milliseconds (the 'connections:' line); docs/tail-latency.md"
 }
 
 main() {
