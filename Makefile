@@ -137,7 +137,7 @@ bench-upgrade: ## clients' view of make upgrade on a test host, with and without
 demo: ## boot a throwaway systemd host and narrate install, upgrade, failed upgrade, rollback (root)
 	tests/e2e/demo.sh
 
-bench: release ## tribist vs an axum peer (bench/peer-axum) on one PostgreSQL: req/s, p99, RSS, queries per answer (~4 min)
+bench: release ## tribist vs an axum peer (bench/peer-axum) on one PostgreSQL: req/s, p99 per round, bursts, RSS, queries per answer (~6 min)
 	BIN=$(RELEASE_BIN) tests/support/bench.sh
 
 clean: ## remove build output and the local PostgreSQL

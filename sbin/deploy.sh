@@ -1145,7 +1145,7 @@ cmd_rollback() {
 # password arrives only through --database-url-stdin, the address only through install
 # --listen.
 config_name_ok() {
-  [[ "$1" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE|SSLMODE|SSLROOTCERT))$ ]]
+  [[ "$1" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|IDLE_TIMEOUT|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE|SSLMODE|SSLROOTCERT))$ ]]
 }
 
 # Every setting as the serving binary reads $ENV_FILE, passwords masked (root or tribist).
@@ -1178,7 +1178,7 @@ cmd_config_change() {
         arg=${2:-}
         name=${arg%%=*}
         { [[ "$arg" == *=* ]] && config_name_ok "$name"; } ||
-          usage_error "--set needs NAME=VALUE with NAME one of TRIBIST_WORKERS TRIBIST_DB_TIMEOUT TRIBIST_SHUTDOWN_TIMEOUT TRIBIST_KEEPALIVE_MAX TRIBIST_MAX_HEADER_BYTES TRIBIST_LOG_LEVEL PGHOST PGPORT PGUSER PGDATABASE PGSSLMODE PGSSLROOTCERT, got '$(clean "$arg" 60)'"
+          usage_error "--set needs NAME=VALUE with NAME one of TRIBIST_WORKERS TRIBIST_DB_TIMEOUT TRIBIST_SHUTDOWN_TIMEOUT TRIBIST_KEEPALIVE_MAX TRIBIST_IDLE_TIMEOUT TRIBIST_MAX_HEADER_BYTES TRIBIST_LOG_LEVEL PGHOST PGPORT PGUSER PGDATABASE PGSSLMODE PGSSLROOTCERT, got '$(clean "$arg" 60)'"
         representable "${arg#*=}" || usage_error "the value of $name holds a control character or is not UTF-8"
         sets+=("$arg")
         names+=("$name")

@@ -427,7 +427,7 @@ env_line() {
 # The settings make config may set or unset (deploy.sh's config_name_ok says the same):
 # never the address (LISTEN=) or a password (DATABASE_URL_FILE=).
 setting_name_ok() {
-  [[ "$1" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE|SSLMODE|SSLROOTCERT))$ ]]
+  [[ "$1" =~ ^(TRIBIST_(WORKERS|DB_TIMEOUT|SHUTDOWN_TIMEOUT|KEEPALIVE_MAX|IDLE_TIMEOUT|MAX_HEADER_BYTES|LOG_LEVEL)|PG(HOST|PORT|USER|DATABASE|SSLMODE|SSLROOTCERT))$ ]]
 }
 
 # make config HOST=… [SET="NAME=VALUE …"] [UNSET="NAME …"] [DATABASE_URL_FILE=…]: without a

@@ -14,7 +14,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8383";
 pub const DEFAULT_WORKERS: usize = 16;
 pub const DEFAULT_DB_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_KEEPALIVE_MAX: Duration = Duration::from_millis(50);
+pub const DEFAULT_KEEPALIVE_MAX: Duration = Duration::from_secs(600);
+/// TRIBIST_KEEPALIVE_MAX is a policy cap on a connection's age, in minutes: shorter, it would
+/// make clients that keep their connections reconnect over and over.
+pub const MIN_KEEPALIVE_MAX: Duration = Duration::from_secs(60);
+/// Longer than the idle timeouts proxies and load balancers use for their upstream
+/// connections (60 s is the usual default: nginx, AWS ALB), so that they close first: a server
+/// closing an idle connection can cross a request the proxy sends on it at that moment.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 const MAX_WORKERS: usize = 256;
 
@@ -55,9 +62,9 @@ Configuration comes from the environment:
   TRIBIST_DB_TIMEOUT        bound on each database check    (default 2s; e.g. 500ms, 1.5s)
   TRIBIST_SHUTDOWN_TIMEOUT  bound on graceful shutdown      (default 10s)
   TRIBIST_KEEPALIVE_MAX     a keep-alive connection's first request this long ago, the
-                            next answer says Connection: close (default 50ms): each
-                            connection holds a thread, so this gives every waiting
-                            connection its turn soon
+                            next answer says Connection: close (default 10min; 1min-1h)
+  TRIBIST_IDLE_TIMEOUT      a connection that sent and received nothing this long is
+                            closed (default 75s; 1s-1h)
   TRIBIST_MAX_HEADER_BYTES  a larger request header section is answered 431
                             (default 16384; 1024-1048576)
   TRIBIST_LOG_LEVEL         error, warn, info, debug, trace (default info)
@@ -77,6 +84,7 @@ pub struct Config {
     pub db_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub keepalive_max: Duration,
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub log_level: log::LevelFilter,
     /// Where to write the address listened on, for whoever started the server
@@ -152,6 +160,23 @@ impl Config {
         };
         let keepalive_max =
             duration_var(&nonempty, "TRIBIST_KEEPALIVE_MAX", DEFAULT_KEEPALIVE_MAX)?;
+        if keepalive_max < MIN_KEEPALIVE_MAX {
+            return Err(bad(
+                "TRIBIST_KEEPALIVE_MAX",
+                format!(
+                    "{keepalive_max:?} is shorter than 1min: it caps a connection's age (e.g. \
+                     10min, the default) and no longer keeps connections from waiting, which \
+                     the server sees to itself; remove it or set minutes"
+                ),
+            ));
+        }
+        let idle_timeout = duration_var(&nonempty, "TRIBIST_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?;
+        if idle_timeout < Duration::from_secs(1) {
+            return Err(bad(
+                "TRIBIST_IDLE_TIMEOUT",
+                format!("{idle_timeout:?} is shorter than 1s"),
+            ));
+        }
         let log_level = match nonempty("TRIBIST_LOG_LEVEL") {
             None => log::LevelFilter::Info,
             Some(v) => match log::LevelFilter::from_str(v.trim()) {
@@ -173,6 +198,7 @@ impl Config {
             db_timeout,
             shutdown_timeout,
             keepalive_max,
+            idle_timeout,
             max_header_bytes,
             log_level,
             address_file,
@@ -195,6 +221,7 @@ pub const VARIABLES: &[&str] = &[
     "TRIBIST_DB_TIMEOUT",
     "TRIBIST_SHUTDOWN_TIMEOUT",
     "TRIBIST_KEEPALIVE_MAX",
+    "TRIBIST_IDLE_TIMEOUT",
     "TRIBIST_MAX_HEADER_BYTES",
     "TRIBIST_LOG_LEVEL",
 ];
@@ -213,6 +240,7 @@ impl Config {
                 "TRIBIST_DB_TIMEOUT" => Some(format!("{:?}", self.db_timeout)),
                 "TRIBIST_SHUTDOWN_TIMEOUT" => Some(format!("{:?}", self.shutdown_timeout)),
                 "TRIBIST_KEEPALIVE_MAX" => Some(format!("{:?}", self.keepalive_max)),
+                "TRIBIST_IDLE_TIMEOUT" => Some(format!("{:?}", self.idle_timeout)),
                 "TRIBIST_MAX_HEADER_BYTES" => Some(self.max_header_bytes.to_string()),
                 "TRIBIST_LOG_LEVEL" => Some(self.log_level.to_string().to_lowercase()),
                 _ => None,
@@ -634,12 +662,34 @@ mod tests {
             ("TRIBIST_DB_TIMEOUT", "0s"),
             ("TRIBIST_DB_TIMEOUT", "2 minutes"),
             ("TRIBIST_SHUTDOWN_TIMEOUT", "-1"),
+            ("TRIBIST_KEEPALIVE_MAX", "50ms"),
+            ("TRIBIST_KEEPALIVE_MAX", "59s"),
+            ("TRIBIST_IDLE_TIMEOUT", "500ms"),
+            ("TRIBIST_IDLE_TIMEOUT", "2h"),
             ("TRIBIST_LOG_LEVEL", "loud"),
             ("TRIBIST_LOG_LEVEL", "off"),
         ] {
             let err = parse(&[url, (var, value)]).unwrap_err();
             assert_eq!(var_of(err), var, "{var}={value}");
         }
+    }
+
+    #[test]
+    fn connection_lifetimes_default_to_minutes_and_take_minutes() {
+        let url = ("DATABASE_URL", "postgres://u@h/d");
+        let c = parse(&[url]).unwrap();
+        assert_eq!(c.keepalive_max, Duration::from_secs(600));
+        assert_eq!(c.idle_timeout, Duration::from_secs(75));
+        let c = parse(&[
+            url,
+            ("TRIBIST_KEEPALIVE_MAX", "1min"),
+            ("TRIBIST_IDLE_TIMEOUT", "1s"),
+        ])
+        .unwrap();
+        assert_eq!(c.keepalive_max, Duration::from_secs(60));
+        assert_eq!(c.idle_timeout, Duration::from_secs(1));
+        let err = parse(&[url, ("TRIBIST_KEEPALIVE_MAX", "50ms")]).unwrap_err();
+        assert!(err.to_string().contains("shorter than 1min"), "{err}");
     }
 
     #[test]

@@ -1,15 +1,13 @@
 //! When a keep-alive connection must end, and the answer that ends it.
 //!
-//! tiny_http gives every connection a thread of its own until the client closes it, and its
-//! thread pool can queue a newly accepted connection behind a thread that is about to take
-//! another one: that connection then waits until some *other* connection ends. A burst of
-//! keep-alive clients (a proxy's pool reconnecting after a restart) can leave one of them
-//! unanswered for seconds. So no connection is kept forever: once `keepalive_max` has passed
-//! since its first request, or while the server drains, the answer carries
-//! `Connection: close`; the client then opens a new connection (to this process, or during an
-//! upgrade to the next one, through the socket's backlog) and a thread becomes free for
-//! whoever waits. tiny_http cannot send that header itself, so such answers are written raw
-//! through `Request::into_writer`.
+//! A connection is kept for at most `keepalive_max` (`TRIBIST_KEEPALIVE_MAX`, minutes), and
+//! not at all while the server drains: the answer then carries `Connection: close`, and the
+//! client opens a new connection (to this process, or during an upgrade to the next one,
+//! through the socket's backlog). The age cap is a policy (clients spread again over processes
+//! and hosts), not what keeps connections from waiting for a thread: pool_watch.rs does that.
+//! The table of first requests also tells a drain which connections carried a request.
+//! tiny_http cannot send that header itself, so such answers are written raw through
+//! `Request::into_writer`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::api::Reply;
 
 /// Past this many tracked connections, entries older than the bound are dropped: they belong
-/// to connections the client closed itself.
+/// to connections the client closed itself. (The pool watch also drops the entries of closed
+/// connections about once a second: `retain_open`.)
 const PRUNE_AT: usize = 4096;
 
 /// At most this many connections are tracked (about 4 MB): past it, a connection not yet
@@ -80,6 +79,14 @@ impl Connections {
     /// One that has not is new: its client is about to send its first request.
     pub fn carried_a_request(&self, client: &SocketAddr) -> bool {
         self.lock().first_seen.contains_key(client)
+    }
+
+    /// Keeps only the entries of the connections from `open` (the client addresses of the
+    /// connections open at `since`) and those made after `since`.
+    pub fn retain_open(&self, open: &std::collections::HashSet<SocketAddr>, since: Instant) {
+        self.lock()
+            .first_seen
+            .retain(|peer, first| open.contains(peer) || *first >= since);
     }
 
     /// Forgets a connection that is closed anyway.
@@ -199,6 +206,23 @@ mod tests {
         }
         assert_eq!(c.lock().next_prune.unwrap(), next, "pruned again");
         assert_eq!(c.lock().first_seen.len(), PRUNE_AT + 101);
+    }
+
+    #[test]
+    fn entries_of_closed_connections_go_when_the_open_ones_are_known() {
+        let c = Connections::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        for port in 1..=3 {
+            c.should_close(Some(&addr(port)), t0);
+        }
+        let look = t0 + Duration::from_millis(5);
+        // A request on a connection accepted after the look began.
+        c.should_close(Some(&addr(4)), look + Duration::from_millis(1));
+        c.retain_open(&[addr(2)].into_iter().collect(), look);
+        assert!(c.carried_a_request(&addr(2)));
+        assert!(c.carried_a_request(&addr(4)));
+        assert!(!c.carried_a_request(&addr(1)));
+        assert!(!c.carried_a_request(&addr(3)));
     }
 
     #[test]

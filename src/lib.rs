@@ -18,6 +18,7 @@ pub mod handover;
 pub mod listener;
 pub mod logging;
 pub mod pidfile;
+pub mod pool_watch;
 pub mod server;
 pub mod single_flight;
 pub mod systemd;

@@ -7,9 +7,14 @@
 //! successor already accepting on the same socket. So stopping to accept must leave such a
 //! socket listening, which tiny_http cannot do: it only stops its accept thread once accept
 //! fails (see `Listener::stop_accepting`).
+//!
+//! A socket bound here listens with the backlog `tribist.socket` asks systemd for (`BACKLOG`),
+//! not std's 128: past the backlog the kernel drops a connection's SYN, and its client waits a
+//! whole second to send it again (a burst of 256 connections did).
 
+use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,6 +23,10 @@ use crate::accept_watch::AcceptThread;
 use crate::config::Config;
 use crate::error::Error;
 use crate::systemd;
+
+/// The listen(2) backlog of a socket bound here: `Backlog=` of etc/tribist.socket. The kernel
+/// caps it at net.core.somaxconn (4096 by default since Linux 5.4).
+pub const BACKLOG: libc::c_int = 4096;
 
 /// Where connections come from.
 pub struct Listener {
@@ -51,7 +60,7 @@ impl Listener {
         let (listener, own) = match inherited.or(from_systemd) {
             Some(listener) => (listener, None),
             None => {
-                let listener = TcpListener::bind(config.listen).map_err(|e| bind_err(e.into()))?;
+                let listener = bind(config.listen, BACKLOG).map_err(|e| bind_err(e.into()))?;
                 let own = listener.try_clone().map_err(|e| bind_err(e.into()))?;
                 (listener, Some(own))
             }
@@ -149,6 +158,85 @@ impl Listener {
     }
 }
 
+/// A TCP socket listening on `addr` with `backlog`: what `TcpListener::bind` does (with
+/// SO_REUSEADDR, as std sets it), but std's backlog is fixed at 128.
+pub fn bind(addr: SocketAddr, backlog: libc::c_int) -> io::Result<TcpListener> {
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: socket(2) returns a new descriptor, owned by `socket` from here on.
+    let socket = unsafe {
+        OwnedFd::from_raw_fd(check(libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?)
+    };
+    let fd = socket.as_raw_fd();
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a valid int of the length given.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a sockaddr of `len` bytes for the socket's family.
+    check(unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) })?;
+    // SAFETY: listen(2) on our own socket.
+    check(unsafe { libc::listen(fd, backlog) })?;
+    Ok(TcpListener::from(socket))
+}
+
+/// `addr` as the C structure bind(2) takes, and its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain integers, valid when zeroed.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
 /// Stops a socket we bound ourselves from listening: new connections are refused and the
 /// accept blocked on it fails.
 fn shut_down(own: &TcpListener) {
@@ -158,5 +246,29 @@ fn shut_down(own: &TcpListener) {
             "shutdown: cannot stop the listener: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_ipv4_and_ipv6_like_std_and_a_taken_port_is_an_error() {
+        let v4 = bind("127.0.0.1:0".parse().unwrap(), BACKLOG).unwrap();
+        let addr = v4.local_addr().unwrap();
+        assert!(addr.port() != 0);
+        let client = TcpStream::connect(addr).unwrap();
+        let (accepted, peer) = v4.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        drop(accepted);
+        let taken = bind(addr, BACKLOG).unwrap_err();
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse, "{taken}");
+        // IPv6 only where the machine has it.
+        if let Ok(v6) = bind("[::1]:0".parse().unwrap(), BACKLOG) {
+            let addr = v6.local_addr().unwrap();
+            assert!(addr.is_ipv6());
+            TcpStream::connect(addr).unwrap();
+        }
     }
 }

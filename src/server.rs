@@ -43,6 +43,7 @@ use crate::error::Error;
 use crate::handover::{self, Inherited, Ready};
 use crate::listener::Listener;
 use crate::pidfile::PidFile;
+use crate::pool_watch;
 use crate::systemd::{self, Notifier};
 use crate::watchdog;
 
@@ -191,6 +192,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         crate::address_file::write(path, main.listener.addr)?;
     }
     let workers = Workers::start(&config, &pool)?;
+    let watched = start_pool_watch(&config, &pool, &main.listener)?;
     announce(&config, &main, opened.ready);
     start_watchdog(&pool, &main.listener)?;
     // Wait for the end.
@@ -201,6 +203,7 @@ pub fn run(config: Config) -> Result<(), Error> {
     stop_accepting(&main, &pool, end.handed_over(), deadline);
     close_idle_connections(&config, &pool, deadline);
     // Close.
+    log::info!("{}", watched.summary());
     let closed = close(&config, &main, &pool, workers, deadline);
     end.into_result().and(closed)
 }
@@ -383,6 +386,23 @@ fn start_watchdog(pool: &Arc<Pool>, listener: &Listener) -> Result<(), Error> {
     watchdog::start(listener.local_target(), every, move || {
         !pool.stopping.load(Ordering::SeqCst)
     })
+}
+
+/// Frees a pool thread whenever an accepted connection waits in tiny_http's queue, and ends
+/// idle connections (pool_watch.rs); it stops once the server stops.
+fn start_pool_watch(
+    config: &Config,
+    pool: &Arc<Pool>,
+    listener: &Listener,
+) -> Result<Arc<pool_watch::Totals>, Error> {
+    let (serving, pruning) = (Arc::clone(pool), Arc::clone(pool));
+    pool_watch::start(
+        listener.fd,
+        listener.local_target(),
+        config.idle_timeout,
+        move || !serving.stopping.load(Ordering::SeqCst),
+        move |open, since| pruning.connections.retain_open(open, since),
+    )
 }
 
 /// The event loop: handovers come and go (or fail) while serving goes on, until a termination

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # `make bench`: tribist against a peer server on a mainstream async stack (bench/peer-axum:
 # axum + tokio + deadpool-postgres), in one run, on the same machine and the same throwaway
-# PostgreSQL cluster. wrk on /health at 16 and 64 connections and on /livez at 64, in
-# interleaved rounds (tribist, peer, tribist, peer, ...); per scenario and server the median
-# req/s and p99 of the rounds, their spread, the errors and tribist/peer; both servers'
-# memory; the database queries each answers a /health with; pgbench's `SELECT 1` rate as
-# context. Prints figures; asserts nothing (targets are in the README).
+# PostgreSQL cluster. wrk on /health and /livez at 16 and 64 connections, in interleaved
+# rounds (tribist, peer, tribist, peer, ...); each round's req/s, p99 and reconnects, then
+# per scenario and server the median req/s and p99 of the rounds, the worst round's p99,
+# their spread, the errors and tribist/peer, and whether every round's p99 is within the
+# bound (1.5 x the peer's in the same round, or 1.5 ms); bursts of 64 and 256 keep-alive
+# connections opened at once (examples/burst.rs, one event loop), on the fresh servers and after the
+# rounds: each connection's first answer; both servers' memory; the database queries each
+# answers a /health with; pgbench's `SELECT 1` rate as context. Prints figures; asserts
+# nothing (targets are in the README and docs/tail-latency.md).
 set -euo pipefail
 export LC_ALL=C
 
@@ -23,9 +27,11 @@ Environment:
   PEER_THREADS  the peer's tokio worker threads (default: the number of CPUs, tokio's default)
   PEER_BIN      a peer binary to use instead of building bench/peer-axum (cargo build --release
                 --locked, target dir target/peer-axum)
-  CONNECTIONS   wrk connection counts for /health (default "16 64"); /livez runs at the last one
+  CONNECTIONS   wrk connection counts for /health and /livez (default "16 64")
   ROUNDS        interleaved rounds (default 3)
-  DURATION      seconds per wrk run (default 10)
+  DURATION      seconds per wrk run (default 10, at least 8: a p99 needs enough requests to
+                see the events that happen once a second)
+  BURSTS        connection counts of the bursts (default "64 256"; "" for none)
 Any TRIBIST_* variable in the environment reaches tribist (e.g. TRIBIST_KEEPALIVE_MAX=1h).
 Needs wrk, curl, python3, cargo and PostgreSQL with its psql and pgbench (Debian packages wrk,
 curl, python3, postgresql; make deps installs them).
@@ -41,6 +47,9 @@ die() {
 source "$(dirname "$0")/stack.sh"
 
 WORK="" PEER_PID="" PEER_PORT=""
+# Each server's port, and the burst sizes (BURSTS).
+declare -A ports=()
+BURST_SIZES=() BURST_BIN=""
 # "PATH@CONNECTIONS" of each wrk scenario, in the order they run.
 SCENARIOS=()
 
@@ -125,6 +134,15 @@ health_line() {
   sed -n 's/.*health: \([0-9][0-9]*\) answers from \([0-9][0-9]*\) database checks.*/\1 \2/p' "$1" | tail -n 1
 }
 
+# The TCP connections this network namespace has accepted so far (PassiveOpens in
+# /proc/net/snmp): its delta over a wrk run, less wrk's own connections, is the server's
+# reconnects (other processes in the namespace accepting connections meanwhile would add to
+# it; test hosts run in namespaces of their own).
+passive_opens() {
+  awk '$1 == "Tcp:" && !h { for (i = 1; i <= NF; i++) if ($i == "PassiveOpens") c = i; h = 1; next }
+       $1 == "Tcp:" && h { print $c; exit }' /proc/net/snmp
+}
+
 # "RPS P99_MS ERRORS REQUESTS" from wrk --latency output (errors: non-2xx/3xx and socket errors).
 parse_wrk() {
   awk '
@@ -141,17 +159,67 @@ parse_wrk() {
   ' "$1"
 }
 
-# One wrk run; appends "SCENARIO SERVER ROUND RPS P99 ERRORS REQUESTS" to results (round 0:
-# the warm-up, not in the table).
+# One wrk run; appends "SCENARIO SERVER ROUND RPS P99 ERRORS REQUESTS RECONNECTS_PER_S" to
+# results (round 0: the warm-up, not in the table).
 measure() {
   local scenario=$1 server=$2 round=$3 url=$4 conns=$5 secs=$6
-  local out="$WORK/wrk-${scenario//\//}-$server-$round.txt" rps p99 errors requests
+  local out="$WORK/wrk-${scenario//\//}-$server-$round.txt" rps p99 errors requests opens reconnects
+  opens=$(passive_opens)
   wrk -t2 -c"$conns" -d"${secs}s" --latency "$url" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+  reconnects=$(awk -v a="$opens" -v b="$(passive_opens)" -v c="$conns" -v s="$secs" \
+    'BEGIN { r = (b - a - c) / s; printf "%.1f\n", (r > 0) ? r : 0 }')
   read -r rps p99 errors requests < <(parse_wrk "$out")
-  echo "$scenario $server $round $rps $p99 $errors $requests" >>"$WORK/results"
+  echo "$scenario $server $round $rps $p99 $errors $requests $reconnects" >>"$WORK/results"
   [[ "$round" == 0 ]] && return
-  printf '  round %s  %-16s %-8s %7s req/s  p99 %7.2f ms  errors %s\n' "$round" \
-    "$(label "$scenario")" "$server" "$rps" "$p99" "$errors"
+  printf '  round %s  %-16s %-8s %7s req/s  p99 %7.2f ms  errors %s  reconnects/s %s\n' "$round" \
+    "$(label "$scenario")" "$server" "$rps" "$p99" "$errors" "$reconnects"
+}
+
+# Each measured round of SCENARIO in which tribist's p99 exceeds the bound: 1.5 x the peer's
+# p99 in the same round, or 1.5 ms, whichever is larger. One "round N: T ms > B ms" a line.
+tail_misses() {
+  awk -v s="$1" '
+    $1 == s && $3 > 0 && $2 == "tribist" { t[$3] = $5 }
+    $1 == s && $3 > 0 && $2 == "peer" { p[$3] = $5 }
+    END {
+      for (r in t) {
+        b = 1.5 * p[r]; if (b < 1.5) b = 1.5
+        if (t[r] > b) printf "round %s: %.2f ms > %.2f ms\n", r, t[r], b
+      }
+    }' "$WORK/results" | sort
+}
+
+# Builds the burst client (examples/burst.rs: cargo build --release --locked --example burst);
+# prints the binary's path.
+burst_binary() {
+  local repo=$1
+  echo "building the burst client: cargo build --release --locked --example burst" >&2
+  "${CARGO:-cargo}" build --release --locked -q --manifest-path "$repo/Cargo.toml" --example burst >&2 ||
+    die "cannot build examples/burst.rs (above)"
+  echo "$repo/target/release/examples/burst"
+}
+
+# One burst client run against SERVER; prints its line and appends "WHEN SERVER N SLOWEST
+# MEDIAN NEVER RECONNECTS_PER_S" to bursts.
+burst() {
+  local when=$1 server=$2 port=$3 n=$4 json
+  json=$("$BURST_BIN" "127.0.0.1:$port" "$n" 3) || die "the burst client failed against $server"
+  python3 -c '
+import json, sys
+r = json.loads(sys.argv[4])
+print("%s %s %s %s %s %s %s" % (sys.argv[1], sys.argv[2], sys.argv[3], r["first_answer_slowest_ms"],
+      r["first_answer_median_ms"], r["never_answered"], r["reconnects_per_s"]))' "$when" "$server" "$n" "$json" >>"$WORK/bursts"
+  local slowest median never reconnects
+  read -r _ _ _ slowest median never reconnects < <(tail -n 1 "$WORK/bursts")
+  printf '  burst %-6s %-8s %4s connections: first answer slowest %s ms, median %s ms; never answered %s; reconnects/s %s\n' \
+    "$when" "$server" "$n" "$slowest" "$median" "$never" "$reconnects"
+}
+
+bursts() {
+  local when=$1 n server
+  for n in "${BURST_SIZES[@]}"; do
+    for server in tribist peer; do burst "$when" "$server" "${ports[$server]}" "$n"; done
+  done
 }
 
 label() { printf '%s %s conn' "${1%@*}" "${1#*@}"; }
@@ -172,11 +240,14 @@ health_answers() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f\n", a / b; else print "n/a" }'; }
 
 print_table() {
-  local rounds=$1 secs=$2 scenario server rps p99 spread errors peer_rps name rel
+  local rounds=$1 secs=$2 scenario server rps p99 worst spread errors reconnects peer_rps name rel misses
   echo
   echo "=== $rounds rounds of $secs s per scenario and server, interleaved; medians of the rounds"
-  echo "    (spread: (max - min) / median of the rounds' req/s; errors: non-2xx and socket errors, all rounds)"
-  printf '%-18s %-8s %9s %8s %9s %7s %13s\n' scenario server "req/s" spread "p99 ms" errors tribist/peer
+  echo "    (spread: (max - min) / median of the rounds' req/s; worst: the highest round's p99;"
+  echo "    errors: non-2xx and socket errors, all rounds; reconnects/s: median of the rounds, the"
+  echo "    connections accepted beyond wrk's own, so tribist's include its wake-up connections, one"
+  echo "    per connection found waiting in tiny_http's pool: see the 'connections:' line below)"
+  printf '%-18s %-8s %9s %8s %9s %9s %7s %12s %13s\n' scenario server "req/s" spread "p99 ms" "worst" errors reconnects/s tribist/peer
   for scenario in "${SCENARIOS[@]}"; do
     peer_rps=$(column "$scenario" peer 4 | median)
     for server in tribist peer; do
@@ -184,15 +255,41 @@ print_table() {
       spread=$(column "$scenario" "$server" 4 | sort -g |
         awk -v m="$rps" '{ v[NR] = $1 } END { printf("%.1f%%\n", (m > 0) ? (v[NR] - v[1]) / m * 100 : 0) }')
       p99=$(column "$scenario" "$server" 5 | median)
+      worst=$(column "$scenario" "$server" 5 | sort -g | tail -n 1)
       errors=$(column "$scenario" "$server" 6 | awk '{ s += $1 } END { print s + 0 }')
+      reconnects=$(column "$scenario" "$server" 8 | median)
       name="" rel=""
       if [[ "$server" == tribist ]]; then
         name=$(label "$scenario")
         rel=$(ratio "$rps" "$peer_rps")
       fi
-      printf '%-18s %-8s %9.0f %8s %9.2f %7s %13s\n' "$name" "$server" "$rps" "$spread" "$p99" "$errors" "$rel"
+      printf '%-18s %-8s %9.0f %8s %9.2f %9.2f %7s %12s %13s\n' "$name" "$server" "$rps" "$spread" "$p99" \
+        "$worst" "$errors" "$reconnects" "$rel"
     done
   done
+  echo
+  echo "=== tail: tribist's p99 in every round within 1.5 x the peer's p99 of the same round, or 1.5 ms"
+  echo "    (what bounds it under steady keep-alive load: the CPU; docs/tail-latency.md)"
+  for scenario in "${SCENARIOS[@]}"; do
+    misses=$(tail_misses "$scenario")
+    if [[ -z "$misses" ]]; then
+      printf '%-18s every round within the bound\n' "$(label "$scenario")"
+    else
+      printf '%-18s %s\n' "$(label "$scenario")" "$(paste -sd';' <<<"$misses")"
+    fi
+  done
+}
+
+print_bursts() {
+  [[ -s "$WORK/bursts" ]] || return 0
+  echo
+  echo "=== bursts: N keep-alive connections opened at once (examples/burst.rs, one event loop, 3 s, /livez);"
+  echo "    each connection's first answer from the start of the burst (target: <= 20 ms for tribist)"
+  printf '%-7s %-8s %5s %18s %17s %15s %13s\n' when server conns "slowest first ms" "median first ms" "never answered" reconnects/s
+  sort -k1,1r -k3,3n -k2,2r "$WORK/bursts" | awk '{ printf "%-7s %-8s %5s %18s %17s %15s %13s\n", $1, $2, $3, $4, $5, $6, $7 }'
+  echo "    what bounds tribist's: tiny_http's accept thread starts an OS thread per connection, one"
+  echo "    after the other; a connection left waiting in its pool is found and given a thread within"
+  echo "    milliseconds (the 'connections:' line); docs/tail-latency.md"
 }
 
 main() {
@@ -211,23 +308,29 @@ main() {
   secs=${DURATION:-10}
   local -a conns
   read -ra conns <<<"${CONNECTIONS:-16 64}"
+  read -ra BURST_SIZES <<<"${BURSTS-64 256}"
   [[ ${#conns[@]} -gt 0 ]] || die "CONNECTIONS is empty"
-  for n in "$workers" "$pool" "$threads" "$rounds" "$secs" "${conns[@]}"; do
+  for n in "$workers" "$pool" "$threads" "$rounds" "$secs" "${conns[@]}" "${BURST_SIZES[@]}"; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] ||
-      die "WORKERS, POOL, PEER_THREADS, ROUNDS, DURATION and CONNECTIONS take whole numbers >= 1, got '$n'"
+      die "WORKERS, POOL, PEER_THREADS, ROUNDS, DURATION, CONNECTIONS and BURSTS take whole numbers >= 1, got '$n'"
   done
+  [[ "$secs" -ge 8 ]] || die "DURATION=$secs: rounds of at least 8 s (a p99 must see what happens once a second)"
   [[ -x "$bin" ]] || die "no server binary at $bin (run: make release)"
   local tool
   for tool in wrk pgbench psql curl python3; do
     command -v "$tool" >/dev/null ||
       die "$tool is missing (make deps, or: apt-get install wrk curl python3 postgresql)"
   done
-  for n in "${conns[@]}"; do SCENARIOS+=("/health@$n"); done
-  SCENARIOS+=("/livez@${conns[-1]}")
+  local path
+  for path in /health /livez; do
+    for n in "${conns[@]}"; do SCENARIOS+=("$path@$n"); done
+  done
   peer_bin=$(peer_binary "$repo")
+  [[ ${#BURST_SIZES[@]} -eq 0 ]] || BURST_BIN=$(burst_binary "$repo")
 
   WORK=$(mktemp -d /tmp/tribist-bench.XXXXXX)
   : >"$WORK/results"
+  : >"$WORK/bursts"
   trap cleanup EXIT
   stack_up "$WORK" "$bin" TRIBIST_WORKERS="$workers" || die "cannot start PostgreSQL and tribist"
   local pid=$STACK_PID port=$STACK_PORT url=$STACK_URL pg_port
@@ -237,15 +340,14 @@ main() {
   # apart (pg_stat_database counts per database).
   pg_admin -c "CREATE DATABASE peer OWNER tribist" >/dev/null || die "cannot create database peer"
   start_peer "$peer_bin" "${url%/*}/peer" "$pool" "$threads"
-  local -A ports=([tribist]=$port [peer]=$PEER_PORT) pids=([tribist]=$pid [peer]=$PEER_PID)
+  local -A pids=([tribist]=$pid [peer]=$PEER_PID)
+  ports=([tribist]=$port [peer]=$PEER_PORT)
   local -A rss_idle rss_open rss_after
   echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start;" \
     "PostgreSQL $(pg_admin -A -t -c 'SHOW server_version') on port $pg_port"
   echo "tribist: pid $pid, $bin, $workers workers (threads; /health's checks shared, on one database connection unless they overlap), database tribist"
   echo "peer:    pid $PEER_PID, axum + tokio, $threads worker threads, a pool of $pool database connections, database peer"
-  [[ -n "${TRIBIST_KEEPALIVE_MAX:-}" ]] ||
-    echo "note: tribist answers Connection: close once a keep-alive connection's first request is 50 ms old (TRIBIST_KEEPALIVE_MAX), so wrk reconnects; the peer keeps its connections"
-  local server code size path before
+  local server code size before
   for server in tribist peer; do rss_idle[$server]=$(rss_kb "${pids[$server]}"); done
   before=$(xact)
   for server in tribist peer; do
@@ -255,8 +357,11 @@ main() {
       [[ "$code" == 200 ]] || die "$server: $path answered $code"
       echo "$server $path: 200, body $size bytes"
     done
-    echo "/health@1 $server 0 0 0 0 1" >>"$WORK/results"
+    echo "/health@1 $server 0 0 0 0 1 0" >>"$WORK/results"
   done
+  # Bursts on the fresh servers (tribist's pool has 4 idle threads: where tiny_http's queue
+  # kept connections waiting).
+  bursts fresh
   # Warm-up: every database connection opened, every thread started; not in the table.
   for server in tribist peer; do
     measure "/health@${conns[-1]}" "$server" 0 "http://127.0.0.1:${ports[$server]}/health" "${conns[-1]}" 2
@@ -272,6 +377,7 @@ main() {
       done
     done
   done
+  bursts warm
   for server in tribist peer; do rss_after[$server]=$(rss_kb "${pids[$server]}"); done
 
   stop_server "$pid" tribist
@@ -293,6 +399,9 @@ main() {
     awk '/^tps/ { print $3; exit }')
 
   print_table "$rounds" "$secs"
+  print_bursts
+  echo
+  grep -h 'connections: .* found waiting' "$WORK/server.log" | sed 's/^.*connections:/tribist: connections:/' || true
 
   echo
   echo "=== memory (RSS, kB)"

@@ -1,9 +1,10 @@
 //! Test harness: the real `server` binary (`server`), real PostgreSQL clusters (`pg`), HTTP
-//! over plain TCP (`http`).
+//! over plain TCP (`http`), many connections at once from one event loop (`burst`).
 //!
 //! Whatever a test starts ends with the value that started it, also when the test panics: a
 //! `Server` kills its process group and reaps it, a `Pg` stops its cluster, a `TempDir` goes.
 
+pub mod burst;
 pub mod http;
 pub mod pg;
 pub mod server;
