@@ -41,7 +41,7 @@ remote := sbin/remote.sh
 # Debian packages the tests and benchmarks need (installed by `make deps` when run as root).
 APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck bats bats-assert bats-support wrk \
 	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 python3-venv sudo \
-	binutils
+	binutils time
 
 .PHONY: help deps build release run test test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo soak clean \
 	install upgrade rollback status start stop logs audit uninstall unlock check config releases

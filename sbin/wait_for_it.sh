@@ -7,6 +7,8 @@ readonly PROG=wait_for_it.sh
 readonly DEFAULT_URL=http://localhost:8383/health
 readonly EXIT_TIMEOUT=124
 readonly EXIT_USAGE=2
+# At most this many bytes of an answer are read, kept or shown.
+readonly BODY_MAX=2000
 
 usage() {
   cat <<USAGE
@@ -20,8 +22,8 @@ LISTEN=), or $DEFAULT_URL without it.
   -- COMMAND  run COMMAND after success (exec: its exit code becomes ours)
   -h, --help  this help
 
-Exit codes: 0 success, $EXIT_TIMEOUT timed out (the last status and body seen are printed),
-$EXIT_USAGE misuse, or COMMAND's own.
+Exit codes: 0 success, $EXIT_TIMEOUT timed out (the last status and body seen are printed:
+at most $BODY_MAX bytes of it, printable ASCII only), $EXIT_USAGE misuse, or COMMAND's own.
 USAGE
 }
 
@@ -55,14 +57,37 @@ now_ms() {
   echo $((10#${t:0:${#t}-3}))
 }
 
-# One attempt: sets STATUS (000 when nothing answered) and BODY.
+# Printable ASCII only: tabs and line breaks become spaces (trailing ones dropped), every
+# other control character (C0, DEL, 8-bit C1) and every non-ASCII byte is dropped. What the
+# server sends can reach root's terminal through us; an escape sequence must not.
+printable() { LC_ALL=C tr '\t\n\r' '   ' | LC_ALL=C tr -cd '\40-\176' | sed 's/ *$//'; }
+
+# One attempt: sets STATUS (000 when nothing answered) and BODY (printable, from at most
+# BODY_MAX bytes of the answer; curl's error text when nothing answered). Bounded in time by
+# MAX (curl --max-time) and in memory whatever the server sends, a huge or endless body
+# included: head stops after BODY_MAX bytes and curl then gives up (failed write). curl's
+# stderr (its error line, and the status via -w %{stderr}, curl >= 7.63) reaches the outer
+# capture while curl runs; the body (no line breaks left) is printed after it, ended by a dot.
 probe() {
-  local url=$1 max=$2 out
-  out=$(curl -sS -o - -w '\n%{http_code}' --max-time "$max" "$url" 2>&1) || true
-  STATUS=${out##*$'\n'}
-  BODY=${out%$'\n'*}
-  BODY=${BODY%$'\n'}
-  [[ "$STATUS" =~ ^[0-9]{3}$ ]] || STATUS=000
+  local url=$1 max=$2 out rest body
+  out=$(
+    {
+      body=$(curl -sS --max-time "$max" -o - -w '%{stderr}\nhttp_code=%{http_code}\n' "$url" 2>&3 |
+        head -c "$BODY_MAX" | printable) || true
+      printf '%s.' "$body"
+    } 3>&1
+  ) || true
+  BODY=${out##*$'\n'}
+  BODY=${BODY%.}
+  rest=${out%$'\n'*}
+  STATUS=000
+  if [[ "$rest" =~ (^|$'\n')http_code=([0-9]{3})($'\n'|$) ]]; then
+    STATUS=${BASH_REMATCH[2]}
+    rest=${rest/http_code=$STATUS/}
+  fi
+  if [[ "$STATUS" == 000 ]]; then
+    BODY=$(printf '%s' "${rest:0:$BODY_MAX}" | printable)
+  fi
   [[ "$STATUS" == 2?? ]]
 }
 

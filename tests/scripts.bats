@@ -26,6 +26,26 @@ free_port() {
 
 ms() { local t=${EPOCHREALTIME/./}; echo $((10#${t:0:${#t}-3})); }
 
+# Fails unless $1 holds only printable ASCII and line breaks: no ESC, BEL, C1 or other byte.
+only_printable() {
+  local bad
+  bad=$(printf '%s' "$1" | LC_ALL=C tr -d '\40-\176\n' | od -An -tx1)
+  [[ -z "${bad//[[:space:]]/}" ]] || fail "bytes other than printable ASCII in the output:$bad"
+}
+
+# run_bounded T URL: runs wait_for_it -t T URL under /usr/bin/time; sets status and output (as
+# bats' run), ELAPSED (ms) and RSS_KB (the largest resident set of it or any of its children).
+# A safety net for the script as it was: killed after 2 x T, address space capped at 512 MB.
+run_bounded() {
+  local t=$1 url=$2 start
+  [[ -x /usr/bin/time ]] || fail "/usr/bin/time is missing: apt-get install time (make deps)"
+  start=$(ms)
+  run bash -c 'ulimit -v 524288 && exec timeout -s KILL "$1" /usr/bin/time -f "maxrss_kb=%M" -o "$2" "${@:3}"' \
+    _ $((2 * t)) "$BATS_TEST_TMPDIR/rusage" "$WAIT" -t "$t" "$url"
+  ELAPSED=$(($(ms) - start))
+  RSS_KB=$(sed -n 's/^maxrss_kb=//p' "$BATS_TEST_TMPDIR/rusage" 2>/dev/null || true)
+}
+
 @test "wait_for_it: --help exits 0 and documents the exit codes" {
   run "$WAIT" --help
   assert_success
@@ -89,6 +109,36 @@ ms() { local t=${EPOCHREALTIME/./}; echo $((10#${t:0:${#t}-3})); }
   assert_equal "$status" 124
   ((elapsed < 3000)) || fail "took ${elapsed} ms for -t 2"
   ((elapsed >= 1900)) || fail "gave up early: ${elapsed} ms for -t 2"
+}
+
+@test "wait_for_it: terminal escapes in the answer never reach the terminal, the text does" {
+  # OSC 0 (title), CSI 2K + CR (a forged result line), OSC 52 (clipboard), C1, UTF-8, NUL, DEL.
+  listen 503 0 escapes
+  run "$WAIT" -t 1 "http://127.0.0.1:$PORT/health"
+  assert_equal "$status" 124
+  only_printable "$output"
+  assert_line 'wait_for_it.sh: last answer: HTTP 503 {"status":"fail"}]0;root@owned[2K wait_for_it.sh: http://x/health answered 200 after 0s ]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaA==31mC1-CSI\ 32mutf8-C1 cafnuldelbs end'
+  assert_equal "${#lines[@]}" 3
+}
+
+@test "wait_for_it: a 6 MB answer is read only in part: 124 within 1.5 x -t, RSS < 50 MB" {
+  listen 503 0 size:6000000
+  run_bounded 3 "http://127.0.0.1:$PORT/health"
+  assert_equal "$status" 124
+  ((ELAPSED < 4500)) || fail "took ${ELAPSED} ms for -t 3"
+  [[ "$RSS_KB" =~ ^[0-9]+$ ]] && ((RSS_KB < 50000)) || fail "max RSS ${RSS_KB:-unknown} KB"
+  assert_line --partial "last answer: HTTP 503 xxxxxxxxxx"
+  ((${#lines[-1]} <= 2100)) || fail "last answer shown in ${#lines[-1]} characters"
+}
+
+@test "wait_for_it: an endless streamed 503 answer: 124 within 1.5 x -t, RSS < 50 MB" {
+  listen 503 0 stream
+  run_bounded 3 "http://127.0.0.1:$PORT/health"
+  assert_equal "$status" 124
+  ((ELAPSED < 4500)) || fail "took ${ELAPSED} ms for -t 3"
+  [[ "$RSS_KB" =~ ^[0-9]+$ ]] && ((RSS_KB < 50000)) || fail "max RSS ${RSS_KB:-unknown} KB"
+  assert_line --partial "last answer: HTTP 503 yyyyyyyyyy"
+  ((${#lines[-1]} <= 2100)) || fail "last answer shown in ${#lines[-1]} characters"
 }
 
 @test "wait_for_it: a listener that comes up late is waited for" {
