@@ -72,8 +72,10 @@ TO_RELEASE=""
 UPLOAD=""
 # install --listen ADDR:PORT.
 LISTEN=""
-# --target: the host as the deployer names it, for the one next command a refusal prints.
+# --target: the host as the deployer names it, and --url-file the file the deployer gave the
+# database URL in (a name only, never its content), for the one next command a refusal prints.
 TARGET=""
+URL_FILE=""
 # How many releases api/releases keeps (--keep).
 KEEP=5
 # More for the audit line (config: the names changed, never values).
@@ -899,11 +901,11 @@ cmd_install() {
     releases discard "$upload" || true
     audit refused-preflight
     if ((rc == EXIT_CONFIGURATION)); then
-      warn "refused: release $TO_RELEASE cannot work with this configuration (above): nothing was (re)started, $ENV_FILE is as it was"
+      warn "refused: release $TO_RELEASE cannot work with this configuration (above): nothing was (re)started, $([[ -f "$ENV_FILE" ]] && echo "$ENV_FILE is as it was" || echo "no $ENV_FILE was written")"
       if [[ "$ENV_USE" == "$ENV_FILE" ]] && env_served; then
-        warn "next: $ENV_FILE has served and is kept by install; change it: make config HOST=${TARGET:-…} DATABASE_URL_FILE=path (or SET=NAME=VALUE for the setting named above)"
+        warn "next: $ENV_FILE has served and is kept by install; change it: make config HOST=${TARGET:-…} DATABASE_URL_FILE=${URL_FILE:-path} (or SET=NAME=VALUE for the setting named above)"
       else
-        warn "next: put the right database URL in a file (chmod 600) and run: make install HOST=${TARGET:-…} DATABASE_URL_FILE=path (make check HOST=${TARGET:-…} DATABASE_URL_FILE=path tries it first)"
+        warn "next: put the right database URL in ${URL_FILE:-a file (chmod 600)} and run: make install HOST=${TARGET:-…} DATABASE_URL_FILE=${URL_FILE:-path} (make check HOST=${TARGET:-…} DATABASE_URL_FILE=${URL_FILE:-path} tries it first)"
       fi
       exit "$EXIT_CONFIGURATION"
     fi
@@ -920,15 +922,19 @@ cmd_install() {
     releases stage "$upload"
   fi
 
+  # The address the socket has now, before the new units are read (then it reads the new one).
+  local was
+  was=$(listen_address)
   install -o root -g root -m 0644 "$bundle/tribist.service" "$UNIT_FILE"
   install -o root -g root -m 0644 "$bundle/tribist.socket" "$SOCKET_FILE"
   write_listen "$listen"
-  if systemctl is-active --quiet "$UNIT.socket" && [[ "$(listen_address)" != "$listen" ]]; then
+  # Read at once, so no systemctl call below warns that the files changed on disk.
+  systemctl daemon-reload
+  if systemctl is-active --quiet "$UNIT.socket" && [[ "$was" != "$listen" ]]; then
     # A new address: the socket is made anew, and the server holding the old one goes.
-    say "moving $UNIT from $(listen_address) to $listen"
+    say "moving $UNIT from $was to $listen"
     systemctl stop "$UNIT.service" "$UNIT.socket"
   fi
-  systemctl daemon-reload
   systemctl enable --quiet "$UNIT.socket" "$UNIT.service"
   if ! systemctl is-active --quiet "$UNIT.socket"; then
     # A server that bound the port itself must let go of it before the socket takes it.
@@ -1025,7 +1031,7 @@ switch_to_upload() {
         return 0
       fi
       audit refused-installed-not-serving
-      die "release $new is already installed (the same bytes) but does not serve now: make status says why; nothing changed"
+      die "release $new is already installed (the same bytes) but does not serve now; nothing changed. If it was stopped: make start HOST=${TARGET:-…}; else make status HOST=${TARGET:-…} says why"
       ;;
     conflict*)
       releases discard "$upload" || true
@@ -1137,6 +1143,7 @@ cmd_rollback() {
   audit ok
   keep_release "$prev"
   say "rolled back: release $prev is serving"
+  say "(make rollback again swaps back to $FROM_RELEASE, the release just left; make rollback TO=ID goes to any kept release: make releases lists them)"
 }
 
 # --- configuration ----------------------------------------------------------------------------
@@ -1328,7 +1335,7 @@ summarise() {
   local state sock pid out code body serving installed age listen why
   listen=$(listen_address)
   if [[ ! -f "$UNIT_FILE" ]]; then
-    SUMMARY="not-installed (no $UNIT_FILE; make install)"
+    SUMMARY="not installed (no $UNIT_FILE; make install)"
     return "$EXIT_NOT_INSTALLED"
   fi
   installed=$(release_of server) || installed=none
@@ -1392,12 +1399,17 @@ cmd_summary() {
 # logs LINES SINCE GREP ("-" for none): journalctl's own options, as root; as tribist only
 # `systemctl status` is allowed.
 cmd_logs() {
-  local lines=${1:-100} since=${2:--} grep=${3:--} args=()
+  local lines=${1:-100} since=${2:--} grep=${3:--}
   [[ "$lines" =~ ^[1-9][0-9]{0,5}$ ]] || usage_error "LINES must be a whole number from 1 to 999999, got '$(clean "$lines" 40)'"
   log_filters "$since" "$grep"
   if is_root; then
-    args=(-u "$UNIT" -n "$lines" --no-pager "${LOG_FILTERS[@]}")
-    journalctl "${args[@]}" | printable
+    # With a window or a pattern, the newest LINES of what matches (journalctl's own -n
+    # would take them from the start of the window); bounded either way.
+    if ((${#LOG_FILTERS[@]} > 0)); then
+      journalctl -u "$UNIT" --no-pager "${LOG_FILTERS[@]}" | printable | tail -n "$lines"
+    else
+      journalctl -u "$UNIT" -n "$lines" --no-pager | printable
+    fi
   else
     say "as $(id -un) only 'systemctl status' is allowed (its last lines); all $lines lines, SINCE and GREP need root"
     # systemd 252 prints the service's STATUS= text unescaped: filtered like the rest.
@@ -1422,14 +1434,17 @@ log_filters() {
   fi
 }
 
-# follow SINCE GREP: the log as it is written, until Ctrl-C (which ends it cleanly, exit 0).
+# follow SINCE GREP [LINES]: the last LINES (default 20), then the log as it is written, until
+# Ctrl-C (which ends it cleanly, exit 0).
 cmd_follow() {
+  local lines=${3:-20}
   need_root "logs with FOLLOW=1"
+  [[ "$lines" =~ ^[1-9][0-9]{0,5}$ ]] || usage_error "LINES must be a whole number from 1 to 999999"
   log_filters "${1:--}" "${2:--}"
   # Ctrl-C (through ssh -t) or a lost session: journalctl and its filter end with this
   # process group, and following ends as it should, with status 0.
   trap 'trap "" INT TERM HUP PIPE; kill -TERM 0 2>/dev/null; exit 0' INT TERM HUP PIPE
-  journalctl -u "$UNIT" -n 20 -f --no-pager "${LOG_FILTERS[@]}" | stdbuf -oL tr -cd "$PRINTABLE" &
+  journalctl -u "$UNIT" -n "$lines" -f --no-pager "${LOG_FILTERS[@]}" | stdbuf -oL tr -cd "$PRINTABLE" &
   wait $! || true
 }
 
@@ -1622,6 +1637,11 @@ main() {
         TARGET=$2
         shift 2
         ;;
+      --url-file)
+        [[ "${2:-}" =~ ^[[:print:]]{1,300}$ && "${2:-}" != *[![:ascii:]]* ]] || usage_error "--url-file needs a file name (printable ASCII)"
+        URL_FILE=$2
+        shift 2
+        ;;
       --listen)
         valid_listen "${2:-}" || usage_error "--listen needs IPv4:PORT or [IPv6]:PORT (port 1-65535), got '$(clean "${2:-}" 60)'"
         LISTEN=$2
@@ -1653,6 +1673,7 @@ main() {
     "logs 1") cmd_logs "$1" ;;
     "logs 3") cmd_logs "$1" "$2" "$3" ;;
     "follow 2") cmd_follow "$1" "$2" ;;
+    "follow 3") cmd_follow "$1" "$2" "$3" ;;
     "audit 0") cmd_audit ;;
     "audit 1") cmd_audit "$1" ;;
     "on-start 0") cmd_on_start ;;

@@ -376,6 +376,8 @@ cmd_restage() {
     [[ -f "$f" && "$f" != *.meta ]] && matches+=("${f#"$RELEASES_DIR"/}")
   done
   ((${#matches[@]} > 0)) || die "no kept release starts with '$prefix' (make releases lists them)"
+  # A whole id wins over the longer ids it begins (<commit> and <commit>-dirty-<hash>).
+  if [[ -f "$RELEASES_DIR/$prefix" ]]; then matches=("$prefix"); fi
   ((${#matches[@]} == 1)) || die "'$prefix' names ${#matches[@]} kept releases (${matches[*]}): give more of the id"
   up=$(mktemp "$API_DIR/.upload.XXXXXXXX")
   ln -f "$RELEASES_DIR/${matches[0]}" "$up"

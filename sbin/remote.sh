@@ -115,7 +115,7 @@ next_step() {
       # install's host side knows whether it kept a configuration that served, and says
       # which command changes it.
       [[ "$COMMAND" == install ]] ||
-        warn "next: make config HOST=$host DATABASE_URL_FILE=path (a file with the right database URL), or SET=NAME=VALUE / UNSET=NAME for the setting named above"
+        warn "next: make config HOST=$host with what the message above names corrected: SET=NAME=VALUE or UNSET=NAME for a setting, DATABASE_URL_FILE=$(url_file_label) for the database URL"
       ;;
     5) warn "next: make install HOST=$host DATABASE_URL_FILE=path (a file with the database URL)" ;;
     255) warn "next: make check HOST=$host (ssh could not reach it or was cut off; check HOST, SSH_OPTS and ~/.ssh/config)" ;;
@@ -413,6 +413,13 @@ host_checks() {
   return "$rc"
 }
 
+# DATABASE_URL_FILE as typed, for the host's next-command lines (a file name, never its
+# content); "path" when it cannot be shown as it is.
+url_file_label() {
+  local f=${DATABASE_URL_FILE:-}
+  if [[ -n "$f" && "$f" =~ ^[A-Za-z0-9_./~+-]{1,300}$ ]]; then printf '%s' "$f"; else printf path; fi
+}
+
 # systemd's EnvironmentFile= reads "…" with \ " $ ` escaped back to exactly these bytes (as
 # deploy.sh writes /etc/tribist/env).
 env_line() {
@@ -453,13 +460,13 @@ cmd_config() {
       DATABASE_URL | PGPASSWORD) refuse "SET: a password never goes on a command line (ps, shell history): put the URL in a file and pass DATABASE_URL_FILE=path" ;;
     esac
     setting_name_ok "$name" ||
-      refuse "SET: $(shown "$name") is not a setting tribist reads (server --help lists them)"
+      refuse "SET: $(shown "$name") is not a setting tribist reads (make config HOST=$host lists them)"
     args+=(--set "$word")
   done
   read -r -a words <<<"${UNSET:-}"
   for word in "${words[@]}"; do
     setting_name_ok "$word" ||
-      refuse "UNSET: $(shown "$word") is not a setting that can be unset (server --help lists them)"
+      refuse "UNSET: $(shown "$word") is not a setting that can be unset (make config HOST=$host lists them)"
     args+=(--unset "$word")
   done
   if [[ -n "${DATABASE_URL_FILE:-}" ]]; then
@@ -472,7 +479,7 @@ cmd_config() {
   say "changing the configuration on $host"
   ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" --target "$host" "${PREFLIGHT_ARGS[@]}" config "${args[@]}" <"$url_file" || rc=$?
   if ((rc != 0)); then
-    warn "make config: failed on $host (exit $rc); the messages above say why and what serves"
+    warn "make config: failed on $host (exit $rc); the messages above say why (nothing changed unless they say so)"
     next_step "$rc" "$host"
     exit "$rc"
   fi
@@ -489,7 +496,7 @@ cmd_check() {
   if host_checks "$host" "$bin" database; then
     say "$host is ready for tribist"
   else
-    warn "make check: $host is not ready (FAIL lines above say what to do)"
+    warn "make check: $host is not ready; next: do what each FAIL line above says after 'fix:', then make check HOST=$host again"
     exit 1
   fi
 }
@@ -532,10 +539,11 @@ cmd_install() {
   [[ "$dir" =~ ^/tmp/tribist-install\.[A-Za-z0-9]{6}$ ]] || die "the host answered an unexpected upload directory: $(shown "$dir")"
   say "installing on $host"
   # shellcheck disable=SC2016 # expanded on the host, on purpose
-  ssh_to "$host" -t sh -c 'd=$1 by=$2 listen=$3 target=$4; if [ -n "$listen" ]; then set -- --listen "$listen"; else set --; fi
-bash "$d/deploy.sh" --by "$by" --target "$target" "$@" install "$d"; rc=$?; rm -rf "$d"; exit $rc' sh "$dir" "$by" "$listen" "$host" || rc=$?
+  ssh_to "$host" -t sh -c 'd=$1 by=$2 listen=$3 target=$4 file=$5; if [ -n "$listen" ]; then set -- --listen "$listen"; else set --; fi
+bash "$d/deploy.sh" --by "$by" --target "$target" --url-file "$file" "$@" install "$d"; rc=$?; rm -rf "$d"; exit $rc' sh "$dir" "$by" "$listen" "$host" "$(url_file_label)" || rc=$?
   if ((rc != 0)); then
-    warn "make install: failed on $host (exit $rc); the messages above say why"
+    # For 4 the host named the command (it knows whether it kept a configuration that served).
+    ((rc == 4)) || warn "make install: failed on $host (exit $rc); the messages above say why"
     next_step "$rc" "$host"
     exit "$rc"
   fi
@@ -766,7 +774,7 @@ cmd_logs() {
       fi
       ;;
     1)
-      ssh_to "$host" -t "$REMOTE_DEPLOY" follow "${since:--}" "${grep:--}" || rc=$?
+      ssh_to "$host" -t "$REMOTE_DEPLOY" follow "${since:--}" "${grep:--}" "${LINES:-20}" || rc=$?
       # Ctrl-C reaches the host, which ends following with status 0 (130 if it came first).
       ((rc == 0 || rc == 130)) || exit "$rc"
       ;;

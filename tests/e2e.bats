@@ -253,7 +253,7 @@ wait_for_text() {
   assert_output --partial "cannot work with this configuration"
   refute_output --partial "within 10s"
   refute_output --partial "mistyped-4711"
-  assert_output --partial "next: put the right database URL in a file (chmod 600) and run: make install HOST=root@$C DATABASE_URL_FILE=path"
+  assert_output --partial "next: put the right database URL in $wrong and run: make install HOST=root@$C DATABASE_URL_FILE=$wrong"
   run on "$C" "test -e /etc/tribist/env || test -e /etc/systemd/system/tribist.service"
   assert_failure
   # An upgrade there says what is missing; make config works on a host never installed.
@@ -263,8 +263,11 @@ wait_for_text() {
   run on_c config DATABASE_URL_FILE="$wrong"
   assert_success
   assert_output --partial "saved /etc/tribist/env (DATABASE_URL); tribist is not installed here yet"
-  # The command the refusal named: it replaces the URL that never served, and installs.
-  run timed "first install, repaired" on_c install DATABASE_URL_FILE="$url" DEPLOY_KEY="$BATS_FILE_TMPDIR/deploy_key.pub"
+  # What the refusal said: the right URL in that file, then the command it named; it replaces
+  # the URL that never served, and installs.
+  cp "$url" "$wrong"
+  chmod 600 "$wrong"
+  run timed "first install, repaired" on_c install DATABASE_URL_FILE="$wrong" DEPLOY_KEY="$BATS_FILE_TMPDIR/deploy_key.pub"
   assert_success
   assert_output --partial "replacing the DATABASE_URL in /etc/tribist/env, which has never served"
   assert_output --partial "preflight: release $a answered /health 200"
@@ -908,6 +911,10 @@ wait_for_text() {
   run deploy releases HOST="root@$A" SSH_OPTS="-F $CFG"
   assert_line --regexp "^$d .*\[serving\]$"
   assert_line --regexp "^$a .*\[previous\]$"
+  # The whole id of the clean release picks it, though the dirty one's id begins with it.
+  run deploy rollback HOST="root@$A" SSH_OPTS="-F $CFG" TO="$b"
+  assert_success
+  assert_output --partial "rolled back: release $b is serving"
   run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
   assert_success
   assert_equal "$(serving)" "$a"

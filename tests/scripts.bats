@@ -738,3 +738,19 @@ r2.meta"
   assert_output server
   rm -rf "$dir"
 }
+
+@test "releases.sh restage: a whole id wins over the longer ids it begins (a dirty build of the same commit)" {
+  new_api
+  run as_nobody "$RELEASES" keep old 5 alice
+  printf '#!/bin/sh\necho "server 1.0 (commit old-dirty-0123456789ab)"\n' >"$API/server_new"
+  chmod 750 "$API/server_new"
+  chown nobody:nogroup "$API/server_new"
+  as_nobody "$RELEASES" promote >/dev/null
+  run as_nobody "$RELEASES" keep old-dirty-0123456789ab 5 alice
+  run as_nobody "$RELEASES" restage old
+  assert_success
+  [[ "$API/$output" -ef "$API/releases/old" ]]
+  run as_nobody "$RELEASES" restage ol
+  assert_failure
+  assert_output --partial "'ol' names 2 kept releases"
+}
