@@ -43,7 +43,7 @@ APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck ba
 	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 python3-venv sudo \
 	binutils time
 
-.PHONY: help deps build release run test test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo soak clean \
+.PHONY: help deps build release run test test-fast test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo soak clean \
 	install upgrade rollback status start stop logs audit uninstall unlock check config releases
 
 help: ## list the targets
@@ -62,6 +62,8 @@ run: release ## serve on LISTEN (default 127.0.0.1:8383) against DATABASE_URL, e
 	@BIN=$(RELEASE_BIN) DEV_DIR=$(DEV_DIR) DEV_PG_PORT=$(DEV_PG_PORT) tests/support/run.sh
 
 test: deps lint test-unit test-api test-robust test-scripts test-e2e soak ## everything CI runs: lint, Rust, API fuzzing, slowloris, scripts, end to end, soak (root)
+
+test-fast: lint test-unit test-scripts ## what needs neither root nor a test host: lint, Rust tests, script tests (a few minutes)
 
 test-unit: ## Rust unit and integration tests against real PostgreSQL clusters
 	$(CARGO) test --locked
@@ -100,7 +102,7 @@ status: ## one line per host (HOST=, HOSTS=, ENV=), details under it for one; ex
 start: ## start the service and its socket on HOST (after make stop, or server.sh stop on the host)
 	@$(remote) start
 
-stop: ## stop the service and its socket on HOST; it stays down until make start or a deploy
+stop: ## stop the service and its socket on HOST; it stays down until make start (or a deploy of other bytes)
 	@$(remote) stop
 
 logs: ## the service's last LINES log lines on HOST; FOLLOW=1 (Ctrl-C ends it), SINCE='1 hour ago', GREP=text

@@ -1321,7 +1321,7 @@ cmd_service() {
     say "started: $UNIT is healthy, release $(serving_release)"
   else
     audit ok
-    say "stopped $UNIT and its socket: it stays down until make start or a deploy"
+    say "stopped $UNIT and its socket: it stays down until make start HOST=${TARGET:-…} (or a deploy of other bytes)"
   fi
 }
 

@@ -32,7 +32,7 @@ usage: $PROG COMMAND       (normally through make: make COMMAND HOST=…)
   status      one line per host (HOST, HOSTS or ENV): healthy, stopped, unhealthy, not
               installed or unreachable; details under it for one host
   start       start the service and its socket on HOST (server.sh start)
-  stop        stop the service and its socket on HOST, until start or a deploy (server.sh stop)
+  stop        stop the service and its socket on HOST, until start or a deploy of other bytes
   logs        the service's last LINES log lines on HOST
   audit       every deployment recorded on HOST (root or sudo)
   unlock      break a stuck deploy lock on HOST (its holder rolls back)
