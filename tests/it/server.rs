@@ -1,6 +1,7 @@
 //! Behaviour of the real `server` binary against real PostgreSQL clusters.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -153,13 +154,25 @@ fn sigterm_during_a_database_wait_still_answers_and_exits_0() {
         .env("TRIBIST_DB_TIMEOUT", "2s")
         .spawn();
     let addr = server.addr;
-    let client = std::thread::spawn(move || http::get(addr, "/health").unwrap());
-    wait_for("the check to reach the database", 5 * SECOND, || {
+    // The warm-up connection reaches the database first; then the request, sent here, is
+    // waited for until the server has read it (the kernel holds none of its bytes): only then
+    // is it the server's to answer, whatever signal comes.
+    wait_for("the warm-up to reach the database", 5 * SECOND, || {
         (silent.accepted() > 0).then_some(())
     });
+    let mut stream = http::connect(addr).unwrap();
+    stream
+        .write_all(http::request("GET", "/health").as_bytes())
+        .unwrap();
+    let client = stream.local_addr().unwrap();
+    wait_for("the server to read the request", 5 * SECOND, || {
+        http::server_has_read(addr, client).then_some(())
+    });
     server.signal("TERM");
-    let r = client.join().unwrap();
-    assert_eq!(r.status, 503);
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     let status = server.wait_exit(10 * SECOND);
     assert_eq!(status.code(), Some(0), "{}", server.log());
     let log = server.log();

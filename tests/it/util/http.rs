@@ -25,6 +25,31 @@ pub fn exchange(addr: SocketAddr, raw: &[u8]) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Whether the server has read everything `client` sent it: the client's end has no byte
+/// waiting for an acknowledgement and the server's end none unread, as the kernel's table says
+/// (/proc/net/tcp, IPv4, the same network namespace).
+pub fn server_has_read(server: SocketAddr, client: SocketAddr) -> bool {
+    let port = |field: &str| {
+        field
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // tx_queue:rx_queue of the end whose local port is `from` and remote port `to`.
+    let queues = |from: u16, to: u16| {
+        table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 4 && port(f[1]) == Some(from) && port(f[2]) == Some(to))
+            .map(|f| f[4].to_string())
+    };
+    let client_end = queues(client.port(), server.port());
+    let server_end = queues(server.port(), client.port());
+    matches!(client_end.as_deref(), Some(q) if q.starts_with("00000000:"))
+        && matches!(server_end.as_deref(), Some(q) if q.ends_with(":00000000"))
+}
+
 /// `exchange`, and the first response parsed.
 pub fn send(addr: SocketAddr, raw: &[u8]) -> io::Result<Response> {
     let buf = exchange(addr, raw)?;
