@@ -418,6 +418,10 @@ mod tests {
         let sf = Arc::new(SingleFlight::new(Duration::from_millis(20), LONG, |_| true));
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
+        // Taken before the slow check can start: the one beside it may start 20 ms after that
+        // start, and no earlier (measured from a later instant, a descheduled test thread
+        // made it look early on a loaded CI machine).
+        let before_slow = Instant::now();
         let slow = {
             let sf = Arc::clone(&sf);
             thread::spawn(move || {
@@ -433,9 +437,8 @@ mod tests {
             })
         };
         started_rx.recv().unwrap();
-        let asked = Instant::now();
         assert_eq!(sf.run(far(), || "beside", |_| "missed"), ("beside", 1));
-        assert!(asked.elapsed() >= Duration::from_millis(20));
+        assert!(before_slow.elapsed() >= Duration::from_millis(20));
         release_tx.send(()).unwrap();
         // The slow one ended after a newer one: it answers only its own request.
         assert_eq!(slow.join().unwrap(), ("slow", 1));

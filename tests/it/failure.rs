@@ -48,15 +48,16 @@ fn assert_failure(body: &str, text: &str, kind: &str) {
     );
 }
 
-/// The preflight used to wait its whole 10 s on a wrong password, known in 60 ms.
+/// The preflight used to wait its whole 10 s on a wrong password, known in 60 ms (51 ms here;
+/// the bound leaves a loaded 2-core CI machine room, and is still half the preflight).
 #[test]
-fn a_wrong_password_is_a_configuration_failure_within_a_second_of_the_start() {
+fn a_wrong_password_is_a_configuration_failure_at_once() {
     let (status, body, elapsed) = first_health(&wrong_password());
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("password authentication failed"), "{body}");
     assert_failure(&body, CONFIGURATION, "configuration");
     eprintln!("wrong password: 503 configuration {elapsed:?} after the start");
-    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
 
 #[test]
@@ -152,7 +153,7 @@ fn check_config_exit_codes_tell_definite_from_transient() {
             4 => {
                 assert!(text.contains("waiting will not"), "{text}");
                 eprintln!("--check-config exit 4 in {elapsed:?}");
-                assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+                assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
             }
             5 => assert!(text.contains("may change by waiting"), "{text}"),
             _ => {}
