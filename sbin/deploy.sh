@@ -1341,12 +1341,15 @@ summarise() {
   installed=$(release_of server) || installed=none
   state=$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null) || state=unknown
   sock=$(systemctl show -p ActiveState --value "$UNIT.socket" 8<&- 2>/dev/null) || sock=unknown
-  if [[ "$state" == inactive ]]; then
-    SUMMARY="stopped release=$installed service=inactive socket=${sock:-unknown} listen=$listen"
+  # Stopped: inactive, or failed with nothing restarting it (Restart=always never gives up,
+  # so a failed service was stopped, and that stop was not clean: a handed-over process,
+  # not systemd's child, can end in SIGKILL).
+  if [[ "$state" == inactive || ("$state" == failed && "$sock" != active) ]]; then
+    SUMMARY="stopped release=$installed service=$state socket=${sock:-unknown} listen=$listen"
     return "$EXIT_STOPPED"
   fi
   if [[ "$state" != active && "$state" != reloading ]]; then
-    # Starting, restarting after a crash (activating), stopping or failed: not healthy.
+    # Starting, restarting after a crash (activating), stopping: not healthy.
     SUMMARY="unhealthy release=$installed service=${state:-unknown} listen=$listen: the service is ${state:-in an unknown state}"
     return "$EXIT_UNHEALTHY"
   fi
