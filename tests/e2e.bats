@@ -712,7 +712,7 @@ wait_for_text() {
   assert_output --partial "cannot work with this configuration: the database refuses it"
   assert_output --partial "password authentication failed"
   refute_output --partial "within 10s"
-  assert_output --partial "next: make config HOST=root@$A DATABASE_URL_FILE=path"
+  assert_output --partial "next: make config HOST=root@$A with what the message above names corrected: SET=NAME=VALUE or UNSET=NAME for a setting, DATABASE_URL_FILE="
   # Never switched: the same process serves the same release, nothing was left behind.
   assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
   assert_equal "$(serving)" "$b"
@@ -1018,7 +1018,7 @@ wait_for_text() {
   assert_failure
   assert_output --partial "password authentication failed"
   assert_output --partial "nothing changed"
-  assert_output --partial "next: make config HOST=root@$A DATABASE_URL_FILE=path"
+  assert_output --partial "next: make config HOST=root@$A with what the message above names corrected: SET=NAME=VALUE or UNSET=NAME for a setting, DATABASE_URL_FILE="
   refute_output --partial "not-the-password"
   assert_equal "$(on_host "sha256sum </etc/tribist/env")" "$before"
   assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
