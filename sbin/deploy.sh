@@ -437,11 +437,29 @@ health_url() {
   echo "http://$listen/health"
 }
 
+# The releaseId in a /health body on stdin, or nothing.
+release_in() { sed -n 's/.*"releaseId":"\([A-Za-z0-9._+-]*\)".*/\1/p' | head -n 1; }
+
 # The releaseId /health reports now, or nothing.
-serving_release() {
-  curl -sS --max-time 5 "$(health_url)" 2>/dev/null |
-    sed -n 's/.*"releaseId":"\([A-Za-z0-9._+-]*\)".*/\1/p' | head -n 1
+serving_release() { curl -sS --max-time 5 "$(health_url)" 2>/dev/null | release_in; }
+
+# /health asked once: HEALTH_CODE (000 when nothing answered) and HEALTH_BODY (the body, or
+# curl's error), at most 20000 bytes.
+HEALTH_CODE=000
+HEALTH_BODY=""
+HEALTH_FETCHED=""
+fetch_health() {
+  local out
+  HEALTH_FETCHED=1
+  out=$(curl -sS --max-time 5 -w '\n%{http_code}' "$(health_url)" 2>&1 | head -c 20000) || true
+  HEALTH_CODE=${out##*$'\n'}
+  [[ "$HEALTH_CODE" =~ ^[0-9]{3}$ ]] || HEALTH_CODE=000
+  HEALTH_BODY=${out%$'\n'*}
 }
+
+# `systemctl status`, as tribist may run it (sudo), printable ASCII only and bounded: systemd
+# 252 prints the service's STATUS= text unescaped.
+status_view() { sudo -n systemctl status "$UNIT" 2>&1 | printable | head -c 20000 || true; }
 
 # Last lines of the service's log: the whole journal as root, `systemctl status` otherwise.
 # A server that just died may still have its last words in flight to journald: let it settle.
@@ -450,7 +468,7 @@ recent_log() {
   if is_root; then
     journalctl -u "$UNIT" -n 25 --no-pager 2>&1 || true
   else
-    sudo -n systemctl status "$UNIT" 2>&1 | printable || true
+    status_view
   fi
 }
 
@@ -1332,7 +1350,7 @@ cmd_service() {
 # A stopped service is not asked /health: with its socket listening, that would start it.
 SUMMARY=""
 summarise() {
-  local state sock pid out code body serving installed age listen why
+  local state sock pid code body serving installed age listen why
   listen=$(listen_address)
   if [[ ! -f "$UNIT_FILE" ]]; then
     SUMMARY="not installed (no $UNIT_FILE; make install)"
@@ -1355,11 +1373,10 @@ summarise() {
   fi
   pid=$(systemctl show -p MainPID --value "$UNIT" 8<&- 2>/dev/null) || pid=0
   age=$(ps -o etime= -p "$pid" 2>/dev/null | tr -d ' ') || age=""
-  out=$(curl -sS --max-time 5 -w '\n%{http_code}' "$(health_url)" 2>/dev/null | head -c 20000) || true
-  code=${out##*$'\n'}
-  [[ "$code" =~ ^[0-9]{3}$ ]] || code=000
-  body=${out%$'\n'*}
-  serving=$(sed -n 's/.*"releaseId":"\([A-Za-z0-9._+-]*\)".*/\1/p' <<<"$body" | head -n 1 | head -c 64)
+  fetch_health
+  code=$HEALTH_CODE
+  body=$HEALTH_BODY
+  serving=$(release_in <<<"$body" | head -c 64)
   if [[ "$code" == 200 && "$serving" == "$installed" ]]; then
     SUMMARY="healthy release=$installed health=200 up=${age:--} listen=$listen"
     return 0
@@ -1387,7 +1404,9 @@ cmd_status() {
   prev=$(release_of server.prev) || prev="none (nothing to roll back to yet)"
   echo "  installed release: $(release_of server || echo none); previous: $prev"
   if ((rc != EXIT_STOPPED)); then
-    echo "  health: $(curl -sS --max-time 5 -w ' (HTTP %{http_code})' "$(health_url)" 2>&1 | printable | head -c 600)"
+    # The answer summarise judged, not a second one that may differ from it.
+    [[ -n "$HEALTH_FETCHED" ]] || fetch_health
+    echo "  health: $(printf '%s (HTTP %s)' "$HEALTH_BODY" "$HEALTH_CODE" | printable | head -c 600)"
   fi
   return "$rc"
 }
@@ -1415,8 +1434,7 @@ cmd_logs() {
     fi
   else
     say "as $(id -un) only 'systemctl status' is allowed (its last lines); all $lines lines, SINCE and GREP need root"
-    # systemd 252 prints the service's STATUS= text unescaped: filtered like the rest.
-    sudo -n systemctl status "$UNIT" 2>&1 | printable | head -c 20000 || true
+    status_view
   fi
 }
 
