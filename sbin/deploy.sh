@@ -743,15 +743,11 @@ env_candidate() {
 # The environment file install is to run with: sets ENV_USE to its path (ENV_FILE itself when
 # kept, else a candidate that replaces it once the preflight passed). A URL given replaces
 # the DATABASE_URL of a file that never served; one that served is kept (make config changes
-# it). No URL and no file: refused, nothing installed.
+# it). No URL and no file was refused by cmd_install before anything was made.
 ENV_USE=""
 choose_env() {
   local bundle=$1 url
   if [[ ! -f "$bundle/database_url" ]]; then
-    [[ -f "$ENV_FILE" ]] || {
-      warn "no DATABASE_URL given and there is no $ENV_FILE yet: nothing installed; give the URL in a file (DATABASE_URL_FILE=path)"
-      exit "$EXIT_CONFIGURATION"
-    }
     ENV_USE=$ENV_FILE
     env_served || say "using the existing $ENV_FILE, which has not served yet"
     return 0
