@@ -15,6 +15,7 @@ pub mod db;
 pub mod envfile;
 pub mod error;
 pub mod handover;
+pub mod host;
 pub mod listener;
 pub mod logging;
 pub mod pidfile;

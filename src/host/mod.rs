@@ -1,0 +1,10 @@
+//! The host side of the deploy kit, as a program: what runs as root (and as the deploy user
+//! `tribist`) on a host, which `sbin/deploy.sh` and `sbin/releases.sh` did in bash.
+//!
+//! Why Rust and not shell: the states of a release and the outcomes of the audit are types,
+//! paths that user tribist controls are reached through descriptors (never re-resolved by
+//! name between a check and a use), errors are values, and all of it is tested by
+//! `cargo test` in temporary directories without root. `src/bin/tribist-host.rs` is its
+//! command line; docs/deploying.md says who runs which command and as whom.
+
+pub mod text;
