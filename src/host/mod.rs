@@ -7,4 +7,5 @@
 //! `cargo test` in temporary directories without root. `src/bin/tribist-host.rs` is its
 //! command line; docs/deploying.md says who runs which command and as whom.
 
+pub mod digest;
 pub mod text;
