@@ -24,17 +24,29 @@ export LC_ALL=C
 readonly PROG=deploy.sh
 readonly UNIT=tribist
 readonly USER_NAME=tribist
+# The service runs as a system user of its own, never as the deploy user: the holder of the
+# deploy key cannot signal, trace or read the server, and a compromised server cannot signal
+# the kit's steps (which run as tribist) or tribist's logins.
+readonly SERVICE_USER=tribistd
 readonly HOME_DIR=/home/tribist
 readonly API_DIR=$HOME_DIR/api
 readonly BIN_DIR=$HOME_DIR/bin
 readonly SSH_DIR=$HOME_DIR/.ssh
-readonly RUN_DIR=/run/tribist
 readonly CONF_DIR=/etc/tribist
 readonly ENV_FILE=$CONF_DIR/env
 readonly STATE_DIR=/var/lib/tribist-deploy
 readonly LOCK_FILE=$STATE_DIR/lock
 readonly HOLDER_FILE=$STATE_DIR/holder
 readonly AUDIT_LOG=$STATE_DIR/audit.log
+# What the unit runs (ExecStart=): root's copy of the binary, made by the start and reload
+# steps from bytes user tribist handed over through a pipe and hashed by root, so what runs is
+# exactly what root's audit names, whatever tribist does to api/ afterwards. `next` is the copy
+# root's own deployment took of its upload right after the lock: the start step installs it
+# instead of api/server when it promotes.
+readonly VERIFIED_DIR=$STATE_DIR/bin
+readonly VERIFIED=$VERIFIED_DIR/server
+readonly VERIFIED_NEXT=$VERIFIED_DIR/next
+readonly MAX_BINARY=$((512 * 1024 * 1024))
 readonly TRIBIST_NOTE=$API_DIR/.deploy.holder
 readonly UNIT_FILE=/etc/systemd/system/$UNIT.service
 readonly SOCKET_FILE=/etc/systemd/system/$UNIT.socket
@@ -288,6 +300,8 @@ unlock_on_exit() {
   if [[ -n "$CONFIG_NEW" ]]; then rm -f "$CONFIG_NEW"; fi
   if is_root; then
     { : >"$HOLDER_FILE"; } 2>/dev/null || true
+    # A copy no start step took is not to be taken by a later one.
+    rm -f "$VERIFIED_NEXT" 2>/dev/null || true
   else
     rm -f "$TRIBIST_NOTE" 2>/dev/null || true
   fi
@@ -690,6 +704,12 @@ make_layout() {
     say "kept tribist's authorised keys in the now root-owned $SSH_DIR/authorized_keys"
   fi
   install -d -o root -g root -m 0755 "$STATE_DIR"
+  expect "$VERIFIED_DIR" d root
+  install -d -o root -g root -m 0755 "$VERIFIED_DIR"
+  if ! id "$SERVICE_USER" >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
+    say "created user $SERVICE_USER (the service runs as it)"
+  fi
   [[ -f "$LOCK_FILE" && ! -L "$LOCK_FILE" ]] || install -o root -g root -m 0644 /dev/null "$LOCK_FILE"
   [[ -f "$AUDIT_LOG" && ! -L "$AUDIT_LOG" ]] || install -o root -g root -m 0600 /dev/null "$AUDIT_LOG"
   install -d -o root -g "$USER_NAME" -m 0750 "$CONF_DIR"
@@ -933,7 +953,7 @@ cmd_install() {
     releases discard "$upload" || true
     say "release $TO_RELEASE is installed already (the same bytes); the files and units are updated"
   else
-    releases stage "$upload"
+    stage_verified "$upload"
   fi
 
   # The address the socket has now, before the new units are read (then it reads the new one).
@@ -1069,7 +1089,7 @@ switch_to_upload() {
   fi
   SWITCHING=1
   UPLOAD=""
-  releases stage "$upload"
+  stage_verified "$upload"
   say "upgrading $old -> $new"
   if switch_and_wait "$new" server_new; then
     SWITCHING=""
@@ -1386,17 +1406,13 @@ summarise() {
 
 # One line (summary's), then the details a person looks at next.
 cmd_status() {
-  local rc=0 props prev pid
+  local rc=0 props prev
   summarise || rc=$?
   echo "$SUMMARY"
   ((rc != EXIT_NOT_INSTALLED)) || return "$rc"
   props=$(systemctl show "$UNIT" -p ActiveState -p SubState -p MainPID -p NRestarts -p ExecMainStartTimestamp 8<&- 2>/dev/null) || props=""
   echo "  service: $(sed -n 's/^ActiveState=//p' <<<"$props") ($(sed -n 's/^SubState=//p' <<<"$props")), pid $(sed -n 's/^MainPID=//p' <<<"$props"), started $(sed -n 's/^ExecMainStartTimestamp=//p' <<<"$props" | sed 's/^$/-/'), restarts $(sed -n 's/^NRestarts=//p' <<<"$props")"
   echo "  socket: $(systemctl show -p ActiveState --value "$UNIT.socket" 8<&- 2>/dev/null), $(listen_address) (make install LISTEN=ADDR:PORT changes it)"
-  pid=$(as_tribist head -c 32 -- "$RUN_DIR/PID" 2>/dev/null || true)
-  if [[ "$pid" =~ ^[0-9]+$ ]]; then
-    echo "  PID file: $pid$([[ "$pid" == "$(sed -n 's/^MainPID=//p' <<<"$props")" ]] && echo " (systemd's MainPID)")"
-  fi
   prev=$(release_of server.prev) || prev="none (nothing to roll back to yet)"
   echo "  installed release: $(release_of server || echo none); previous: $prev"
   if ((rc != EXIT_STOPPED)); then
@@ -1506,15 +1522,15 @@ cmd_on_start() {
   need_root on-start
   ACTION=service-start
   promote_and_digest
-  { echo "$(now) host=$(hostname) action=service-start user=systemd promoted=$PROMOTED server_sha256=$DIGEST" >>"$AUDIT_LOG"; } 2>/dev/null ||
-    warn "cannot append to $AUDIT_LOG"
+  prepare_verified
+  commit_verified "$(now) host=$(hostname) action=service-start user=systemd promoted=$PROMOTED source=$SOURCE server_sha256=$DIGEST"
 }
 
-# For the unit's steps: promotes server_new and takes the SHA-256 of the binary about to run,
-# in one call as tribist (it is in a restart's critical path). Sets PROMOTED (yes/no) and
-# DIGEST (64 hex digits, or unknown).
+# For the unit's steps: promotes server_new (as tribist: api/ is tribist's). Sets PROMOTED
+# (yes/no).
 PROMOTED=no
 DIGEST=unknown
+SOURCE=api
 promote_and_digest() {
   local out
   out=$(releases promote) || die "could not promote server_new: ${out:-see the lines above}"
@@ -1523,8 +1539,68 @@ promote_and_digest() {
     PROMOTED=yes
     say "$out"
   fi
-  DIGEST=${out##*sha256 }
-  [[ "$DIGEST" =~ ^[0-9a-f]{64}$ ]] || DIGEST=unknown
+}
+
+# Copies binary NAME of api/ into root's $VERIFIED_DIR as DEST and prints its SHA-256. Root
+# never opens tribist's path: tribist reads the file (setpriv, as in as_tribist) into a pipe,
+# and root writes what arrives into a file of its own, bounded, then hashes that file. So
+# DEST is exactly the bytes root hashed, whatever tribist changes in api/ afterwards.
+verify_copy() {
+  local name=$1 dest=$2 tmp sum
+  tmp=$(mktemp "$VERIFIED_DIR/.copy.XXXXXX") || return 1
+  if ! timeout -k 5 120 setsid -w setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups \
+    --no-new-privs --inh-caps=-all --bounding-set=-all --reset-env -- cat -- "$API_DIR/$name" </dev/null 2>/dev/null 8<&- 9<&- |
+    head -c "$MAX_BINARY" >"$tmp" || [[ ! -s "$tmp" ]] || (($(stat -c %s "$tmp") >= MAX_BINARY)); then
+    rm -f "$tmp"
+    warn "cannot copy $API_DIR/$name (as $USER_NAME): missing, unreadable, empty or larger than $MAX_BINARY bytes"
+    return 1
+  fi
+  sum=$(sha256sum <"$tmp" | cut -c1-64)
+  chmod 0755 "$tmp"
+  mv -f "$tmp" "$dest"
+  echo "$sum"
+}
+
+# The copy this start or reload installs as $VERIFIED: root's own deployment's copy when this
+# step promoted its upload, else a fresh copy of api/server (tribist's own upgrade, the seed's
+# `server_new` plus restart, or a plain restart). Leaves it as $VERIFIED_DIR/.start; sets
+# DIGEST and SOURCE.
+prepare_verified() {
+  if [[ "$PROMOTED" == yes && -f "$VERIFIED_NEXT" && ! -L "$VERIFIED_NEXT" ]]; then
+    mv -f "$VERIFIED_NEXT" "$VERIFIED_DIR/.start"
+    SOURCE=deploy
+    DIGEST=$(sha256sum <"$VERIFIED_DIR/.start" | cut -c1-64)
+    return 0
+  fi
+  # An upload's copy whose promotion never came (an interrupted deployment) is not this one.
+  rm -f "$VERIFIED_NEXT"
+  SOURCE=api
+  DIGEST=$(verify_copy server "$VERIFIED_DIR/.start") || die "no binary to start: $API_DIR/server could not be copied (above); make install HOST=… puts one there"
+}
+
+# Fail-closed: the audit record first, then the copy becomes what runs. If root cannot append
+# the record, what runs does not change: the copy that served before starts again (said in
+# the journal), or, with none, the start fails.
+commit_verified() {
+  local line=$1
+  if { echo "$line" >>"$AUDIT_LOG"; } 2>/dev/null; then
+    mv -f "$VERIFIED_DIR/.start" "$VERIFIED"
+    return 0
+  fi
+  rm -f "$VERIFIED_DIR/.start"
+  [[ -f "$VERIFIED" ]] || die "cannot append to $AUDIT_LOG (disk full?) and no binary was ever verified: not starting; free space in $STATE_DIR, then: systemctl restart $UNIT"
+  warn "cannot append to $AUDIT_LOG (disk full?): starting the binary that served before ($VERIFIED), not the new one; free space in $STATE_DIR, then: systemctl restart $UNIT"
+  return 0
+}
+
+# Stages upload NAME as server_new (as tribist) and, when root deploys, takes root's copy of it
+# first ($VERIFIED_NEXT): the start or reload step that promotes it runs that copy, not
+# whatever api/ holds by then.
+stage_verified() {
+  if is_root; then
+    verify_copy "$1" "$VERIFIED_NEXT" >/dev/null || die "could not take root's copy of the upload (above); nothing changed"
+  fi
+  releases stage "$1"
 }
 
 # The unit's reload step (`ExecReload=+`), as root outside the sandbox: promotes server_new as
@@ -1542,7 +1618,13 @@ cmd_on_reload() {
   serving_hands_over "$before" ||
     die "the serving process (pid $main) cannot hand over (${HANDOVER_STATE:+handover=$HANDOVER_STATE; }it predates handovers, or is not serving yet): use 'systemctl restart $UNIT'"
   promote_and_digest
-  handover_audit "from_pid=$main promoted=$PROMOTED server_sha256=$DIGEST"
+  prepare_verified
+  # Fail-closed: no record, no handover (the serving process goes on serving).
+  if ! { echo "$(now) host=$(hostname) action=service-handover user=systemd from_pid=$main promoted=$PROMOTED source=$SOURCE server_sha256=$DIGEST" >>"$AUDIT_LOG"; } 2>/dev/null; then
+    rm -f "$VERIFIED_DIR/.start"
+    die "cannot append to $AUDIT_LOG (disk full?): no handover; pid $main goes on serving. Free space in $STATE_DIR, then: systemctl reload $UNIT"
+  fi
+  mv -f "$VERIFIED_DIR/.start" "$VERIFIED"
   systemctl kill --kill-who=main --signal=SIGUSR2 "$UNIT" 8<&- || die "could not signal pid $main"
   # The server gives a successor 10 s; this waits a little longer, within TimeoutStartSec=.
   end=$((SECONDS + 14))
@@ -1556,9 +1638,9 @@ cmd_on_reload() {
       # own) before this says so. Its parent proves nothing: the old process may be gone.
       cgroup=$(cat "/proc/$pid/cgroup" 2>/dev/null) || cgroup=""
       owner=$(stat -c %U "/proc/$pid" 2>/dev/null) || owner=""
-      if ! grep -Eq "^(0::|[0-9]+:name=systemd:)/(.*/)?$UNIT\.service\$" <<<"$cgroup" || [[ "$owner" != "$USER_NAME" ]]; then
+      if ! grep -Eq "^(0::|[0-9]+:name=systemd:)/(.*/)?$UNIT\.service\$" <<<"$cgroup" || [[ "$owner" != "$SERVICE_USER" ]]; then
         handover_audit "from_pid=$main to_pid=$pid result=suspicious owner=${owner:-gone}"
-        die "systemd's main process is now pid $pid, which is not a process of $UNIT running as $USER_NAME (owner ${owner:-gone}, cgroup $(clean "${cgroup:-gone}" 100)); check 'systemctl status $UNIT'"
+        die "systemd's main process is now pid $pid, which is not a process of $UNIT running as $SERVICE_USER (owner ${owner:-gone}, cgroup $(clean "${cgroup:-gone}" 100)); check 'systemctl status $UNIT'"
       fi
       handover_audit "from_pid=$main to_pid=$pid result=ok"
       say "handed over: pid $pid serves; pid $main drains"
@@ -1615,6 +1697,10 @@ cmd_uninstall() {
       id "$USER_NAME" >/dev/null 2>&1 && die "userdel $USER_NAME failed; remove the user by hand (userdel -r $USER_NAME)"
     fi
     rm -rf --one-file-system "$HOME_DIR" "$CONF_DIR" "$STATE_DIR"
+    # The service's user owns nothing left (its runtime directory went with the service).
+    if id "$SERVICE_USER" >/dev/null 2>&1; then
+      userdel "$SERVICE_USER" 2>/dev/null || warn "userdel $SERVICE_USER failed; remove the user by hand (userdel $SERVICE_USER)"
+    fi
     # The address (install LISTEN=) is configuration too: a later install starts from the default.
     local dropin
     for dropin in "$SOCKET_DROPIN" "$SERVICE_DROPIN"; do
@@ -1622,7 +1708,7 @@ cmd_uninstall() {
       rmdir "${dropin%/*}" 2>/dev/null || true
     done
     systemctl daemon-reload
-    say "removed the service, its configuration and address, $STATE_DIR, user $USER_NAME and $HOME_DIR"
+    say "removed the service, its configuration and address, $STATE_DIR, users $USER_NAME and $SERVICE_USER and $HOME_DIR"
   else
     say "removed the service; kept $ENV_FILE, the address ($(wanted_listen)), $HOME_DIR and $AUDIT_LOG (uninstall --purge removes them)"
   fi

@@ -532,7 +532,7 @@ wait_for_text() {
 }
 
 @test "who owns what: the ownership table (docs/deploying.md), and the running server cannot write what runs next" {
-  run on_host "stat -c '%n %U:%G %a' /home/tribist /home/tribist/bin /home/tribist/bin/deploy.sh /home/tribist/bin/releases.sh /home/tribist/.ssh /home/tribist/.ssh/authorized_keys /home/tribist/api /home/tribist/api/server /run/tribist /var/lib/tribist-deploy /var/lib/tribist-deploy/lock /var/lib/tribist-deploy/audit.log /etc/tribist /etc/tribist/env"
+  run on_host "stat -c '%n %U:%G %a' /home/tribist /home/tribist/bin /home/tribist/bin/deploy.sh /home/tribist/bin/releases.sh /home/tribist/.ssh /home/tribist/.ssh/authorized_keys /home/tribist/api /home/tribist/api/server /run/tribist /var/lib/tribist-deploy /var/lib/tribist-deploy/bin /var/lib/tribist-deploy/bin/server /var/lib/tribist-deploy/lock /var/lib/tribist-deploy/audit.log /etc/tribist /etc/tribist/env"
   assert_output "/home/tribist root:tribist 750
 /home/tribist/bin root:root 755
 /home/tribist/bin/deploy.sh root:root 755
@@ -541,18 +541,25 @@ wait_for_text() {
 /home/tribist/.ssh/authorized_keys root:root 644
 /home/tribist/api tribist:tribist 750
 /home/tribist/api/server tribist:tribist 750
-/run/tribist tribist:tribist 750
+/run/tribist tribistd:tribistd 750
 /var/lib/tribist-deploy root:root 755
+/var/lib/tribist-deploy/bin root:root 755
+/var/lib/tribist-deploy/bin/server root:root 755
 /var/lib/tribist-deploy/lock root:root 644
 /var/lib/tribist-deploy/audit.log root:root 600
 /etc/tribist root:tribist 750
 /etc/tribist/env root:tribist 640"
-  # In the server's own mount namespace /home is read-only: it cannot replace its binary.
+  # The server runs root's copy, as a user of its own, and cannot replace what runs next: in its
+  # own mount namespace root's copy is read-only and /home is hidden.
   local pid
   pid=$(on_host systemctl show -p MainPID --value tribist)
-  run on_host "nsenter -t $pid -m setpriv --reuid=tribist --regid=tribist --clear-groups touch /home/tribist/api/x"
+  assert_equal "$(on_host ps -o user= -p "$pid")" tribistd
+  assert_equal "$(on_host readlink /proc/"$pid"/exe)" /var/lib/tribist-deploy/bin/server
+  run on_host "nsenter -t $pid -m setpriv --reuid=tribistd --regid=tribistd --clear-groups touch /var/lib/tribist-deploy/bin/x"
   assert_failure
   assert_output --partial "Read-only file system"
+  run on_host "nsenter -t $pid -m setpriv --reuid=tribistd --regid=tribistd --clear-groups ls /home/tribist"
+  assert_failure
   run on_host "runuser -u nobody -- cat /etc/tribist/env"
   assert_failure
   # The password is in no process's argv and in no log line (the bracket keeps the pattern
@@ -1164,6 +1171,45 @@ LIAR
   assert_equal "$(on_host "stat -c '%U:%G %a' /etc /home/tribist")" "root:root 755
 root:tribist 750"
   assert_equal "$(serving)" "$(release_of "$RELEASE")"
+}
+
+@test "what runs is what root's audit names, with tribist swapping api/ under root's upgrade; the service is out of tribist's reach" {
+  local pid running audited shipped
+  # The service runs as tribistd: whoever holds the deploy key cannot signal it.
+  pid=$(on_host systemctl show -p MainPID --value tribist)
+  run as_tribist_on_host "kill -0 $pid"
+  assert_failure
+  assert_output --partial "Operation not permitted"
+  # While root upgrades, tribist renames another working binary (the serving one) over every
+  # upload and server_new it sees, as fast as it can, for up to 60 s.
+  as_tribist_on_host "cp /home/tribist/api/server /home/tribist/api/.fake"
+  on_host "cat >/tmp/swapper.sh" <<'SWAP'
+end=$(($(date +%s) + 60))
+while [ "$(date +%s)" -lt "$end" ]; do
+  for f in /home/tribist/api/.upload.* /home/tribist/api/server_new /home/tribist/api/server; do
+    case $f in *.x) continue ;; esac
+    [ -f "$f" ] && cp /home/tribist/api/.fake "$f.x" 2>/dev/null && mv -f "$f.x" "$f" 2>/dev/null
+  done
+done
+SWAP
+  as_tribist_on_host "setsid bash /tmp/swapper.sh </dev/null >/dev/null 2>&1 &"
+  run make -s -C "$REPO" upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b"
+  on_host "pkill -u tribist -f swapper.sh; rm -f /tmp/swapper.sh /home/tribist/api/.fake /home/tribist/api/*.x /home/tribist/api/.upload.*.x"
+  # Whatever the upgrade said, the process serving runs root's copy and the audit names it.
+  pid=$(on_host systemctl show -p MainPID --value tribist)
+  assert_equal "$(on_host readlink /proc/"$pid"/exe)" /var/lib/tribist-deploy/bin/server
+  running=$(on_host "sha256sum </proc/$pid/exe" | cut -c1-64)
+  audited=$(on_host "grep -o 'server_sha256=[0-9a-f]*' /var/lib/tribist-deploy/audit.log | tail -n 1" | cut -d= -f2)
+  assert_equal "$running" "$audited"
+  shipped=$(sha256sum <"$BATS_FILE_TMPDIR/server-b" | cut -c1-64)
+  if [[ "$(on_host 'tail -n 1 /var/lib/tribist-deploy/audit.log')" == *"action=upgrade"*"result=ok"* ]]; then
+    assert_equal "$running" "$shipped"
+  fi
+  # The release shipped, once nobody interferes.
+  run make -s -C "$REPO" upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b"
+  assert_success
+  pid=$(on_host systemctl show -p MainPID --value tribist)
+  assert_equal "$(on_host "sha256sum </proc/$pid/exe" | cut -c1-64)" "$shipped"
 }
 
 @test "make status and make logs report the service" {
