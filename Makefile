@@ -12,6 +12,8 @@ SHELLCHECK ?= shellcheck
 BATS ?= bats
 # The binary make release builds and make install/upgrade ship (tools/release.sh).
 RELEASE_BIN ?= target/x86_64-unknown-linux-gnu/release/server
+# The host program make install puts on each host (root-owned, /home/tribist/bin), built with it.
+RELEASE_HOST_BIN ?= target/x86_64-unknown-linux-gnu/release/tribist-host
 DEV_DIR ?= .dev
 # make run's PostgreSQL port on 127.0.0.1; empty: the first free one of the last used and 54329 up.
 DEV_PG_PORT ?=
@@ -25,7 +27,7 @@ DEV_PG_PORT ?=
 DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE YES PREFLIGHT SET UNSET \
 	PARALLEL TO KEEP TRIBIST_SSH_SHARE TRIBIST_DEPLOY_DIR FOLLOW SINCE GREP
 $(foreach v,$(DEPLOY_VARS),$(eval override $(v) := $$(value $(v)))$(if $(value $(v)),$(eval export $(v))))
-export RELEASE_BIN CARGO
+export RELEASE_BIN RELEASE_HOST_BIN CARGO
 # ENV=staging: the hosts in deploy/staging.hosts. Taken from make's command line only, since
 # a shell's own ENV variable (sh reads it at start) may be in the environment.
 # Its text is taken as it is (never expanded) and ENV itself is not passed on.

@@ -78,6 +78,8 @@ BY=unknown
 ACTION=""
 # What an interrupt must undo: set while a new binary is being switched in.
 SWITCHING=""
+# Set while a plain rollback has swapped server and server.prev (see interrupted_rollback).
+ROLLBACK_SWAPPED=""
 FROM_RELEASE=""
 TO_RELEASE=""
 # An upload to remove if the lock is refused.
@@ -287,7 +289,14 @@ lock() {
     exit "$EXIT_LOCKED"
   fi
   if is_root; then
-    holder_text >"$HOLDER_FILE"
+    # Fail-closed: root's record of what changes needs room; without it nothing changes.
+    local avail
+    avail=$(df -Pk "$STATE_DIR" 2>/dev/null | awk 'NR == 2 { print $4 }')
+    if [[ "$avail" =~ ^[0-9]+$ ]] && ((avail < 1024)) || ! { holder_text >"$HOLDER_FILE"; } 2>/dev/null; then
+      if [[ -n "$UPLOAD" ]]; then releases discard "$UPLOAD" || true; fi
+      warn "refused: root cannot write its audit record in $STATE_DIR (${avail:-?} KiB free; disk full?): free space there, then run the same command again; nothing changed"
+      exit 1
+    fi
   else
     (umask 027 && holder_text >"$TRIBIST_NOTE") || true
   fi
@@ -326,16 +335,15 @@ on_interrupt() {
     if restart_and_wait "${FROM_RELEASE/none/}"; then audit interrupted-restored; else audit interrupted-restore-failed; fi
     exit 130
   fi
+  if [[ -n "$ROLLBACK_SWAPPED" ]]; then
+    interrupted_rollback
+    exit 130
+  fi
   if [[ -n "$SWITCHING" ]]; then
     warn "the upgrade to ${TO_RELEASE:-?} was interrupted; restoring ${FROM_RELEASE:-the previous release}"
     # A handover under way goes on in systemd: let it end (within its bound) before any file
     # moves, so that the renames never race the unit's own.
-    local i
-    for ((i = 0; i < 150; i++)); do
-      [[ "$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null)" == reloading ]] || break
-      ((i == 0)) && warn "waiting for the handover under way to end first (up to 30 s)"
-      sleep 0.2
-    done
+    wait_handover_end
     if revert_upgrade; then
       audit "interrupted-rolled-back"
       warn "rolled back: release ${FROM_RELEASE:-?} is serving again"
@@ -581,8 +589,10 @@ switch_and_wait() {
       recent_log | sed 's/^/    /' >&2
       return 1
     fi
-    wait_healthy "$want"
-    return
+    # Explicit: a bare `return` in a trap handler's call returns the status of the command the
+    # signal interrupted, so a rollback that worked would be audited as failed.
+    wait_healthy "$want" && return 0
+    return 1
   fi
   say "switching: restarting $UNIT ($NO_HANDOVER) and waiting up to ${WAIT}s"
   restart_and_wait "$want"
@@ -823,7 +833,7 @@ wanted_listen() {
   local set=""
   if [[ -n "$LISTEN" ]]; then
     echo "$LISTEN"
-    return
+    return 0
   fi
   [[ -f "$SOCKET_DROPIN" && ! -L "$SOCKET_DROPIN" ]] &&
     set=$(sed -n 's/^ListenStream=\(..*\)$/\1/p' "$SOCKET_DROPIN" | tail -n 1)
@@ -881,7 +891,7 @@ cmd_install() {
   local bundle=$1 upload sum f listen ident
   need_root install
   [[ -d /run/systemd/system ]] || die "systemd is not running on this host; tribist needs it"
-  for f in server tribist.service tribist.socket tribist.sudoers tribist.env.example "${SCRIPTS[@]}"; do
+  for f in server tribist-host tribist.service tribist.socket tribist.sudoers tribist.env.example "${SCRIPTS[@]}"; do
     [[ -f "$bundle/$f" ]] || die "the upload is incomplete: $bundle/$f is missing; run make install again"
   done
   if [[ ! -f "$bundle/database_url" && ! -f "$ENV_FILE" ]]; then
@@ -894,10 +904,12 @@ cmd_install() {
     command -v "$f" >/dev/null || die "$f is missing on this host: install it (Debian: apt-get install curl sudo util-linux bsdutils libc-bin)"
   done
   make_layout
-  for f in "${SCRIPTS[@]}"; do
+  for f in tribist-host "${SCRIPTS[@]}"; do
     install -o root -g root -m 0755 "$bundle/$f" "$BIN_DIR/.$f.tmp"
     mv -f "$BIN_DIR/.$f.tmp" "$BIN_DIR/$f"
   done
+  "$BIN_DIR/tribist-host" help >/dev/null 2>&1 ||
+    die "the host program $BIN_DIR/tribist-host does not run on this host; run make install again with a build from make release"
   lock install
   FROM_RELEASE=$(release_of server || echo none)
   sum=$(sha256sum "$bundle/server" | cut -d' ' -f1)
@@ -1125,6 +1137,46 @@ preflight() {
   return "$rc"
 }
 
+# Waits (up to 30 s) for a handover under way in systemd to end, so that no rename races the
+# unit's own.
+wait_handover_end() {
+  local i
+  for ((i = 0; i < 150; i++)); do
+    [[ "$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null)" == reloading ]] || return 0
+    ((i == 0)) && warn "waiting for the handover under way to end first (up to 30 s)"
+    sleep 0.2
+  done
+  return 0
+}
+
+# A plain `make rollback` interrupted after its swap: whatever serves now decides. The
+# rollback's release serving and healthy: it is done (audited as such). The release from
+# before still serving (a handover that failed or never started): the files are swapped back,
+# nothing changed. Neither: swapped back and restarted.
+interrupted_rollback() {
+  local serving
+  wait_handover_end
+  serving=$(serving_release || true)
+  if [[ -n "$serving" && "$serving" == "$TO_RELEASE" ]]; then
+    audit interrupted-done
+    warn "the rollback had finished: release $TO_RELEASE is serving"
+    return 0
+  fi
+  releases swap || true
+  if [[ -n "$serving" && "$serving" == "$FROM_RELEASE" ]]; then
+    audit interrupted-nothing-changed
+    warn "nothing changed: release $FROM_RELEASE still serves, and server.prev is $TO_RELEASE again"
+    return 0
+  fi
+  if restart_and_wait "${FROM_RELEASE/none/}"; then
+    audit interrupted-rolled-back
+    warn "put back: release $FROM_RELEASE is serving again"
+  else
+    audit interrupted-rollback-failed
+    warn "release $FROM_RELEASE did not come back; see: make logs HOST=${TARGET:-…}"
+  fi
+}
+
 # Undoes a staged or promoted upgrade (everything back as it was) and switches back, unless
 # the release from before still serves (a failed handover leaves it serving).
 revert_upgrade() {
@@ -1163,17 +1215,21 @@ cmd_rollback() {
   fi
   say "rolling back to $prev"
   releases swap || die "could not swap server and server.prev; nothing changed"
+  ROLLBACK_SWAPPED=1
   if ! switch_and_wait "$prev" server; then
     if [[ "$(systemctl show -p ActiveState --value "$UNIT" 8<&- 2>/dev/null)" == active &&
       "$(serving_release)" == "$FROM_RELEASE" ]]; then
       # A failed handover: the release from before still serves; so do its files again.
       releases swap || true
+      ROLLBACK_SWAPPED=""
       audit failed-nothing-changed
       die "rollback to $prev failed (see above); release $FROM_RELEASE still serves, nothing changed"
     fi
+    ROLLBACK_SWAPPED=""
     audit failed
     die "rollback to $prev failed: see the log lines above"
   fi
+  ROLLBACK_SWAPPED=""
   audit ok
   keep_release "$prev"
   say "rolled back: release $prev is serving"
@@ -1210,6 +1266,38 @@ cmd_config_show() {
 # in place and restarts (a handover would keep the old environment); if the server is not
 # healthy then, the previous file goes back and the service restarts again. The audit names
 # what changed, never a value.
+# make config with DATABASE_URL_FILE: the URL travels first, on its own connection's stdin,
+# into a root-only file here, so that the change itself runs at a terminal (ssh -t), where
+# Ctrl-C and a lost connection reach it and put the previous configuration back. Prints the
+# stash's name; a stash never taken is removed by the next one after 10 minutes.
+readonly STASH_RE='^url\.[A-Za-z0-9]{6,16}$'
+cmd_config_stash() {
+  local f
+  need_root "config (DATABASE_URL_FILE=)"
+  [[ -d "$STATE_DIR" && ! -L "$STATE_DIR" ]] || {
+    warn "tribist was never installed here (no $STATE_DIR): make install, with DATABASE_URL_FILE=, writes the first configuration"
+    exit "$EXIT_NOT_INSTALLED"
+  }
+  find "$STATE_DIR" -maxdepth 1 -type f -name 'url.*' -mmin +10 -delete 2>/dev/null || true
+  f=$(umask 077 && mktemp "$STATE_DIR/url.XXXXXXXX")
+  head -c 65537 >"$f"
+  if (($(stat -c %s "$f") > 65536)); then
+    rm -f "$f"
+    die "the database URL is longer than 64 KiB; nothing changed"
+  fi
+  echo "${f##*/}"
+}
+
+# The URL in stash NAME, which is removed at once.
+take_stash() {
+  local name=$1 url
+  [[ "$name" =~ $STASH_RE && -f "$STATE_DIR/$name" && ! -L "$STATE_DIR/$name" ]] ||
+    usage_error "--database-url-stash: no stash '$(clean "$name" 40)' (make config sends it)"
+  url=$(cat -- "$STATE_DIR/$name"; printf x)
+  rm -f -- "$STATE_DIR/$name"
+  printf '%s' "${url%x}"
+}
+
 cmd_config_change() {
   local sets=() unsets=() names=() url="" have_url="" new out arg name
   need_root "config (SET=, UNSET=, DATABASE_URL_FILE=)"
@@ -1231,9 +1319,14 @@ cmd_config_change() {
         names+=("$2")
         shift 2
         ;;
-      --database-url-stdin)
-        url=$(head -c 65536; printf x)
-        url=${url%x}
+      --database-url-stdin | --database-url-stash)
+        if [[ "$1" == --database-url-stash ]]; then
+          url=$(take_stash "${2:-}")
+          shift
+        else
+          url=$(head -c 65536; printf x)
+          url=${url%x}
+        fi
         url=${url%$'\n'}
         [[ -n "$url" ]] || usage_error "--database-url-stdin: standard input is empty"
         representable "$url" || die "DATABASE_URL holds a control character or is not UTF-8: systemd cannot pass it on; nothing changed"
@@ -1289,7 +1382,10 @@ cmd_config_change() {
   TO_RELEASE=$FROM_RELEASE
   say "checking the new configuration with the installed binary (server --check-config)"
   local rc=0
-  out=$(as_tribist env TRIBIST_LISTEN="$(listen_address)" "$API_DIR/server" --check-config "$new" 2>&1) || rc=$?
+  # Root's verified copy of what runs (a host from before it: the installed file).
+  local check_bin=$API_DIR/server
+  [[ -f "$VERIFIED" && ! -L "$VERIFIED" ]] && check_bin=$VERIFIED
+  out=$(as_tribist env TRIBIST_LISTEN="$(listen_address)" "$check_bin" --check-config "$new" 2>&1) || rc=$?
   if ((rc != 0)); then
     audit refused-check
     warn "refused: $(printf '%s' "$out" | head -c 600 | sed 's/^server: error: //'); nothing changed"
@@ -1782,6 +1878,7 @@ main() {
     "on-start 0") cmd_on_start ;;
     "on-reload 0") cmd_on_reload ;;
     "config 0") cmd_config_show ;;
+    "config-stash 0") cmd_config_stash ;;
     "config "*) cmd_config_change "$@" ;;
     "uninstall 0") cmd_uninstall ;;
     "uninstall 1")

@@ -19,6 +19,7 @@ readonly EXIT_USAGE=2
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO
 readonly RELEASE_BIN=${RELEASE_BIN:-target/x86_64-unknown-linux-gnu/release/server}
+readonly RELEASE_HOST_BIN=${RELEASE_HOST_BIN:-target/x86_64-unknown-linux-gnu/release/tribist-host}
 
 usage() {
   cat <<USAGE
@@ -293,6 +294,16 @@ check_platform() {
   fi
 }
 
+# The host program install puts on the host: the release build's (made by make release with
+# the server; built now if missing, whatever BIN is).
+host_program() {
+  if [[ ! -x "$REPO/$RELEASE_HOST_BIN" ]]; then
+    say "building $RELEASE_HOST_BIN, the host program (make release)" >&2
+    "$REPO/tools/release.sh" >/dev/null || die "the release build failed (above)"
+  fi
+  printf '%s' "$REPO/$RELEASE_HOST_BIN"
+}
+
 ship_bin() {
   local bin=${BIN:-}
   if [[ -z "$bin" || "$bin" == "$RELEASE_BIN" ]]; then
@@ -442,7 +453,7 @@ setting_name_ok() {
 # and, if need be, takes it back. Names and values are checked here first; the database URL
 # travels on ssh's standard input, never on a command line.
 cmd_config() {
-  local host=${HOST:-} by args=() word words name url_file=/dev/null tmp rc=0
+  local host=${HOST:-} by args=() word words name tmp stash rc=0
   check_host HOST "$host"
   HOST_NOW=$host
   if [[ -z "${SET:-}${UNSET:-}${DATABASE_URL_FILE:-}" ]]; then
@@ -473,11 +484,19 @@ cmd_config() {
     tmp=$(mktemp)
     SECRET_FILE=$tmp
     database_url "$tmp"
-    url_file=$tmp
-    args+=(--database-url-stdin)
+    # The URL goes first, on its own connection's stdin, so that the change itself can run
+    # at a terminal, where Ctrl-C reaches the host and puts the previous configuration back.
+    stash=$(ssh_to "$host" -T "$REMOTE_DEPLOY" config-stash <"$tmp") || {
+      rc=$?
+      warn "make config: could not send the database URL to $host (exit $rc); nothing changed"
+      next_step "$rc" "$host"
+      exit "$rc"
+    }
+    [[ "$stash" =~ ^url\.[A-Za-z0-9]{6,16}$ ]] || die "$host answered an unexpected stash name: $(shown "$stash"); nothing changed"
+    args+=(--database-url-stash "$stash")
   fi
   say "changing the configuration on $host"
-  ssh_to "$host" -T "$REMOTE_DEPLOY" --by "$by" --target "$host" "${PREFLIGHT_ARGS[@]}" config "${args[@]}" <"$url_file" || rc=$?
+  ssh_to "$host" -t "$REMOTE_DEPLOY" --by "$by" --target "$host" "${PREFLIGHT_ARGS[@]}" config "${args[@]}" || rc=$?
   if ((rc != 0)); then
     warn "make config: failed on $host (exit $rc); the messages above say why (nothing changed unless they say so)"
     next_step "$rc" "$host"
@@ -526,6 +545,7 @@ cmd_install() {
     cp "$REPO/$f" "$stage/"
   done
   cp -- "$bin" "$stage/server"
+  cp -- "$(host_program)" "$stage/tribist-host"
   database_url "$stage/database_url"
   deploy_key "$stage/deploy_key.pub"
   say "checking $host"

@@ -149,7 +149,7 @@ exec sleep 600
   # release serves (other bytes under the installed binary's id are refused).
   printf '#!/bin/sh\n[ -n "$NOTIFY_SOCKET" ] && exec sleep 600\nexec /usr/local/lib/tribist-test/server-a "$@"\n' \
     >"$BATS_FILE_TMPDIR/server-systemd-hang"
-  printf '#!/bin/sh\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec /usr/local/lib/tribist-test/server-a "$@"\n' \
+  printf '#!/bin/bash\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec -a "$0" /usr/local/lib/tribist-test/server-a "$@"\n' \
     >"$BATS_FILE_TMPDIR/server-503"
   # A release from before handovers: its --version lacks the line that offers one. It runs
   # the real server under its own path (exec -a), as a wrapper must for later handovers.
@@ -532,11 +532,12 @@ wait_for_text() {
 }
 
 @test "who owns what: the ownership table (docs/deploying.md), and the running server cannot write what runs next" {
-  run on_host "stat -c '%n %U:%G %a' /home/tribist /home/tribist/bin /home/tribist/bin/deploy.sh /home/tribist/bin/releases.sh /home/tribist/.ssh /home/tribist/.ssh/authorized_keys /home/tribist/api /home/tribist/api/server /run/tribist /var/lib/tribist-deploy /var/lib/tribist-deploy/bin /var/lib/tribist-deploy/bin/server /var/lib/tribist-deploy/lock /var/lib/tribist-deploy/audit.log /etc/tribist /etc/tribist/env"
+  run on_host "stat -c '%n %U:%G %a' /home/tribist /home/tribist/bin /home/tribist/bin/deploy.sh /home/tribist/bin/releases.sh /home/tribist/bin/tribist-host /home/tribist/.ssh /home/tribist/.ssh/authorized_keys /home/tribist/api /home/tribist/api/server /run/tribist /var/lib/tribist-deploy /var/lib/tribist-deploy/bin /var/lib/tribist-deploy/bin/server /var/lib/tribist-deploy/lock /var/lib/tribist-deploy/audit.log /etc/tribist /etc/tribist/env"
   assert_output "/home/tribist root:tribist 750
 /home/tribist/bin root:root 755
 /home/tribist/bin/deploy.sh root:root 755
 /home/tribist/bin/releases.sh root:root 755
+/home/tribist/bin/tribist-host root:root 755
 /home/tribist/.ssh root:root 755
 /home/tribist/.ssh/authorized_keys root:root 644
 /home/tribist/api tribist:tribist 750
@@ -695,6 +696,56 @@ wait_for_text() {
   assert_success
   assert_output --partial "switching: the serving process hands over"
   assert_equal "$(serving)" "$before"
+}
+
+@test "Ctrl-C during make rollback whose handover fails: the files are put back, nothing changed, audited so" {
+  local before pid
+  deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b" >/dev/null
+  before=$(serving)
+  pid=$(on_host systemctl show -p MainPID --value tribist)
+  # The rollback target: a release that passes its preflight but is never ready under systemd.
+  as_tribist_on_host "cat >/home/tribist/api/.prev.x && chmod 755 /home/tribist/api/.prev.x && mv -f /home/tribist/api/.prev.x /home/tribist/api/server.prev" \
+    <"$BATS_FILE_TMPDIR/server-systemd-hang"
+  at_terminal make -s -C "$REPO" rollback HOST="root@$A" SSH_OPTS="-F $CFG" >"$BATS_TEST_TMPDIR/rb.out" 2>&1 &
+  local job=$! rc=0
+  wait_switching "$BATS_TEST_TMPDIR/rb.out"
+  press $'\x03'
+  wait "$job" || rc=$?
+  ((rc != 0))
+  run cat "$BATS_TEST_TMPDIR/rb.out"
+  assert_output --partial "nothing changed: release $before still serves"
+  assert_equal "$(serving)" "$before"
+  assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
+  # api/ is as it was: the hanging binary is the rollback target again, not the installed one.
+  assert_equal "$(on_host sha256sum </home/tribist/api/server.prev | cut -c1-64)" "$(sha256sum <"$BATS_FILE_TMPDIR/server-systemd-hang" | cut -c1-64)"
+  assert_equal "$(on_host sha256sum </home/tribist/api/server | cut -c1-64)" "$(sha256sum <"$BATS_FILE_TMPDIR/server-b" | cut -c1-64)"
+  run on_host "grep 'action=rollback' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --partial "result=interrupted-nothing-changed"
+  on_host "cp /home/tribist/api/server /home/tribist/api/.prev.x && chown tribist: /home/tribist/api/.prev.x && mv -f /home/tribist/api/.prev.x /home/tribist/api/server.prev"
+}
+
+@test "Ctrl-C while an upgrade that handed over waits for health: the rollback by handover works and is audited as such" {
+  local before old
+  before=$(serving)
+  old=$(on_host systemctl show -p MainPID --value tribist)
+  # A release that takes over but answers 503 (its database password is wrong); no preflight.
+  at_terminal make -s -C "$REPO" upgrade HOST="root@$A" SSH_OPTS="-F $CFG" PREFLIGHT=0 \
+    BIN="$BATS_FILE_TMPDIR/server-503" >"$BATS_TEST_TMPDIR/up.out" 2>&1 &
+  local job=$! rc=0 i
+  # Ctrl-C once the successor serves (the upgrade then waits for a health that never comes).
+  for i in $(seq 300); do
+    [[ "$(on_host systemctl show -p MainPID --value tribist)" != "$old" ]] && break
+    sleep 0.1
+  done
+  sleep 1
+  press $'\x03'
+  wait "$job" || rc=$?
+  ((rc != 0))
+  run cat "$BATS_TEST_TMPDIR/up.out"
+  assert_output --partial "rolled back: release $before is serving again"
+  assert_equal "$(serving)" "$before"
+  run on_host "grep 'action=upgrade' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --partial "result=interrupted-rolled-back"
 }
 
 @test "preflight: a release that exits, hangs or answers 503 is refused before it gets any traffic" {
@@ -1046,6 +1097,32 @@ wait_for_text() {
   refute_output --partial "not-the-password"
   # Back to 3 workers, as the next tests expect.
   run deploy config HOST="root@$A" SSH_OPTS="-F $CFG" SET="TRIBIST_WORKERS=3"
+  assert_success
+}
+
+@test "Ctrl-C during make config at a terminal: the previous configuration is back, audited so, no URL left behind" {
+  local before
+  before=$(on_host "sha256sum </etc/tribist/env")
+  # The URL travels on a connection of its own; the change runs at the terminal, so Ctrl-C
+  # reaches the host while it waits for the restarted server.
+  at_terminal make -s -C "$REPO" config HOST="root@$A" SSH_OPTS="-F $CFG" SET=TRIBIST_WORKERS=5 \
+    DATABASE_URL_FILE="$BATS_FILE_TMPDIR/database_url" >"$BATS_TEST_TMPDIR/cfg.out" 2>&1 &
+  local job=$! rc=0 i
+  for i in $(seq 300); do
+    grep -q "applying (" "$BATS_TEST_TMPDIR/cfg.out" && break
+    sleep 0.1
+  done
+  press $'\x03'
+  wait "$job" || rc=$?
+  ((rc != 0))
+  run cat "$BATS_TEST_TMPDIR/cfg.out"
+  assert_output --partial "the configuration change was interrupted; putting the previous one back"
+  assert_equal "$(on_host "sha256sum </etc/tribist/env")" "$before"
+  run on_host "grep 'action=config' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --partial "result=interrupted-restored"
+  run on_host "ls /var/lib/tribist-deploy | grep -c '^url\.'"
+  assert_output 0
+  run on_host "/home/tribist/bin/wait_for_it.sh -q -t 30"
   assert_success
 }
 

@@ -21,7 +21,7 @@ usage() {
   cat <<USAGE
 usage: $PROG [--help]
 
-Builds target/$TARGET/release/server for $TARGET with glibc $GLIBC symbol versions
+Builds target/$TARGET/release/server (and the host program tribist-host beside it) for $TARGET with glibc $GLIBC symbol versions
 (cargo zigbuild --release --locked --target $TARGET.$GLIBC), installing $ZIGLANG and
 $ZIGBUILD from PyPI into \$TRIBIST_TOOLS/zig (default: .tools/zig in this checkout)
 when missing, then checks the result (ELF machine, highest GLIBC_ version needed).
@@ -87,6 +87,14 @@ main() {
   [[ "$machine" == x86_64 ]] || die "$out is $machine, not x86_64"
   [[ -n "$needed" ]] || die "$out names no GLIBC_ version: not a glibc binary?"
   version_le "$needed" "$GLIBC" || die "$out needs glibc $needed, more than $GLIBC"
+  # The host program (tribist-host), shipped by make install beside the server: the same checks.
+  local host_out=$repo/target/$TARGET/release/tribist-host
+  [[ -x "$host_out" ]] || die "the build left no $host_out"
+  [[ "$(elf_machine "$host_out")" == x86_64 ]] || die "$host_out is not x86_64"
+  needed=$(glibc_needed "$host_out")
+  if [[ -z "$needed" ]] || ! version_le "$needed" "$GLIBC"; then
+    die "$host_out needs glibc ${needed:-?}, more than $GLIBC"
+  fi
   report_id "$out"
   echo "$out"
 }
