@@ -663,10 +663,15 @@ wait_for_text() {
   # The upgrades so far handed over: systemd never restarted the service for them.
   run on_host "journalctl -u tribist --no-pager | grep -c 'Reloaded tribist.service'"
   refute_output 0
-  # tribist's own SIGUSR2 (it owns api/server) is ignored: a handover is root's, audited. So is
-  # one forged with rt_sigqueueinfo(2) to claim it comes from root (uid 0, pid 1).
-  as_tribist_on_host "kill -USR2 $pid"
-  as_tribist_on_host "perl -e 'my \$i = pack(\"iiiiii\", 12, 0, -1, 0, 1, 0) . (\"\\0\" x 104); syscall(129, \$ARGV[0] + 0, 12, \$i) == 0 or die \"rt_sigqueueinfo: \$!\"' $pid"
+  # The deploy user cannot signal the service at all (it runs as tribistd).
+  run as_tribist_on_host "kill -USR2 $pid"
+  assert_failure
+  assert_output --partial "Operation not permitted"
+  # A process with the service's own uid can; its SIGUSR2 is ignored all the same: a handover is
+  # root's, audited. So is one forged with rt_sigqueueinfo(2) to claim it comes from root
+  # (uid 0, pid 1).
+  on_host "setpriv --reuid=tribistd --regid=tribistd --clear-groups kill -USR2 $pid"
+  on_host "setpriv --reuid=tribistd --regid=tribistd --clear-groups perl -e 'my \$i = pack(\"iiiiii\", 12, 0, -1, 0, 1, 0) . (\"\\0\" x 104); syscall(129, \$ARGV[0] + 0, 12, \$i) == 0 or die \"rt_sigqueueinfo: \$!\"' $pid"
   run on_host "for i in \$(seq 50); do journalctl -u tribist --no-pager | grep -q 'ignoring SIGUSR2 from pid 1 (uid 0, si_code -1)' && exit 0; sleep 0.1; done; journalctl -u tribist -n 5 --no-pager; exit 1"
   assert_success
   run on_host "journalctl -u tribist --no-pager | grep -c 'ignoring SIGUSR2 from pid'"
@@ -850,10 +855,10 @@ wait_for_text() {
   assert_line --regexp "action=upgrade user=tribist .* by=\"alice@laptop\" release_from=$b release_to=hanging-release result=refused-preflight"
   assert_line --partial "result=interrupted-rolled-back"
   # Every start and handover is in root's record too, with the binary's digest, whoever asked.
-  assert_line --regexp "action=service-start user=systemd promoted=yes server_sha256=[0-9a-f]{64}"
-  assert_line --regexp "action=service-start user=systemd promoted=no server_sha256=[0-9a-f]{64}"
-  assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ promoted=yes server_sha256=[0-9a-f]{64}"
-  assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ promoted=no server_sha256=[0-9a-f]{64}"
+  assert_line --regexp "action=service-start user=systemd promoted=yes source=(api|deploy) server_sha256=[0-9a-f]{64}"
+  assert_line --regexp "action=service-start user=systemd promoted=no source=api server_sha256=[0-9a-f]{64}"
+  assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ promoted=yes source=(api|deploy) server_sha256=[0-9a-f]{64}"
+  assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ promoted=no source=api server_sha256=[0-9a-f]{64}"
   assert_line --regexp "action=service-handover user=systemd from_pid=[0-9]+ to_pid=[0-9]+ result=ok"
   refute_output --partial "$DB_PASSWORD"
   # tribist cannot read root's record, and the audit needs root.
@@ -1295,7 +1300,11 @@ SWAP
   assert_line --regexp "^root@$A +healthy release="
   assert_output --partial "  service: active (running)"
   assert_output --partial '"status":"pass"'
+  # tribist sees systemctl status's view: the unit and the server's own last lines.
   run deploy logs HOST="tribist@$A" SSH_OPTS="$(as_tribist)"
+  assert_output --partial "tribist.service - tribist API server"
+  assert_output --regexp "server\[[0-9]+\]: \[INFO\]"
+  run deploy logs HOST="root@$A" SSH_OPTS="-F $CFG" GREP="listening on"
   assert_output --partial "listening on"
 }
 
