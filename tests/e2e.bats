@@ -149,7 +149,7 @@ exec sleep 600
   # release serves (other bytes under the installed binary's id are refused).
   printf '#!/bin/sh\n[ -n "$NOTIFY_SOCKET" ] && exec sleep 600\nexec /usr/local/lib/tribist-test/server-a "$@"\n' \
     >"$BATS_FILE_TMPDIR/server-systemd-hang"
-  printf '#!/bin/bash\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec -a "$0" /usr/local/lib/tribist-test/server-a "$@"\n' \
+  printf '#!/bin/sh\nDATABASE_URL=postgres://tribist:wrong@localhost:5432/tribist exec /usr/local/lib/tribist-test/server-a "$@"\n' \
     >"$BATS_FILE_TMPDIR/server-503"
   # A release from before handovers: its --version lacks the line that offers one. It runs
   # the real server under its own path (exec -a), as a wrapper must for later handovers.
@@ -722,8 +722,8 @@ wait_for_text() {
   assert_equal "$(serving)" "$before"
   assert_equal "$(on_host systemctl show -p MainPID --value tribist)" "$pid"
   # api/ is as it was: the hanging binary is the rollback target again, not the installed one.
-  assert_equal "$(on_host sha256sum </home/tribist/api/server.prev | cut -c1-64)" "$(sha256sum <"$BATS_FILE_TMPDIR/server-systemd-hang" | cut -c1-64)"
-  assert_equal "$(on_host sha256sum </home/tribist/api/server | cut -c1-64)" "$(sha256sum <"$BATS_FILE_TMPDIR/server-b" | cut -c1-64)"
+  assert_equal "$(on_host "sha256sum </home/tribist/api/server.prev" | cut -c1-64)" "$(sha256sum <"$BATS_FILE_TMPDIR/server-systemd-hang" | cut -c1-64)"
+  assert_equal "$(on_host "sha256sum </home/tribist/api/server" | cut -c1-64)" "$(sha256sum <"$BATS_FILE_TMPDIR/server-b" | cut -c1-64)"
   run on_host "grep 'action=rollback' /var/lib/tribist-deploy/audit.log | tail -n 1"
   assert_output --partial "result=interrupted-nothing-changed"
   on_host "cp /home/tribist/api/server /home/tribist/api/.prev.x && chown tribist: /home/tribist/api/.prev.x && mv -f /home/tribist/api/.prev.x /home/tribist/api/server.prev"
@@ -731,26 +731,32 @@ wait_for_text() {
 
 @test "Ctrl-C while an upgrade that handed over waits for health: the rollback by handover works and is audited as such" {
   local before old
+  deploy rollback HOST="root@$A" SSH_OPTS="-F $CFG" >/dev/null
   before=$(serving)
   old=$(on_host systemctl show -p MainPID --value tribist)
-  # A release that takes over but answers 503 (its database password is wrong); no preflight.
+  # The database down: the new release takes over (no preflight) and then answers 503, so the
+  # upgrade waits for its health; Ctrl-C there rolls back by a handover once the database is
+  # back.
+  on_host "systemctl stop postgresql"
   at_terminal make -s -C "$REPO" upgrade HOST="root@$A" SSH_OPTS="-F $CFG" PREFLIGHT=0 \
-    BIN="$BATS_FILE_TMPDIR/server-503" >"$BATS_TEST_TMPDIR/up.out" 2>&1 &
+    BIN="$BATS_FILE_TMPDIR/server-b" >"$BATS_TEST_TMPDIR/up.out" 2>&1 &
   local job=$! rc=0 i
-  # Ctrl-C once the successor serves (the upgrade then waits for a health that never comes).
   for i in $(seq 300); do
     [[ "$(on_host systemctl show -p MainPID --value tribist)" != "$old" ]] && break
     sleep 0.1
   done
   sleep 1
   press $'\x03'
+  on_host "systemctl start postgresql"
   wait "$job" || rc=$?
   ((rc != 0))
   run cat "$BATS_TEST_TMPDIR/up.out"
+  assert_output --partial "switching: the serving process hands over"
   assert_output --partial "rolled back: release $before is serving again"
   assert_equal "$(serving)" "$before"
   run on_host "grep 'action=upgrade' /var/lib/tribist-deploy/audit.log | tail -n 1"
   assert_output --partial "result=interrupted-rolled-back"
+  deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$BATS_FILE_TMPDIR/server-b" >/dev/null
 }
 
 @test "preflight: a release that exits, hangs or answers 503 is refused before it gets any traffic" {
