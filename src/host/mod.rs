@@ -8,4 +8,8 @@
 //! command line; docs/deploying.md says who runs which command and as whom.
 
 pub mod digest;
+pub mod fsx;
 pub mod text;
+
+#[cfg(test)]
+mod testutil;
