@@ -1,4 +1,5 @@
-//! What the host modules' tests share: a temporary directory removed on drop.
+//! What the host modules' tests share: a temporary directory removed on drop, and the test
+//! that needs root skipping itself (saying so) when it is not root.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,3 +32,19 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Ends the test early, saying why, when not run as root (CI runs them as root).
+macro_rules! root_or_skip {
+    ($why:expr) => {
+        if !$crate::host::testutil::is_root() {
+            eprintln!("skipped: needs root ({})", $why);
+            return;
+        }
+    };
+}
+pub(crate) use root_or_skip;
