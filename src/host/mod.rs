@@ -11,6 +11,7 @@ pub mod audit;
 pub mod child;
 pub mod digest;
 pub mod fsx;
+pub mod layout;
 pub mod lock;
 pub mod text;
 
