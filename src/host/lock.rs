@@ -438,6 +438,11 @@ impl fmt::Display for UnlockError {
                 f,
                 "the lock is held by a process uid {uid} cannot see or signal (a root deployment?); break it as root: make unlock HOST=root@…"
             ),
+            UnlockError::Stuck { pids: p, after } if p.is_empty() => write!(
+                f,
+                "the lock is still held {} s after SIGTERM and SIGKILL, by no process this user can see (a root deployment?); break it as root: make unlock HOST=root@…",
+                after.as_secs()
+            ),
             UnlockError::Stuck { pids: p, after } => write!(
                 f,
                 "pid {} still holds the lock {} s after SIGTERM and SIGKILL; see: ps -o pid,user,cmd -p {}",
@@ -679,6 +684,14 @@ mod tests {
         // A kill that does not free it: at 45 s, give up naming it.
         u.sent(20, Signal::Kill, true, S(40));
         assert_eq!(u.next(S(45), false, &d), Step::GiveUp(vec![20]));
+        let stuck = UnlockError::Stuck {
+            pids: vec![20],
+            after: S(45),
+        };
+        assert_eq!(
+            stuck.to_string(),
+            "pid 20 still holds the lock 45 s after SIGTERM and SIGKILL; see: ps -o pid,user,cmd -p 20"
+        );
     }
 
     #[test]
