@@ -47,9 +47,14 @@ fn main() -> ExitCode {
 
 fn layout(prefix: &str) -> ExitCode {
     use tribist::host::layout;
-    let Some(ids) = layout::Ids::host() else {
-        eprintln!("tribist-host: there is no user tribist on this host; make install creates it");
-        return ExitCode::from(1);
+    let ids = match layout::Ids::host() {
+        Ok(ids) => ids,
+        Err(user) => {
+            eprintln!(
+                "tribist-host: there is no user {user} on this host; make install creates it"
+            );
+            return ExitCode::from(1);
+        }
     };
     let errors = layout::check_all(std::path::Path::new(prefix), &ids);
     for e in &errors {

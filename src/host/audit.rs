@@ -105,6 +105,11 @@ pub enum Outcome {
     InterruptedRollbackFailed,
     InterruptedRestored,
     InterruptedRestoreFailed,
+    /// A plain rollback interrupted after its switch had finished: it is done.
+    InterruptedDone,
+    /// A plain rollback interrupted while the release from before still served: its files
+    /// were swapped back.
+    InterruptedNothingChanged,
     RefusedPreflight,
     RefusedDoesNotRun,
     RefusedNotInstalled,
@@ -125,7 +130,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 25] = [
+    pub const ALL: [Outcome; 27] = [
         Outcome::Ok,
         Outcome::Unchanged,
         Outcome::Failed,
@@ -139,6 +144,8 @@ impl Outcome {
         Outcome::InterruptedRollbackFailed,
         Outcome::InterruptedRestored,
         Outcome::InterruptedRestoreFailed,
+        Outcome::InterruptedDone,
+        Outcome::InterruptedNothingChanged,
         Outcome::RefusedPreflight,
         Outcome::RefusedDoesNotRun,
         Outcome::RefusedNotInstalled,
@@ -168,6 +175,8 @@ impl Outcome {
             Outcome::InterruptedRollbackFailed => "interrupted-rollback-failed",
             Outcome::InterruptedRestored => "interrupted-restored",
             Outcome::InterruptedRestoreFailed => "interrupted-restore-failed",
+            Outcome::InterruptedDone => "interrupted-done",
+            Outcome::InterruptedNothingChanged => "interrupted-nothing-changed",
             Outcome::RefusedPreflight => "refused-preflight",
             Outcome::RefusedDoesNotRun => "refused-does-not-run",
             Outcome::RefusedNotInstalled => "refused-not-installed",
@@ -668,18 +677,20 @@ mod tests {
         );
         let start = Record::unit_step(at(T), "app1", Action::ServiceStart)
             .field("promoted", "yes")
+            .field("source", "deploy")
             .field("server_sha256", SHA);
         assert_eq!(
             start.to_string(),
-            format!("2026-03-04T05:06:07Z host=app1 action=service-start user=systemd promoted=yes server_sha256={SHA}")
+            format!("2026-03-04T05:06:07Z host=app1 action=service-start user=systemd promoted=yes source=deploy server_sha256={SHA}")
         );
         let handover = Record::unit_step(at(T), "app1", Action::ServiceHandover)
             .field("from_pid", "812")
             .field("promoted", "no")
-            .field("server_sha256", "unknown");
+            .field("source", "api")
+            .field("server_sha256", SHA);
         assert_eq!(
             handover.to_string(),
-            "2026-03-04T05:06:07Z host=app1 action=service-handover user=systemd from_pid=812 promoted=no server_sha256=unknown"
+            format!("2026-03-04T05:06:07Z host=app1 action=service-handover user=systemd from_pid=812 promoted=no source=api server_sha256={SHA}")
         );
         let suspicious = Record::unit_step(at(T), "app1", Action::ServiceHandover)
             .field("from_pid", "812")
@@ -731,6 +742,8 @@ mod tests {
             "failed-rollback-failed",
             "failed-rolled-back",
             "interrupted",
+            "interrupted-done",
+            "interrupted-nothing-changed",
             "interrupted-restore-failed",
             "interrupted-restored",
             "interrupted-rollback-failed",

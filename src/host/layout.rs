@@ -37,7 +37,10 @@ impl Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Who {
     Root,
+    /// The deploy user: holds the deploy key, owns `api/`.
     Tribist,
+    /// The service's own system user (`tribistd`), which nothing of the kit's runs as.
+    Service,
 }
 
 impl Who {
@@ -45,6 +48,7 @@ impl Who {
         match self {
             Who::Root => "root",
             Who::Tribist => "tribist",
+            Who::Service => "tribistd",
         }
     }
 }
@@ -89,10 +93,10 @@ const fn e(
 }
 
 use Kind::{Dir as D, File as F};
-use Who::{Root as R, Tribist as T};
+use Who::{Root as R, Service as S, Tribist as T};
 
 /// The layout, parents before their children. Columns: path, kind (D directory, F file),
-/// owner and group (R root, T tribist), mode, optional, written by, why.
+/// owner and group (R root, T tribist, S tribistd), mode, optional, written by, why.
 #[rustfmt::skip]
 pub const LAYOUT: &[Entry] = &[
     e("/home/tribist", D, R, T, 0o750, false, "install",
@@ -111,7 +115,7 @@ pub const LAYOUT: &[Entry] = &[
       "the deploy key"),
     e("/home/tribist/api", D, T, T, 0o750, false, "tribist only (as tribist)",
       "the binaries and uploads: the one thing tribist must be able to change"),
-    e("/run/tribist", D, T, T, 0o750, true, "systemd (RuntimeDirectory=)",
+    e("/run/tribist", D, S, S, 0o750, true, "systemd (RuntimeDirectory=)",
       "the server's working directory and PID file, made afresh at every start"),
     e("/etc/tribist", D, R, T, 0o750, false, "install",
       "the configuration's directory: root writes, the service's group reads"),
@@ -131,8 +135,10 @@ pub const LAYOUT: &[Entry] = &[
       "root's audit record"),
     e("/var/lib/tribist-deploy/env-served", F, R, R, 0o644, true, "install, make config",
       "the configuration has served a healthy start: a re-install keeps it"),
-    e("/var/lib/tribist-deploy/bin", D, R, R, 0o755, false, "install, the unit's steps",
-      "root's copy of the binary it verified and audited, which the unit, the preflight and a handover run"),
+    e("/var/lib/tribist-deploy/bin", D, R, R, 0o755, false, "install",
+      "root's copies of the binaries it verified and audited"),
+    e("/var/lib/tribist-deploy/bin/server", F, R, R, 0o755, true, "the unit's start and reload steps",
+      "what systemd runs (ExecStart=): root's copy of the binary they promoted, named by its SHA-256 in the audit"),
     e("/etc/systemd/system/tribist.service", F, R, R, 0o644, false, "install", "the service unit"),
     e("/etc/systemd/system/tribist.socket", F, R, R, 0o644, false, "install", "the socket unit"),
     e("/etc/systemd/system/tribist.socket.d", D, R, R, 0o755, false, "install (LISTEN=)",
@@ -157,35 +163,41 @@ pub fn entry(path: &str) -> Option<&'static Entry> {
 pub struct Ids {
     pub root: (u32, u32),
     pub tribist: (u32, u32),
+    pub service: (u32, u32),
 }
 
 impl Ids {
-    /// Root's, and user tribist's from the password database, if it exists.
-    pub fn host() -> Option<Ids> {
-        Some(Ids {
+    /// Root's, and users tribist's and tribistd's from the password database; the name of
+    /// the user that does not exist otherwise.
+    pub fn host() -> Result<Ids, &'static str> {
+        let user = |name| crate::host::child::user_ids(name).ok_or(name);
+        Ok(Ids {
             root: (0, 0),
-            tribist: crate::host::child::user_ids("tribist")?,
+            tribist: user(Who::Tribist.name())?,
+            service: user(Who::Service.name())?,
         })
     }
     fn ids(&self, who: Who) -> (u32, u32) {
         match who {
             Who::Root => self.root,
             Who::Tribist => self.tribist,
+            Who::Service => self.service,
         }
+    }
+    /// `root (uid 0)`, `tribist (uid 999)`, or `uid N` for anyone else.
+    fn named(&self, id: u32, kind: &str, of: impl Fn((u32, u32)) -> u32) -> String {
+        [Who::Root, Who::Tribist, Who::Service]
+            .into_iter()
+            .find(|w| of(self.ids(*w)) == id)
+            .map_or(format!("{kind} {id}"), |w| {
+                format!("{} ({kind} {id})", w.name())
+            })
     }
     fn uid_name(&self, uid: u32) -> String {
-        match uid {
-            u if u == self.root.0 => format!("root (uid {u})"),
-            u if u == self.tribist.0 => format!("tribist (uid {u})"),
-            u => format!("uid {u}"),
-        }
+        self.named(uid, "uid", |(u, _)| u)
     }
     fn gid_name(&self, gid: u32) -> String {
-        match gid {
-            g if g == self.root.1 => format!("root (gid {g})"),
-            g if g == self.tribist.1 => format!("tribist (gid {g})"),
-            g => format!("gid {g}"),
-        }
+        self.named(gid, "gid", |(_, g)| g)
     }
 }
 
@@ -437,6 +449,7 @@ mod tests {
         Ids {
             root: me,
             tribist: me,
+            service: me,
         }
     }
 
@@ -483,13 +496,16 @@ mod tests {
             (bin.kind, bin.owner, bin.group, bin.mode),
             (Kind::Dir, Who::Root, Who::Root, 0o755)
         );
-        // Only api/ and /run/tribist are tribist's.
-        let tribists: Vec<&str> = LAYOUT
-            .iter()
-            .filter(|e| e.owner == Who::Tribist)
-            .map(|e| e.path)
-            .collect();
-        assert_eq!(tribists, ["/home/tribist/api", "/run/tribist"]);
+        // Only api/ is tribist's, only /run/tribist the service's.
+        let of = |who| -> Vec<&str> {
+            LAYOUT
+                .iter()
+                .filter(|e| e.owner == who || e.group == who && e.mode & 0o020 != 0)
+                .map(|e| e.path)
+                .collect()
+        };
+        assert_eq!(of(Who::Tribist), ["/home/tribist/api"]);
+        assert_eq!(of(Who::Service), ["/run/tribist"]);
     }
 
     #[test]
@@ -549,7 +565,7 @@ mod tests {
         );
         assert!(err.to_string().contains(": mode 0644, should be 0600 ("));
         let state_bin = under(t.path(), "/var/lib/tribist-deploy/bin");
-        std::fs::remove_dir(&state_bin).unwrap();
+        std::fs::remove_dir_all(&state_bin).unwrap();
         std::fs::write(&state_bin, b"").unwrap();
         set_mode(&state_bin, 0o755);
         let err = check(
@@ -569,7 +585,7 @@ mod tests {
         // Ownership against other ids (no root needed: the test's ids are what differ).
         let other = Ids {
             root: (ids.root.0 + 1, ids.root.1 + 1),
-            tribist: ids.tribist,
+            ..ids
         };
         let err = check(t.path(), entry("/etc/tribist/env").unwrap(), &other).unwrap_err();
         assert_eq!(err.problems.len(), 1, "{err}");
@@ -615,9 +631,11 @@ mod tests {
         let t = TempDir::new("layout-root");
         make(t.path());
         let nobody = crate::host::child::user_ids("nobody").expect("user nobody");
+        let daemon = crate::host::child::user_ids("daemon").expect("user daemon");
         let ids = Ids {
             root: (0, 0),
             tribist: nobody,
+            service: daemon,
         };
         for e in LAYOUT {
             let (u, _) = ids.ids(e.owner);
