@@ -10,6 +10,9 @@ const USAGE: &str = "usage: tribist-host COMMAND [ARG...]
 
 commands:
   help       this text
+  layout [PREFIX]
+             check every path of the ownership table (docs/deploying.md, \"Who owns what
+             on the host\") on this host, or under PREFIX: one line per path that is wrong
 
 Exit codes: 0 done, 1 failed (the message says why), 2 misuse.";
 
@@ -19,12 +22,19 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    let _ = rest;
     match command.as_str() {
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
+        "layout" => match rest {
+            [] => layout("/"),
+            [prefix] => layout(prefix),
+            _ => {
+                eprintln!("tribist-host: layout takes at most one PREFIX; try: tribist-host help");
+                ExitCode::from(2)
+            }
+        },
         other => {
             eprintln!(
                 "tribist-host: unknown command {:?}; try: tribist-host help",
@@ -32,5 +42,31 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+    }
+}
+
+fn layout(prefix: &str) -> ExitCode {
+    use tribist::host::layout;
+    let ids = match layout::Ids::host() {
+        Ok(ids) => ids,
+        Err(user) => {
+            eprintln!(
+                "tribist-host: there is no user {user} on this host; make install creates it"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let errors = layout::check_all(std::path::Path::new(prefix), &ids);
+    for e in &errors {
+        println!("{e}");
+    }
+    if errors.is_empty() {
+        println!(
+            "the layout under {} is as the ownership table says",
+            tribist::host::text::clean(prefix.as_bytes(), 200)
+        );
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

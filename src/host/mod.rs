@@ -7,5 +7,13 @@
 //! `cargo test` in temporary directories without root. `src/bin/tribist-host.rs` is its
 //! command line; docs/deploying.md says who runs which command and as whom.
 
+pub mod audit;
+pub mod child;
 pub mod digest;
+pub mod fsx;
+pub mod layout;
+pub mod lock;
 pub mod text;
+
+#[cfg(test)]
+mod testutil;
