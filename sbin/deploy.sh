@@ -1810,8 +1810,13 @@ cmd_uninstall() {
   fi
 }
 
+# The commands the host program (tribist-host, beside this script) runs now, with the very
+# same arguments: issue 18 moves them out of bash one by one.
+readonly PORTED=()
+
 main() {
   cd /
+  local all=("$@")
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --by)
@@ -1850,6 +1855,9 @@ main() {
     esac
   done
   local cmd=${1:-}
+  if ((${#PORTED[@]} > 0)) && [[ " ${PORTED[*]} " == *" $cmd "* ]]; then
+    exec "${BASH_SOURCE[0]%/*}/tribist-host" "${all[@]}"
+  fi
   [[ $# -gt 0 ]] && shift
   case "$cmd $#" in
     "-h "* | "--help "*) usage ;;

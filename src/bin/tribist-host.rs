@@ -22,6 +22,12 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // The deployment commands and their options (remote.sh's, the unit's steps).
+    if command.starts_with("--") && command != "--help"
+        || tribist::host::deploy::cli::COMMANDS.contains(&command.as_str())
+    {
+        return tribist::host::deploy::cli::main(&args);
+    }
     match command.as_str() {
         "help" | "-h" | "--help" => {
             println!("{USAGE}");

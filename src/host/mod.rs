@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod child;
+pub mod deploy;
 pub mod digest;
 pub mod fsx;
 pub mod layout;

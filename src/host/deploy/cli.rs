@@ -1,0 +1,175 @@
+//! The deployment commands' command line: the options remote.sh passes before the command
+//! (`--by`, `--preflight`, `--keep`, `--target`, `--url-file`, `--listen`), each checked as
+//! deploy.sh checked it, then one command with its arguments. Each command is a function of
+//! a [`Ctx`] returning `Result<Exit>`; this maps a [`Fail`] to its message and exit code.
+
+use std::process::ExitCode;
+
+use super::{health, interrupt, warn, Ctx, Exit, Fail, Result, PROG};
+
+/// The commands this module runs; `tribist-host` hands these to [`main`].
+pub const COMMANDS: &[&str] = &[];
+
+/// Parses the options into `ctx`; returns the command and its arguments.
+pub fn parse(ctx: &mut Ctx, args: &[String]) -> Result<(String, Vec<String>)> {
+    let mut i = 0;
+    let value = |i: usize, opt: &str| -> Result<String> {
+        args.get(i + 1)
+            .cloned()
+            .ok_or_else(|| Fail::usage(format!("{opt} needs a value")))
+    };
+    while i < args.len() {
+        let opt = args[i].as_str();
+        match opt {
+            "--by" => {
+                let v = value(i, opt)?;
+                if v.is_empty() || v.len() > 100 || v.chars().any(char::is_control) {
+                    return Err(Fail::usage(
+                        "--by must be 1-100 printable characters (no newline or control character)",
+                    ));
+                }
+                ctx.by = v;
+            }
+            "--preflight" => {
+                let v = value(i, opt).unwrap_or_default();
+                ctx.preflight = whole(&v, 0, 999).ok_or_else(|| {
+                    Fail::usage("--preflight needs a whole number of seconds, 0 (skip) to 999")
+                })?;
+            }
+            "--keep" => {
+                let v = value(i, opt).unwrap_or_default();
+                ctx.keep = whole(&v, 1, 99)
+                    .ok_or_else(|| Fail::usage("--keep needs a number of releases, 1 to 99"))?;
+            }
+            "--target" => {
+                let v = value(i, opt).unwrap_or_default();
+                let ok = (1..=255).contains(&v.len())
+                    && !v.starts_with('-')
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.@:%[]-".contains(&b));
+                if !ok {
+                    return Err(Fail::usage("--target needs an ssh destination"));
+                }
+                ctx.target = Some(v);
+            }
+            "--url-file" => {
+                let v = value(i, opt).unwrap_or_default();
+                if v.is_empty() || v.len() > 300 || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                    return Err(Fail::usage(
+                        "--url-file needs a file name (printable ASCII)",
+                    ));
+                }
+                ctx.url_file = Some(v);
+            }
+            "--listen" => {
+                let v = value(i, opt).unwrap_or_default();
+                if !health::valid_listen(&v) {
+                    return Err(Fail::usage(format!(
+                        "--listen needs IPv4:PORT or [IPv6]:PORT (port 1-65535), got '{}'",
+                        super::shown(&v, 60)
+                    )));
+                }
+                ctx.listen = Some(v);
+            }
+            _ => break,
+        }
+        i += 2;
+    }
+    let cmd = args.get(i).cloned().unwrap_or_default();
+    Ok((cmd, args.get(i + 1..).unwrap_or_default().to_vec()))
+}
+
+fn whole(s: &str, min: u32, max: u32) -> Option<u32> {
+    if s.is_empty()
+        || s.len() > 3
+        || !s.bytes().all(|b| b.is_ascii_digit())
+        || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse().ok().filter(|n| (min..=max).contains(n))
+}
+
+/// Runs one deployment command (`args`: everything after the program's name).
+pub fn main(args: &[String]) -> ExitCode {
+    let mut ctx = Ctx::new();
+    let outcome = parse(&mut ctx, args).and_then(|(cmd, rest)| {
+        interrupt::install();
+        dispatch(&mut ctx, &cmd, &rest)
+    });
+    match outcome {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(fail) => {
+            if !fail.message.is_empty() {
+                warn(&fail.message);
+            }
+            if fail.exit == Exit::Usage {
+                eprintln!("try: {PROG} --help");
+            }
+            ExitCode::from(fail.exit as u8)
+        }
+    }
+}
+
+/// One arm per command, as deploy.sh's `main` had them.
+fn dispatch(_ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
+    let _ = rest;
+    Err(Fail::usage(format!(
+        "unknown command or wrong arguments: '{}'",
+        super::shown(cmd, 40)
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_then_the_command() {
+        let mut ctx = Ctx::new();
+        let (cmd, rest) = parse(
+            &mut ctx,
+            &strings(&[
+                "--by",
+                "alice@laptop",
+                "--target",
+                "root@app1",
+                "--preflight",
+                "0",
+                "upgrade",
+                ".upload.abc123",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (cmd.as_str(), rest),
+            ("upgrade", strings(&[".upload.abc123"]))
+        );
+        assert_eq!(ctx.by, "alice@laptop");
+        assert_eq!(ctx.host(), "root@app1");
+        assert_eq!(ctx.preflight, 0);
+    }
+
+    #[test]
+    fn bad_options_are_usage_errors() {
+        for bad in [
+            &["--by", "a\nb", "status"][..],
+            &["--by"],
+            &["--preflight", "1000", "status"],
+            &["--preflight", "07", "status"],
+            &["--keep", "0", "status"],
+            &["--target", "-oProxyCommand=x", "status"],
+            &["--target", "a b", "status"],
+            &["--url-file", "a\u{1b}b", "status"],
+            &["--listen", "localhost:80", "install"],
+        ] {
+            let mut ctx = Ctx::new();
+            let err = parse(&mut ctx, &strings(bad)).unwrap_err();
+            assert_eq!(err.exit, Exit::Usage, "{bad:?}");
+        }
+    }
+}
