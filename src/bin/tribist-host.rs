@@ -13,6 +13,8 @@ commands:
   layout [PREFIX]
              check every path of the ownership table (docs/deploying.md, \"Who owns what
              on the host\") on this host, or under PREFIX: one line per path that is wrong
+  releases   every binary state and rename in /home/tribist/api, as user tribist
+             (tribist-host releases --help)
 
 Exit codes: 0 done, 1 failed (the message says why), 2 misuse.";
 
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         return tribist::host::deploy::cli::main(&args);
     }
     match command.as_str() {
+        "releases" => ExitCode::from(tribist::host::releases::main(rest)),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -1,5 +1,6 @@
 //! The host side of the deploy kit, as a program: what runs as root (and as the deploy user
-//! `tribist`) on a host, which `sbin/deploy.sh` and `sbin/releases.sh` did in bash.
+//! `tribist`) on a host, which `sbin/deploy.sh` and `sbin/releases.sh` did in bash: `releases`
+//! (every binary state and rename in api/) is here now.
 //!
 //! Why Rust and not shell: the states of a release and the outcomes of the audit are types,
 //! paths that user tribist controls are reached through descriptors (never re-resolved by
@@ -14,6 +15,7 @@ pub mod digest;
 pub mod fsx;
 pub mod layout;
 pub mod lock;
+pub mod releases;
 pub mod text;
 
 #[cfg(test)]
