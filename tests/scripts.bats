@@ -161,8 +161,9 @@ run_bounded() {
   assert_output --partial "unknown command"
 }
 
-# releases.sh refuses root: run it as nobody in a directory nobody owns.
-RELEASES="$BATS_TEST_DIRNAME/../sbin/releases.sh"
+# tribist-host releases refuses root: run it as nobody in a directory nobody owns. The debug
+# build (make test-scripts builds it first).
+HOST_BIN="$BATS_TEST_DIRNAME/../target/debug/tribist-host"
 as_nobody() {
   setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env env TRIBIST_API_DIR="$API" "$@"
 }
@@ -177,75 +178,75 @@ new_api() {
   chown -R nobody:nogroup "$API"
 }
 
-@test "releases.sh: refuses root, --help exits 0, misuse exits 2" {
+@test "tribist-host releases: refuses root, --help exits 0, misuse exits 2" {
   new_api
-  run env TRIBIST_API_DIR="$API" "$RELEASES" promote
+  run env TRIBIST_API_DIR="$API" "$HOST_BIN" releases promote
   assert_failure 1
   assert_output --partial "refusing to run as root"
-  run "$RELEASES" --help
+  run "$HOST_BIN" releases --help
   assert_success
   assert_output --partial "receive SHA256"
-  run as_nobody "$RELEASES" stage ../../etc/passwd
+  run as_nobody "$HOST_BIN" releases stage ../../etc/passwd
   assert_equal "$status" 2
   assert_output --partial "not an upload name"
-  run as_nobody "$RELEASES" version /bin/sh
+  run as_nobody "$HOST_BIN" releases version /bin/sh
   assert_equal "$status" 2
 }
 
-@test "releases.sh promote: server_new replaces server, the old one is kept as server.prev" {
+@test "tribist-host releases promote: server_new replaces server, the old one is kept as server.prev" {
   new_api
   printf '#!/bin/sh\necho new\n' >"$API/server_new"
   chmod 750 "$API/server_new"
   chown nobody:nogroup "$API/server_new"
-  run as_nobody "$RELEASES" promote
+  run as_nobody "$HOST_BIN" releases promote
   assert_success
   assert_output --partial "previous binary kept as server.prev"
   assert_equal "$("$API/server")" new
   assert_equal "$("$API/server.prev")" "server 1.0 (commit old)"
   [[ ! -e "$API/server_new" ]]
   # Nothing to promote: nothing changes.
-  run as_nobody "$RELEASES" promote
+  run as_nobody "$HOST_BIN" releases promote
   assert_success
   assert_equal "$("$API/server")" new
 }
 
-@test "releases.sh promote: a non-executable server_new is refused and nothing moves" {
+@test "tribist-host releases promote: a non-executable server_new is refused and nothing moves" {
   new_api
   echo junk >"$API/server_new"
   chown nobody:nogroup "$API/server_new"
-  run as_nobody "$RELEASES" promote
+  run as_nobody "$HOST_BIN" releases promote
   assert_failure 1
   assert_output --partial "not an executable file"
   assert_equal "$("$API/server")" "server 1.0 (commit old)"
 }
 
-@test "releases.sh receive: a matching upload is kept, a damaged one removed (exit 3)" {
+@test "tribist-host releases receive: a matching upload is kept, a damaged one removed (exit 3)" {
   new_api
   local bin="$BATS_TEST_TMPDIR/bin" sum
   printf '#!/bin/sh\necho "server 2.0 (commit new)"\n' >"$bin"
   sum=$(sha256sum "$bin" | cut -d' ' -f1)
-  run as_nobody "$RELEASES" receive "$sum" <"$bin"
+  run as_nobody "$HOST_BIN" releases receive "$sum" <"$bin"
   assert_success
   assert_output --regexp '^\.upload\.[A-Za-z0-9]{6}$'
   local name=$output
-  run as_nobody "$RELEASES" version "$name"
+  run as_nobody "$HOST_BIN" releases version "$name"
   assert_output new
-  run as_nobody "$RELEASES" receive "$sum" < <(head -c 10 "$bin")
+  run as_nobody "$HOST_BIN" releases receive "$sum" < <(head -c 10 "$bin")
   assert_equal "$status" 3
   assert_output --partial "checksum mismatch"
   assert_equal "$(find "$API" -name '.upload.*' | wc -l)" 1
 }
 
-@test "releases.sh version: output that is not 'server V (commit C)' is refused, never echoed" {
+@test "tribist-host releases version: output that is not 'server V (commit C)' is refused, never echoed" {
   new_api
   printf '#!/bin/sh\nprintf "server 1.0 (commit a\\nb)\\n* * * * * root touch /tmp/x\\n\\033[2J"\n' >"$API/server"
-  run as_nobody "$RELEASES" version server
+  run as_nobody "$HOST_BIN" releases version server
   assert_failure 1
   refute_output --partial "* * *"
   refute_output --partial $'\033'
 }
 
-@test "releases.sh stage, revert and swap: a failed upgrade puts everything back as it was" {
+@test "tribist-host releases stage, revert and swap: a failed upgrade puts everything back as it was" {
   # (revert goes by the files, not by what they report: a re-deployed release reports the same)
   new_api
   local v
@@ -256,27 +257,27 @@ new_api() {
   cp "$BATS_TEST_TMPDIR/new" "$API/.upload.abcdef"
   chmod 750 "$API"/*  "$API/.upload.abcdef"
   chown -R nobody:nogroup "$API"
-  as_nobody "$RELEASES" stage .upload.abcdef
-  as_nobody "$RELEASES" promote
-  assert_equal "$(as_nobody "$RELEASES" version server)" new
-  run as_nobody "$RELEASES" revert
+  as_nobody "$HOST_BIN" releases stage .upload.abcdef
+  as_nobody "$HOST_BIN" releases promote
+  assert_equal "$(as_nobody "$HOST_BIN" releases version server)" new
+  run as_nobody "$HOST_BIN" releases revert
   assert_success
-  assert_equal "$(as_nobody "$RELEASES" version server)" old
-  assert_equal "$(as_nobody "$RELEASES" version server.prev)" prev
-  assert_equal "$(as_nobody "$RELEASES" version server.failed)" new
+  assert_equal "$(as_nobody "$HOST_BIN" releases version server)" old
+  assert_equal "$(as_nobody "$HOST_BIN" releases version server.prev)" prev
+  assert_equal "$(as_nobody "$HOST_BIN" releases version server.failed)" new
   # Staged but not promoted (interrupted before the restart): nothing to put back.
   cp "$BATS_TEST_TMPDIR/new" "$API/.upload.ghijkl"
   chown nobody:nogroup "$API/.upload.ghijkl"
-  as_nobody "$RELEASES" stage .upload.ghijkl
-  run as_nobody "$RELEASES" revert
+  as_nobody "$HOST_BIN" releases stage .upload.ghijkl
+  run as_nobody "$HOST_BIN" releases revert
   assert_output --partial "server is unchanged"
-  assert_equal "$(as_nobody "$RELEASES" version server)" old
+  assert_equal "$(as_nobody "$HOST_BIN" releases version server)" old
   [[ ! -e "$API/server_new" ]]
   # A manual rollback swaps; a second one undoes it.
-  as_nobody "$RELEASES" swap
-  assert_equal "$(as_nobody "$RELEASES" version server)" prev
-  as_nobody "$RELEASES" swap
-  assert_equal "$(as_nobody "$RELEASES" version server)" old
+  as_nobody "$HOST_BIN" releases swap
+  assert_equal "$(as_nobody "$HOST_BIN" releases version server)" prev
+  as_nobody "$HOST_BIN" releases swap
+  assert_equal "$(as_nobody "$HOST_BIN" releases version server)" old
 }
 
 # A fake binary in api/ named NAME whose --describe prints LINE and whose --version prints
@@ -301,23 +302,23 @@ old_binary() {
 
 DESCRIBED='{"contract":1,"name":"tribist","version":"0.2.0","releaseId":"rel-new","features":["env-file","check-config","handover","failure","describe","address-file"]}'
 
-@test "releases.sh describe: a binary's --describe, checked, as releaseId, version and features" {
+@test "tribist-host releases describe: a binary's --describe, checked, as releaseId, version and features" {
   new_api
   fake_binary server "$DESCRIBED" 'server 0.2.0 (commit rel-new)\n'
-  run as_nobody "$RELEASES" describe server
+  run as_nobody "$HOST_BIN" releases describe server
   assert_success
   assert_output "releaseId=rel-new
 version=0.2.0
 features=env-file check-config handover failure describe address-file"
   # Fields in another order, and fields and features this kit does not know, are fine.
   fake_binary server '{"features":["handover","x-new"],"releaseId":"r1","later":[],"n":7,"version":"1.0","name":"tribist","contract":1}' x
-  run as_nobody "$RELEASES" describe server
+  run as_nobody "$HOST_BIN" releases describe server
   assert_success
   assert_line "releaseId=r1"
   assert_line "features=handover x-new"
 }
 
-@test "releases.sh describe: a line this kit cannot read is refused and never echoed" {
+@test "tribist-host releases describe: a line this kit cannot read is refused and never echoed" {
   new_api
   local line
   for line in \
@@ -332,7 +333,7 @@ features=env-file check-config handover failure describe address-file"
     $'{"contract":1,"name":"tribist","version":"1","releaseId":"\033[2Jr","features":[]}' \
     "{\"contract\":1,\"name\":\"tribist\",\"version\":\"1\",\"releaseId\":\"r\",\"features\":[],\"pad\":\"$(printf '%2100s' x)\"}"; do
     fake_binary server "$line" x
-    run as_nobody "$RELEASES" describe server
+    run as_nobody "$HOST_BIN" releases describe server
     assert_failure 1
     assert_output --partial "server does not describe itself"
     refute_output --partial "releaseId="
@@ -340,52 +341,52 @@ features=env-file check-config handover failure describe address-file"
     refute_output --partial $'\033'
   done
   old_binary server 'server 0.1.0 (commit old)\nhandover: SIGUSR2\n'
-  run as_nobody "$RELEASES" describe server
+  run as_nobody "$HOST_BIN" releases describe server
   assert_failure 1
   assert_output --partial "predates --describe"
 }
 
-@test "releases.sh version and hands-over: --describe first, --version's words for a binary that predates it" {
+@test "tribist-host releases version and hands-over: --describe first, --version's words for a binary that predates it" {
   new_api
   # Its --version words say another commit and no handover: --describe is what counts.
   fake_binary server "$DESCRIBED" 'server 0.2.0 (commit words)\n'
-  run as_nobody "$RELEASES" version server
+  run as_nobody "$HOST_BIN" releases version server
   assert_success
   assert_output rel-new
-  run as_nobody "$RELEASES" hands-over server
+  run as_nobody "$HOST_BIN" releases hands-over server
   assert_success
   fake_binary server '{"contract":1,"name":"tribist","version":"0.2.0","releaseId":"r2","features":["env-file"]}' 'server 0.2.0 (commit r2)\nhandover: SIGUSR2\n'
-  run as_nobody "$RELEASES" hands-over server
+  run as_nobody "$HOST_BIN" releases hands-over server
   assert_failure 1
   # Today's release, which predates --describe, still upgrades from and to.
   old_binary server.prev 'server 0.1.0 (commit old-one)\nhandover: SIGUSR2\n'
-  run as_nobody "$RELEASES" version server.prev
+  run as_nobody "$HOST_BIN" releases version server.prev
   assert_success
   assert_output old-one
-  run as_nobody "$RELEASES" hands-over server.prev
+  run as_nobody "$HOST_BIN" releases hands-over server.prev
   assert_success
   old_binary server.prev 'server 0.0.9 (commit older)\n'
-  run as_nobody "$RELEASES" hands-over server.prev
+  run as_nobody "$HOST_BIN" releases hands-over server.prev
   assert_failure 1
 }
 
-@test "releases.sh preflight: the port comes from the address file, not from a log line" {
+@test "tribist-host releases preflight: the port comes from the address file, not from a log line" {
   new_api
   cp "$BATS_TEST_DIRNAME/support/fake_release.py" "$API/fake_release.py"
   echo 'DATABASE_URL="postgres://x@localhost/x"' >"$API/env"
   chown nobody:nogroup "$API/fake_release.py" "$API/env"
   fake_binary server "$DESCRIBED" 'server 0.2.0 (commit rel-new)\n' "exec python3 \"\$(dirname \"\$0\")/fake_release.py\" rel-new address-file"
-  run as_nobody "$RELEASES" preflight server rel-new 5 "$API/env"
+  run as_nobody "$HOST_BIN" releases preflight server rel-new 5 "$API/env"
   assert_success
   assert_output --regexp "preflight: release rel-new answered /health 200 \(127\.0\.0\.1:[0-9]+, "
   # A binary that predates the address file: its "listening on" line.
   old_binary server 'server 0.1.0 (commit rel-old)\nhandover: SIGUSR2\n' "exec python3 \"\$(dirname \"\$0\")/fake_release.py\" rel-old log-line"
-  run as_nobody "$RELEASES" preflight server rel-old 5 "$API/env"
+  run as_nobody "$HOST_BIN" releases preflight server rel-old 5 "$API/env"
   assert_success
   assert_output --partial "preflight: release rel-old answered /health 200"
   # One that predates --env-file is taken, and said so.
   printf '#!/bin/sh\necho "server: error: unexpected argument \\"$1\\" (see server --help)" >&2\nexit 2\n' >"$API/server"
-  run as_nobody "$RELEASES" preflight server rel-older 5 "$API/env"
+  run as_nobody "$HOST_BIN" releases preflight server rel-older 5 "$API/env"
   assert_success
   assert_output --partial "predates server --env-file"
 }
@@ -586,7 +587,7 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   assert_success
 }
 
-@test "releases.sh keep, list, restage: the last KEEP by releaseId, never the serving or the previous one" {
+@test "tribist-host releases keep, list, restage: the last KEEP by releaseId, never the serving or the previous one" {
   new_api
   local v
   for v in r1 r2 r3 r4; do
@@ -597,27 +598,27 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   # r1 serves, then r2, r3, r4 in turn (as upgrades do: promote, then keep).
   for v in r1 r2 r3 r4; do
     as_nobody sh -c 'cd "$TRIBIST_API_DIR" && { [ ! -e server ] || ln -f server server.prev; } && ln -f "$1" server' sh "$v"
-    run as_nobody "$RELEASES" keep "$v" 2 "alice@laptop (tribist)"
+    run as_nobody "$HOST_BIN" releases keep "$v" 2 "alice@laptop (tribist)"
     assert_success
   done
   assert_output --partial "pruned release r2 (KEEP=2)"
-  run as_nobody "$RELEASES" list
+  run as_nobody "$HOST_BIN" releases list
   assert_success
   assert_line --index 1 --regexp '^r4 +1\.4 +20[0-9-]+T[0-9:]+Z +alice@laptop \(tribist\) \[serving\]$'
   assert_line --index 2 --regexp '^r3 +1\.3 .* \[previous\]$'
   refute_output --partial r2
   # r1 is older than the last two, and neither serving nor previous: gone too.
   refute_output --regexp '^r1 '
-  run as_nobody "$RELEASES" restage r3
+  run as_nobody "$HOST_BIN" releases restage r3
   assert_success
   [[ "$output" =~ ^\.upload\.[A-Za-z0-9]{8}$ ]]
   [[ "$API/$output" -ef "$API/releases/r3" ]]
-  run as_nobody "$RELEASES" restage r
+  run as_nobody "$HOST_BIN" releases restage r
   assert_failure
   assert_output --partial "'r' names 2 kept releases"
-  run as_nobody "$RELEASES" restage ../x
+  run as_nobody "$HOST_BIN" releases restage ../x
   assert_failure 2
-  run as_nobody "$RELEASES" keep '../../etc' 2 x
+  run as_nobody "$HOST_BIN" releases keep '../../etc' 2 x
   assert_failure 2
 }
 
@@ -631,23 +632,23 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   [[ ! -e "$mark-env" && ! -e "$mark-denv" && ! -e "$mark-share" && ! -e "$mark-listen" && ! -e "$mark-to" ]]
 }
 
-@test "releases.sh keep after a rollback: no raw tool error, no temporary file left, strays pruned" {
+@test "tribist-host releases keep after a rollback: no raw tool error, no temporary file left, strays pruned" {
   new_api
   printf '#!/bin/sh\necho "server 1.2 (commit r2)"\n' >"$API/r2"
   chmod 750 "$API/r2"
   chown -R nobody:nogroup "$API"
   # server (old) is kept; r2 is promoted and kept; a plain rollback swaps them; the kept old
   # release is kept again: it is the very file already there (the raw mv error before).
-  run as_nobody "$RELEASES" keep old 5 alice
+  run as_nobody "$HOST_BIN" releases keep old 5 alice
   assert_success
   as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f server server.prev && ln -f r2 server'
-  run as_nobody "$RELEASES" keep r2 5 alice
+  run as_nobody "$HOST_BIN" releases keep r2 5 alice
   assert_success
-  run as_nobody "$RELEASES" swap
+  run as_nobody "$HOST_BIN" releases swap
   assert_success
   # A stray from an older run, and a note without its binary.
   as_nobody sh -c 'cd "$TRIBIST_API_DIR/releases" && ln -f ../server .old.tmp && echo x >lone.meta'
-  run as_nobody "$RELEASES" keep old 5 alice
+  run as_nobody "$HOST_BIN" releases keep old 5 alice
   assert_success
   refute_output --partial "same file"
   assert_output --partial "release old is kept already"
@@ -656,14 +657,14 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
 old.meta
 r2
 r2.meta"
-  run as_nobody "$RELEASES" list
+  run as_nobody "$HOST_BIN" releases list
   assert_line --regexp '^old .*\[serving\]$'
   assert_line --regexp '^r2 .*\[previous\]$'
 }
 
-@test "releases.sh: a release is its bytes: identity says installed, new, conflict or kept-other; keep never replaces other bytes" {
+@test "tribist-host releases: a release is its bytes: identity says installed, new, conflict or kept-other; keep never replaces other bytes" {
   new_api
-  run as_nobody "$RELEASES" keep old 5 alice
+  run as_nobody "$HOST_BIN" releases keep old 5 alice
   assert_success
   # The same bytes as the installed binary; other bytes under a new id; other bytes under the
   # installed id (a build of uncommitted changes at the same commit).
@@ -672,47 +673,47 @@ r2.meta"
   printf '#!/bin/sh\n# other bytes\necho "server 1.0 (commit old)"\n' >"$API/.upload.other1"
   chmod 750 "$API"/.upload.*
   chown -R nobody:nogroup "$API"
-  run as_nobody "$RELEASES" identity .upload.same01 old
+  run as_nobody "$HOST_BIN" releases identity .upload.same01 old
   assert_output installed
-  run as_nobody "$RELEASES" identity .upload.new001 new
+  run as_nobody "$HOST_BIN" releases identity .upload.new001 new
   assert_output new
-  run as_nobody "$RELEASES" identity .upload.other1 old
+  run as_nobody "$HOST_BIN" releases identity .upload.other1 old
   assert_output "conflict: the installed binary is release old with other bytes"
   # Once release new is installed, other bytes under the kept id old may serve, never be kept.
   as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f server server.prev && ln -f .upload.new001 server'
-  run as_nobody "$RELEASES" keep new 5 alice
-  run as_nobody "$RELEASES" identity .upload.other1 old
+  run as_nobody "$HOST_BIN" releases keep new 5 alice
+  run as_nobody "$HOST_BIN" releases identity .upload.other1 old
   assert_output "kept-other: release old is kept with other bytes (releases/old)"
   as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f server server.prev && ln -f .upload.other1 server'
-  run as_nobody "$RELEASES" keep old 5 alice
+  run as_nobody "$HOST_BIN" releases keep old 5 alice
   assert_failure
   assert_output --partial "holds other bytes than the serving binary; not replacing it"
   run as_nobody cat "$API/releases/old"
   refute_output --partial "other bytes"
-  run as_nobody "$RELEASES" list
+  run as_nobody "$HOST_BIN" releases list
   assert_line --regexp '^old .*\(not kept: releases/old holds other bytes\) \[serving\]$'
   # The same bytes as a kept release, in another file (shipped again): kept as that file.
   cp "$API/releases/new" "$API/.upload.again1"
   chown nobody:nogroup "$API/.upload.again1"
   as_nobody sh -c 'cd "$TRIBIST_API_DIR" && ln -f server server.prev && ln -f .upload.again1 server'
-  run as_nobody "$RELEASES" keep new 5 alice
+  run as_nobody "$HOST_BIN" releases keep new 5 alice
   assert_success
   [[ "$API/releases/new" -ef "$API/server" ]]
 }
 
-@test "releases.sh list: a binary promoted by hand (not kept) is listed as serving" {
+@test "tribist-host releases list: a binary promoted by hand (not kept) is listed as serving" {
   new_api
-  run as_nobody "$RELEASES" list
+  run as_nobody "$HOST_BIN" releases list
   assert_success
   assert_line --index 0 --partial "no release kept yet"
   assert_line --regexp '^old +1\.0 +- +\(not kept: installed by hand or not yet healthy\) \[serving\]$'
-  run as_nobody "$RELEASES" keep old 5 alice
+  run as_nobody "$HOST_BIN" releases keep old 5 alice
   printf '#!/bin/sh\necho "server 1.3 (commit byhand)"\n' >"$API/server_new"
   chmod 750 "$API/server_new"
   chown nobody:nogroup "$API/server_new"
-  run as_nobody "$RELEASES" promote
+  run as_nobody "$HOST_BIN" releases promote
   assert_success
-  run as_nobody "$RELEASES" list
+  run as_nobody "$HOST_BIN" releases list
   assert_line --regexp '^byhand +1\.3 .*\[serving\]$'
   assert_line --regexp '^old .*\[previous\]$'
 }
@@ -739,18 +740,18 @@ r2.meta"
   rm -rf "$dir"
 }
 
-@test "releases.sh restage: a whole id wins over the longer ids it begins (a dirty build of the same commit)" {
+@test "tribist-host releases restage: a whole id wins over the longer ids it begins (a dirty build of the same commit)" {
   new_api
-  run as_nobody "$RELEASES" keep old 5 alice
+  run as_nobody "$HOST_BIN" releases keep old 5 alice
   printf '#!/bin/sh\necho "server 1.0 (commit old-dirty-0123456789ab)"\n' >"$API/server_new"
   chmod 750 "$API/server_new"
   chown nobody:nogroup "$API/server_new"
-  as_nobody "$RELEASES" promote >/dev/null
-  run as_nobody "$RELEASES" keep old-dirty-0123456789ab 5 alice
-  run as_nobody "$RELEASES" restage old
+  as_nobody "$HOST_BIN" releases promote >/dev/null
+  run as_nobody "$HOST_BIN" releases keep old-dirty-0123456789ab 5 alice
+  run as_nobody "$HOST_BIN" releases restage old
   assert_success
   [[ "$API/$output" -ef "$API/releases/old" ]]
-  run as_nobody "$RELEASES" restage ol
+  run as_nobody "$HOST_BIN" releases restage ol
   assert_failure
   assert_output --partial "'ol' names 2 kept releases"
 }
