@@ -12,9 +12,9 @@
 # It holds by construction (docs/deploying.md, "Who owns what on the host"): /home/tribist, bin/, .ssh/
 # and the scripts are root's; tribist owns only api/ (binaries, uploads) and the service's
 # runtime directory /run/tribist (PID). Whatever has to happen in those is done as tribist:
-# `as_tribist` runs releases.sh (or the binary's --version) through setpriv with no
-# capabilities, a clean environment, no terminal (a new session), stdin from /dev/null and no
-# descriptor of root's but a pipe, whose output is bounded and stripped of control characters.
+# `as_tribist` runs `tribist-host releases` through setpriv with no capabilities, a clean
+# environment, no terminal (a new session), stdin from /dev/null and no descriptor of root's
+# but a pipe, whose output is bounded and stripped of control characters.
 # The deploy lock, the holder note root writes and root's audit record live in
 # /var/lib/tribist-deploy (root's). Nothing the deployer sends is ever evaluated: arguments
 # arrive as words, --by is checked, releases and notes are printed only after sanitising.
@@ -57,7 +57,10 @@ readonly SOCKET_DROPIN=/etc/systemd/system/$UNIT.socket.d/listen.conf
 readonly SERVICE_DROPIN=/etc/systemd/system/$UNIT.service.d/listen.conf
 readonly DEFAULT_LISTEN=127.0.0.1:8383
 readonly SUDOERS_FILE=/etc/sudoers.d/$UNIT
-readonly SCRIPTS=(server.sh wait_for_it.sh deploy.sh releases.sh)
+readonly SCRIPTS=(server.sh wait_for_it.sh deploy.sh)
+# The host program (root-owned, installed with the scripts): `releases` is every binary state
+# and rename in api/, run as tribist.
+readonly HOST_PROGRAM=$BIN_DIR/tribist-host
 readonly EXIT_USAGE=2
 readonly EXIT_LOCKED=3
 # The configuration cannot work (the database refuses it, or the binary refuses a setting):
@@ -218,7 +221,7 @@ as_tribist_from() {
   fi
 }
 
-releases() { as_tribist "$BIN_DIR/releases.sh" "$@"; }
+releases() { as_tribist "$HOST_PROGRAM" releases "$@"; }
 
 # The commit a binary in api/ reports, or nothing (exit 1).
 release_of() {
@@ -324,9 +327,9 @@ on_interrupt() {
   set +e
   warn "interrupted"
   if is_root; then
-    pkill -TERM -u "$USER_NAME" -f "releases.sh preflight" 2>/dev/null || true
+    pkill -TERM -u "$USER_NAME" -f "tribist-host releases preflight" 2>/dev/null || true
   else
-    pkill -TERM -u "$(id -u)" -f "releases.sh preflight" 2>/dev/null || true
+    pkill -TERM -u "$(id -u)" -f "tribist-host releases preflight" 2>/dev/null || true
   fi
   if [[ -n "$UPLOAD" ]]; then releases discard "$UPLOAD" || true; fi
   if [[ -n "$CONFIG_SWITCHING" ]]; then
@@ -913,7 +916,7 @@ cmd_install() {
   lock install
   FROM_RELEASE=$(release_of server || echo none)
   sum=$(sha256sum "$bundle/server" | cut -d' ' -f1)
-  upload=$(TRIBIST_TIMEOUT=120 as_tribist_from "$bundle/server" "$BIN_DIR/releases.sh" receive "$sum" | head -c 100) ||
+  upload=$(TRIBIST_TIMEOUT=120 as_tribist_from "$bundle/server" "$HOST_PROGRAM" releases receive "$sum" | head -c 100) ||
     die "could not store the binary in $API_DIR (as tribist); nothing installed"
   TO_RELEASE=$(release_of "$upload") || {
     releases discard "$upload" || true
@@ -1006,8 +1009,8 @@ cmd_receive() {
   [[ "$sum" =~ ^[0-9a-f]{64}$ ]] || usage_error "'$sum' is not a SHA-256 (64 hex digits)"
   [[ -d "$API_DIR" ]] || die "$API_DIR does not exist: is tribist installed? (make install)"
   local rc=0
-  TRIBIST_TIMEOUT=900 as_tribist_from /dev/stdin "$BIN_DIR/releases.sh" receive "$sum" || rc=$?
-  # releases.sh's 3 is a checksum mismatch, not deploy.sh's 3 (the lock).
+  TRIBIST_TIMEOUT=900 as_tribist_from /dev/stdin "$HOST_PROGRAM" releases receive "$sum" || rc=$?
+  # `tribist-host releases`'s 3 is a checksum mismatch, not deploy.sh's 3 (the lock).
   ((rc == 0)) || exit 1
 }
 
@@ -1122,8 +1125,8 @@ switch_to_upload() {
   die "upgrade to $new failed AND the rollback to $old failed: $UNIT is down; see 'journalctl -u $UNIT'"
 }
 
-# Runs releases.sh preflight in the background (so an interrupt's trap runs at once) and
-# prints what it says, indented. Returns its status.
+# Runs `tribist-host releases preflight` in the background (so an interrupt's trap runs at
+# once) and prints what it says, indented. Returns its status.
 preflight() {
   local rc=0 env_file=${3:-$ENV_FILE} where="nothing serves yet"
   systemctl is-active --quiet "$UNIT" 8<&- && where="beside the serving one"
@@ -1132,7 +1135,7 @@ preflight() {
     warn "preflight skipped (PREFLIGHT=0): release $2 is checked only after the switch"
     return 0
   fi
-  TRIBIST_TIMEOUT=$((PREFLIGHT + 10)) as_tribist "$BIN_DIR/releases.sh" preflight "$1" "$2" "$PREFLIGHT" "$env_file" 2>&1 | sed 's/^/    /' &
+  TRIBIST_TIMEOUT=$((PREFLIGHT + 10)) as_tribist "$HOST_PROGRAM" releases preflight "$1" "$2" "$PREFLIGHT" "$env_file" 2>&1 | sed 's/^/    /' &
   wait $! || rc=$?
   return "$rc"
 }
@@ -1610,10 +1613,10 @@ journal_records() {
 }
 
 # The unit's pre-start step, as root outside the sandbox (`ExecStartPre=+`): promotes
-# server_new (as tribist, through releases.sh) and records every start in root's audit file,
-# whoever asked for it — tribist's own `sudo systemctl restart` included — with the SHA-256 of
-# the binary about to run (computed as tribist, in the same call). tribist can flood the
-# journal, never this.
+# server_new (as tribist, through `tribist-host releases`) and records every start in root's
+# audit file, whoever asked for it — tribist's own `sudo systemctl restart` included — with the
+# SHA-256 of the binary about to run (computed as tribist, in the same call). tribist can flood
+# the journal, never this.
 cmd_on_start() {
   need_root on-start
   ACTION=service-start

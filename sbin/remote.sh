@@ -541,7 +541,7 @@ cmd_install() {
   stage=$(mktemp -d)
   STAGE=$stage
   for f in etc/tribist.service etc/tribist.socket etc/tribist.sudoers etc/tribist.env.example \
-    sbin/server.sh sbin/wait_for_it.sh sbin/deploy.sh sbin/releases.sh; do
+    sbin/server.sh sbin/wait_for_it.sh sbin/deploy.sh; do
     cp "$REPO/$f" "$stage/"
   done
   cp -- "$bin" "$stage/server"

@@ -2,7 +2,7 @@
 # Starts, stops and restarts the tribist service; every start promotes a newly uploaded binary.
 #
 # Installed as /home/tribist/bin/server.sh (root-owned). The unit runs
-# `releases.sh promote` (as user tribist) before every start: it moves
+# `tribist-host releases promote` (as user tribist) before every start: it moves
 # /home/tribist/api/server_new over /home/tribist/api/server and keeps the replaced binary as
 # server.prev. So tribist can `scp` a binary to api/server_new and `server.sh restart` (or
 # `sudo systemctl restart tribist`) to run it, as the original design has it; `server.sh
@@ -12,7 +12,7 @@ set -euo pipefail
 readonly PROG=server.sh
 readonly UNIT=tribist
 readonly API_DIR=${TRIBIST_API_DIR:-/home/tribist/api}
-readonly RELEASES=${TRIBIST_RELEASES:-/home/tribist/bin/releases.sh}
+readonly HOST_PROGRAM=${TRIBIST_HOST_PROGRAM:-/home/tribist/bin/tribist-host}
 
 usage() {
   cat <<USAGE
@@ -30,7 +30,7 @@ usage: $PROG start|stop|restart|reload|status|promote
            make upgrade, make install) starts it, and starts at boot as usual
   status   systemctl status $UNIT
   promote  only the move, as user tribist: server -> server.prev, server_new -> server
-           (each step atomic; $RELEASES promote)
+           (each step atomic; $HOST_PROGRAM releases promote)
 
 Runs systemctl through sudo unless root. Exit codes: 0 done, 1 the step failed (the message
 says which), 2 misuse.
@@ -68,7 +68,7 @@ change() {
 
 promote() {
   [[ $(id -u) -ne 0 ]] || die "promote runs as user tribist, never as root (api/ is tribist's); as root: systemctl restart $UNIT"
-  exec "$RELEASES" promote
+  exec "$HOST_PROGRAM" releases promote
 }
 
 main() {

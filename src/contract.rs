@@ -1,6 +1,6 @@
 //! What the deploy kit may rely on in a binary, said by the binary itself: `server --describe`.
 //!
-//! The kit (`releases.sh`) used to learn about a release by reading words meant for people:
+//! The kit (`tribist-host releases`) used to learn about a release by reading words meant for people:
 //! the commit in `--version`'s first line, a line `handover: SIGUSR2`, the error an old
 //! binary gives for `--env-file`. A reworded line broke an upgrade. `server --describe`
 //! prints one line of JSON instead, read once per binary:
@@ -84,7 +84,8 @@ mod tests {
         );
     }
 
-    /// The form releases.sh checks with grep -E (its `describe`): keep the two in step.
+    /// The form `tribist-host releases describe` checks (src/host/releases/describe.rs,
+    /// `plain_keys`): keep the two in step.
     #[test]
     fn describe_keeps_to_the_plain_form_the_kit_checks() {
         for line in [describe(), describe_with("1.2.3", "abc-dirty-0f", &[])] {

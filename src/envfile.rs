@@ -1,6 +1,6 @@
 //! systemd's `EnvironmentFile=` format, read the way systemd reads it.
 //!
-//! Before an upgrade promotes a binary, `releases.sh preflight` runs it beside the serving one
+//! Before an upgrade promotes a binary, `tribist-host releases preflight` runs it beside the serving one
 //! with the service's real configuration, `/etc/tribist/env`; `server --check-config` checks
 //! such a file before it is installed. Both must see exactly the values systemd will hand the
 //! service, so this follows systemd's parser (`src/basic/env-file.c`): `#` or `;` starts a

@@ -532,11 +532,10 @@ wait_for_text() {
 }
 
 @test "who owns what: the ownership table (docs/deploying.md), and the running server cannot write what runs next" {
-  run on_host "stat -c '%n %U:%G %a' /home/tribist /home/tribist/bin /home/tribist/bin/deploy.sh /home/tribist/bin/releases.sh /home/tribist/bin/tribist-host /home/tribist/.ssh /home/tribist/.ssh/authorized_keys /home/tribist/api /home/tribist/api/server /run/tribist /var/lib/tribist-deploy /var/lib/tribist-deploy/bin /var/lib/tribist-deploy/bin/server /var/lib/tribist-deploy/lock /var/lib/tribist-deploy/audit.log /etc/tribist /etc/tribist/env"
+  run on_host "stat -c '%n %U:%G %a' /home/tribist /home/tribist/bin /home/tribist/bin/deploy.sh /home/tribist/bin/tribist-host /home/tribist/.ssh /home/tribist/.ssh/authorized_keys /home/tribist/api /home/tribist/api/server /run/tribist /var/lib/tribist-deploy /var/lib/tribist-deploy/bin /var/lib/tribist-deploy/bin/server /var/lib/tribist-deploy/lock /var/lib/tribist-deploy/audit.log /etc/tribist /etc/tribist/env"
   assert_output "/home/tribist root:tribist 750
 /home/tribist/bin root:root 755
 /home/tribist/bin/deploy.sh root:root 755
-/home/tribist/bin/releases.sh root:root 755
 /home/tribist/bin/tribist-host root:root 755
 /home/tribist/.ssh root:root 755
 /home/tribist/.ssh/authorized_keys root:root 644
@@ -1223,7 +1222,7 @@ LIAR
   # 3. A host with the layout before this one (home owned by tribist), attacked: bin/ replaced
   # with planted scripts, symlinks for .ssh/authorized_keys, the old audit log and api/.
   on_host "chown tribist:tribist /home/tribist"
-  as_tribist_on_host "cd /home/tribist && mv bin bin.orig && mkdir bin && for f in deploy.sh releases.sh server.sh wait_for_it.sh; do printf '#!/bin/sh\ntouch /tmp/planted-ran-as-\$(id -u)\n' >bin/\$f; chmod 755 bin/\$f; done && mv .ssh .ssh.orig && mkdir .ssh && ln -s /root/canary .ssh/authorized_keys && ln -s /root/canary deploy-audit.log && mv api api.orig && ln -s /etc api"
+  as_tribist_on_host "cd /home/tribist && mv bin bin.orig && mkdir bin && for f in deploy.sh tribist-host server.sh wait_for_it.sh; do printf '#!/bin/sh\ntouch /tmp/planted-ran-as-\$(id -u)\n' >bin/\$f; chmod 755 bin/\$f; done && mv .ssh .ssh.orig && mkdir .ssh && ln -s /root/canary .ssh/authorized_keys && ln -s /root/canary deploy-audit.log && mv api api.orig && ln -s /etc api"
   # Root refuses to run anything from that home directory until install has fixed it.
   run deploy upgrade HOST="root@$A" SSH_OPTS="-F $CFG" BIN="$RELEASE"
   assert_failure

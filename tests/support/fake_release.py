@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A stand-in release for releases.sh's preflight tests: answers /health 200 with a releaseId.
+"""A stand-in release for `tribist-host releases preflight`'s tests: answers /health 200 with a releaseId.
 
 usage: fake_release.py RELEASE_ID address-file|log-line
 Binds 127.0.0.1 on the port TRIBIST_LISTEN names (0: the kernel picks one) and says which
