@@ -193,6 +193,34 @@ new_api() {
   assert_equal "$status" 2
 }
 
+@test "tribist-host releases: root's verified copy (TRIBIST_VERIFIED_DIR) runs by its path; no other path does" {
+  new_api
+  local v="$API_PARENT/verified"
+  install -d -o root -g root -m 0755 "$v"
+  printf '#!/bin/sh\necho "server 1.0 (commit verified)"\n' >"$v/server"
+  chmod 755 "$v/server"
+  run as_nobody env TRIBIST_VERIFIED_DIR="$v" "$HOST_BIN" releases version "$v/server"
+  assert_success
+  assert_output verified
+  run as_nobody env TRIBIST_VERIFIED_DIR="$v" "$HOST_BIN" releases hands-over "$v/server"
+  assert_failure 1
+  # Only describe, version, hands-over and preflight take one.
+  run as_nobody env TRIBIST_VERIFIED_DIR="$v" "$HOST_BIN" releases identity "$v/server" verified
+  assert_failure 2
+  # Not in that directory, or a file or directory someone else could change: refused.
+  run as_nobody "$HOST_BIN" releases version "$v/server"
+  assert_failure 2
+  assert_output --partial "TRIBIST_VERIFIED_DIR"
+  chown nobody "$v/server"
+  run as_nobody env TRIBIST_VERIFIED_DIR="$v" "$HOST_BIN" releases version "$v/server"
+  assert_failure 2
+  chown root "$v/server"
+  chmod 0775 "$v"
+  run as_nobody env TRIBIST_VERIFIED_DIR="$v" "$HOST_BIN" releases version "$v/server"
+  assert_failure 2
+  assert_output --partial "is not a directory only uid 0 can change"
+}
+
 @test "tribist-host releases promote: server_new replaces server, the old one is kept as server.prev" {
   new_api
   printf '#!/bin/sh\necho new\n' >"$API/server_new"
@@ -389,6 +417,35 @@ features=env-file check-config handover failure describe address-file"
   run as_nobody "$HOST_BIN" releases preflight server rel-older 5 "$API/env"
   assert_success
   assert_output --partial "predates server --env-file"
+}
+
+@test "tribist-host releases preflight: SIGTERM (deploy.sh's interrupt) stops its server and scratch directory; SIGKILL its server" {
+  new_api
+  echo 'DATABASE_URL="postgres://x@localhost/x"' >"$API/env"
+  chown nobody:nogroup "$API/env"
+  # A release that never answers: it notes its pid and its working directory, and sleeps.
+  fake_binary server "$DESCRIBED" 'server 0.2.0 (commit rel-new)\n' 'd=$(dirname "$0"); pwd >"$d/cwd.tmp" && mv "$d/cwd.tmp" "$d/cwd"; echo $$ >"$d/pid"; exec sleep 60'
+  local signal pid i
+  for signal in TERM KILL; do
+    rm -f "$API/cwd" "$API/pid"
+    # Not through as_nobody (a function, so a subshell): $! is then the program itself.
+    setpriv --reuid=nobody --regid=nogroup --clear-groups --reset-env \
+      env TRIBIST_API_DIR="$API" "$HOST_BIN" releases preflight server rel-new 30 "$API/env" &
+    pid=$!
+    for ((i = 0; i < 100; i++)); do [[ -s "$API/pid" && -s "$API/cwd" ]] && break; sleep 0.05; done
+    [[ -s "$API/pid" ]] || fail "the release did not start"
+    kill -"$signal" "$pid"
+    status=0
+    wait "$pid" || status=$?
+    assert_equal "$status" "$([[ $signal == TERM ]] && echo 130 || echo 137)"
+    for ((i = 0; i < 40; i++)); do kill -0 "$(cat "$API/pid")" 2>/dev/null || break; sleep 0.05; done
+    ! kill -0 "$(cat "$API/pid")" 2>/dev/null || fail "its server outlived a SIG$signal"
+    if [[ $signal == TERM ]]; then
+      [[ ! -e "$(cat "$API/cwd")" ]] || fail "its scratch directory $(cat "$API/cwd") is left"
+    else
+      rm -rf "$(cat "$API/cwd")"
+    fi
+  done
 }
 
 @test "deploy.sh reads the handover outcome from StatusText's tokens, and an old server's words" {
