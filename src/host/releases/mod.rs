@@ -57,9 +57,9 @@ fn usage_text(api: &str) -> String {
         "usage: {PROG} COMMAND   (as user tribist; in {api})
 
   receive SHA256   read a binary from stdin into a new .upload.XXXXXX, check its SHA-256
-                   (exit {EXIT_CHECKSUM} and remove it on a mismatch), print its name; first
-                   removes the uploads nothing has changed for an hour (a cut-off upload, or
-                   one a failed deployment left)
+                   (exit {EXIT_CHECKSUM} and remove it on a mismatch), print its name. First
+                   removes every upload nothing has changed for an hour (one cut off, or
+                   left by a failed deployment)
   describe NAME    what NAME (server, server.prev, server_new, server.failed, an upload, or
                    root's verified copy: a file in $TRIBIST_VERIFIED_DIR, default
                    /var/lib/tribist-deploy/bin) says of itself with --describe

@@ -121,16 +121,21 @@ impl Upload {
     }
 }
 
-/// `n` random letters and digits (as mktemp's XXXXXX).
+/// `n` random letters and digits (as mktemp's XXXXXX), from the system's generator (ring's:
+/// glibc 2.17, the release's floor, has no getrandom).
 pub fn random_alnum(n: usize) -> String {
+    use ring::rand::SecureRandom;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut bytes = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: getrandom writes at most the length given into the buffer.
-        let got = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), n - filled, 0) };
-        if got > 0 {
-            filled += got as usize;
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        // Never seen on Linux; a name from the clock and pid is still unique enough, as
+        // every caller creates it exclusively and tries again on a clash.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let seed = t ^ (u128::from(std::process::id()) << 64);
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(31);
         }
     }
     // 62 letters: the small bias of `% 62` does not matter for a unique name.
