@@ -536,7 +536,7 @@ mod tests {
             .unwrap()
             .contains("predates server --env-file"));
         // One that never says its port.
-        api.script("server", "exec sleep 30");
+        api.script("server", "[ \"$1\" = --env-file ] && exec sleep 30; exit 2");
         let err = preflight(&api.ctx, "server", "r1", "1", &env).unwrap_err();
         assert!(
             err.message.contains("within 1s; it never said which port"),
