@@ -113,7 +113,12 @@ at_terminal() {
   exec 7<&-
   return "$rc"
 }
-press() { printf '%s' "$1" >"$BATS_TEST_TMPDIR/keys"; }
+# Opening the fifo waits for its reader: bounded, so a command that has already ended fails the
+# test instead of hanging it.
+press() {
+  timeout 10 bash -c 'printf "%s" "$1" >"$2"' press "$1" "$BATS_TEST_TMPDIR/keys" ||
+    fail "nobody reads the keyboard any more: the command at the terminal had ended"
+}
 
 # Runs one shell command line as user tribist on host $A, with the deploy key (as an attacker
 # holding it would).
@@ -729,21 +734,26 @@ wait_for_text() {
 }
 
 @test "Ctrl-C while an upgrade that handed over waits for health: the rollback by handover works and is audited as such" {
-  local before old
-  deploy rollback HOST="root@$A" SSH_OPTS="-F $CFG" >/dev/null
+  local before old target=$BATS_FILE_TMPDIR/server-b
   before=$(serving)
+  # The release that does not serve now.
+  [[ "$before" != "$(release_of "$target")" ]] || target=$RELEASE
   old=$(on_host systemctl show -p MainPID --value tribist)
   # The database down: the new release takes over (no preflight) and then answers 503, so the
   # upgrade waits for its health; Ctrl-C there rolls back by a handover once the database is
   # back.
   on_host "systemctl stop postgresql"
   at_terminal make -s -C "$REPO" upgrade HOST="root@$A" SSH_OPTS="-F $CFG" PREFLIGHT=0 \
-    BIN="$BATS_FILE_TMPDIR/server-b" >"$BATS_TEST_TMPDIR/up.out" 2>&1 &
+    BIN="$target" >"$BATS_TEST_TMPDIR/up.out" 2>&1 &
   local job=$! rc=0 i
   for i in $(seq 300); do
     [[ "$(on_host systemctl show -p MainPID --value tribist)" != "$old" ]] && break
     sleep 0.1
   done
+  [[ "$(on_host systemctl show -p MainPID --value tribist)" != "$old" ]] || {
+    on_host "systemctl start postgresql"
+    fail "the upgrade never handed over: $(cat "$BATS_TEST_TMPDIR/up.out")"
+  }
   sleep 1
   press $'\x03'
   on_host "systemctl start postgresql"
