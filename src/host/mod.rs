@@ -8,4 +8,5 @@
 //! command line; docs/deploying.md says who runs which command and as whom.
 
 pub mod digest;
+pub mod front;
 pub mod text;
