@@ -12,6 +12,8 @@ commands:
   front-render site|servers KEY=VALUE...
              print tribist's Caddy site block (DOMAIN=, UPSTREAM=, ACME_EMAIL= [ACME_CA=,
              ACME_CA_ROOT=] or CERT_FILE= KEY_FILE=) or the servers option (edge limits)
+  front-render caddyfile-main
+             print the whole Caddyfile that replaces Debian's default one
   front-render caddyfile-add|caddyfile-remove
              read a Caddyfile on stdin, print it with tribist's import lines added/removed
   help       this text
@@ -47,6 +49,7 @@ fn front_render(rest: &[String]) -> ExitCode {
     let out = match rest.split_first() {
         Some((what, words)) if what == "site" => front::from_settings(words).and_then(|f| f.site()),
         Some((what, [])) if what == "servers" => front::EdgeLimits::default().servers(),
+        Some((what, [])) if what == "caddyfile-main" => Ok(front::main_caddyfile()),
         Some((what, [])) if what == "caddyfile-add" || what == "caddyfile-remove" => {
             let mut text = String::new();
             // A Caddyfile is small; more than 1 MiB is not one.
@@ -61,7 +64,7 @@ fn front_render(rest: &[String]) -> ExitCode {
             }
         }
         _ => {
-            eprintln!("usage: tribist-host front-render site|servers|caddyfile-add|caddyfile-remove [KEY=VALUE...]; see: tribist-host help");
+            eprintln!("usage: tribist-host front-render site|servers|caddyfile-main|caddyfile-add|caddyfile-remove [KEY=VALUE...]; see: tribist-host help");
             return ExitCode::from(2);
         }
     };

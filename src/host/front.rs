@@ -340,7 +340,8 @@ impl EdgeLimits {
         Ok(())
     }
 
-    /// The `servers :443` global option, to be imported inside the Caddyfile's global
+    /// The `servers :443` global option (HTTP/1.1 and HTTP/2 only: HTTP/3 would open UDP 443,
+    /// and a QUIC stack, measured nowhere here), to be imported inside the Caddyfile's global
     /// options block (its own file: [`SERVERS_FILE`]).
     pub fn servers(&self) -> Result<String, FrontError> {
         self.check()?;
@@ -349,6 +350,7 @@ impl EdgeLimits {
              # every site on that port (docs/front-door.md). Imported in /etc/caddy/Caddyfile's\n\
              # global options block.\n\
              servers :443 {{\n\
+             \tprotocols h1 h2\n\
              \ttimeouts {{\n\
              \t\tread_header {}\n\
              \t\tidle {}\n\
@@ -557,15 +559,21 @@ pub fn from_settings(words: &[String]) -> Result<Front, FrontError> {
 /// The whole `/etc/caddy/Caddyfile` when tribist owns it (it was still Debian's default).
 pub fn main_caddyfile() -> String {
     format!(
-        "# Written by tribist's make install, which replaced Debian's default welcome site.\n\
-         # Other sites may be added below; keep the two import lines (docs/front-door.md).\n\
+        "{}\n{}\n\
          {{\n\
          \timport {SERVERS_FILE} {MARKER}\n\
          }}\n\
          \n\
-         import {SITE_FILE} {MARKER}\n"
+         import {SITE_FILE} {MARKER}\n",
+        MAIN_HEADER[0], MAIN_HEADER[1]
     )
 }
+
+/// The comment heading [`main_caddyfile`], removed with tribist's lines.
+const MAIN_HEADER: [&str; 2] = [
+    "# Written by tribist's make install, which replaced Debian's default welcome site.",
+    "# Other sites may be added below; keep the two import lines (docs/front-door.md).",
+];
 
 fn significant(line: &str) -> bool {
     let t = line.trim();
@@ -616,7 +624,7 @@ pub fn with_front(existing: &str) -> Result<String, FrontError> {
 pub fn without_front(existing: &str) -> String {
     let kept: Vec<&str> = existing
         .lines()
-        .filter(|l| !l.trim_end().ends_with(MARKER))
+        .filter(|l| !l.trim_end().ends_with(MARKER) && !MAIN_HEADER.contains(l))
         .collect();
     let sig: Vec<usize> = (0..kept.len()).filter(|&i| significant(kept[i])).collect();
     let mut drop = Vec::new();
@@ -635,6 +643,8 @@ pub fn without_front(existing: &str) -> String {
     while out.last().is_some_and(|l| l.trim().is_empty()) {
         out.pop();
     }
+    let lead = out.iter().take_while(|l| l.trim().is_empty()).count();
+    out.drain(..lead);
     if out.is_empty() {
         String::new()
     } else {
@@ -747,6 +757,7 @@ api.example.test {
             body,
             [
                 "servers :443 {",
+                "\tprotocols h1 h2",
                 "\ttimeouts {",
                 "\t\tread_header 10s",
                 "\t\tidle 120s",
@@ -1021,7 +1032,15 @@ blog.example.org {
         );
         assert_eq!(without_front(&with), admin);
         assert_eq!(without_front(&with_front("").unwrap()), "");
-        assert_eq!(without_front(&main_caddyfile()), "# Written by tribist's make install, which replaced Debian's default welcome site.\n# Other sites may be added below; keep the two import lines (docs/front-door.md).\n");
+        assert_eq!(without_front(&main_caddyfile()), "");
+        let admin_later = format!(
+            "{}\nblog.example.org {{\n\trespond hi\n}}\n",
+            main_caddyfile()
+        );
+        assert_eq!(
+            without_front(&admin_later),
+            "blog.example.org {\n\trespond hi\n}\n"
+        );
     }
 
     #[test]
@@ -1067,6 +1086,7 @@ blog.example.org {
             "\"read_header_timeout\":10000000000",
             "\"idle_timeout\":120000000000",
             "\"max_header_bytes\":16384",
+            "\"protocols\":[\"h1\",\"h2\"]",
             "\"max_size\":1048576",
             "\"max_conns_per_host\":16",
             "\"dial\":\"127.0.0.1:8383\"",
