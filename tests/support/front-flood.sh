@@ -15,7 +15,8 @@ usage: front-flood.sh --front https://DOMAIN --direct http://IP:PORT [options]
   --connect IP      reach DOMAIN at IP (no DNS needed; wrk then runs in a private mount
                     namespace whose /etc/hosts maps DOMAIN to IP: root only)
   --cacert FILE     the CA that signed the front's certificate (pebble's root in tests)
-  --idle N          idle keep-alive connections, each after one request (default 10000)
+  --idle N          idle keep-alive connections, each after one request, reopened whenever
+                    closed (default 10000)
   --slow N          slowloris connections, reopened whenever cut (default 500)
   --seconds S       how long the prober runs once the flood is up (default 30)
   --rate R          probes per second, each on a new connection (default 20)
@@ -152,8 +153,9 @@ d, f = (json.load(open(p)) for p in sys.argv[1:3])
 rows = [
     ("set-up time (s)", "setup_s"),
     ("idle connections open", "idle_open_at_start"),
-    ("idle connections refused", "idle_failed"),
-    ("idle still open at end", "idle_open_at_end"),
+    ("idle attempts failed", "idle_failed"),
+    ("idle closed by the server", "idle_closed"),
+    ("idle open at end", "idle_open_at_end"),
     ("slowloris open at start", "slow_open_at_start"),
     ("slowloris cut (reopened)", "slow_cut"),
     ("probes", "probes"),

@@ -61,33 +61,46 @@ async def read_response(r):
 async def hold(args):
     host, port, name, path, ctx = target(args)
     stop_at = None
-    st = {"idle_open": 0, "idle_failed": 0, "idle_closed": 0, "slow_open": 0, "slow_cut": 0,
+    st = {"idle_tried": 0, "idle_open": 0, "idle_failed": 0, "idle_closed": 0, "slow_open": 0, "slow_cut": 0,
           "slow_failed": 0, "idle_non2xx": 0}
     gate = asyncio.Semaphore(args.concurrency)
     done = asyncio.Event()
     writers = []
 
     async def idle_one():
-        try:
-            async with gate:
-                r, w = await asyncio.wait_for(
-                    asyncio.open_connection(host, port, ssl=ctx, server_hostname=name if ctx else None), 20)
-                writers.append(w)
-                w.write(request(name, path))
-                await w.drain()
-                status = await asyncio.wait_for(read_response(r), 20)
-                if not 200 <= status < 300:
-                    st["idle_non2xx"] += 1
-        except Exception:
-            st["idle_failed"] += 1
-            return
-        st["idle_open"] += 1
-        try:
-            await r.read(1)  # b"" when the other side closes
-        except Exception:
-            pass
-        st["idle_open"] -= 1
-        st["idle_closed"] += 1
+        # Held open: reopened whenever the other side closes it (an idle timeout, a restart),
+        # so the flood stays at N connections however long it lasts.
+        first = True
+        while not done.is_set():
+            try:
+                async with gate:
+                    r, w = await asyncio.wait_for(
+                        asyncio.open_connection(host, port, ssl=ctx, server_hostname=name if ctx else None), 20)
+                    writers.append(w)
+                    w.write(request(name, path))
+                    await w.drain()
+                    status = await asyncio.wait_for(read_response(r), 20)
+                    if not 200 <= status < 300:
+                        st["idle_non2xx"] += 1
+            except Exception:
+                st["idle_failed"] += 1
+                if first:
+                    st["idle_tried"] += 1
+                    first = False
+                await asyncio.sleep(1)
+                continue
+            if first:
+                st["idle_tried"] += 1
+                first = False
+            st["idle_open"] += 1
+            try:
+                await r.read(1)  # b"" when the other side closes
+            except Exception:
+                pass
+            st["idle_open"] -= 1
+            if not done.is_set():
+                st["idle_closed"] += 1
+                w.close()
 
     async def slow_one():
         while not done.is_set():
@@ -124,7 +137,7 @@ async def hold(args):
     deadline = t0 + args.seconds + 120  # set-up may take a while, never forever
     while time.monotonic() < deadline:
         await asyncio.sleep(1)
-        settled = st["idle_open"] + st["idle_failed"] + st["idle_closed"] >= args.idle
+        settled = st["idle_tried"] >= args.idle
         if settled and stop_at is None:
             stop_at = time.monotonic() + args.seconds
             print(json.dumps({"event": "established", "t": round(time.monotonic() - t0, 1), **st}), flush=True)
@@ -274,7 +287,7 @@ def flood(args):
     pid1 = args.service_pid or service_pid(args.service_port)
     print(json.dumps({
         "url": args.url, "setup_s": round(setup_s, 1),
-        "idle_open_at_start": at_start.get("idle_open"), "idle_failed": at_start.get("idle_failed"),
+        "idle_open_at_start": at_start.get("idle_open"), "idle_failed": last.get("idle_failed"),
         "idle_open_at_end": last.get("idle_open"), "idle_closed": last.get("idle_closed"),
         "slow_open_at_start": at_start.get("slow_open"), "slow_cut": last.get("slow_cut"),
         "probes": len(results), "failed": sum(errors.values()), "errors": errors,
