@@ -9,6 +9,13 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: tribist-host COMMAND [ARG...]
 
 commands:
+  front-render site|servers KEY=VALUE...
+             print tribist's Caddy site block (DOMAIN=, UPSTREAM=, ACME_EMAIL= [ACME_CA=,
+             ACME_CA_ROOT=] or CERT_FILE= KEY_FILE=) or the servers option (edge limits)
+  front-render caddyfile-main
+             print the whole Caddyfile that replaces Debian's default one
+  front-render caddyfile-add|caddyfile-remove
+             read a Caddyfile on stdin, print it with tribist's import lines added/removed
   help       this text
   layout [PREFIX]
              check every path of the ownership table (docs/deploying.md, \"Who owns what
@@ -32,6 +39,7 @@ fn main() -> ExitCode {
     }
     match command.as_str() {
         "releases" => ExitCode::from(tribist::host::releases::main(rest)),
+        "front-render" => front_render(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -77,5 +85,43 @@ fn layout(prefix: &str) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// `tribist-host front-render …`: the front's Caddy files as text (src/host/front.rs).
+fn front_render(rest: &[String]) -> ExitCode {
+    use std::io::Read;
+    use tribist::host::front;
+    let out = match rest.split_first() {
+        Some((what, words)) if what == "site" => front::from_settings(words).and_then(|f| f.site()),
+        Some((what, [])) if what == "servers" => front::EdgeLimits::default().servers(),
+        Some((what, [])) if what == "caddyfile-main" => Ok(front::main_caddyfile()),
+        Some((what, [])) if what == "caddyfile-add" || what == "caddyfile-remove" => {
+            let mut text = String::new();
+            // A Caddyfile is small; more than 1 MiB is not one.
+            if let Err(e) = std::io::stdin().take(1 << 20).read_to_string(&mut text) {
+                eprintln!("tribist-host: cannot read the Caddyfile on stdin: {e}; pipe it in: tribist-host front-render {what} </etc/caddy/Caddyfile");
+                return ExitCode::FAILURE;
+            }
+            if what == "caddyfile-add" {
+                front::with_front(&text)
+            } else {
+                Ok(front::without_front(&text))
+            }
+        }
+        _ => {
+            eprintln!("usage: tribist-host front-render site|servers|caddyfile-main|caddyfile-add|caddyfile-remove [KEY=VALUE...]; see: tribist-host help");
+            return ExitCode::from(2);
+        }
+    };
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tribist-host: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

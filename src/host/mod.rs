@@ -12,6 +12,7 @@ pub mod audit;
 pub mod child;
 pub mod deploy;
 pub mod digest;
+pub mod front;
 pub mod fsx;
 pub mod layout;
 pub mod lock;
