@@ -32,9 +32,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     // The deployment commands and their options (remote.sh's, the unit's steps).
-    if command.starts_with("--") && command != "--help"
-        || tribist::host::deploy::cli::COMMANDS.contains(&command.as_str())
-    {
+    if tribist::host::deploy::cli::handles(command, rest) {
         return tribist::host::deploy::cli::main(&args);
     }
     match command.as_str() {

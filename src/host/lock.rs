@@ -13,7 +13,9 @@
 //! file open (`/proc/PID/fd`, the same inode), never a pid a note names. Each gets SIGTERM
 //! (a deployment rolls back on it); one that still holds it after a grace period (5 s, 40 s
 //! for a deployment, which may be rolling back) gets SIGKILL, said as it happens; after 45 s
-//! unlock gives up naming the pids. A signal goes through a pidfd opened before the holder
+//! unlock gives up naming the pids. A deployment's own children (a bash deployment's
+//! subshells and pipes inherit its descriptor) are left to it while it lives ([`independent`]):
+//! its rollback needs them. A signal goes through a pidfd opened before the holder
 //! is checked again, so a pid reused meanwhile is never signalled. The report says only what
 //! was done and seen. [`Unlocker::next`] takes the observations (time, free or not, the
 //! holders) and returns the next step.
@@ -428,6 +430,10 @@ pub enum UnlockError {
         pids: Vec<i32>,
         after: Duration,
     },
+    /// The caller stopped the wait (an interrupt): what had been done by then.
+    Stopped {
+        report: UnlockReport,
+    },
 }
 
 impl fmt::Display for UnlockError {
@@ -450,16 +456,36 @@ impl fmt::Display for UnlockError {
                 after.as_secs(),
                 p.first().copied().unwrap_or(0)
             ),
+            UnlockError::Stopped {
+                report: UnlockReport::Released { terminated, killed },
+            } => write!(
+                f,
+                "stopped waiting for the deploy lock (interrupted) after SIGTERM to pid {}{}; it may still hold the lock: make unlock again",
+                pids(terminated),
+                if killed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and SIGKILL to pid {}", pids(killed))
+                }
+            ),
+            UnlockError::Stopped { .. } => write!(
+                f,
+                "stopped waiting for the deploy lock (interrupted) before signalling anyone"
+            ),
         }
     }
 }
 
 impl std::error::Error for UnlockError {}
 
-/// Whether a command line (`/proc/PID/cmdline`) is a deployment's.
+/// Whether a command line (`/proc/PID/cmdline`) is a deployment's: the program (its first
+/// word) or the script an interpreter runs (its second) is `deploy.sh` or `tribist-host`. A
+/// word elsewhere (a path given to `flock`, `sleep`'s argument) does not make one.
 pub fn is_deployment_cmdline(cmdline: &[u8]) -> bool {
-    let has = |needle: &[u8]| cmdline.windows(needle.len()).any(|w| w == needle);
-    has(b"deploy.sh") || has(b"tribist-host")
+    cmdline.split(|&b| b == 0).take(2).any(|word| {
+        let name = word.rsplit(|&b| b == b'/').next().unwrap_or(word);
+        name == b"deploy.sh" || name == b"tribist-host"
+    })
 }
 
 /// The lock file's identity and the path the kernel shows for it in `/proc/PID/fd`.
@@ -484,6 +510,50 @@ fn holds(pid: i32, id: &Identity) -> bool {
     })
 }
 
+/// The parent of process `pid` (`/proc/PID/stat`'s fourth field, read after the command
+/// name, which may hold spaces and parentheses), if it is still there.
+fn parent_of(pid: i32) -> Option<i32> {
+    let mut b = Vec::new();
+    let f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    io::Read::read_to_end(&mut io::Read::take(f, 4096), &mut b).ok()?;
+    let s = String::from_utf8_lossy(&b);
+    let (_, rest) = s.rsplit_once(") ")?;
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+/// The holders a signal should go to: those not started by a deployment that holds the lock
+/// itself. A bash deployment's children inherit its lock descriptor (its `$(…)` subshells,
+/// its pipelines' `tr`, a `curl` or a `sleep`); they belong to the deployment, which rolls
+/// back on its own SIGTERM and needs them for it: signalled, its rollback would lose its
+/// steps' output. Once their deployment has ended they are orphans, and count again.
+/// `parent_of` gives a process's parent; ancestry is followed at most 64 levels.
+pub fn independent(holders: &[Holder], parent_of: impl Fn(i32) -> Option<i32>) -> Vec<Holder> {
+    let deployments: Vec<i32> = holders
+        .iter()
+        .filter(|h| h.deployment)
+        .map(|h| h.pid)
+        .collect();
+    holders
+        .iter()
+        .filter(|h| {
+            let mut pid = h.pid;
+            for _ in 0..64 {
+                match parent_of(pid) {
+                    Some(p) if p > 1 && p != pid => {
+                        if deployments.contains(&p) {
+                            return false;
+                        }
+                        pid = p;
+                    }
+                    _ => break,
+                }
+            }
+            true
+        })
+        .copied()
+        .collect()
+}
+
 /// The processes (but this one) that have the lock file open.
 fn holders(id: &Identity) -> Vec<Holder> {
     // SAFETY: getpid has no preconditions.
@@ -506,7 +576,7 @@ fn holders(id: &Identity) -> Vec<Holder> {
         })
         .collect();
     out.sort_by_key(|h| h.pid);
-    out
+    independent(&out, parent_of)
 }
 
 /// Sends `signal` to `pid` if it still holds the lock: through a pidfd taken before the
@@ -542,6 +612,18 @@ pub fn unlock(
     note: &str,
     say: &mut dyn FnMut(&str),
 ) -> Result<UnlockReport, UnlockError> {
+    unlock_until(path, timing, note, say, &|| false)
+}
+
+/// [`unlock`], looking at `stop` between its steps and during its waits: once it says true,
+/// the wait ends with [`UnlockError::Stopped`] and what was done by then.
+pub fn unlock_until(
+    path: &Path,
+    timing: Timing,
+    note: &str,
+    say: &mut dyn FnMut(&str),
+    stop: &dyn Fn() -> bool,
+) -> Result<UnlockReport, UnlockError> {
     let lock = match open_lock(path) {
         Ok(l) => l,
         Err(LockError::Missing { .. }) => return Ok(UnlockReport::NoLock),
@@ -571,6 +653,9 @@ pub fn unlock(
     let start = Instant::now();
     let mut u = Unlocker::new(timing);
     loop {
+        if stop() {
+            return Err(UnlockError::Stopped { report: u.report() });
+        }
         let elapsed = start.elapsed();
         let free = probe(&lock.file);
         let seen = if free { Vec::new() } else { holders(&id) };
@@ -588,7 +673,12 @@ pub fn unlock(
                     after: elapsed,
                 })
             }
-            Step::Wait => std::thread::sleep(timing.poll),
+            Step::Wait => {
+                let until = Instant::now() + timing.poll;
+                while Instant::now() < until && !stop() {
+                    std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                }
+            }
             Step::Signal(list) => {
                 let mut termed = Vec::new();
                 for (pid, sig) in list {
@@ -768,8 +858,59 @@ mod tests {
         assert!(is_deployment_cmdline(
             b"/var/lib/tribist-deploy/bin/tribist-host\0upgrade\0"
         ));
+        assert!(is_deployment_cmdline(b"/bin/bash\0deploy.sh\0"));
         assert!(!is_deployment_cmdline(b"sleep\x00100\x00"));
+        assert!(!is_deployment_cmdline(
+            b"flock\0-n\0/tmp/tribist-host-lock-1/lock\0sh\0"
+        ));
+        assert!(!is_deployment_cmdline(b"sleep\x001000\0tribist-host\0"));
+        assert!(!is_deployment_cmdline(b"/tmp/deploy.sh.evil\0"));
         assert!(!is_deployment_cmdline(b""));
+    }
+
+    #[test]
+    fn a_deployments_own_children_are_left_to_it() {
+        // pid -> parent: 100 a deployment (bash deploy.sh) under sshd 50; 101 its `$(…)`
+        // subshell (a deployment too, by its command line), 102 that subshell's `tr`, 103 a
+        // `sleep` of 100; 200 an unrelated holder under 50; 300 an orphan (parent 1).
+        let parents = [
+            (100, 50),
+            (101, 100),
+            (102, 101),
+            (103, 100),
+            (200, 50),
+            (50, 1),
+            (300, 1),
+        ];
+        let parent = |p: i32| parents.iter().find(|(c, _)| *c == p).map(|(_, q)| *q);
+        let all = [
+            h(100, true),
+            h(101, true),
+            h(102, false),
+            h(103, false),
+            h(200, false),
+            h(300, true),
+        ];
+        let cases: &[(&[Holder], &[i32])] = &[
+            (&all, &[100, 200, 300]),
+            // The deployment no longer a holder: its children count again; the subshell, a
+            // deployment itself, now leads its own tree.
+            (&all[1..], &[101, 103, 200, 300]),
+            (&[h(102, false), h(103, false)], &[102, 103]),
+            // Only non-deployments: nothing is anyone's.
+            (&[h(200, false), h(102, false)], &[200, 102]),
+        ];
+        for (holders, want) in cases {
+            let got: Vec<i32> = independent(holders, parent).iter().map(|h| h.pid).collect();
+            assert_eq!(&got, want, "{holders:?}");
+        }
+        // A loop in what /proc said (a reused pid) ends.
+        let looped = |p: i32| Some(if p == 7 { 8 } else { 7 });
+        assert_eq!(independent(&[h(7, false)], looped), vec![h(7, false)]);
+        // This process's real parent is read.
+        // SAFETY: getppid/getpid have no preconditions.
+        let (me, pp) = unsafe { (libc::getpid(), libc::getppid()) };
+        assert_eq!(parent_of(me), Some(pp));
     }
 
     fn lock_dir(tag: &str) -> (TempDir, PathBuf) {
@@ -893,6 +1034,63 @@ mod tests {
             said[0].starts_with("sent SIGTERM to the deploy lock's holder: upgrade by bob [pid ")
         );
         assert!(DeployLock::acquire(&path, "me").is_ok());
+    }
+
+    #[test]
+    fn an_interrupt_stops_the_wait_and_says_what_was_done() {
+        let (_t, path) = lock_dir("lock-stop");
+        let mut c = Command::new("sh")
+            .args(["-c", "trap '' TERM; exec \"$0\" \"$@\""])
+            .args(["flock", "-n"])
+            .arg(&path)
+            .args(["sh", "-c", "echo locked; sleep 100"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "locked\n");
+        let slow = Timing {
+            grace: Duration::from_secs(30),
+            ..QUICK
+        };
+        let start = Instant::now();
+        let stop = || start.elapsed() > Duration::from_millis(300);
+        let e = unlock_until(&path, slow, "x", &mut |_| {}, &stop).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        match &e {
+            UnlockError::Stopped {
+                report: UnlockReport::Released { terminated, killed },
+            } => {
+                assert!(!terminated.is_empty() && killed.is_empty(), "{e:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string().starts_with(
+                "stopped waiting for the deploy lock (interrupted) after SIGTERM to pid "
+            ),
+            "{e}"
+        );
+        // Still held: nothing was killed.
+        assert!(matches!(
+            DeployLock::acquire(&path, "me"),
+            Err(LockError::Held { .. })
+        ));
+        // SAFETY: kill has no memory preconditions; flock(1) goes, its sleep still holds it.
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        let _ = c.wait();
+        let r = unlock(&path, QUICK, "x", &mut |_| {}).unwrap();
+        assert!(
+            matches!(r, UnlockReport::Free | UnlockReport::Released { .. }),
+            "{r:?}"
+        );
     }
 
     #[test]

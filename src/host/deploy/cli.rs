@@ -8,7 +8,18 @@ use std::process::ExitCode;
 use super::{health, interrupt, warn, Ctx, Exit, Fail, Result, PROG};
 
 /// The commands this module runs; `tribist-host` hands these to [`main`].
-pub const COMMANDS: &[&str] = &[];
+pub const COMMANDS: &[&str] = &[
+    "status", "summary", "serving", "releases", "logs", "follow", "audit", "unlock",
+];
+
+/// Whether `tribist-host COMMAND REST…` is a deployment command ([`main`]'s): a name in
+/// [`COMMANDS`], or an option before one. `releases` alone is the deployment command (the
+/// list, run as tribist); `releases ARG…` is the releases module's own command line, which
+/// the list itself runs.
+pub fn handles(command: &str, rest: &[String]) -> bool {
+    (command.starts_with("--") && command != "--help")
+        || (COMMANDS.contains(&command) && (command != "releases" || rest.is_empty()))
+}
 
 /// Parses the options into `ctx`; returns the command and its arguments.
 pub fn parse(ctx: &mut Ctx, args: &[String]) -> Result<(String, Vec<String>)> {
@@ -113,7 +124,18 @@ pub fn main(args: &[String]) -> ExitCode {
 
 /// One arm per command, as deploy.sh's `main` had them.
 fn dispatch(_ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
-    let _ = rest;
+    use super::{logs, records, report, unlock};
+    match (cmd, rest.len()) {
+        ("status", 0) => return report::cmd_status(),
+        ("summary", 0) => return report::cmd_summary(),
+        ("serving", 0) => return report::cmd_serving(),
+        ("releases", 0) => return report::cmd_releases(),
+        ("logs", 0..=3) => return logs::cmd_logs(rest),
+        ("follow", 0..=3) => return logs::cmd_follow(rest),
+        ("audit", 0 | 1) => return records::cmd_audit(rest),
+        ("unlock", 0) => return unlock::cmd_unlock(),
+        _ => {}
+    }
     Err(Fail::usage(format!(
         "unknown command or wrong arguments: '{}'",
         super::shown(cmd, 40)
@@ -152,6 +174,22 @@ mod tests {
         assert_eq!(ctx.by, "alice@laptop");
         assert_eq!(ctx.host(), "root@app1");
         assert_eq!(ctx.preflight, 0);
+    }
+
+    #[test]
+    fn which_command_lines_are_deployment_commands() {
+        let none: &[String] = &[];
+        for (cmd, rest, ours) in [
+            ("status", none, true),
+            ("--by", &strings(&["x", "status"])[..], true),
+            ("releases", none, true),
+            // The releases module's command line, which the list runs as tribist.
+            ("releases", &strings(&["list"])[..], false),
+            ("layout", none, false),
+            ("--help", none, false),
+        ] {
+            assert_eq!(handles(cmd, rest), ours, "{cmd} {rest:?}");
+        }
     }
 
     #[test]

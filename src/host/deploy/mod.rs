@@ -16,7 +16,11 @@
 pub mod cli;
 pub mod health;
 pub mod interrupt;
+pub mod logs;
 pub mod paths;
+pub mod records;
+pub mod report;
+pub mod unlock;
 
 use std::fmt;
 use std::fs::File;
