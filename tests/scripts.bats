@@ -497,17 +497,25 @@ REMOTE="$BATS_TEST_DIRNAME/../sbin/remote.sh"
 MAKE_DIR="$BATS_TEST_DIRNAME/.."
 
 @test "remote.sh: the remote command line rebuilds exactly our words, in sh and bash" {
-  source "$REMOTE"
-  local words=("o'brien" '$(touch /tmp/tribist-pwned)' '`touch /tmp/tribist-pwned`' 'a;b' $'new\nline' ' x ' '\' '"' '' '*')
-  local line expected
-  line=$(remote_line printf '[%s]\n' "${words[@]}")
-  expected=$(printf '[%s]\n' "${words[@]}")
+  # (Each word's quoting, newlines and empty words included, is tested by cargo test:
+  # deployer::words; here the whole way from the environment to the line ssh is given.)
+  local stub="$BATS_TEST_TMPDIR/ssh" mark=/tmp/tribist-pwned d line
+  rm -f "$mark"
+  # The stub ssh keeps its last argument, the remote line, and fails as a host would.
+  printf '#!/bin/sh\nfor a in "$@"; do line=$a; done\nprintf "%%s" "$line" >"%s/line"\nexit 7\n' "$BATS_TEST_TMPDIR" >"$stub"
+  chmod 755 "$stub"
+  d="o'brien \$(touch $mark) \`touch $mark\` a;b  \\ \" * \$HOME"
+  SSH=$stub HOST=app1 DEPLOYER="$d" TO=r1 PREFLIGHT=0 run "$REMOTE" rollback
+  assert_equal "$status" 7
+  line=$(sed "s|'/home/tribist/bin/deploy.sh'|printf '[%s]\\\\n'|" "$BATS_TEST_TMPDIR/line")
+  local expected
+  expected=$(printf '[%s]\n' --by "$d" --target app1 --preflight 0 rollback --to r1)
   run sh -c "$line"
   assert_success
   assert_output "$expected"
   run bash -c "$line"
   assert_output "$expected"
-  [[ ! -e /tmp/tribist-pwned ]]
+  [[ ! -e "$mark" ]]
 }
 
 @test "remote.sh: hostile or malformed values are refused with exit 2 before anything runs" {
