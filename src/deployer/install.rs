@@ -32,7 +32,6 @@ const BUNDLE: &[&str] = &[
     "sbin/server.sh",
     "sbin/wait_for_it.sh",
     "sbin/deploy.sh",
-    "sbin/releases.sh",
 ];
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8383";

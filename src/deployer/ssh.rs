@@ -128,6 +128,9 @@ impl Ssh {
             stdout,
             stderr,
         } = call;
+        if interrupt::interrupted() {
+            return Err(Exit::INTERRUPTED);
+        }
         let terminal = tty == Tty::Long && out.at_terminal();
         let mut cmd = Command::new(&self.program);
         cmd.args(self.argv(host, terminal, words));
