@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod contract;
 pub mod db;
+pub mod deployer;
 pub mod envfile;
 pub mod error;
 pub mod handover;

@@ -497,17 +497,25 @@ REMOTE="$BATS_TEST_DIRNAME/../sbin/remote.sh"
 MAKE_DIR="$BATS_TEST_DIRNAME/.."
 
 @test "remote.sh: the remote command line rebuilds exactly our words, in sh and bash" {
-  source "$REMOTE"
-  local words=("o'brien" '$(touch /tmp/tribist-pwned)' '`touch /tmp/tribist-pwned`' 'a;b' $'new\nline' ' x ' '\' '"' '' '*')
-  local line expected
-  line=$(remote_line printf '[%s]\n' "${words[@]}")
-  expected=$(printf '[%s]\n' "${words[@]}")
+  # (Each word's quoting, newlines and empty words included, is tested by cargo test:
+  # deployer::words; here the whole way from the environment to the line ssh is given.)
+  local stub="$BATS_TEST_TMPDIR/ssh" mark=/tmp/tribist-pwned d line
+  rm -f "$mark"
+  # The stub ssh keeps its last argument, the remote line, and fails as a host would.
+  printf '#!/bin/sh\nfor a in "$@"; do line=$a; done\nprintf "%%s" "$line" >"%s/line"\nexit 7\n' "$BATS_TEST_TMPDIR" >"$stub"
+  chmod 755 "$stub"
+  d="o'brien \$(touch $mark) \`touch $mark\` a;b  \\ \" * \$HOME"
+  SSH=$stub HOST=app1 DEPLOYER="$d" TO=r1 PREFLIGHT=0 run "$REMOTE" rollback
+  assert_equal "$status" 7
+  line=$(sed "s|'/home/tribist/bin/deploy.sh'|printf '[%s]\\\\n'|" "$BATS_TEST_TMPDIR/line")
+  local expected
+  expected=$(printf '[%s]\n' --by "$d" --target app1 --preflight 0 rollback --to r1)
   run sh -c "$line"
   assert_success
   assert_output "$expected"
   run bash -c "$line"
   assert_output "$expected"
-  [[ ! -e /tmp/tribist-pwned ]]
+  [[ ! -e "$mark" ]]
 }
 
 @test "remote.sh: hostile or malformed values are refused with exit 2 before anything runs" {
@@ -547,6 +555,46 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   assert_equal "$status" 2
   assert_output --partial "private key"
   [[ ! -e "$BATS_TEST_TMPDIR/ssh-ran" ]]
+}
+
+# A stub ssh that runs the remote line here, with FAKE in place of the host's deploy.sh.
+fake_host() {
+  FAKE="$BATS_TEST_TMPDIR/deploy"
+  export FAKE SSH="$BATS_TEST_TMPDIR/ssh"
+  cat >"$SSH" <<'STUB'
+#!/bin/sh
+for a; do line=$a; done
+exec sh -c "$(printf '%s' "$line" | sed "s|'/home/tribist/bin/deploy.sh'|'$FAKE'|")"
+STUB
+  cat >"$FAKE" <<'HOST'
+#!/bin/sh
+case "$*" in
+  receive*) cat >/dev/null; echo .upload.AbCdEf ;;
+  *"--target app2 upgrade"*) echo "refused: the preflight failed"; exit 1 ;;
+  *upgrade*) echo "upgraded" ;;
+  serving) echo r2 ;;
+  summary) echo "active release=r2"; [ "$(cat "$0.n" 2>/dev/null)" = 1 ] && exit 7; echo 1 >"$0.n" ;;
+esac
+HOST
+  chmod 755 "$SSH" "$FAKE"
+}
+
+@test "remote.sh upgrade and status over several hosts: PARALLEL at once, each line its host's, the worst status" {
+  [[ $(id -u) -eq 0 ]] || skip "the remote line's wrapper runs as root, tribist or with sudo only"
+  fake_host
+  HOSTS="app1 app2 app3" PARALLEL=2 BIN=/bin/true run "$REMOTE" upgrade
+  assert_equal "$status" 1
+  assert_line "==> rolling upgrade: app1 app2"
+  assert_line "[app1] ==> upgrade of app1 done"
+  assert_line "[app2] refused: the preflight failed"
+  assert_line "[app2] tribist-deploy: make upgrade: FAILED on app2 (exit 1); see the messages above"
+  refute_output --partial "to app3"
+  assert_line --regexp '^    app3 +r2$'
+  assert_output --partial "make upgrade: stopped at app2 (it serves its previous release)"
+  HOSTS="app1 app2" run "$REMOTE" status
+  assert_equal "$status" 7
+  assert_line --regexp '^app1 +active release=r2$'
+  assert_line --regexp '^app2 +active release=r2$'
 }
 
 @test "make install refuses DATABASE_URL on its command line (ps, shell history) and says what to do" {

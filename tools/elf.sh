@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # What an executable needs from the machine that runs it, read with od and grep only (so it
-# works on any deployer's machine, binutils or not). Sourced by tools/release.sh and
-# sbin/remote.sh.
+# works on any machine, binutils or not). Sourced by tools/release.sh; the deployer's program
+# reads the same from the ELF's version table (src/deployer/elf.rs).
 
 # "x86_64", "aarch64", … from the ELF header's e_machine (little-endian files); "not-elf"
 # for anything else (a script, say).
