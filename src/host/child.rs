@@ -165,6 +165,7 @@ pub struct Spawn {
     env: Vec<(OsString, OsString)>,
     run_as: Option<RunAs>,
     dir: PathBuf,
+    cancel: Option<fn() -> bool>,
 }
 
 impl Spawn {
@@ -177,6 +178,7 @@ impl Spawn {
             env: Vec::new(),
             run_as: None,
             dir: PathBuf::from("/"),
+            cancel: None,
         }
     }
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Spawn {
@@ -201,6 +203,12 @@ impl Spawn {
     }
     pub fn run_as(mut self, who: RunAs) -> Spawn {
         self.run_as = Some(who);
+        self
+    }
+    /// Ends the run early, as at its deadline ([`ExitKind::TimedOut`]), once `cancel` says so
+    /// (checked every few milliseconds): an interrupt a deployment must act on at once.
+    pub fn cancel_when(mut self, cancel: fn() -> bool) -> Spawn {
+        self.cancel = Some(cancel);
         self
     }
     /// The working directory (default `/`).
@@ -271,7 +279,7 @@ impl Spawn {
         let mut child = cmd
             .spawn()
             .map_err(|err| ChildError::Spawn { program, err })?;
-        Ok(supervise(&mut child, end, max_output))
+        Ok(supervise(&mut child, end, max_output, self.cancel))
     }
 }
 
@@ -568,7 +576,7 @@ fn poll_and_read(caps: &mut [&mut Capture; 2], wait: Duration, buf: &mut [u8]) {
 
 /// Reads the child's output until it has ended and its pipes are closed (or [`LINGER`]
 /// after its end), or until `end`; then kills its process group and reaps it.
-fn supervise(child: &mut Child, end: Instant, max: usize) -> Outcome {
+fn supervise(child: &mut Child, end: Instant, max: usize, cancel: Option<fn() -> bool>) -> Outcome {
     let pid = child.id() as libc::pid_t;
     let mut out = Capture::new(child.stdout.take(), max);
     let mut err = Capture::new(child.stderr.take(), max);
@@ -583,7 +591,7 @@ fn supervise(child: &mut Child, end: Instant, max: usize) -> Outcome {
             break;
         }
         let limit = ended.map_or(end, |t| end.min(t + LINGER));
-        if now >= limit {
+        if now >= limit || ended.is_none() && cancel.is_some_and(|f| f()) {
             break;
         }
         poll_and_read(&mut [&mut out, &mut err], (limit - now).min(TICK), &mut buf);

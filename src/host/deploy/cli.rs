@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use super::{health, interrupt, warn, Ctx, Exit, Fail, Result, PROG};
 
 /// The commands this module runs; `tribist-host` hands these to [`main`].
-pub const COMMANDS: &[&str] = &[];
+pub const COMMANDS: &[&str] = &["install", "uninstall", "config", "config-stash"];
 
 /// Parses the options into `ctx`; returns the command and its arguments.
 pub fn parse(ctx: &mut Ctx, args: &[String]) -> Result<(String, Vec<String>)> {
@@ -103,7 +103,7 @@ pub fn main(args: &[String]) -> ExitCode {
             if !fail.message.is_empty() {
                 warn(&fail.message);
             }
-            if fail.exit == Exit::Usage {
+            if fail.exit == Exit::Usage && !fail.message.is_empty() {
                 eprintln!("try: {PROG} --help");
             }
             ExitCode::from(fail.exit as u8)
@@ -112,12 +112,20 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 /// One arm per command, as deploy.sh's `main` had them.
-fn dispatch(_ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
-    let _ = rest;
-    Err(Fail::usage(format!(
-        "unknown command or wrong arguments: '{}'",
-        super::shown(cmd, 40)
-    )))
+fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
+    match (cmd, rest) {
+        ("install", [bundle]) => super::install::install(ctx, bundle),
+        ("uninstall", []) => super::uninstall::uninstall(ctx, false),
+        ("uninstall", [purge]) if purge == "--purge" => super::uninstall::uninstall(ctx, true),
+        ("uninstall", [_]) => Err(Fail::usage("uninstall takes only --purge")),
+        ("config", []) => super::envconf::config_show(),
+        ("config", args) => super::envconf::config_change(ctx, args),
+        ("config-stash", []) => super::envconf::config_stash(),
+        _ => Err(Fail::usage(format!(
+            "unknown command or wrong arguments: '{}'",
+            super::shown(cmd, 40)
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -14,9 +14,15 @@
 //! be redirected.
 
 pub mod cli;
+pub mod envconf;
 pub mod health;
+pub mod hostlayout;
+pub mod install;
 pub mod interrupt;
+pub mod listen;
 pub mod paths;
+pub mod steps;
+pub mod uninstall;
 
 use std::fmt;
 use std::fs::File;
