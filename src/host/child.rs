@@ -696,6 +696,42 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_run_ends_at_once_with_its_group() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static STOP: AtomicBool = AtomicBool::new(false);
+        fn stop() -> bool {
+            STOP.load(Ordering::SeqCst)
+        }
+        // Not cancelled: it runs to its end.
+        let o = sh("sleep 0.2; echo done")
+            .cancel_when(stop)
+            .run(10 * SEC, 100)
+            .unwrap();
+        assert_eq!(
+            (o.status, o.stdout.as_str()),
+            (ExitKind::Exited(0), "done\n")
+        );
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            STOP.store(true, Ordering::SeqCst);
+        });
+        let t = Instant::now();
+        let o = sh("sleep 30 & echo $!; wait")
+            .cancel_when(stop)
+            .run(60 * SEC, 100)
+            .unwrap();
+        assert_eq!(o.status, ExitKind::TimedOut);
+        assert!(t.elapsed() < 5 * SEC, "{:?}", t.elapsed());
+        // Its background child went with its process group.
+        let pid = o.stdout.trim();
+        let t = Instant::now();
+        while !gone(pid) && t.elapsed() < 5 * SEC {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gone(pid), "pid {pid} outlived the cancelled run");
+    }
+
+    #[test]
     fn stdin_from_a_file_never_a_terminal() {
         let t = TempDir::new("child-stdin");
         std::fs::write(t.join("in"), b"line one\n").unwrap();

@@ -40,15 +40,12 @@ pub const BUNDLE: &[&str] = &[
     "deploy.sh",
 ];
 
-/// Installed into bin/ (root's, 0755): this program and the scripts; `releases.sh` only if
-/// the bundle has it (a kit from before `tribist-host releases`).
-pub const TO_BIN: &[(&str, bool)] = &[
-    ("tribist-host", true),
-    ("server.sh", true),
-    ("wait_for_it.sh", true),
-    ("deploy.sh", true),
-    ("releases.sh", false),
-];
+/// Installed into bin/ (root's, 0755): this program and the scripts.
+pub const TO_BIN: &[&str] = &["tribist-host", "server.sh", "wait_for_it.sh", "deploy.sh"];
+
+/// What an older kit put in bin/ that nothing runs any more: removed (`tribist-host
+/// releases` replaced releases.sh).
+pub const OBSOLETE_IN_BIN: &[&str] = &["releases.sh"];
 
 /// The commands the kit still runs on the host (deploy.sh's, the unit's), checked before
 /// anything changes.
@@ -186,13 +183,15 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
     make_layout(&mut quarantine)?;
     let bin = Dir::open(paths::BIN_DIR)
         .map_err(|e| Fail::failed(format!("{e}; run make install again")))?;
-    for (name, required) in TO_BIN {
-        if !required && !bundle.has(name) {
-            continue;
-        }
+    for name in TO_BIN {
         let bytes = bundle.read(name, steps::MAX_BINARY)?;
         fsx::write_atomic_at(&bin, name, &bytes, 0o755, Some((0, 0)))
             .map_err(|e| Fail::failed(e.to_string()))?;
+    }
+    for name in OBSOLETE_IN_BIN {
+        if bin.lstat_at(name).is_ok() {
+            fsx::unlinkat(&bin, name).map_err(|e| Fail::failed(e.to_string()))?;
+        }
     }
     let works = run_root(paths::HOST_PROGRAM, &["help"], Duration::from_secs(10))
         .is_ok_and(|o| o.status == ExitKind::Exited(0));
@@ -437,14 +436,14 @@ mod tests {
 
     #[test]
     fn the_bundle_and_bin() {
-        // Everything bin/ needs is in the bundle (but the optional one), and bin/ holds what
-        // the layout lists there.
-        for (name, required) in TO_BIN {
-            assert_eq!(BUNDLE.contains(name), *required, "{name}");
+        // Everything bin/ needs is in the bundle, and bin/ holds what the layout lists there.
+        for name in TO_BIN {
+            assert!(BUNDLE.contains(name), "{name}");
+            assert!(!OBSOLETE_IN_BIN.contains(name), "{name}");
         }
         for e in crate::host::layout::LAYOUT {
             if let Some(name) = e.path.strip_prefix("/home/tribist/bin/") {
-                assert!(TO_BIN.iter().any(|(n, _)| *n == name), "{name}");
+                assert!(TO_BIN.contains(&name), "{name}");
             }
         }
     }
