@@ -7,8 +7,8 @@
 //! layout (`hostlayout`).
 //!
 //! Interrupts (Ctrl-C through ssh -t, a lost connection, `make unlock`): before the lock the
-//! run just ends; after it, an upload not yet staged is discarded, the audit says
-//! `interrupted`, and the exit is 130.
+//! run just ends; after it the audit says `interrupted`, and the exit is 130. However the run
+//! ends, an upload received but not staged is discarded.
 
 use std::io::Seek;
 use std::time::Duration;
@@ -94,33 +94,44 @@ impl Bundle {
     }
 }
 
-/// Where an install is, for what an interrupt must undo.
+/// Where an install is, for what an interrupt or a failure must undo.
 enum Installing {
     /// Nothing of the release received yet.
     Preparing,
-    /// The binary is an upload in api/, not yet staged: discarded.
+    /// The binary is an upload in api/, not yet staged: discarded if the run ends here.
     Received { upload: String },
     /// Staged or in place: nothing to take back (as deploy.sh had it).
     Staged,
 }
 
-impl Installing {
-    /// On an interrupt: what it left undone, and the audit.
+/// The install's state; when the run ends (success, refusal, failure or interrupt) with an
+/// upload received but not staged, the upload is discarded.
+struct Run {
+    state: Installing,
+}
+
+impl Run {
+    /// On an interrupt: said and audited (the upload goes when the run ends).
     fn interrupted(&self, ctx: &Ctx) -> Fail {
         warn("interrupted");
-        if let Installing::Received { upload } = self {
-            discard(upload);
-        }
         ctx.audit(Outcome::Interrupted);
         Fail::quiet(Exit::Interrupted)
     }
+
+    fn check_interrupt(&self, ctx: &Ctx) -> Result<()> {
+        if interrupt::interrupted() {
+            return Err(self.interrupted(ctx));
+        }
+        Ok(())
+    }
 }
 
-fn check_interrupt(ctx: &Ctx, state: &Installing) -> Result<()> {
-    if interrupt::interrupted() {
-        return Err(state.interrupted(ctx));
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Installing::Received { upload } = &self.state {
+            discard(upload);
+        }
     }
-    Ok(())
 }
 
 /// Removes what a run leaves only for itself: root's copy of an upload no start step took.
@@ -206,8 +217,10 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
     }
     let _lock = lock(ctx, Action::Install)?;
     let _cleanup = Cleanup;
-    let mut state = Installing::Preparing;
-    check_interrupt(ctx, &state)?;
+    let mut run = Run {
+        state: Installing::Preparing,
+    };
+    run.check_interrupt(ctx)?;
     ctx.release_from = release_of("server");
 
     // The binary, received as tribist from the bundle's file (its SHA-256 read here first).
@@ -236,12 +249,11 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
             paths::API_DIR
         )));
     }
-    state = Installing::Received {
+    run.state = Installing::Received {
         upload: upload.clone(),
     };
-    check_interrupt(ctx, &state)?;
+    run.check_interrupt(ctx)?;
     let Some(to) = release_of(&upload) else {
-        discard(&upload);
         ctx.audit(Outcome::RefusedDoesNotRun);
         return Err(Fail::failed(
             "the binary to install does not run on this host ('server --version' failed); nothing installed",
@@ -277,7 +289,7 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
             clean(what.as_bytes(), 200)
         ));
     }
-    check_interrupt(ctx, &state)?;
+    run.check_interrupt(ctx)?;
 
     install_sudoers(&bundle)?;
     if bundle.has("deploy_key.pub") {
@@ -289,9 +301,8 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
     // must answer /health 200 beside whatever serves before anything (re)starts.
     match preflight(ctx, &check_name, &to, &env.path()) {
         Ok(()) => {}
-        Err(Refused::Interrupted) => return Err(state.interrupted(ctx)),
+        Err(Refused::Interrupted) => return Err(run.interrupted(ctx)),
         Err(r) => {
-            discard(&upload);
             ctx.audit(Outcome::RefusedPreflight);
             let env_exists = envconf::read_env().ok().flatten().is_some();
             if r == Refused::Configuration {
@@ -326,21 +337,21 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
             )));
         }
     }
-    check_interrupt(ctx, &state)?;
+    run.check_interrupt(ctx)?;
     install_env(env)?;
 
     // The binary becomes server_new; the restart below promotes it (first install included).
     if check_name == "server" {
         discard(&upload);
-        state = Installing::Staged;
+        run.state = Installing::Staged;
         say(&format!(
             "release {to} is installed already (the same bytes); the files and units are updated"
         ));
     } else {
         stage_verified(&upload)?;
-        state = Installing::Staged;
+        run.state = Installing::Staged;
     }
-    check_interrupt(ctx, &state)?;
+    run.check_interrupt(ctx)?;
 
     // The address the socket has now, before the new units are read (then it reads the new one).
     let was = health::listen_address();
@@ -374,7 +385,7 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
             )));
         }
     }
-    check_interrupt(ctx, &state)?;
+    run.check_interrupt(ctx)?;
     say(&format!(
         "starting {} and waiting up to {}s for {}",
         paths::UNIT,
@@ -383,7 +394,7 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
     ));
     match restart_and_wait(ctx, Some(&to), true) {
         Ok(()) => {}
-        Err(NotHealthy::Interrupted) => return Err(state.interrupted(ctx)),
+        Err(NotHealthy::Interrupted) => return Err(run.interrupted(ctx)),
         Err(NotHealthy::Failed) => {
             ctx.audit(Outcome::Failed);
             return Err(Fail::failed(format!(
