@@ -317,6 +317,30 @@ mod tests {
     }
 
     #[test]
+    fn each_assignment_spans_exactly_its_bytes() {
+        let text = "# c\n  A=1\nexport B=2\nC=\"x\ny\" \nD=a\\\nb\nE='q'";
+        let f = parse(text);
+        let spans: Vec<(&str, &str)> = f
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), &text[e.span.clone()]))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                ("A", "A=1\n"),
+                ("export B", "export B=2\n"),
+                ("C", "C=\"x\ny\" \n"),
+                ("D", "D=a\\\nb\n"),
+                ("E", "E='q'"),
+            ]
+        );
+        // systemd skips `export B`; the entry is there all the same, for an edit to remove.
+        assert_eq!(get(&f.vars, "B"), None);
+        assert_eq!(get(&f.vars, "D"), Some("ab"));
+    }
+
+    #[test]
     fn lines_systemd_skips_are_skipped_and_reported_by_number_only() {
         let f = parse("A=1\npostgres://u:secret@h/d\n1A=x\nB B=2\nC=\"open");
         assert_eq!(

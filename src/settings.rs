@@ -371,6 +371,32 @@ mod tests {
         }
     }
 
+    /// Many values made of the characters that matter, each written into a file that already
+    /// holds awkward assignments, then read back.
+    #[test]
+    fn generated_values_read_back_byte_for_byte() {
+        const ABC: &[char] = &[
+            '$', '\\', '"', '\'', '`', '#', ';', ' ', '=', 'a', 'Z', '{', '}', '%', 'é', '€',
+        ];
+        let base = "A=1\nB=\"two\nlines\"\nC=x\\\ny\n# note\n";
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..3000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 12) as usize;
+            let v: String = (0..len)
+                .map(|i| ABC[((seed >> (i * 4)) % ABC.len() as u64) as usize])
+                .collect();
+            let out = edit(base, &["C"], &[("B", &v), ("V", &v)]).unwrap();
+            assert_eq!(
+                read(&out),
+                pairs(&[("A", "1"), ("B", &v), ("V", &v)]),
+                "{v:?} in {out:?}"
+            );
+        }
+    }
+
     #[test]
     fn what_systemd_cannot_carry_is_refused() {
         for bad in [
