@@ -165,7 +165,7 @@ pub struct Spawn {
     env: Vec<(OsString, OsString)>,
     run_as: Option<RunAs>,
     dir: PathBuf,
-    cancel: Option<fn() -> bool>,
+    stop: Option<fn() -> bool>,
 }
 
 impl Spawn {
@@ -178,7 +178,7 @@ impl Spawn {
             env: Vec::new(),
             run_as: None,
             dir: PathBuf::from("/"),
-            cancel: None,
+            stop: None,
         }
     }
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Spawn {
@@ -205,15 +205,16 @@ impl Spawn {
         self.run_as = Some(who);
         self
     }
-    /// Ends the run early, as at its deadline ([`ExitKind::TimedOut`]), once `cancel` says so
-    /// (checked every few milliseconds): an interrupt a deployment must act on at once.
-    pub fn cancel_when(mut self, cancel: fn() -> bool) -> Spawn {
-        self.cancel = Some(cancel);
-        self
-    }
     /// The working directory (default `/`).
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Spawn {
         self.dir = dir.into();
+        self
+    }
+
+    /// Ends the run early, as at its deadline (its process group killed, [`ExitKind::TimedOut`]),
+    /// as soon as `stop` returns true: a deployment's Ctrl-C does not wait for the child.
+    pub fn stop_when(mut self, stop: fn() -> bool) -> Spawn {
+        self.stop = Some(stop);
         self
     }
 
@@ -279,7 +280,7 @@ impl Spawn {
         let mut child = cmd
             .spawn()
             .map_err(|err| ChildError::Spawn { program, err })?;
-        Ok(supervise(&mut child, end, max_output, self.cancel))
+        Ok(supervise(&mut child, end, max_output, self.stop))
     }
 }
 
@@ -576,7 +577,7 @@ fn poll_and_read(caps: &mut [&mut Capture; 2], wait: Duration, buf: &mut [u8]) {
 
 /// Reads the child's output until it has ended and its pipes are closed (or [`LINGER`]
 /// after its end), or until `end`; then kills its process group and reaps it.
-fn supervise(child: &mut Child, end: Instant, max: usize, cancel: Option<fn() -> bool>) -> Outcome {
+fn supervise(child: &mut Child, end: Instant, max: usize, stop: Option<fn() -> bool>) -> Outcome {
     let pid = child.id() as libc::pid_t;
     let mut out = Capture::new(child.stdout.take(), max);
     let mut err = Capture::new(child.stderr.take(), max);
@@ -591,7 +592,7 @@ fn supervise(child: &mut Child, end: Instant, max: usize, cancel: Option<fn() ->
             break;
         }
         let limit = ended.map_or(end, |t| end.min(t + LINGER));
-        if now >= limit || ended.is_none() && cancel.is_some_and(|f| f()) {
+        if now >= limit || (ended.is_none() && stop.is_some_and(|stop| stop())) {
             break;
         }
         poll_and_read(&mut [&mut out, &mut err], (limit - now).min(TICK), &mut buf);
@@ -693,42 +694,6 @@ mod tests {
         assert_eq!(o.stdout, "a".repeat(1000));
         assert_eq!(o.stderr, "done\n");
         assert!(o.truncated);
-    }
-
-    #[test]
-    fn a_cancelled_run_ends_at_once_with_its_group() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        static STOP: AtomicBool = AtomicBool::new(false);
-        fn stop() -> bool {
-            STOP.load(Ordering::SeqCst)
-        }
-        // Not cancelled: it runs to its end.
-        let o = sh("sleep 0.2; echo done")
-            .cancel_when(stop)
-            .run(10 * SEC, 100)
-            .unwrap();
-        assert_eq!(
-            (o.status, o.stdout.as_str()),
-            (ExitKind::Exited(0), "done\n")
-        );
-        std::thread::spawn(|| {
-            std::thread::sleep(Duration::from_millis(300));
-            STOP.store(true, Ordering::SeqCst);
-        });
-        let t = Instant::now();
-        let o = sh("sleep 30 & echo $!; wait")
-            .cancel_when(stop)
-            .run(60 * SEC, 100)
-            .unwrap();
-        assert_eq!(o.status, ExitKind::TimedOut);
-        assert!(t.elapsed() < 5 * SEC, "{:?}", t.elapsed());
-        // Its background child went with its process group.
-        let pid = o.stdout.trim();
-        let t = Instant::now();
-        while !gone(pid) && t.elapsed() < 5 * SEC {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(gone(pid), "pid {pid} outlived the cancelled run");
     }
 
     #[test]
@@ -859,6 +824,31 @@ mod tests {
         assert!(!gone(&escaped.to_string()));
         // SAFETY: kill has no memory preconditions.
         unsafe { libc::kill(escaped, libc::SIGKILL) };
+    }
+
+    #[test]
+    fn stop_when_ends_the_run_early_and_kills_the_group() {
+        static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        fn stop() -> bool {
+            STOP.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        // Not asked to stop: it runs to its end.
+        let o = sh("echo done").stop_when(stop).run(30 * SEC, 100).unwrap();
+        assert_eq!(o.status, ExitKind::Exited(0));
+        let t = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let start = Instant::now();
+        let o = sh("sleep 100 & echo $!; wait")
+            .stop_when(stop)
+            .run(30 * SEC, 100)
+            .unwrap();
+        t.join().unwrap();
+        assert_eq!(o.status, ExitKind::TimedOut);
+        assert!(start.elapsed() < Duration::from_secs(3));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(gone(o.stdout.trim()), "its process group was not killed");
     }
 
     #[test]

@@ -276,7 +276,7 @@ fn run_binary(binary: &str, args: &[&str], timeout: Duration) -> Result<child::O
     let mut spawn = Spawn::new(binary)
         .args(args)
         .env("TRIBIST_LISTEN", health::listen_address())
-        .cancel_when(interrupt::interrupted);
+        .stop_when(interrupt::interrupted);
     if is_root() {
         let who = RunAs::user(paths::USER_NAME)
             .ok_or_else(|| Fail::failed("there is no user tribist: make install makes it"))?;

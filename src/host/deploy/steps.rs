@@ -189,7 +189,7 @@ pub fn preflight(
     let secs = ctx.preflight.to_string();
     let mut spawn = Spawn::new(paths::HOST_PROGRAM)
         .args(["releases", "preflight", name, release, &secs, env_file])
-        .cancel_when(interrupt::interrupted);
+        .stop_when(interrupt::interrupted);
     if is_root() {
         spawn = spawn.run_as(tribist()?);
     }
@@ -237,7 +237,7 @@ pub fn unit_active(unit: &str) -> bool {
 pub fn systemctl_root(args: &[&str], timeout: Duration, cancellable: bool) -> bool {
     let mut spawn = Spawn::new("/usr/bin/systemctl").args(args);
     if cancellable {
-        spawn = spawn.cancel_when(interrupt::interrupted);
+        spawn = spawn.stop_when(interrupt::interrupted);
     }
     match spawn.run(timeout, 16 * 1024) {
         Ok(o) if o.status == ExitKind::Exited(0) => true,
