@@ -25,8 +25,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 const MAX_WORKERS: usize = 256;
 
-/// Help text for `server --help`; it is also the reference of every variable.
-pub const HELP: &str = "\
+/// `server --help` before its variables (crate::settings describes each).
+const HELP_HEAD: &str = "\
 tribist API server: GET /health checks PostgreSQL, GET /livez checks the process only.
 
 usage: server [--env-file FILE]       serve
@@ -46,35 +46,20 @@ FILE is in systemd's EnvironmentFile= format (/etc/tribist/env); variables set i
 environment override the file's.
 
 Configuration comes from the environment:
-  DATABASE_URL              PostgreSQL connection, URL (postgres://user:pass@host:5432/db)
-                            or key=value form (host=/run/postgresql user=tribist dbname=tribist).
-                            When unset, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD
-                            and PGDATABASE are used instead (PGHOST defaults to
-                            /var/run/postgresql, PGUSER to $USER).
-                            TLS as libpq means it: sslmode=disable|allow|prefer (default)|
-                            require|verify-ca|verify-full and sslrootcert=PATH|system in the
-                            URL's parameters (PGSSLMODE, PGSSLROOTCERT with the PG* variables);
-                            the verify modes use the system's CA store without sslrootcert.
-  TRIBIST_LISTEN            address to listen on            (default 127.0.0.1:8383)
-                            when systemd passes no socket; under tribist.socket the
-                            socket's address applies (make install LISTEN=ADDR:PORT)
-  TRIBIST_WORKERS           request worker threads, 1-256   (default 16)
-  TRIBIST_DB_TIMEOUT        bound on each database check    (default 2s; e.g. 500ms, 1.5s)
-  TRIBIST_SHUTDOWN_TIMEOUT  bound on graceful shutdown      (default 10s)
-  TRIBIST_KEEPALIVE_MAX     a keep-alive connection's first request this long ago, the
-                            next answer says Connection: close (default 10min; 1min-1h)
-  TRIBIST_IDLE_TIMEOUT      a connection that sent and received nothing this long is
-                            closed (default 75s; 1s-1h)
-  TRIBIST_MAX_HEADER_BYTES  a larger request header section is answered 431
-                            (default 16384; 1024-1048576)
-  TRIBIST_LOG_LEVEL         error, warn, info, debug, trace (default info)
-  TRIBIST_ADDRESS_FILE      for the deploy kit, not a setting: once listening, write the
-                            address listened on (127.0.0.1:PORT) to this file, atomically
+";
 
+/// `server --help` after its variables.
+const HELP_TAIL: &str = "
 On start the server writes its pid to ./PID; SIGTERM or SIGINT drains in-flight requests,
 removes ./PID and exits 0. Exit codes: 1 runtime failure, 2 bad configuration, 3 another
 server already runs in this directory; 4 and 5 as --check-config above.
 ";
+
+/// Help text for `server --help`; it is also the reference of every variable, whose lines
+/// come from `settings::SETTINGS`.
+pub fn help() -> String {
+    format!("{HELP_HEAD}{}{HELP_TAIL}", crate::settings::help())
+}
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -206,26 +191,6 @@ impl Config {
     }
 }
 
-/// Every variable the server reads, in `--help`'s order.
-pub const VARIABLES: &[&str] = &[
-    "DATABASE_URL",
-    "PGHOST",
-    "PGPORT",
-    "PGUSER",
-    "PGPASSWORD",
-    "PGDATABASE",
-    "PGSSLMODE",
-    "PGSSLROOTCERT",
-    "TRIBIST_LISTEN",
-    "TRIBIST_WORKERS",
-    "TRIBIST_DB_TIMEOUT",
-    "TRIBIST_SHUTDOWN_TIMEOUT",
-    "TRIBIST_KEEPALIVE_MAX",
-    "TRIBIST_IDLE_TIMEOUT",
-    "TRIBIST_MAX_HEADER_BYTES",
-    "TRIBIST_LOG_LEVEL",
-];
-
 impl Config {
     /// One `NAME=value` line per setting, as this configuration has it: what `get` set (the
     /// database password masked), else the default, marked so. PG* variables appear only when
@@ -233,7 +198,11 @@ impl Config {
     pub fn effective(&self, get: impl Fn(&str) -> Option<String>) -> Vec<String> {
         let set = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         let mut lines = Vec::new();
-        for &name in VARIABLES {
+        let settings = crate::settings::SETTINGS.iter();
+        for name in settings
+            .filter(|s| s.source != crate::settings::Source::Kit)
+            .map(|s| s.name)
+        {
             let effective = match name {
                 "TRIBIST_LISTEN" => Some(self.listen.to_string()),
                 "TRIBIST_WORKERS" => Some(self.workers.to_string()),
@@ -266,11 +235,11 @@ impl Config {
 /// part of it) and every `password=` query parameter; in a `key=value` string the value of
 /// `password`, quoted or with backslash escapes. Masking more than needed is fine; less is not.
 pub fn mask_secret(name: &str, value: &str) -> String {
-    if name == "PGPASSWORD" {
-        return "***".into();
-    }
-    if name != "DATABASE_URL" {
-        return value.to_string();
+    use crate::settings::Secret;
+    match crate::settings::get(name).map(|s| s.secret) {
+        Some(Secret::Whole) => return "***".into(),
+        Some(Secret::Password) => {}
+        Some(Secret::No) | None => return value.to_string(),
     }
     for scheme in ["postgres://", "postgresql://"] {
         if let Some(rest) = value.strip_prefix(scheme) {

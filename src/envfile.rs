@@ -23,6 +23,21 @@ pub struct EnvFile {
     /// Lines systemd skips (no `=`, or not a variable name): by number, never by content,
     /// which may hold a secret.
     pub ignored: Vec<usize>,
+    /// Every `KEY=…` of the text, valid name or not, with the bytes it spans as the parser
+    /// read them (continuation lines and quoted newlines included): what `settings::edit`
+    /// removes when it replaces or unsets a variable.
+    pub entries: Vec<Entry>,
+}
+
+/// One `KEY=VALUE` as the parser read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The key, blanks around it trimmed; systemd takes it only if it is a variable's name
+    /// (`export NAME`, for one, it skips).
+    pub key: String,
+    /// From the key's first character to just after the line end that ends the value (or
+    /// the end of the text): removing these bytes leaves the rest of the file read as before.
+    pub span: std::ops::Range<usize>,
 }
 
 /// A port of systemd 252's `parse_env_file_internal` state machine (`src/basic/env-file.c`).
@@ -48,14 +63,21 @@ pub fn parse(text: &str) -> EnvFile {
     // Where trailing blanks of the key and of an unquoted value begin (systemd's
     // last_key_whitespace and last_value_whitespace).
     let (mut key_blanks, mut value_blanks): (Option<usize>, Option<usize>) = (None, None);
+    // Where the current key began, in bytes.
+    let mut key_start = 0usize;
     let push = |out: &mut EnvFile,
                 key: &mut String,
                 value: &mut String,
                 key_blanks: Option<usize>,
-                line: usize| {
+                line: usize,
+                span: std::ops::Range<usize>| {
         if let Some(at) = key_blanks {
             key.truncate(at);
         }
+        out.entries.push(Entry {
+            key: key.clone(),
+            span,
+        });
         if valid_name(key) {
             out.vars.push((std::mem::take(key), std::mem::take(value)));
         } else {
@@ -64,13 +86,15 @@ pub fn parse(text: &str) -> EnvFile {
             value.clear();
         }
     };
-    for c in text.chars() {
+    for (at, c) in text.char_indices() {
+        let after = at + c.len_utf8();
         match state {
             S::PreKey => {
                 if c == '#' || c == ';' {
                     state = S::Comment;
                 } else if !WHITESPACE.contains(&c) {
                     state = S::Key;
+                    key_start = at;
                     key_blanks = None;
                     key.push(c);
                 } else if c == '\n' {
@@ -97,7 +121,14 @@ pub fn parse(text: &str) -> EnvFile {
             }
             S::PreValue => {
                 if NEWLINE.contains(&c) {
-                    push(&mut out, &mut key, &mut value, key_blanks, line);
+                    push(
+                        &mut out,
+                        &mut key,
+                        &mut value,
+                        key_blanks,
+                        line,
+                        key_start..after,
+                    );
                     state = S::PreKey;
                     line += usize::from(c == '\n');
                 } else if c == '\'' {
@@ -116,7 +147,14 @@ pub fn parse(text: &str) -> EnvFile {
                     if let Some(at) = value_blanks {
                         value.truncate(at);
                     }
-                    push(&mut out, &mut key, &mut value, key_blanks, line);
+                    push(
+                        &mut out,
+                        &mut key,
+                        &mut value,
+                        key_blanks,
+                        line,
+                        key_start..after,
+                    );
                     state = S::PreKey;
                     line += usize::from(c == '\n');
                 } else if c == '\\' {
@@ -190,7 +228,14 @@ pub fn parse(text: &str) -> EnvFile {
                     value.truncate(at);
                 }
             }
-            push(&mut out, &mut key, &mut value, key_blanks, line);
+            push(
+                &mut out,
+                &mut key,
+                &mut value,
+                key_blanks,
+                line,
+                key_start..text.len(),
+            );
         }
         S::Key => out.ignored.push(line),
         _ => {}
@@ -269,6 +314,30 @@ mod tests {
         assert_eq!(get(&f.vars, "A"), Some("x"));
         assert_eq!(get(&f.vars, "B"), None);
         assert_eq!(get(&f.vars, "C"), Some("z"));
+    }
+
+    #[test]
+    fn each_assignment_spans_exactly_its_bytes() {
+        let text = "# c\n  A=1\nexport B=2\nC=\"x\ny\" \nD=a\\\nb\nE='q'";
+        let f = parse(text);
+        let spans: Vec<(&str, &str)> = f
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), &text[e.span.clone()]))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                ("A", "A=1\n"),
+                ("export B", "export B=2\n"),
+                ("C", "C=\"x\ny\" \n"),
+                ("D", "D=a\\\nb\n"),
+                ("E", "E='q'"),
+            ]
+        );
+        // systemd skips `export B`; the entry is there all the same, for an edit to remove.
+        assert_eq!(get(&f.vars, "B"), None);
+        assert_eq!(get(&f.vars, "D"), Some("ab"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod pidfile;
 pub mod pool_watch;
 pub mod server;
+pub mod settings;
 pub mod single_flight;
 pub mod systemd;
 pub mod tls;

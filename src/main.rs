@@ -82,7 +82,7 @@ fn load_config(env_file: Option<&str>) -> Result<Config, Error> {
 fn run() -> Result<(), Error> {
     match parse_args(std::env::args().skip(1))? {
         Command::Help => {
-            print!("{}", config::HELP);
+            print!("{}", config::help());
             Ok(())
         }
         Command::Version => {

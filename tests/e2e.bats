@@ -1362,3 +1362,40 @@ SWAP
   run on_host "curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:8383/health"
   assert_output 200
 }
+
+@test "a host the bash kit set up (the service as tribist) moves to the host program with make install" {
+  local old=$BATS_TEST_TMPDIR/kit pid
+  # The last kit in bash alone (f347aaa: before tribist-host and tribistd), shipping this
+  # release's binary: its scripts and units, its remote.sh.
+  git -C "$REPO" cat-file -e 'f347aaa^{commit}' 2>/dev/null || skip "commit f347aaa (the bash kit) is not in this clone"
+  mkdir -p "$old"
+  git -C "$REPO" archive f347aaa | tar -x -C "$old"
+  deploy uninstall HOST="root@$C" SSH_OPTS="-F $CFG" PURGE=1 YES=1 >/dev/null
+  run env HOST="root@$C" SSH_OPTS="-F $CFG" BIN="$RELEASE" DATABASE_URL_FILE="$BATS_FILE_TMPDIR/database_url" \
+    DEPLOY_KEY="$BATS_FILE_TMPDIR/deploy_key.pub" "$old/sbin/remote.sh" install
+  assert_success
+  pid=$(on "$C" systemctl show -p MainPID --value tribist)
+  assert_equal "$(on "$C" ps -o user= -p "$pid")" tribist
+  on "$C" "test -x /home/tribist/bin/releases.sh && ! test -e /home/tribist/bin/tribist-host && ! id tribistd"
+  # This kit's install, with nothing but the host: the service moves to its own user and to
+  # root's verified copy, the layout is the table's, the old script is gone, the key stays.
+  run timed "make install over the bash kit" deploy install HOST="root@$C" SSH_OPTS="-F $CFG"
+  assert_success
+  assert_output --partial "created user tribistd"
+  refute_output --partial "moved aside"
+  pid=$(on "$C" systemctl show -p MainPID --value tribist)
+  assert_equal "$(on "$C" ps -o user= -p "$pid")" tribistd
+  assert_equal "$(on "$C" readlink /proc/"$pid"/exe)" /var/lib/tribist-deploy/bin/server
+  run on "$C" "/home/tribist/bin/tribist-host layout"
+  assert_success
+  run on "$C" "test -e /home/tribist/bin/releases.sh"
+  assert_failure
+  run deploy upgrade HOST="tribist@$C" SSH_OPTS="$(as_tribist)" BIN="$BATS_FILE_TMPDIR/server-b"
+  assert_success
+  assert_equal "$(serving "$C")" "$(release_of "$BATS_FILE_TMPDIR/server-b")"
+  run deploy config HOST="root@$C" SSH_OPTS="-F $CFG" SET=TRIBIST_WORKERS=4
+  assert_success
+  assert_output --partial "configuration OK: 4 workers"
+  run on "$C" "grep -c ' action=install .* result=ok$' /var/lib/tribist-deploy/audit.log"
+  assert_output 2
+}

@@ -9,7 +9,18 @@ use super::{health, interrupt, warn, Ctx, Exit, Fail, Result, PROG};
 
 /// The commands this module runs; `tribist-host` hands these to [`main`].
 pub const COMMANDS: &[&str] = &[
-    "status", "summary", "serving", "releases", "logs", "follow", "audit", "unlock",
+    "install",
+    "uninstall",
+    "config",
+    "config-stash",
+    "status",
+    "summary",
+    "serving",
+    "releases",
+    "logs",
+    "follow",
+    "audit",
+    "unlock",
 ];
 
 /// Whether `tribist-host COMMAND REST…` is a deployment command ([`main`]'s): a name in
@@ -114,7 +125,7 @@ pub fn main(args: &[String]) -> ExitCode {
             if !fail.message.is_empty() {
                 warn(&fail.message);
             }
-            if fail.exit == Exit::Usage {
+            if fail.exit == Exit::Usage && !fail.message.is_empty() {
                 eprintln!("try: {PROG} --help");
             }
             ExitCode::from(fail.exit as u8)
@@ -123,23 +134,29 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 /// One arm per command, as deploy.sh's `main` had them.
-fn dispatch(_ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
+fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
     use super::{logs, records, report, unlock};
-    match (cmd, rest.len()) {
-        ("status", 0) => return report::cmd_status(),
-        ("summary", 0) => return report::cmd_summary(),
-        ("serving", 0) => return report::cmd_serving(),
-        ("releases", 0) => return report::cmd_releases(),
-        ("logs", 0..=3) => return logs::cmd_logs(rest),
-        ("follow", 0..=3) => return logs::cmd_follow(rest),
-        ("audit", 0 | 1) => return records::cmd_audit(rest),
-        ("unlock", 0) => return unlock::cmd_unlock(),
-        _ => {}
+    match (cmd, rest) {
+        ("install", [bundle]) => super::install::install(ctx, bundle),
+        ("uninstall", []) => super::uninstall::uninstall(ctx, false),
+        ("uninstall", [purge]) if purge == "--purge" => super::uninstall::uninstall(ctx, true),
+        ("uninstall", [_]) => Err(Fail::usage("uninstall takes only --purge")),
+        ("config", []) => super::envconf::config_show(),
+        ("config", args) => super::envconf::config_change(ctx, args),
+        ("config-stash", []) => super::envconf::config_stash(),
+        ("status", []) => report::cmd_status(),
+        ("summary", []) => report::cmd_summary(),
+        ("serving", []) => report::cmd_serving(),
+        ("releases", []) => report::cmd_releases(),
+        ("logs", r) if r.len() <= 3 => logs::cmd_logs(rest),
+        ("follow", r) if r.len() <= 3 => logs::cmd_follow(rest),
+        ("audit", r) if r.len() <= 1 => records::cmd_audit(rest),
+        ("unlock", []) => unlock::cmd_unlock(),
+        _ => Err(Fail::usage(format!(
+            "unknown command or wrong arguments: '{}'",
+            super::shown(cmd, 40)
+        ))),
     }
-    Err(Fail::usage(format!(
-        "unknown command or wrong arguments: '{}'",
-        super::shown(cmd, 40)
-    )))
 }
 
 #[cfg(test)]

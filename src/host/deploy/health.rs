@@ -9,29 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::{paths, unit_property};
 
-/// Whether `s` is `IPv4:PORT` or `[IPv6]:PORT` with a port from 1 to 65535.
-pub fn valid_listen(s: &str) -> bool {
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return false;
-    };
-    let port_ok = !port.is_empty()
-        && port.len() <= 5
-        && port.bytes().all(|b| b.is_ascii_digit())
-        && matches!(port.parse::<u32>(), Ok(1..=65535));
-    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        (2..=45).contains(&inner.len())
-            && inner
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-    } else {
-        let parts: Vec<&str> = host.split('.').collect();
-        parts.len() == 4
-            && parts
-                .iter()
-                .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    port_ok && host_ok
-}
+/// The listen-address rule is the settings' (one place for the server and the kit).
+pub use crate::settings::valid_listen;
 
 /// The address tribist.socket listens on, else the default.
 pub fn listen_address() -> String {

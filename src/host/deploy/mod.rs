@@ -14,12 +14,18 @@
 //! be redirected.
 
 pub mod cli;
+pub mod envconf;
 pub mod health;
+pub mod hostlayout;
+pub mod install;
 pub mod interrupt;
+pub mod listen;
 pub mod logs;
 pub mod paths;
 pub mod records;
 pub mod report;
+pub mod steps;
+pub mod uninstall;
 pub mod unlock;
 
 use std::fmt;
