@@ -165,6 +165,7 @@ pub struct Spawn {
     env: Vec<(OsString, OsString)>,
     run_as: Option<RunAs>,
     dir: PathBuf,
+    stop: Option<fn() -> bool>,
 }
 
 impl Spawn {
@@ -177,6 +178,7 @@ impl Spawn {
             env: Vec::new(),
             run_as: None,
             dir: PathBuf::from("/"),
+            stop: None,
         }
     }
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Spawn {
@@ -206,6 +208,13 @@ impl Spawn {
     /// The working directory (default `/`).
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Spawn {
         self.dir = dir.into();
+        self
+    }
+
+    /// Ends the run early, as at its deadline (its process group killed, [`ExitKind::TimedOut`]),
+    /// as soon as `stop` returns true: a deployment's Ctrl-C does not wait for the child.
+    pub fn stop_when(mut self, stop: fn() -> bool) -> Spawn {
+        self.stop = Some(stop);
         self
     }
 
@@ -271,7 +280,7 @@ impl Spawn {
         let mut child = cmd
             .spawn()
             .map_err(|err| ChildError::Spawn { program, err })?;
-        Ok(supervise(&mut child, end, max_output))
+        Ok(supervise(&mut child, end, max_output, self.stop))
     }
 }
 
@@ -568,7 +577,7 @@ fn poll_and_read(caps: &mut [&mut Capture; 2], wait: Duration, buf: &mut [u8]) {
 
 /// Reads the child's output until it has ended and its pipes are closed (or [`LINGER`]
 /// after its end), or until `end`; then kills its process group and reaps it.
-fn supervise(child: &mut Child, end: Instant, max: usize) -> Outcome {
+fn supervise(child: &mut Child, end: Instant, max: usize, stop: Option<fn() -> bool>) -> Outcome {
     let pid = child.id() as libc::pid_t;
     let mut out = Capture::new(child.stdout.take(), max);
     let mut err = Capture::new(child.stderr.take(), max);
@@ -583,7 +592,7 @@ fn supervise(child: &mut Child, end: Instant, max: usize) -> Outcome {
             break;
         }
         let limit = ended.map_or(end, |t| end.min(t + LINGER));
-        if now >= limit {
+        if now >= limit || (ended.is_none() && stop.is_some_and(|stop| stop())) {
             break;
         }
         poll_and_read(&mut [&mut out, &mut err], (limit - now).min(TICK), &mut buf);
@@ -815,6 +824,31 @@ mod tests {
         assert!(!gone(&escaped.to_string()));
         // SAFETY: kill has no memory preconditions.
         unsafe { libc::kill(escaped, libc::SIGKILL) };
+    }
+
+    #[test]
+    fn stop_when_ends_the_run_early_and_kills_the_group() {
+        static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        fn stop() -> bool {
+            STOP.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        // Not asked to stop: it runs to its end.
+        let o = sh("echo done").stop_when(stop).run(30 * SEC, 100).unwrap();
+        assert_eq!(o.status, ExitKind::Exited(0));
+        let t = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let start = Instant::now();
+        let o = sh("sleep 100 & echo $!; wait")
+            .stop_when(stop)
+            .run(30 * SEC, 100)
+            .unwrap();
+        t.join().unwrap();
+        assert_eq!(o.status, ExitKind::TimedOut);
+        assert!(start.elapsed() < Duration::from_secs(3));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(gone(o.stdout.trim()), "its process group was not killed");
     }
 
     #[test]

@@ -5,10 +5,18 @@
 
 use std::process::ExitCode;
 
-use super::{health, interrupt, warn, Ctx, Exit, Fail, Result, PROG};
+use super::{health, interrupt, switch, unit, warn, Ctx, Exit, Fail, Result, PROG};
 
 /// The commands this module runs; `tribist-host` hands these to [`main`].
-pub const COMMANDS: &[&str] = &[];
+pub const COMMANDS: &[&str] = &[
+    "receive",
+    "upgrade",
+    "rollback",
+    "start",
+    "stop",
+    "on-start",
+    "on-reload",
+];
 
 /// Parses the options into `ctx`; returns the command and its arguments.
 pub fn parse(ctx: &mut Ctx, args: &[String]) -> Result<(String, Vec<String>)> {
@@ -112,12 +120,23 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 /// One arm per command, as deploy.sh's `main` had them.
-fn dispatch(_ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
-    let _ = rest;
-    Err(Fail::usage(format!(
-        "unknown command or wrong arguments: '{}'",
-        super::shown(cmd, 40)
-    )))
+fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    match (cmd, rest.as_slice()) {
+        ("receive", [sum]) => switch::receive(ctx, sum),
+        ("upgrade", [upload]) => switch::upgrade(ctx, upload),
+        ("rollback", []) => switch::rollback(ctx),
+        ("rollback", ["--to", prefix]) => switch::rollback_to(ctx, prefix),
+        ("rollback", [_, _]) => Err(Fail::usage("rollback takes only --to PREFIX")),
+        ("start", []) => switch::service(ctx, true),
+        ("stop", []) => switch::service(ctx, false),
+        ("on-start", []) => unit::on_start(ctx),
+        ("on-reload", []) => unit::on_reload(ctx),
+        _ => Err(Fail::usage(format!(
+            "unknown command or wrong arguments: '{}'",
+            super::shown(cmd, 40)
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +171,27 @@ mod tests {
         assert_eq!(ctx.by, "alice@laptop");
         assert_eq!(ctx.host(), "root@app1");
         assert_eq!(ctx.preflight, 0);
+    }
+
+    #[test]
+    fn misuse_of_a_command_is_refused_before_anything_runs() {
+        for bad in [
+            &["upgrade", "onlyone"][..],
+            &["upgrade"],
+            &["upgrade", ".upload.abc123", "x"],
+            &["receive", "not-a-sha"],
+            &["receive", &"A".repeat(64)],
+            &["rollback", "--from", "abc"],
+            &["rollback", "--to", "x;id"],
+            &["start", "now"],
+            &["on-start", "x"],
+            &["frobnicate"],
+        ] {
+            let mut ctx = Ctx::new();
+            let (cmd, rest) = parse(&mut ctx, &strings(bad)).unwrap();
+            let err = dispatch(&mut ctx, &cmd, &rest).unwrap_err();
+            assert_eq!(err.exit, Exit::Usage, "{bad:?}: {}", err.message);
+        }
     }
 
     #[test]

@@ -13,10 +13,16 @@
 //! tribist can create, rename or replace — except through `fsx`'s descriptors, which cannot
 //! be redirected.
 
+pub mod binary;
 pub mod cli;
+pub mod handover;
 pub mod health;
 pub mod interrupt;
 pub mod paths;
+pub mod session;
+pub mod switch;
+pub mod unit;
+pub mod verified;
 
 use std::fmt;
 use std::fs::File;
