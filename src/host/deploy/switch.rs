@@ -534,6 +534,26 @@ pub fn keep_release(ctx: &Ctx, id: &str) {
     }
 }
 
+/// [`keep_release`], when what is kept is what serves: as root, `api/server` (what `keep`
+/// links into releases/) must be the bytes of root's copy that runs, or a later `rollback
+/// --to` would bring back other bytes under this id.
+fn keep_served(ctx: &Ctx, id: &str) {
+    if is_root() {
+        if let Ok(c) = Copies::host() {
+            if let (Some(api), Some(running)) = (c.api_digest("server"), c.running_digest()) {
+                if api != running {
+                    warn(&format!(
+                        "not keeping release {id}: {}/server is not the binary that serves (its bytes changed after root's copy was taken); it serves all the same",
+                        paths::API_DIR
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+    keep_release(ctx, id);
+}
+
 /// Whether install finished here: the unit, and a binary in api/.
 fn installed() -> std::result::Result<(), String> {
     if !std::path::Path::new(paths::UNIT_FILE).exists() {
@@ -672,7 +692,7 @@ pub fn service(ctx: &mut Ctx, start: bool) -> Result<Exit> {
     };
     let session = session::lock(ctx, action, None)?;
     let mut d = Deployment::new(ctx, session, Switching::Idle);
-    d.need_installed(None)?;
+    d.need_installed()?;
     d.describe_installed()?;
     d.ctx.release_to = d.ctx.release_from.clone();
     d.checkpoint()?;
@@ -767,7 +787,7 @@ impl<'a> Deployment<'a> {
     }
 
     /// Refuses (exit 5) to switch on a host where install never finished.
-    fn need_installed(&mut self, _upload: Option<&str>) -> Result<()> {
+    fn need_installed(&mut self) -> Result<()> {
         if let Err(missing) = installed() {
             self.discard_upload();
             self.ctx.audit(Outcome::RefusedNotInstalled);
@@ -790,7 +810,7 @@ impl<'a> Deployment<'a> {
     /// Everything of an upgrade after the lock: root's copy, what it is, the preflight, stage,
     /// switch, health, commit or revert.
     fn switch_to_upload(&mut self, upload: &str, done_word: &str) -> Result<Exit> {
-        self.need_installed(Some(upload))?;
+        self.need_installed()?;
         // Root's copy first: everything below checks and runs it, and the start or reload
         // step installs it.
         let copies = if is_root() {
@@ -920,7 +940,7 @@ impl<'a> Deployment<'a> {
                 self.switching = Switching::Idle;
                 relay(&releases(&["commit"])?);
                 self.ctx.audit(Outcome::Ok);
-                keep_release(self.ctx, &id);
+                keep_served(self.ctx, &id);
                 say(&format!("{done_word}: release {id} is serving"));
                 return Ok(Exit::Ok);
             }
@@ -991,7 +1011,7 @@ impl<'a> Deployment<'a> {
 
     /// A plain rollback: server.prev back.
     fn rollback(&mut self) -> Result<Exit> {
-        self.need_installed(None)?;
+        self.need_installed()?;
         self.describe_installed()?;
         let from = self.release_before();
         let has_prev = Dir::open(paths::API_DIR)
@@ -1066,7 +1086,7 @@ impl<'a> Deployment<'a> {
         }
         self.switching = Switching::Idle;
         self.ctx.audit(Outcome::Ok);
-        keep_release(self.ctx, &to);
+        keep_served(self.ctx, &to);
         say(&format!("rolled back: release {to} is serving"));
         say(&format!(
             "(make rollback again swaps back to {from}, the release just left; make rollback TO=ID goes to any kept release: make releases lists them)"
