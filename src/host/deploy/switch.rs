@@ -810,6 +810,7 @@ impl<'a> Deployment<'a> {
     /// Everything of an upgrade after the lock: root's copy, what it is, the preflight, stage,
     /// switch, health, commit or revert.
     fn switch_to_upload(&mut self, upload: &str, done_word: &str) -> Result<Exit> {
+        self.checkpoint()?;
         self.need_installed()?;
         // Root's copy first: everything below checks and runs it, and the start or reload
         // step installs it.
