@@ -464,6 +464,16 @@ fn switch_and_wait(ctx: &Ctx, want: Option<&str>, target: &mut Facts) -> Waited 
 
 // --- the preflight, keeping, the installed check ----------------------------------------------
 
+/// How long `releases preflight` may take in all: it first reads the binary's description
+/// (up to the 10 s a binary has to answer `--describe`), then gives it `secs`, then stops it
+/// (SIGTERM, then SIGKILL): deploy.sh's `secs + 10` cut a hanging release off before it said
+/// why.
+pub fn preflight_bound(secs: u32) -> Duration {
+    // 10 s: the deadline src/host/releases/describe.rs gives `--describe`; 15 s for the
+    // binary's stop and the start of either.
+    Duration::from_secs(u64::from(secs) + 10 + 15)
+}
+
 /// Runs binary `name` (as `releases` names it: an upload, a slot of api/ or root's copy)
 /// beside the serving one, with environment file `env_file`, as tribist, for up to
 /// `--preflight` seconds (`tribist-host releases preflight`); prints what it says, indented.
@@ -488,11 +498,7 @@ pub fn preflight(ctx: &Ctx, name: &str, release: &str, env_file: &str) -> Result
         paths::HOST_PROGRAM,
         &["releases", "preflight", name, release, &secs, env_file],
     )?;
-    let o = run(
-        spawn,
-        "the preflight",
-        Duration::from_secs(u64::from(ctx.preflight) + 10),
-    )?;
+    let o = run(spawn, "the preflight", preflight_bound(ctx.preflight))?;
     let mut said = o.stdout.clone();
     said.push_str(&o.stderr);
     if !said.trim().is_empty() {
@@ -1202,6 +1208,13 @@ mod tests {
             rollback_restore(Some("c"), "b", "a"),
             RollbackRestore::SwapBackAndRestart
         );
+    }
+
+    #[test]
+    fn the_preflight_has_time_to_say_why() {
+        // Its description (10 s for a binary that hangs on --describe), its SECONDS, its stop.
+        assert!(preflight_bound(3) >= Duration::from_secs(3 + 10 + 5));
+        assert!(preflight_bound(0) < Duration::from_secs(60));
     }
 
     #[test]
