@@ -1815,7 +1815,7 @@ cmd_uninstall() {
 
 # The commands the host program (tribist-host, beside this script) runs now, with the very
 # same arguments: issue 18 moves them out of bash one by one.
-readonly PORTED=(install uninstall config config-stash status summary serving releases logs follow audit unlock)
+readonly PORTED=(install uninstall config config-stash status summary serving releases logs follow audit unlock receive upgrade rollback start stop on-start on-reload)
 
 main() {
   cd /

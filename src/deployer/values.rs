@@ -386,27 +386,11 @@ pub fn hosts_list(hosts: &str, command: &str) -> Checked<Vec<String>> {
     Ok(list)
 }
 
-/// The settings `make config` may set or unset (deploy.sh's config_name_ok says the same):
-/// never the address (LISTEN=) or a password (DATABASE_URL_FILE=).
-// TODO(lead): once src/settings.rs (branch port-install) is on main, use its settable().
-const SETTABLE: &[&str] = &[
-    "TRIBIST_WORKERS",
-    "TRIBIST_DB_TIMEOUT",
-    "TRIBIST_SHUTDOWN_TIMEOUT",
-    "TRIBIST_KEEPALIVE_MAX",
-    "TRIBIST_IDLE_TIMEOUT",
-    "TRIBIST_MAX_HEADER_BYTES",
-    "TRIBIST_LOG_LEVEL",
-    "PGHOST",
-    "PGPORT",
-    "PGUSER",
-    "PGDATABASE",
-    "PGSSLMODE",
-    "PGSSLROOTCERT",
-];
-
+/// The settings `make config` may set or unset: never the address (LISTEN=) or a password
+/// (DATABASE_URL_FILE=). The one list is `crate::settings`, which the server and the host's
+/// `config` read too.
 pub fn settable(name: &str) -> bool {
-    SETTABLE.contains(&name)
+    crate::settings::settable().any(|n| n == name)
 }
 
 /// deploy.sh's `--set NAME=VALUE` and `--unset NAME` words from SET and UNSET.

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use super::{health, interrupt, warn, Ctx, Exit, Fail, Result, PROG};
+use super::{health, interrupt, switch, unit, warn, Ctx, Exit, Fail, Result, PROG};
 
 /// The commands this module runs; `tribist-host` hands these to [`main`].
 pub const COMMANDS: &[&str] = &[
@@ -21,6 +21,13 @@ pub const COMMANDS: &[&str] = &[
     "follow",
     "audit",
     "unlock",
+    "receive",
+    "upgrade",
+    "rollback",
+    "start",
+    "stop",
+    "on-start",
+    "on-reload",
 ];
 
 /// Whether `tribist-host COMMAND REST…` is a deployment command ([`main`]'s): a name in
@@ -136,13 +143,14 @@ pub fn main(args: &[String]) -> ExitCode {
 /// One arm per command, as deploy.sh's `main` had them.
 fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
     use super::{logs, records, report, unlock};
-    match (cmd, rest) {
+    let words: Vec<&str> = rest.iter().map(String::as_str).collect();
+    match (cmd, words.as_slice()) {
         ("install", [bundle]) => super::install::install(ctx, bundle),
         ("uninstall", []) => super::uninstall::uninstall(ctx, false),
-        ("uninstall", [purge]) if purge == "--purge" => super::uninstall::uninstall(ctx, true),
+        ("uninstall", ["--purge"]) => super::uninstall::uninstall(ctx, true),
         ("uninstall", [_]) => Err(Fail::usage("uninstall takes only --purge")),
         ("config", []) => super::envconf::config_show(),
-        ("config", args) => super::envconf::config_change(ctx, args),
+        ("config", _) => super::envconf::config_change(ctx, rest),
         ("config-stash", []) => super::envconf::config_stash(),
         ("status", []) => report::cmd_status(),
         ("summary", []) => report::cmd_summary(),
@@ -152,6 +160,15 @@ fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
         ("follow", r) if r.len() <= 3 => logs::cmd_follow(rest),
         ("audit", r) if r.len() <= 1 => records::cmd_audit(rest),
         ("unlock", []) => unlock::cmd_unlock(),
+        ("receive", [sum]) => switch::receive(ctx, sum),
+        ("upgrade", [upload]) => switch::upgrade(ctx, upload),
+        ("rollback", []) => switch::rollback(ctx),
+        ("rollback", ["--to", prefix]) => switch::rollback_to(ctx, prefix),
+        ("rollback", [_, _]) => Err(Fail::usage("rollback takes only --to PREFIX")),
+        ("start", []) => switch::service(ctx, true),
+        ("stop", []) => switch::service(ctx, false),
+        ("on-start", []) => unit::on_start(ctx),
+        ("on-reload", []) => unit::on_reload(ctx),
         _ => Err(Fail::usage(format!(
             "unknown command or wrong arguments: '{}'",
             super::shown(cmd, 40)
@@ -206,6 +223,27 @@ mod tests {
             ("--help", none, false),
         ] {
             assert_eq!(handles(cmd, rest), ours, "{cmd} {rest:?}");
+        }
+    }
+
+    #[test]
+    fn misuse_of_a_command_is_refused_before_anything_runs() {
+        for bad in [
+            &["upgrade", "onlyone"][..],
+            &["upgrade"],
+            &["upgrade", ".upload.abc123", "x"],
+            &["receive", "not-a-sha"],
+            &["receive", &"A".repeat(64)],
+            &["rollback", "--from", "abc"],
+            &["rollback", "--to", "x;id"],
+            &["start", "now"],
+            &["on-start", "x"],
+            &["frobnicate"],
+        ] {
+            let mut ctx = Ctx::new();
+            let (cmd, rest) = parse(&mut ctx, &strings(bad)).unwrap();
+            let err = dispatch(&mut ctx, &cmd, &rest).unwrap_err();
+            assert_eq!(err.exit, Exit::Usage, "{bad:?}: {}", err.message);
         }
     }
 

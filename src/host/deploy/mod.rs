@@ -13,8 +13,10 @@
 //! tribist can create, rename or replace — except through `fsx`'s descriptors, which cannot
 //! be redirected.
 
+pub mod binary;
 pub mod cli;
 pub mod envconf;
+pub mod handover;
 pub mod health;
 pub mod hostlayout;
 pub mod install;
@@ -24,9 +26,13 @@ pub mod logs;
 pub mod paths;
 pub mod records;
 pub mod report;
+pub mod session;
 pub mod steps;
+pub mod switch;
 pub mod uninstall;
+pub mod unit;
 pub mod unlock;
+pub mod verified;
 
 use std::fmt;
 use std::fs::File;
