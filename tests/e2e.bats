@@ -10,10 +10,12 @@ REPO=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
 HOSTSH="$REPO/tests/e2e/host.sh"
 # What make release builds and make install/upgrade ship by default.
 RELEASE="$REPO/${RELEASE_BIN:-target/x86_64-unknown-linux-gnu/release/server}"
-A=tribe2ea
-B=tribe2eb
+# TRIBIST_E2E_NAMES (with TRIBIST_E2E_RUN and TRIBIST_E2E_NETNS, see host.sh) runs a second
+# suite beside this one.
+A=${TRIBIST_E2E_NAMES:-tribe2e}a
+B=${TRIBIST_E2E_NAMES:-tribe2e}b
 # A fresh host for a newcomer's first day (the README's walk), then stop/start, status and logs.
-C=tribe2ec
+C=${TRIBIST_E2E_NAMES:-tribe2e}c
 DB_PASSWORD=e2e-db-password-4711
 TIMINGS=${TRIBIST_E2E_TIMINGS:-$REPO/target/e2e-timings.txt}
 

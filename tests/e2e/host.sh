@@ -10,6 +10,9 @@ set -euo pipefail
 
 readonly CACHE=${TRIBIST_E2E_CACHE:-/var/cache/tribist-e2e}
 readonly RUN=${TRIBIST_E2E_RUN:-/var/tmp/tribist-e2e}
+# The network namespaces' prefix: another prefix (and RUN) lets a second suite run beside this
+# one, neither touching the other's hosts.
+readonly NETNS_PREFIX=${TRIBIST_E2E_NETNS:-tribist}
 readonly SUITE=bookworm
 # debootstrap's own default mirror unless TRIBIST_E2E_MIRROR names another.
 readonly MIRROR=${TRIBIST_E2E_MIRROR:-}
@@ -126,7 +129,7 @@ prepare_base() {
   : >"$dir/etc/machine-id"
 }
 
-netns() { echo "tribist-$1"; }
+netns() { echo "$NETNS_PREFIX-$1"; }
 
 check_name() {
   [[ "${1:-}" =~ ^[a-z][a-z0-9]{0,11}$ ]] || die "host name must be 1-12 lowercase letters/digits, got '${1:-}'"
@@ -141,7 +144,7 @@ ssh_config() {
 Host *
   User root
   IdentityFile $CACHE/id_ed25519
-  ProxyCommand ip netns exec tribist-%h nc 127.0.0.1 22
+  ProxyCommand ip netns exec $NETNS_PREFIX-%h nc 127.0.0.1 22
   StrictHostKeyChecking no
   UserKnownHostsFile /dev/null
   LogLevel ERROR
@@ -218,7 +221,7 @@ cleanup() {
     down "$(basename "$d")"
   done
   # Namespaces whose directory is already gone.
-  ip netns list | awk '{print $1}' | grep '^tribist-' | while read -r ns; do ip netns del "$ns"; done || true
+  ip netns list | awk '{print $1}' | grep "^$NETNS_PREFIX-" | while read -r ns; do ip netns del "$ns"; done || true
 }
 
 main() {
