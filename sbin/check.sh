@@ -10,7 +10,7 @@ export LC_ALL=C
 
 readonly PROG=check.sh
 readonly UNIT=tribist
-# systemctl show --timestamp= (deploy.sh) is the newest thing the kit uses: systemd 248.
+# systemctl show --timestamp= (tribist-host status) is the newest thing the kit uses: systemd 248.
 readonly SYSTEMD_MIN=248
 readonly COMMANDS=(curl sudo setpriv setsid flock logger iconv timeout sha256sum ss)
 

@@ -21,12 +21,12 @@
 //! own processes cannot start a binary this way, neither with kill(2) nor with a forged
 //! rt_sigqueueinfo(2) (outside systemd the process's owner may too, for tests and `make
 //! run`). `server --describe` lists the feature `handover` (and `server --version` says
-//! `handover: SIGUSR2`, for kits that predate `--describe`), so deploy.sh knows which releases
+//! `handover: SIGUSR2`, for kits that predate `--describe`), so the kit knows which releases
 //! can take over this way.
 //!
 //! What `systemctl status` says (`STATUS=`) starts with fixed tokens, `handover=STATE` and,
 //! but for `off` and `stopping`, `attempt=N`, then `; ` and the words for people (`Status`
-//! below). The reload step (deploy.sh on-reload, root) reads them from systemd, which only
+//! below). The reload step (tribist-host on-reload, root) reads them from systemd, which only
 //! takes them from the main process (`NotifyAccess=main`): whether this process can hand
 //! over, and whether the attempt it asked for failed, without reading a file of tribist's or
 //! depending on how the words are put.
@@ -434,7 +434,7 @@ fn stop(child: &mut Child) -> String {
 mod tests {
     use super::*;
 
-    /// The words deploy.sh reads (can_hand_over, on-reload): they may gain states, never
+    /// The words the kit reads (tribist-host upgrade, on-reload): they may gain states, never
     /// change these.
     #[test]
     fn status_starts_with_fixed_tokens_then_the_words() {

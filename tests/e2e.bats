@@ -48,7 +48,7 @@ release_of() { "$1" --version | sed -n 's/.*commit \([^)]*\)).*/\1/p'; }
 
 # The releaseId host $1 (default A) serves, on whatever address its socket listens on.
 serving() {
-  on "${1:-$A}" "/home/tribist/bin/deploy.sh serving"
+  on "${1:-$A}" "/home/tribist/bin/tribist-host serving"
 }
 
 # Starts load.py inside host $1's network namespace; stop it with stop_load.
@@ -90,7 +90,7 @@ wait_locked() {
 install_db() { "$HOSTSH" db "$1" "$DB_PASSWORD"; }
 
 # Waits (up to 30 s) until the upgrade writing to file $1 passed its preflight and switches
-# (deploy.sh says so just before), then until systemd is handing over or starting.
+# (tribist-host says so just before), then until systemd is handing over or starting.
 wait_switching() {
   local i
   for i in $(seq 300); do
@@ -539,10 +539,9 @@ wait_for_text() {
 }
 
 @test "who owns what: the ownership table (docs/deploying.md), and the running server cannot write what runs next" {
-  run on_host "stat -c '%n %U:%G %a' /home/tribist /home/tribist/bin /home/tribist/bin/deploy.sh /home/tribist/bin/tribist-host /home/tribist/.ssh /home/tribist/.ssh/authorized_keys /home/tribist/api /home/tribist/api/server /run/tribist /var/lib/tribist-deploy /var/lib/tribist-deploy/bin /var/lib/tribist-deploy/bin/server /var/lib/tribist-deploy/lock /var/lib/tribist-deploy/audit.log /etc/tribist /etc/tribist/env"
+  run on_host "stat -c '%n %U:%G %a' /home/tribist /home/tribist/bin /home/tribist/bin/tribist-host /home/tribist/.ssh /home/tribist/.ssh/authorized_keys /home/tribist/api /home/tribist/api/server /run/tribist /var/lib/tribist-deploy /var/lib/tribist-deploy/bin /var/lib/tribist-deploy/bin/server /var/lib/tribist-deploy/lock /var/lib/tribist-deploy/audit.log /etc/tribist /etc/tribist/env"
   assert_output "/home/tribist root:tribist 750
 /home/tribist/bin root:root 755
-/home/tribist/bin/deploy.sh root:root 755
 /home/tribist/bin/tribist-host root:root 755
 /home/tribist/.ssh root:root 755
 /home/tribist/.ssh/authorized_keys root:root 644
@@ -640,7 +639,7 @@ wait_for_text() {
 }
 
 @test "a damaged upload never becomes server_new and nothing changes" {
-  run on_host "head -c 1000 /home/tribist/api/server | /home/tribist/bin/deploy.sh receive $(sha256sum "$BATS_FILE_TMPDIR/server-b" | cut -d' ' -f1)"
+  run on_host "head -c 1000 /home/tribist/api/server | /home/tribist/bin/tribist-host receive $(sha256sum "$BATS_FILE_TMPDIR/server-b" | cut -d' ' -f1)"
   assert_failure 1
   assert_output --partial "checksum mismatch"
   run on_host "ls -a /home/tribist/api"
@@ -830,7 +829,7 @@ wait_for_text() {
 @test "deploy lock: Ctrl-C at the terminal and a broken lock both roll back and release" {
   local before
   before=$(serving)
-  # Ctrl-C typed at the terminal: ssh -t carries it to deploy.sh on the host.
+  # Ctrl-C typed at the terminal: ssh -t carries it to tribist-host on the host.
   at_terminal make -s -C "$REPO" upgrade HOST="tribist@$A" SSH_OPTS="$(as_tribist)" \
     BIN="$BATS_FILE_TMPDIR/server-systemd-hang" >"$BATS_FILE_TMPDIR/int.out" 2>&1 &
   local job=$!
@@ -1185,7 +1184,7 @@ wait_for_text() {
   before=$(snapshot)
   # 1. In the layout install makes, tribist cannot touch anything root uses.
   for cmd in "ln -s /root/canary /home/tribist/deploy-audit.log" "mv /home/tribist/bin /home/tribist/bin.x" \
-    "ln -sf /root/canary /home/tribist/.ssh/authorized_keys" "echo x >>/home/tribist/bin/deploy.sh" \
+    "ln -sf /root/canary /home/tribist/.ssh/authorized_keys" "echo x >>/home/tribist/bin/tribist-host" \
     "ln -sf /root/canary /var/lib/tribist-deploy/holder" "echo x >>/var/lib/tribist-deploy/lock" \
     "echo x >>/var/lib/tribist-deploy/audit.log" "mv /home/tribist/api /home/tribist/api.x" \
     "echo x >>/etc/tribist/env" "echo x >/home/tribist/x"; do

@@ -419,7 +419,7 @@ features=env-file check-config handover failure describe address-file"
   assert_output --partial "predates server --env-file"
 }
 
-@test "tribist-host releases preflight: SIGTERM (deploy.sh's interrupt) stops its server and scratch directory; SIGKILL its server" {
+@test "tribist-host releases preflight: SIGTERM (a deployment's interrupt) stops its server and scratch directory; SIGKILL its server" {
   new_api
   echo 'DATABASE_URL="postgres://x@localhost/x"' >"$API/env"
   chown nobody:nogroup "$API/env"
@@ -448,48 +448,21 @@ features=env-file check-config handover failure describe address-file"
   done
 }
 
-@test "deploy.sh reads the handover outcome from StatusText's tokens, and an old server's words" {
-  # The functions alone (deploy.sh runs as root on a host with systemd).
-  source <(sed -n '/^readonly HANDOVER_TOKENS=/p; /^handover_tokens() {/,/^}/p; /^serving_hands_over() {/,/^}/p; /^handover_failed() {/,/^}/p' \
-    "$BATS_TEST_DIRNAME/../sbin/deploy.sh")
-  local ready='handover=ready attempt=0; serving on 127.0.0.1:8383 with 16 workers (pid 7; SIGUSR2 hands over)'
-  serving_hands_over "$ready"
-  assert_equal "$HANDOVER_STATE" ready
-  serving_hands_over 'handover=failed attempt=2; serving on … (pid 7; SIGUSR2 hands over); handover attempt 2 failed: x'
-  ! serving_hands_over 'handover=started attempt=3; handing over to /home/tribist/api/server (attempt 3)' || false
-  assert_equal "$HANDOVER_STATE" started
-  # The tokens decide, not the words.
-  ! serving_hands_over 'handover=off; serving on … (pid 7; SIGUSR2 hands over)' || false
-  serving_hands_over 'handover=ready attempt=0; reworded entirely'
-  # A server that predates the tokens.
-  serving_hands_over 'serving on 127.0.0.1:8383 with 16 workers (pid 7; SIGUSR2 hands over)'
-  ! serving_hands_over 'serving on 127.0.0.1:8383 with 16 workers (pid 7)' || false
-  # A failure is the attempt asked for: a higher number than before the signal.
-  handover_failed 'handover=failed attempt=1; reworded: no' "$ready"
-  assert_equal "$HANDOVER_ATTEMPT" 1
-  ! handover_failed 'handover=failed attempt=2; x' 'handover=failed attempt=2; x' || false
-  handover_failed 'handover=failed attempt=3; x' 'handover=failed attempt=2; x'
-  ! handover_failed 'handover=started attempt=3; handover attempt 2 failed' 'handover=failed attempt=2; x' || false
-  ! handover_failed "$ready" "$ready" || false
-  # Words with no tokens: as before the tokens.
-  local old='serving on 127.0.0.1:8383 with 16 workers (pid 7; SIGUSR2 hands over)'
-  handover_failed "$old; handover attempt 1 failed: it ended" "$old"
-  ! handover_failed "$old" "$old" || false
-}
-
 @test "server.sh promote refuses root (api/ is tribist's)" {
   run "$SERVER_SH" promote
   assert_failure 1
   assert_output --partial "never as root"
 }
 
-@test "deploy.sh: --help exits 0, misuse exits 2, install needs root" {
-  local deploy="$BATS_TEST_DIRNAME/../sbin/deploy.sh"
-  run "$deploy" --help
+@test "tribist-host: --help exits 0 and lists the deployment commands, misuse exits 2" {
+  local host="$BATS_TEST_DIRNAME/../target/debug/tribist-host"
+  run "$host" --help
   assert_success
-  run "$deploy" frobnicate
+  assert_output --partial "upgrade UPLOAD"
+  run "$host" frobnicate
   assert_equal "$status" 2
-  # upgrade and the other ported commands run tribist-host (cargo test checks their misuse).
+  run "$host" --by me upgrade
+  assert_equal "$status" 2
 }
 
 REMOTE="$BATS_TEST_DIRNAME/../sbin/remote.sh"
@@ -506,7 +479,7 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   d="o'brien \$(touch $mark) \`touch $mark\` a;b  \\ \" * \$HOME"
   SSH=$stub HOST=app1 DEPLOYER="$d" TO=r1 PREFLIGHT=0 run "$REMOTE" rollback
   assert_equal "$status" 7
-  line=$(sed "s|'/home/tribist/bin/deploy.sh'|printf '[%s]\\\\n'|" "$BATS_TEST_TMPDIR/line")
+  line=$(sed "s|'/home/tribist/bin/tribist-host'|printf '[%s]\\\\n'|" "$BATS_TEST_TMPDIR/line")
   local expected
   expected=$(printf '[%s]\n' --by "$d" --target app1 --preflight 0 rollback --to r1)
   run sh -c "$line"
@@ -556,14 +529,14 @@ MAKE_DIR="$BATS_TEST_DIRNAME/.."
   [[ ! -e "$BATS_TEST_TMPDIR/ssh-ran" ]]
 }
 
-# A stub ssh that runs the remote line here, with FAKE in place of the host's deploy.sh.
+# A stub ssh that runs the remote line here, with FAKE in place of the host program.
 fake_host() {
   FAKE="$BATS_TEST_TMPDIR/deploy"
   export FAKE SSH="$BATS_TEST_TMPDIR/ssh"
   cat >"$SSH" <<'STUB'
 #!/bin/sh
 for a; do line=$a; done
-exec sh -c "$(printf '%s' "$line" | sed "s|'/home/tribist/bin/deploy.sh'|'$FAKE'|")"
+exec sh -c "$(printf '%s' "$line" | sed "s|'/home/tribist/bin/tribist-host'|'$FAKE'|")"
 STUB
   cat >"$FAKE" <<'HOST'
 #!/bin/sh
@@ -627,7 +600,7 @@ HOST
   assert_line --index 12 -- "app1"
   # The remote line, run by a shell, gives back DEPLOYER exactly as typed.
   local line
-  line=$(sed -n '14,$p' "$BATS_TEST_TMPDIR/argv" | sed "s|'/home/tribist/bin/deploy.sh'|printf '[%s]\\\\n'|")
+  line=$(sed -n '14,$p' "$BATS_TEST_TMPDIR/argv" | sed "s|'/home/tribist/bin/tribist-host'|printf '[%s]\\\\n'|")
   run sh -c "$line"
   assert_line '[o'"'"'brien $(id) `id` ; $$x]'
 }
@@ -651,7 +624,7 @@ HOST
   assert_output x86_64
   run glibc_needed "$f"
   assert_output 2.17
-  run elf_machine "$BATS_TEST_DIRNAME/../sbin/deploy.sh"
+  run elf_machine "$BATS_TEST_DIRNAME/../sbin/server.sh"
   assert_output not-elf
   version_le 2.17 2.36
   version_le 2.17 2.17

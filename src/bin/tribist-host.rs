@@ -6,9 +6,40 @@
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: tribist-host COMMAND [ARG...]
+const USAGE: &str =
+    "usage: tribist-host [--by WHO] [--target HOST] [--url-file NAME] [--preflight SECONDS]
+                    [--listen ADDR:PORT] [--keep N] COMMAND [ARG...]
 
-commands:
+The deploy kit on this host (make install, upgrade, … run these over ssh; docs/deploying.md):
+  install BUNDLE_DIR     (root) install or update everything from BUNDLE_DIR
+  receive SHA256         read a binary from stdin into api/ (as tribist), check its SHA-256,
+                         print the upload's name
+  upgrade UPLOAD         preflight UPLOAD, switch to it (a handover, or a restart), wait for
+                         the new release; roll back on failure or Ctrl-C
+  rollback [--to PREFIX] put server.prev back (or the kept release whose id starts with PREFIX)
+  releases               the kept releases, which serves and which is the previous one
+  status | summary       the service, its releases and /health (summary: one line); exit 0
+                         healthy, 5 not installed, 6 stopped, 7 unhealthy
+  serving                the releaseId /health reports now
+  logs [LINES [SINCE [GREP]]]   the service's log (as tribist: systemctl status's view)
+  follow [SINCE [GREP]]  (root) the log as it is written, until Ctrl-C
+  audit [LINES]          (root) the last deployments recorded on this host, newest last
+  unlock                 break the deploy lock on purpose (stops its holder)
+  start | stop           the service and its socket, under the lock, audited
+  config                 every setting as the installed binary reads /etc/tribist/env
+  config [--set NAME=VALUE]... [--unset NAME]... [--database-url-stash NAME|--database-url-stdin]
+                         (root) change the configuration: checked, applied by a restart,
+                         taken back if the server is not healthy or on Ctrl-C
+  config-stash           (root) keep the database URL on stdin for the next config
+  on-start | on-reload   (root) the unit's pre-start and reload steps: promote server_new,
+                         copy it into root's /var/lib/tribist-deploy/bin, audit, start or hand
+                         over
+  uninstall [--purge]    (root) stop and remove the service; --purge also its files and users
+
+Exit codes of these: 0 done, 1 failed, 2 misuse, 3 the deploy lock is held, 4 the
+configuration cannot work, 5 not installed, 130 interrupted (what was promised put back).
+
+Other commands:
   front-render site|servers KEY=VALUE...
              print tribist's Caddy site block (DOMAIN=, UPSTREAM=, ACME_EMAIL= [ACME_CA=,
              ACME_CA_ROOT=] or CERT_FILE= KEY_FILE=) or the servers option (edge limits)

@@ -1,9 +1,9 @@
-//! The targets that are one or two calls of deploy.sh on one host (or a status line per
+//! The targets that are one or two calls of tribist-host on one host (or a status line per
 //! host): status, start, stop, rollback, releases, logs, audit, unlock, uninstall, config.
 //!
 //! Why here and not in the host program: these are the deployer's half, the values checked
 //! before anything is sent and the one command that gets a host further when it fails;
-//! the host's half is deploy.sh / tribist-host, whose interface this does not change.
+//! the host's half is tribist-host, whose interface this does not change.
 
 use super::install::database_url;
 use super::remote;
@@ -52,7 +52,7 @@ pub fn status(ctx: &Ctx) -> Result<(), Exit> {
     status_of(worst)
 }
 
-/// What make status prints for a host whose `deploy.sh status|summary` ended with `code`,
+/// What make status prints for a host whose `tribist-host status|summary` ended with `code`,
 /// and the status it counts as (8: unreachable, or an answer this kit cannot read).
 pub fn status_report(
     host: &str,
@@ -120,7 +120,7 @@ pub fn status_report(
     (rc, lines)
 }
 
-/// make start|stop HOST=…: deploy.sh start|stop on the host (under the deploy lock,
+/// make start|stop HOST=…: tribist-host start|stop on the host (under the deploy lock,
 /// audited), so a stopped service stays down until started again.
 pub fn start_stop(ctx: &Ctx) -> Result<(), Exit> {
     let host = ctx.host()?;
@@ -243,7 +243,7 @@ fn confirm_purge(ctx: &Ctx, host: &str) -> Result<(), Exit> {
 }
 
 /// make config HOST=… [SET="NAME=VALUE …"] [UNSET="NAME …"] [DATABASE_URL_FILE=…]: without
-/// a change, prints the configuration (passwords masked); with one, deploy.sh checks,
+/// a change, prints the configuration (passwords masked); with one, tribist-host checks,
 /// applies and, if need be, takes it back. The database URL travels on ssh's standard input
 /// of a connection of its own, never on a command line, so that the change itself can run
 /// at a terminal, where Ctrl-C reaches the host and puts the previous configuration back.
@@ -344,13 +344,13 @@ mod tests {
             "h",
             5,
             b"",
-            b"banner\non h: tribist is not installed (no /home/tribist/bin/deploy.sh): make install\n\n",
+            b"banner\non h: tribist is not installed (no /home/tribist/bin/tribist-host): make install\n\n",
             false,
         );
         assert_eq!(rc, 5);
         assert_eq!(
             lines[0],
-            "h                        not installed (on h: tribist is not installed (no /home/tribist/bin/deploy.sh): make install)"
+            "h                        not installed (on h: tribist is not installed (no /home/tribist/bin/tribist-host): make install)"
         );
         assert_eq!(
             lines[1],

@@ -1,7 +1,7 @@
 //! make install and make check: the host's readiness (sbin/check.sh sent on ssh's standard
 //! input, so nothing needs to be installed there; with DATABASE_URL_FILE, the binary itself
 //! asks the database from the host), the database URL and the deploy key, and the install
-//! bundle sent as one tar stream and installed by the bundle's own deploy.sh.
+//! bundle sent as one tar stream and installed by the bundle's own tribist-host.
 //!
 //! Why the URL never touches this machine's disk: it is read from DATABASE_URL_FILE (or
 //! asked at a terminal, without echo) and written straight into the tar stream or ssh's
@@ -31,7 +31,6 @@ const BUNDLE: &[&str] = &[
     "etc/tribist.env.example",
     "sbin/server.sh",
     "sbin/wait_for_it.sh",
-    "sbin/deploy.sh",
 ];
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8383";
@@ -332,7 +331,7 @@ pub fn check(ctx: &Ctx) -> Result<(), Exit> {
     }
 }
 
-/// make install HOST=…: checks, then the bundle, then the bundle's deploy.sh install.
+/// make install HOST=…: checks, then the bundle, then the bundle's tribist-host install.
 pub fn install(ctx: &Ctx) -> Result<(), Exit> {
     let host = ctx.host()?;
     ctx.refuse_url_on_command_line()?;

@@ -162,7 +162,7 @@ impl Ctx {
         Ok(ran.code)
     }
 
-    /// After deploy.sh on `host` ended with `rc`: the one command that gets it further.
+    /// After tribist-host on `host` ended with `rc`: the one command that gets it further.
     pub fn next_step(&self, out: &Out, rc: i32, host: &str) {
         if let Some(line) = next_step(&self.command, rc, host, &self.url_file_label()) {
             out.warn(&line);
@@ -201,7 +201,7 @@ impl Ctx {
     }
 }
 
-/// The line after a failure on the host with status `rc` (deploy.sh --help lists them).
+/// The line after a failure on the host with status `rc` (tribist-host --help lists them).
 pub fn next_step(command: &str, rc: i32, host: &str, url_file: &str) -> Option<String> {
     match rc {
         3 => Some(format!(

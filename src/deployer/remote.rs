@@ -1,18 +1,18 @@
 //! What each deployment step runs on the host, as words.
 //!
-//! Why: the host side's interface (deploy.sh's commands and options, the few `sh -c`
+//! Why: the host side's interface (tribist-host's commands and options, the few `sh -c`
 //! scripts the deployer needs before anything is installed) is the contract between the two
 //! sides; written here as data, each step is tested as the exact string ssh sends
 //! ([`super::words::remote_line`]), in milliseconds, without a host (Kamal's way).
 
-/// The host's deploy program (it hands the commands already ported to tribist-host).
-pub const DEPLOY: &str = "/home/tribist/bin/deploy.sh";
+/// The host program: every deployment command on the host.
+pub const DEPLOY: &str = "/home/tribist/bin/tribist-host";
 
 fn words(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
 
-/// `deploy.sh --by BY --target HOST OPTIONS… COMMAND ARGS…`, the form of every change.
+/// `tribist-host --by BY --target HOST OPTIONS… COMMAND ARGS…`, the form of every change.
 fn change(by: &str, host: &str, options: &[String], command: &str, args: &[String]) -> Vec<String> {
     let mut w = words(&[DEPLOY, "--by", by, "--target", host]);
     w.extend_from_slice(options);
@@ -81,7 +81,7 @@ pub fn install_upload() -> Vec<String> {
     ])
 }
 
-/// Installs from the bundle in `dir` with the bundle's deploy.sh, then removes it.
+/// Installs from the bundle in `dir` with the bundle's own tribist-host, then removes it.
 pub fn install(
     dir: &str,
     by: &str,
@@ -92,7 +92,7 @@ pub fn install(
     words(&[
         "sh",
         "-c",
-        "d=$1 by=$2 listen=$3 target=$4 file=$5; if [ -n \"$listen\" ]; then set -- --listen \"$listen\"; else set --; fi\nbash \"$d/deploy.sh\" --by \"$by\" --target \"$target\" --url-file \"$file\" \"$@\" install \"$d\"; rc=$?; rm -rf \"$d\"; exit $rc",
+        "d=$1 by=$2 listen=$3 target=$4 file=$5; if [ -n \"$listen\" ]; then set -- --listen \"$listen\"; else set --; fi\n\"$d/tribist-host\" --by \"$by\" --target \"$target\" --url-file \"$file\" \"$@\" install \"$d\"; rc=$?; rm -rf \"$d\"; exit $rc",
         "sh",
         dir,
         by,
@@ -217,31 +217,31 @@ mod tests {
         ];
         assert_eq!(
             sent(&upgrade(HOSTILE, "root@app1", &opts, ".upload.AbC123")),
-            r#"'/home/tribist/bin/deploy.sh' '--by' 'o'\''brien `touch /tmp/x` $(touch /tmp/y); touch /tmp/z; "q" \ $HOME' '--target' 'root@app1' '--preflight' '0' '--keep' '3' 'upgrade' '.upload.AbC123'"#
+            r#"'/home/tribist/bin/tribist-host' '--by' 'o'\''brien `touch /tmp/x` $(touch /tmp/y); touch /tmp/z; "q" \ $HOME' '--target' 'root@app1' '--preflight' '0' '--keep' '3' 'upgrade' '.upload.AbC123'"#
         );
         assert_eq!(
             sent(&rollback("me@desk", "app1", &[], Some("3f2a9c"))),
-            "'/home/tribist/bin/deploy.sh' '--by' 'me@desk' '--target' 'app1' 'rollback' '--to' '3f2a9c'"
+            "'/home/tribist/bin/tribist-host' '--by' 'me@desk' '--target' 'app1' 'rollback' '--to' '3f2a9c'"
         );
         assert_eq!(
             sent(&rollback("me@desk", "app1", &[], None)),
-            "'/home/tribist/bin/deploy.sh' '--by' 'me@desk' '--target' 'app1' 'rollback'"
+            "'/home/tribist/bin/tribist-host' '--by' 'me@desk' '--target' 'app1' 'rollback'"
         );
         assert_eq!(
             sent(&start_stop("me", "h", "stop")),
-            "'/home/tribist/bin/deploy.sh' '--by' 'me' '--target' 'h' 'stop'"
+            "'/home/tribist/bin/tribist-host' '--by' 'me' '--target' 'h' 'stop'"
         );
         assert_eq!(
             sent(&unlock("me", "h")),
-            "'/home/tribist/bin/deploy.sh' '--by' 'me' '--target' 'h' 'unlock'"
+            "'/home/tribist/bin/tribist-host' '--by' 'me' '--target' 'h' 'unlock'"
         );
         assert_eq!(
             sent(&uninstall("me", true)),
-            "'/home/tribist/bin/deploy.sh' '--by' 'me' 'uninstall' '--purge'"
+            "'/home/tribist/bin/tribist-host' '--by' 'me' 'uninstall' '--purge'"
         );
         assert_eq!(
             sent(&uninstall("me", false)),
-            "'/home/tribist/bin/deploy.sh' '--by' 'me' 'uninstall'"
+            "'/home/tribist/bin/tribist-host' '--by' 'me' 'uninstall'"
         );
         let args = [
             "--set",
@@ -252,7 +252,7 @@ mod tests {
         .map(String::from);
         assert_eq!(
             sent(&config_change("me", "h", &[], &args)),
-            "'/home/tribist/bin/deploy.sh' '--by' 'me' '--target' 'h' 'config' '--set' 'TRIBIST_WORKERS=8' '--database-url-stash' 'url.Ab12Cd'"
+            "'/home/tribist/bin/tribist-host' '--by' 'me' '--target' 'h' 'config' '--set' 'TRIBIST_WORKERS=8' '--database-url-stash' 'url.Ab12Cd'"
         );
     }
 
@@ -260,44 +260,47 @@ mod tests {
     fn reads_and_uploads() {
         assert_eq!(
             sent(&receive("ab12")),
-            "'/home/tribist/bin/deploy.sh' 'receive' 'ab12'"
+            "'/home/tribist/bin/tribist-host' 'receive' 'ab12'"
         );
-        assert_eq!(sent(&serving()), "'/home/tribist/bin/deploy.sh' 'serving'");
+        assert_eq!(
+            sent(&serving()),
+            "'/home/tribist/bin/tribist-host' 'serving'"
+        );
         assert_eq!(
             sent(&status("summary")),
-            "'/home/tribist/bin/deploy.sh' 'summary'"
+            "'/home/tribist/bin/tribist-host' 'summary'"
         );
         assert_eq!(
             sent(&audit("50")),
-            "'/home/tribist/bin/deploy.sh' 'audit' '50'"
+            "'/home/tribist/bin/tribist-host' 'audit' '50'"
         );
         assert_eq!(
             sent(&releases()),
-            "'/home/tribist/bin/deploy.sh' 'releases'"
+            "'/home/tribist/bin/tribist-host' 'releases'"
         );
         assert_eq!(
             sent(&config_show()),
-            "'/home/tribist/bin/deploy.sh' 'config'"
+            "'/home/tribist/bin/tribist-host' 'config'"
         );
         assert_eq!(
             sent(&config_stash()),
-            "'/home/tribist/bin/deploy.sh' 'config-stash'"
+            "'/home/tribist/bin/tribist-host' 'config-stash'"
         );
         assert_eq!(
             sent(&logs("100", None, None)),
-            "'/home/tribist/bin/deploy.sh' 'logs' '100'"
+            "'/home/tribist/bin/tribist-host' 'logs' '100'"
         );
         assert_eq!(
             sent(&logs("5", Some("1 hour ago"), None)),
-            "'/home/tribist/bin/deploy.sh' 'logs' '5' '1 hour ago' '-'"
+            "'/home/tribist/bin/tribist-host' 'logs' '5' '1 hour ago' '-'"
         );
         assert_eq!(
             sent(&logs("5", None, Some("it's $(x)"))),
-            r"'/home/tribist/bin/deploy.sh' 'logs' '5' '-' 'it'\''s $(x)'"
+            r"'/home/tribist/bin/tribist-host' 'logs' '5' '-' 'it'\''s $(x)'"
         );
         assert_eq!(
             sent(&follow(None, Some("a b"), "20")),
-            "'/home/tribist/bin/deploy.sh' 'follow' '-' 'a b' '20'"
+            "'/home/tribist/bin/tribist-host' 'follow' '-' 'a b' '20'"
         );
         assert_eq!(sent(&has_configuration()), "'test' '-e' '/etc/tribist/env'");
         assert_eq!(
@@ -351,18 +354,25 @@ mod tests {
         let dir = tmp.join(format!("tribist-install-test-{}", std::process::id()));
         let out = tmp.join(format!("tribist-install-args-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let prog = dir.join("tribist-host");
         std::fs::write(
-            dir.join("deploy.sh"),
-            "printf '[%s]' \"$@\" >\"$ARGS_OUT\"; exit 4\n",
+            &prog,
+            "#!/bin/sh\nprintf '[%s]' \"$@\" >\"$ARGS_OUT\"; exit 4\n",
         )
         .unwrap();
+        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let w = install(dir.to_str().unwrap(), HOSTILE, Some("[::1]:1"), "h", "p");
         let status = std::process::Command::new(&w[0])
             .args(&w[1..])
             .env("ARGS_OUT", &out)
             .status()
             .unwrap();
-        assert_eq!(status.code(), Some(4), "deploy.sh's status is the script's");
+        assert_eq!(
+            status.code(),
+            Some(4),
+            "the status is the bundle's tribist-host's"
+        );
         assert!(!dir.exists(), "the bundle directory is removed");
         let got = std::fs::read_to_string(&out).unwrap();
         std::fs::remove_file(&out).unwrap();

@@ -775,7 +775,7 @@ fn failed_handover_keeps_the_old_process_serving() {
     assert_eq!(server.get("/health").status, 200);
 }
 
-/// What deploy.sh's reload step reads: `STATUS=` starts with `handover=STATE attempt=N`,
+/// What the reload step (tribist-host on-reload) reads: `STATUS=` starts with `handover=STATE attempt=N`,
 /// whatever the words after it say.
 #[test]
 fn a_failed_handover_says_so_in_status_tokens_with_its_attempt() {

@@ -106,7 +106,7 @@ fn notify_ready_stopping_and_watchdog() {
     };
     let first = recv();
     assert!(first.starts_with("READY=1\n"), "{first}");
-    // The handover tokens first (what deploy.sh reads), then the words.
+    // The handover tokens first (what tribist-host reads), then the words.
     assert!(
         first.contains(&format!(
             "STATUS=handover=ready attempt=0; serving on {}",

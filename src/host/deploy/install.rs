@@ -37,15 +37,14 @@ pub const BUNDLE: &[&str] = &[
     "tribist.env.example",
     "server.sh",
     "wait_for_it.sh",
-    "deploy.sh",
 ];
 
 /// Installed into bin/ (root's, 0755): this program and the scripts.
-pub const TO_BIN: &[&str] = &["tribist-host", "server.sh", "wait_for_it.sh", "deploy.sh"];
+pub const TO_BIN: &[&str] = &["tribist-host", "server.sh", "wait_for_it.sh"];
 
-/// What an older kit put in bin/ that nothing runs any more: removed (`tribist-host
-/// releases` replaced releases.sh).
-pub const OBSOLETE_IN_BIN: &[&str] = &["releases.sh"];
+/// What an older kit put in bin/ that nothing runs any more: removed (tribist-host replaced
+/// both scripts).
+pub const OBSOLETE_IN_BIN: &[&str] = &["releases.sh", "deploy.sh"];
 
 /// The commands the kit still runs on the host (deploy.sh's, the unit's), checked before
 /// anything changes.
