@@ -12,7 +12,8 @@ readonly PROG=check.sh
 readonly UNIT=tribist
 # systemctl show --timestamp= (tribist-host status) is the newest thing the kit uses: systemd 248.
 readonly SYSTEMD_MIN=248
-readonly COMMANDS=(curl sudo setpriv setsid flock logger iconv timeout sha256sum ss)
+# What the kit runs beyond systemd and the base system (tribist-host install checks the same).
+readonly COMMANDS=(curl sudo logger ss pkill pgrep)
 
 usage() {
   cat <<USAGE
@@ -72,7 +73,7 @@ check_commands() {
   if ((${#missing[@]} == 0)); then
     pass "commands: ${COMMANDS[*]}"
   else
-    fail "commands: missing ${missing[*]}; fix (Debian/Ubuntu): apt-get install curl sudo util-linux bsdutils libc-bin coreutils iproute2"
+    fail "commands: missing ${missing[*]}; fix (Debian/Ubuntu): apt-get install curl sudo bsdutils iproute2 procps"
   fi
 }
 

@@ -46,11 +46,11 @@ pub const TO_BIN: &[&str] = &["tribist-host", "server.sh", "wait_for_it.sh"];
 /// both scripts).
 pub const OBSOLETE_IN_BIN: &[&str] = &["releases.sh", "deploy.sh"];
 
-/// The commands the kit still runs on the host (deploy.sh's, the unit's), checked before
-/// anything changes.
-const NEEDED: &[&str] = &[
-    "curl", "sudo", "setpriv", "setsid", "flock", "logger", "iconv",
-];
+/// The commands the kit runs on the host beyond systemd's and the base system's, checked
+/// before anything changes (sbin/check.sh checks the same list): curl for wait_for_it.sh
+/// (the seed's), sudo for tribist's systemctl, logger for the journal's copy of the audit, ss
+/// for a port in use, pkill/pgrep for uninstall.
+const NEEDED: &[&str] = &["curl", "sudo", "logger", "ss", "pkill", "pgrep"];
 
 /// The uploaded bundle: root's directory, read through descriptors.
 struct Bundle {
@@ -182,7 +182,7 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
             .any(|d| std::path::Path::new(d).join(cmd).exists());
         if !found {
             return Err(Fail::failed(format!(
-                "{cmd} is missing on this host: install it (Debian: apt-get install curl sudo util-linux bsdutils libc-bin)"
+                "{cmd} is missing on this host: install it (Debian: apt-get install curl sudo bsdutils iproute2 procps)"
             )));
         }
     }
