@@ -54,7 +54,7 @@ serving() {
 # Starts load.py inside host $1's network namespace; stop it with stop_load.
 start_load() {
   rm -f "$BATS_FILE_TMPDIR/stop-load"
-  ip netns exec "tribist-$1" python3 "$REPO/tests/support/load.py" --concurrency 4 --max-seconds 90 \
+  ip netns exec "${TRIBIST_E2E_NETNS:-tribist}-$1" python3 "$REPO/tests/support/load.py" --concurrency 4 --max-seconds 90 \
     --stop-file "$BATS_FILE_TMPDIR/stop-load" \
     http://127.0.0.1:8383/health http://127.0.0.1:8383/livez >"$BATS_FILE_TMPDIR/load.json" \
     2>"$BATS_FILE_TMPDIR/load.err" &
