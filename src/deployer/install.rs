@@ -17,7 +17,7 @@ use super::ssh::{Call, Input, Sink, Tty};
 use super::tar::{self, Entry};
 use super::term::{self, Exit};
 use super::upgrade::{ship_bin, Binary};
-use super::values::{self, env_line};
+use super::values;
 use super::words::shown;
 use super::{executable, read_bounded, Ctx};
 use crate::host::text::clean;
@@ -285,7 +285,10 @@ fn host_checks(ctx: &Ctx, host: &str, bin: &Binary, database: bool) -> Result<bo
         ));
         return Ok(false);
     }
-    let env = env_line("DATABASE_URL", &url);
+    let Some(env) = crate::settings::env_line("DATABASE_URL", &url) else {
+        out.line("    FAIL database: the URL holds a control character or is not UTF-8, which systemd cannot pass on; fix: put the URL alone on the first line of the file");
+        return Ok(false);
+    };
     let ran = ctx.run(
         out,
         host,

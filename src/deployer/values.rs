@@ -503,20 +503,6 @@ pub fn public_key_line(line: &[u8]) -> bool {
     rest.is_empty() || (rest[0] == b' ' && rest[1..].iter().all(|b| (0x20..0x7f).contains(b)))
 }
 
-/// systemd's `EnvironmentFile=` reads `NAME="…"` with `\ " $ \`` escaped back to exactly
-/// these bytes (as the host writes /etc/tribist/env).
-// TODO(lead): src/settings.rs (branch port-install) has env_line too; use it once merged.
-pub fn env_line(name: &str, value: &str) -> String {
-    let mut v = String::with_capacity(value.len() + 8);
-    for c in value.chars() {
-        if matches!(c, '\\' | '"' | '$' | '`') {
-            v.push('\\');
-        }
-        v.push(c);
-    }
-    format!("{name}=\"{v}\"\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,8 +742,8 @@ mod tests {
         assert!(!public_key_line(b"ssh-ed25519 AAAA \x1b[2J"));
         assert!(!public_key_line(b"-----BEGIN OPENSSH PRIVATE KEY-----"));
         assert_eq!(
-            env_line("DATABASE_URL", "p$ \\ ' \" `x` "),
-            "DATABASE_URL=\"p\\$ \\\\ ' \\\" \\`x\\` \"\n"
+            crate::settings::env_line("DATABASE_URL", "p$ \\ ' \" `x` ").as_deref(),
+            Some("DATABASE_URL=\"p\\$ \\\\ ' \\\" \\`x\\` \"\n")
         );
     }
 
