@@ -107,8 +107,16 @@ pub fn receive(sha256: &str) -> Vec<String> {
     words(&[DEPLOY, "receive", sha256])
 }
 
-pub fn upgrade(by: &str, host: &str, options: &[String], upload: &str) -> Vec<String> {
-    change(by, host, options, "upgrade", &[upload.to_string()])
+/// `upgrade UPLOAD SHA256`: the host checks root's copy of the upload against the digest of
+/// what was sent.
+pub fn upgrade(by: &str, host: &str, options: &[String], upload: &str, sum: &str) -> Vec<String> {
+    change(
+        by,
+        host,
+        options,
+        "upgrade",
+        &[upload.to_string(), sum.to_string()],
+    )
 }
 
 pub fn rollback(by: &str, host: &str, options: &[String], to: Option<&str>) -> Vec<String> {
@@ -216,8 +224,17 @@ mod tests {
             "3".into(),
         ];
         assert_eq!(
-            sent(&upgrade(HOSTILE, "root@app1", &opts, ".upload.AbC123")),
-            r#"'/home/tribist/bin/tribist-host' '--by' 'o'\''brien `touch /tmp/x` $(touch /tmp/y); touch /tmp/z; "q" \ $HOME' '--target' 'root@app1' '--preflight' '0' '--keep' '3' 'upgrade' '.upload.AbC123'"#
+            sent(&upgrade(
+                HOSTILE,
+                "root@app1",
+                &opts,
+                ".upload.AbC123",
+                &"ab".repeat(32)
+            )),
+            format!(
+                r#"'/home/tribist/bin/tribist-host' '--by' 'o'\''brien `touch /tmp/x` $(touch /tmp/y); touch /tmp/z; "q" \ $HOME' '--target' 'root@app1' '--preflight' '0' '--keep' '3' 'upgrade' '.upload.AbC123' '{}'"#,
+                "ab".repeat(32)
+            )
         );
         assert_eq!(
             sent(&rollback("me@desk", "app1", &[], Some("3f2a9c"))),

@@ -255,7 +255,7 @@ pub fn upgrade_host(
     let ran = ctx.run(
         out,
         host,
-        &remote::upgrade(by, host, options, &upload),
+        &remote::upgrade(by, host, options, &upload, &bin.sha256),
         Call {
             tty: Tty::Long,
             input: Input::Keyboard,

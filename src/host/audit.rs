@@ -121,6 +121,8 @@ pub enum Outcome {
     RefusedBinaryStaged,
     /// config: `server --check-config` refused the new file.
     RefusedCheck,
+    /// Root's copy of an upload is not the bytes the deployer sent (upgrade UPLOAD SHA256).
+    RefusedChecksum,
     /// config on a host whose install never finished: the file saved, nothing started.
     SavedNotInstalled,
     /// The unit's reload step: the new main process is not tribist's.
@@ -130,7 +132,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 27] = [
+    pub const ALL: [Outcome; 28] = [
         Outcome::Ok,
         Outcome::Unchanged,
         Outcome::Failed,
@@ -155,6 +157,7 @@ impl Outcome {
         Outcome::RefusedInstalledNotServing,
         Outcome::RefusedBinaryStaged,
         Outcome::RefusedCheck,
+        Outcome::RefusedChecksum,
         Outcome::SavedNotInstalled,
         Outcome::Suspicious,
         Outcome::Timeout,
@@ -186,6 +189,7 @@ impl Outcome {
             Outcome::RefusedInstalledNotServing => "refused-installed-not-serving",
             Outcome::RefusedBinaryStaged => "refused-binary-staged",
             Outcome::RefusedCheck => "refused-check",
+            Outcome::RefusedChecksum => "refused-checksum",
             Outcome::SavedNotInstalled => "saved-not-installed",
             Outcome::Suspicious => "suspicious",
             Outcome::Timeout => "timeout",
@@ -758,6 +762,7 @@ mod tests {
             "refused-not-installed",
             "refused-preflight",
             "refused-same-id-other-bytes",
+            "refused-checksum",
             "saved-not-installed",
             "unchanged",
             "suspicious",

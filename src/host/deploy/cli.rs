@@ -5,6 +5,8 @@
 
 use std::process::ExitCode;
 
+use crate::host::digest::Sha256;
+
 use super::{health, interrupt, switch, unit, warn, Ctx, Exit, Fail, Result, PROG};
 
 /// The commands this module runs; `tribist-host` hands these to [`main`].
@@ -161,7 +163,14 @@ fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
         ("audit", r) if r.len() <= 1 => records::cmd_audit(rest),
         ("unlock", []) => unlock::cmd_unlock(),
         ("receive", [sum]) => switch::receive(ctx, sum),
-        ("upgrade", [upload]) => switch::upgrade(ctx, upload),
+        ("upgrade", [upload]) => switch::upgrade(ctx, upload, None),
+        ("upgrade", [upload, sum]) => match Sha256::parse(sum) {
+            Some(sum) => switch::upgrade(ctx, upload, Some(sum)),
+            None => Err(Fail::usage(format!(
+                "'{}' is not a SHA-256 (64 lowercase hex digits)",
+                super::shown(sum, 70)
+            ))),
+        },
         ("rollback", []) => switch::rollback(ctx),
         ("rollback", ["--to", prefix]) => switch::rollback_to(ctx, prefix),
         ("rollback", [_, _]) => Err(Fail::usage("rollback takes only --to PREFIX")),

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::host::audit::{Action, Outcome};
 use crate::host::child::{self, ExitKind, RunAs, Spawn};
+use crate::host::digest::Sha256;
 use crate::host::fsx::Dir;
 use crate::host::text::clean;
 
@@ -642,7 +643,10 @@ fn upload_name_ok(s: &str) -> bool {
 }
 
 /// `upgrade UPLOAD`.
-pub fn upgrade(ctx: &mut Ctx, upload: &str) -> Result<Exit> {
+/// `upgrade UPLOAD [SHA256]`: with SHA256 (the deployer's digest of what it sent), root's copy
+/// must be exactly those bytes, so nothing tribist renames over the upload between `receive`
+/// and the lock can take its place.
+pub fn upgrade(ctx: &mut Ctx, upload: &str, expect: Option<Sha256>) -> Result<Exit> {
     if !upload_name_ok(upload) {
         return Err(Fail::usage(format!(
             "'{}' is not an upload name (tribist-host receive prints it)",
@@ -651,6 +655,7 @@ pub fn upgrade(ctx: &mut Ctx, upload: &str) -> Result<Exit> {
     }
     let session = session::lock(ctx, Action::Upgrade, Some(upload))?;
     let mut d = Deployment::new(ctx, session, Switching::Upload(upload.to_string()));
+    d.expect = expect;
     d.switch_to_upload(upload, "upgraded")
 }
 
@@ -753,6 +758,8 @@ struct Deployment<'a> {
     switching: Switching,
     /// What served before, as it described itself (once).
     from: Option<Facts>,
+    /// The deployer's SHA-256 of the upload, which root's copy must match.
+    expect: Option<Sha256>,
 }
 
 impl<'a> Deployment<'a> {
@@ -762,6 +769,7 @@ impl<'a> Deployment<'a> {
             _session: session,
             switching,
             from: None,
+            expect: None,
         }
     }
 
@@ -827,6 +835,15 @@ impl<'a> Deployment<'a> {
                     .map_err(|e| Fail::failed(e.to_string()))
             });
             match taken {
+                Ok((c, digest)) if self.expect.is_some_and(|e| e != digest) => {
+                    c.discard_next();
+                    self.discard_upload();
+                    self.ctx.audit(Outcome::RefusedChecksum);
+                    return Err(Fail::failed(format!(
+                        "refused: the upload in api/ is not what was sent (root's copy has SHA-256 {digest}, the deployer sent {}): it was changed on this host after it arrived; nothing changed, make upgrade again",
+                        self.expect.map(|e| e.to_string()).unwrap_or_default()
+                    )));
+                }
                 Ok(c) => Some(c),
                 Err(e) => {
                     self.discard_upload();
