@@ -27,13 +27,17 @@ main() {
   git clone -q --shared "$repo" "$src/repo"
   git -C "$src/repo" -c user.name=tribist-e2e -c user.email=e2e@localhost \
     commit -q --allow-empty -m "e2e: another release"
-  mkdir -p "$cache"
-  (cd "$src/repo" && CARGO_TARGET_DIR="$cache/target-alt" cargo build -q --release --locked)
-  cp "$cache/target-alt/release/server" "$out"
+  # A suite of its own (TRIBIST_E2E_RUN, see host.sh) builds in a directory of its own: two
+  # trees built into one target directory at once mix their artifacts.
+  local target=$cache/target-alt
+  [[ -z "${TRIBIST_E2E_RUN:-}" ]] || target=$TRIBIST_E2E_RUN/target-alt
+  mkdir -p "$target"
+  (cd "$src/repo" && CARGO_TARGET_DIR="$target" cargo build -q --release --locked --bin server)
+  cp "$target/release/server" "$out"
   if [[ -n "$dirty" ]]; then
     echo "// e2e: an uncommitted change" >>"$src/repo/src/main.rs"
-    (cd "$src/repo" && CARGO_TARGET_DIR="$cache/target-alt" cargo build -q --release --locked)
-    cp "$cache/target-alt/release/server" "$dirty"
+    (cd "$src/repo" && CARGO_TARGET_DIR="$target" cargo build -q --release --locked --bin server)
+    cp "$target/release/server" "$dirty"
   fi
 }
 
