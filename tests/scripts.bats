@@ -463,6 +463,10 @@ features=env-file check-config handover failure describe address-file"
   assert_equal "$status" 2
   run "$host" --by me upgrade
   assert_equal "$status" 2
+  # An argument that is not text is refused, not a panic.
+  run "$host" logs $'\xff'
+  assert_equal "$status" 2
+  assert_output --partial "is not UTF-8 text; nothing was done"
 }
 
 REMOTE="$BATS_TEST_DIRNAME/../sbin/remote.sh"

@@ -57,7 +57,16 @@ Other commands:
 Exit codes: 0 done, 1 failed (the message says why), 2 misuse.";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Every argument must be text: one that is not (a hostile deployer's GREP=, say) is
+    // refused, not a panic.
+    let Ok(args) = std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect::<Result<Vec<String>, _>>()
+    else {
+        eprintln!("tribist-host: an argument is not UTF-8 text; nothing was done");
+        return ExitCode::from(2);
+    };
     let Some((command, rest)) = args.split_first() else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
