@@ -524,6 +524,8 @@ DATABASE_URL=\"postgres://u:n\\$w@h/d\"
             "127.0.0.1:65536",
             "localhost:80",
             "[x]:80",
+            "1.2.3:4",
+            "1.2.3.4:8a",
         ] {
             assert!(!valid_listen(bad), "{bad}");
         }

@@ -138,21 +138,8 @@ mod tests {
     use std::net::TcpListener;
 
     #[test]
-    fn listen_addresses() {
-        for ok in ["127.0.0.1:8383", "0.0.0.0:80", "[::1]:8383", "[::]:1"] {
-            assert!(valid_listen(ok), "{ok}");
-        }
-        for bad in [
-            "127.0.0.1",
-            "127.0.0.1:0",
-            "127.0.0.1:65536",
-            "localhost:80",
-            "[x]:80",
-            "1.2.3:4",
-            "1.2.3.4:8a",
-        ] {
-            assert!(!valid_listen(bad), "{bad}");
-        }
+    fn health_urls_reach_a_wildcard_address_on_loopback() {
+        // valid_listen is settings' (tested there).
         assert_eq!(health_url_for("0.0.0.0:80"), "http://127.0.0.1:80/health");
         assert_eq!(health_url_for("[::]:80"), "http://[::1]:80/health");
     }
