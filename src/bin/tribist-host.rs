@@ -40,6 +40,17 @@ Exit codes of these: 0 done, 1 failed, 2 misuse, 3 the deploy lock is held, 4 th
 configuration cannot work, 5 not installed, 130 interrupted (what was promised put back).
 
 Other commands:
+  front apply --domain D (--acme-email E [--acme-ca URL] [--acme-ca-root FILE]
+                          | --cert-file F --key-file K) [--upstream ADDR:PORT] [--by WHO]
+             (root) put tribist's HTTPS site in Caddy, installing caddy if missing: files
+             root's, checked by caddy validate, reloaded only if changed; waits for
+             https://D/health (docs/front-door.md)
+  front remove [--purge] [--by WHO]
+             (root) remove tribist's site alone (other sites keep serving); --purge also
+             its certificates (and the drop-in when no other site remains)
+  front status
+             caddy, the front's site, its certificate's issuer and expiry, ports 80/443;
+             exit 0 serving, 5 no front, 6 caddy stopped, 7 not answering
   front-render site|servers KEY=VALUE...
              print tribist's Caddy site block (DOMAIN=, UPSTREAM=, ACME_EMAIL= [ACME_CA=,
              ACME_CA_ROOT=] or CERT_FILE= KEY_FILE=) or the servers option (edge limits)
@@ -78,6 +89,7 @@ fn main() -> ExitCode {
     match command.as_str() {
         "releases" => ExitCode::from(tribist::host::releases::main(rest)),
         "front-render" => front_render(rest),
+        "front" => tribist::host::front_host::main(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -40,10 +40,12 @@ pub enum Action {
     ServiceStart,
     /// The unit's reload step (`ExecReload=+`).
     ServiceHandover,
+    /// The HTTPS front door (`tribist-host front apply|remove`, `op=`).
+    Front,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::Install,
         Action::Upgrade,
         Action::Rollback,
@@ -54,6 +56,7 @@ impl Action {
         Action::Stop,
         Action::ServiceStart,
         Action::ServiceHandover,
+        Action::Front,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Action {
             Action::Stop => "stop",
             Action::ServiceStart => "service-start",
             Action::ServiceHandover => "service-handover",
+            Action::Front => "front",
         }
     }
 

@@ -13,6 +13,8 @@ pub mod child;
 pub mod deploy;
 pub mod digest;
 pub mod front;
+pub mod front_host;
+pub mod front_plan;
 pub mod fsx;
 pub mod layout;
 pub mod lock;
