@@ -227,6 +227,9 @@ fake_image() {
   printf "data_directory = '/var/lib/postgresql/15/main'\nport = 5433\t\t\t\t# (change requires restart)\nmax_connections = 100\n" \
     >"$root/etc/postgresql/15/main/postgresql.conf"
   printf 'session    required     pam_loginuid.so\n' >"$root/etc/pam.d/sshd"
+  # The front door's packages, as dpkg lists them once installed.
+  mkdir -p "$root/var/lib/dpkg/info"
+  touch "$root/var/lib/dpkg/info/"{caddy,pebble,libnss3-tools,media-types}.list
   touch "$root/.debootstrap-done"
   [[ -z "$prepared" ]] || touch "$root/.tribist-base-$(sed -n 's/^readonly BASE_VERSION=//p' "$HOST_SH")"
 }
@@ -273,4 +276,27 @@ fake_image() {
   assert_failure
   assert_output --partial "no PostgreSQL cluster in $cache/rootfs-bookworm/etc/postgresql"
   assert_output --partial "rm -rf $cache/rootfs-bookworm && "
+}
+
+@test "host.sh prepare: a cached image without caddy and pebble gets them in its chroot, or says how to rebuild it" {
+  local cache="$BATS_TEST_TMPDIR/cache" root
+  root="$cache/rootfs-bookworm"
+  fake_image "$cache" prepared
+  run env TRIBIST_E2E_CACHE="$cache" "$HOST_SH" prepare
+  assert_success
+  # Installed, but enabled as the package leaves it: disabled at once, nothing installed.
+  mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+  ln -s /lib/systemd/system/caddy.service "$root/etc/systemd/system/multi-user.target.wants/caddy.service"
+  run env TRIBIST_E2E_CACHE="$cache" "$HOST_SH" prepare
+  assert_success
+  assert_output ""
+  assert [ ! -e "$root/etc/systemd/system/multi-user.target.wants/caddy.service" ]
+  # Missing: installed with apt in the chroot; this fake image has no apt, so prepare fails
+  # naming its log and the command that rebuilds the image.
+  rm "$root/var/lib/dpkg/info/"{caddy,pebble}.list
+  run env TRIBIST_E2E_CACHE="$cache" "$HOST_SH" prepare
+  assert_failure
+  assert_output --partial "installing caddy pebble in $root"
+  assert_output --partial "could not install caddy pebble in $root (see $cache/packages.log)"
+  assert_output --partial "rm -rf $root && "
 }

@@ -17,6 +17,10 @@ readonly SUITE=bookworm
 # debootstrap's own default mirror unless TRIBIST_E2E_MIRROR names another.
 readonly MIRROR=${TRIBIST_E2E_MIRROR:-}
 readonly PACKAGES=systemd,systemd-sysv,dbus,openssh-server,sudo,curl,postgresql,procps,iproute2
+# The front door's (tests/e2e-front.bats): Caddy (and what it depends on) and pebble, the ACME
+# test CA, since the hosts have no network. caddy.service stays disabled in the image: the
+# tests that want it start it. An image cached before these were added gets them (prepare).
+readonly FRONT_PACKAGES=(caddy pebble libnss3-tools media-types)
 # Bump when the preparation below changes, so cached copies are rebuilt.
 readonly BASE_VERSION=2
 
@@ -24,7 +28,8 @@ usage() {
   cat <<'USAGE'
 usage: host.sh prepare         build the cached root file system if missing (~2 min, once);
                                every time, make its PostgreSQL listen on 5432 (a cached
-                               image whose cluster took another port is repaired)
+                               image whose cluster took another port is repaired) and
+                               install caddy and pebble in it if missing (caddy disabled)
        host.sh up NAME         boot host NAME; prints nothing, returns once its sshd answers
        host.sh down NAME       power it off and delete it (also its network namespace)
        host.sh reboot NAME     power it off and boot the same file system again
@@ -88,11 +93,40 @@ pin_pg_port() {
   done <<<"$confs"
 }
 
+# True when root file system DIR has every one of FRONT_PACKAGES installed (dpkg's file
+# list of each) and caddy.service is not enabled.
+packages_ok() {
+  local p
+  for p in "${FRONT_PACKAGES[@]}"; do
+    [[ -f "$1/var/lib/dpkg/info/$p.list" ]] || compgen -G "$1/var/lib/dpkg/info/$p:*.list" >/dev/null || return 1
+  done
+  [[ ! -e "$1/etc/systemd/system/multi-user.target.wants/caddy.service" ]]
+}
+
+# Installs FRONT_PACKAGES in root file system DIR (apt in a chroot, over this machine's
+# network, as debootstrap did) and disables caddy.service there. The downloaded packages stay
+# in the image's apt cache, so a host can install caddy again without a network.
+install_packages() {
+  local dir=$1 log=$CACHE/packages.log p missing=()
+  for p in "${FRONT_PACKAGES[@]}"; do
+    [[ -f "$dir/var/lib/dpkg/info/$p.list" ]] || compgen -G "$dir/var/lib/dpkg/info/$p:*.list" >/dev/null || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]} in $dir (the front door's tests need them; once, about a minute)"
+    {
+      chroot "$dir" apt-get update &&
+        chroot "$dir" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${FRONT_PACKAGES[@]}"
+    } >"$log" 2>&1 ||
+      die "could not install ${missing[*]} in $dir (see $log); or rebuild the image: rm -rf $dir && $0 prepare"
+  fi
+  rm -f "$dir/etc/systemd/system/multi-user.target.wants/caddy.service"
+}
+
 prepare() {
   local dir marker
   dir=$(base)
   marker="$dir/.tribist-base-$BASE_VERSION"
-  [[ -f "$marker" ]] && pg_port_ok "$dir" && return 0
+  [[ -f "$marker" ]] && pg_port_ok "$dir" && packages_ok "$dir" && return 0
   [[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap, systemd-nspawn, ip netns)"
   mkdir -p "$CACHE"
   exec 9>"$CACHE/.lock"
@@ -102,6 +136,7 @@ prepare() {
     touch "$marker"
   fi
   pin_pg_port "$dir"
+  install_packages "$dir"
 }
 
 # debootstrap (unless done) and the settings a container needs, in root file system DIR.
@@ -112,7 +147,7 @@ prepare_base() {
     rm -rf "$dir.tmp"
     local mirror=()
     [[ -n "$MIRROR" ]] && mirror=("$MIRROR")
-    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$dir.tmp" "${mirror[@]}" \
+    debootstrap --variant=minbase --include="$PACKAGES,$(IFS=,; echo "${FRONT_PACKAGES[*]}")" "$SUITE" "$dir.tmp" "${mirror[@]}" \
       >"$CACHE/debootstrap.log" 2>&1 || die "debootstrap failed; see $CACHE/debootstrap.log"
     rm -rf "$dir"
     mv "$dir.tmp" "$dir"
