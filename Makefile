@@ -43,9 +43,9 @@ remote := sbin/remote.sh
 # Debian packages the tests and benchmarks need (installed by `make deps` when run as root).
 APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck bats bats-assert bats-support wrk \
 	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 python3-venv sudo \
-	binutils time
+	binutils time openssl
 
-.PHONY: help deps build release run test test-fast test-unit test-api test-robust test-scripts test-e2e lint bench bench-upgrade demo soak clean \
+.PHONY: help deps build release run test test-fast test-unit test-api test-robust test-scripts test-e2e test-e2e-front lint bench bench-upgrade bench-front demo soak clean \
 	install upgrade rollback status start stop logs audit uninstall unlock check config releases
 
 help: ## list the targets
@@ -63,7 +63,7 @@ release: ## the binary install/upgrade ship: x86_64 Linux, glibc >= 2.17; uncomm
 run: release ## serve on LISTEN (default 127.0.0.1:8383) against DATABASE_URL, else a local PostgreSQL in .dev on a free port (DEV_PG_PORT=PORT sets it)
 	@BIN=$(RELEASE_BIN) DEV_DIR=$(DEV_DIR) DEV_PG_PORT=$(DEV_PG_PORT) tests/support/run.sh
 
-test: deps lint test-unit test-api test-robust test-scripts test-e2e soak ## everything CI runs: lint, Rust, API fuzzing, slowloris, scripts, end to end, soak (root)
+test: deps lint test-unit test-api test-robust test-scripts test-e2e test-e2e-front soak ## everything CI runs: lint, Rust, API fuzzing, slowloris, scripts, end to end (with the front door), soak (root)
 
 test-fast: lint test-unit test-scripts ## what needs neither root nor a test host: lint, Rust tests, script tests (a few minutes)
 
@@ -132,11 +132,19 @@ test-e2e: deps ## deploy with this Makefile to a throwaway systemd host (root; s
 	tests/e2e/host.sh prepare
 	$(BATS) tests/e2e.bats
 
+test-e2e-front: deps ## the HTTPS front door end to end on a throwaway host: Caddy, a certificate from pebble, limits, remove (root; ~3 min)
+	@[[ $$(id -u) -eq 0 ]] || { echo "make test-e2e-front: needs root (debootstrap, systemd-nspawn, ip netns)" >&2; exit 1; }
+	tests/e2e/host.sh prepare
+	$(BATS) tests/e2e-front.bats
+
 soak: release ## 5 minutes of steady /health load: no error, RSS growth < 1 MiB after warm-up
 	BIN=$(RELEASE_BIN) tests/support/soak.sh
 
 bench-upgrade: ## clients' view of make upgrade on a test host, with and without socket activation (root)
 	tests/e2e/bench-upgrade.sh
+
+bench-front: ## the front door on a test host: its cost on /health, and 10,000 idle + 500 slowloris clients at it and at the service directly (root; ~10 min)
+	tests/e2e/bench-front.sh
 
 demo: ## boot a throwaway systemd host and narrate install, upgrade, failed upgrade, rollback (root)
 	tests/e2e/demo.sh

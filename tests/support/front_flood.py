@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -196,10 +197,14 @@ def threads_of(pid):
 
 
 def service_pid(port):
+    """The process listening on port: with socket activation systemd holds the socket too
+    (users:(("server",pid=812,fd=3),("systemd",pid=1,fd=40))), so not systemd when another is there."""
     out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
-    for part in out.split("pid=")[1:]:
-        return int(part.split(",")[0])
-    return None
+    users = re.findall(r'\("([^"]*)",pid=(\d+),', out)
+    for name, pid in users:
+        if name != "systemd":
+            return int(pid)
+    return int(users[0][1]) if users else None
 
 
 def rss_mb(pid):

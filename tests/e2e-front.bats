@@ -1,0 +1,317 @@
+#!/usr/bin/env bats
+# End to end, the HTTPS front door (issue 19, docs/front-door.md): on a throwaway Debian host
+# with a real systemd (tests/e2e/host.sh) where tribist is installed with `make install`, root
+# runs `tribist-host front apply|remove|status` over ssh, with pebble as the ACME CA on the host
+# (tests/e2e/front-host.sh; the hosts have no network). The tests run in order and build on
+# each other. Run it under the shared lock:
+#   flock /var/lock/tribist-e2e.lock bats tests/e2e-front.bats
+
+load /usr/lib/bats/bats-support/load.bash
+load /usr/lib/bats/bats-assert/load.bash
+
+REPO=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
+HOSTSH="$REPO/tests/e2e/host.sh"
+FRONTSH="$REPO/tests/e2e/front-host.sh"
+H=tribfront
+DOMAIN=api.front.test
+TIMINGS=${TRIBIST_E2E_TIMINGS:-$REPO/target/e2e-front-timings.txt}
+PEBBLE_ROOT=/root/pebble/root.pem
+
+# Runs one shell command line on the host (pass it as one string to keep its quoting).
+on() { "$HOSTSH" ssh "$H" "cd / && $*"; }
+# tribist-host front … on the host, as root over ssh.
+front() { on "/home/tribist/bin/tribist-host front $*"; }
+apply_args() { "$FRONTSH" apply-args "$DOMAIN"; }
+in_ns() { ip netns exec "tribist-$H" "$@"; }
+
+timed() {
+  local what=$1 start rc=0
+  shift
+  start=$EPOCHREALTIME
+  "$@" || rc=$?
+  printf '%s: %.1f s\n' "$what" "$(bc <<<"$EPOCHREALTIME - $start")" | tee -a "$TIMINGS" >&3
+  return "$rc"
+}
+
+# The certificate the front serves for DOMAIN: "serial=… issuer=…", read here with openssl.
+served_cert() {
+  in_ns openssl s_client -connect 127.0.0.1:443 -servername "$DOMAIN" </dev/null 2>/dev/null |
+    openssl x509 -noout -serial -issuer
+}
+
+# How many reloads of caddy.service systemd has logged.
+reloads() { on "journalctl -u caddy -o cat --no-pager | grep -c '^Reloaded ' || true"; }
+
+setup_file() {
+  "$HOSTSH" down "$H"
+  mkdir -p "$(dirname "$TIMINGS")"
+  : >"$TIMINGS"
+  echo "$EPOCHREALTIME" >"$BATS_FILE_TMPDIR/start"
+  make -s -C "$REPO" release
+  timed "host up, make install, pebble" "$FRONTSH" up "$H" "$DOMAIN" "$BATS_FILE_TMPDIR"
+}
+
+teardown_file() {
+  "$HOSTSH" down "$H"
+  printf 'whole file: %.0f s\n' "$(bc <<<"$EPOCHREALTIME - $(cat "$BATS_FILE_TMPDIR/start")")" | tee -a "$TIMINGS" >&3
+}
+
+@test "front apply refuses hostile values before anything is touched" {
+  run front apply --domain "$(printf %q '{env.HOME}.example')" --acme-email ops@example.test
+  assert_failure 2
+  assert_output --partial "DOMAIN=\"{env.HOME}.example\" is refused: it has '{'"
+  run front apply --domain "$(printf %q $'api.front.test\nimport /etc/shadow')" --acme-email ops@example.test
+  assert_failure 2
+  assert_output --partial "a newline"
+  run front apply --domain "$DOMAIN" --cert-file /etc/../etc/shadow --key-file /k
+  assert_failure 2
+  assert_output --partial "'..'"
+  # A key is never read where a certificate is expected, nor shown.
+  run front apply --domain "$DOMAIN" --cert-file /etc/ssh/ssh_host_ed25519_key --key-file /etc/ssh/ssh_host_ed25519_key
+  assert_failure 4
+  assert_output --partial "CERT_FILE=/etc/ssh/ssh_host_ed25519_key: it is not a PEM certificate"
+  refute_output --partial "BEGIN OPENSSH"
+  run on "ls /etc/caddy/tribist"
+  assert_failure
+}
+
+@test "without caddy and without reachable packages, front apply refuses naming the command; nothing is written" {
+  # The image has caddy (disabled); a fresh host has none. Its package stays in apt's cache.
+  on "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q caddy >/dev/null && test ! -e /etc/caddy && mkdir -p /root/debs && mv /var/cache/apt/archives/caddy_*.deb /root/debs/"
+  run timed "apply refused (no caddy, no packages)" front apply $(apply_args)
+  assert_failure 1
+  assert_output --partial "caddy is not installed: installing it from this host's packages (apt-get install -y caddy)"
+  assert_output --partial "caddy is not installed and this host cannot install it from its packages (apt-get said: "
+  assert_output --partial "run on the host: apt-get update && apt-get install -y caddy, then run the same command again"
+  run on "test -e /etc/caddy/tribist || test -e /etc/systemd/system/caddy.service.d/tribist-hardening.conf"
+  assert_failure
+  run on "grep 'action=front' /var/lib/tribist-deploy/audit.log"
+  assert_output --regexp 'action=front .* op=apply domain=api.front.test .*result=failed$'
+  on "mv /root/debs/caddy_*.deb /var/cache/apt/archives/"
+}
+
+@test "front apply installs caddy from the host's packages, takes over Debian's welcome page and gets pebble's certificate" {
+  run timed "front apply (install caddy, take over, first certificate)" front apply $(apply_args) --by e2e-front
+  assert_success
+  assert_output --partial "caddy installed (apt-get install -y caddy)"
+  assert_output --partial "took over Debian's default Caddyfile (its welcome page on :80), kept as /etc/caddy/Caddyfile.tribist-prev"
+  assert_output --partial "wrote /etc/caddy/tribist/site.caddy (root:caddy 0640)"
+  assert_output --partial "installed the hardening drop-in /etc/systemd/system/caddy.service.d/tribist-hardening.conf"
+  assert_output --partial "systemctl restart caddy (its drop-in changed)"
+  assert_output --regexp "systemd-analyze security caddy.service: exposure 1\.[0-9] OK"
+  assert_output --partial "certificate: issuer CN=Pebble Intermediate CA"
+  assert_output --partial "said by: curl -skv --resolve $DOMAIN:443:127.0.0.1 https://$DOMAIN/health"
+  assert_output --partial "https://$DOMAIN/health answers 200 over HTTP/2 through the front (service at 127.0.0.1:8383)"
+  # What was taken over was Debian's own file, untouched (dpkg's checksum).
+  run on "md5sum </etc/caddy/Caddyfile.tribist-prev | cut -c1-32; dpkg-query -W -f='\${Conffiles}\n' caddy | awk '\$1==\"/etc/caddy/Caddyfile\" {print \$2}'"
+  assert_equal "${lines[0]}" "${lines[1]}"
+  run on "cat /etc/caddy/Caddyfile"
+  assert_line "import /etc/caddy/tribist/site.caddy # tribist-front"
+  refute_output --partial "file_server"
+  run on "grep -h 'action=front' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp 'action=front user=root from=[0-9.:a-f]+ by="e2e-front" release_from=none release_to=none op=apply domain=api\.front\.test site_sha256=[0-9a-f]{64} result=ok$'
+}
+
+@test "through the front: pebble's certificate, 200 over HTTP/2, HTTP redirected; front status says so" {
+  run on "curl -sS --cacert $PEBBLE_ROOT -o /dev/null -w '%{http_code} %{http_version}' https://$DOMAIN/health"
+  assert_output "200 2"
+  run on "curl -sS --cacert $PEBBLE_ROOT https://$DOMAIN/health"
+  assert_output --partial '"status":"pass"'
+  run served_cert
+  assert_output --partial "issuer=CN = Pebble Intermediate CA"
+  run on "curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' 'http://$DOMAIN/health?x=1'"
+  assert_output "308 https://$DOMAIN/health?x=1"
+  run front status
+  assert_success
+  assert_output --regexp "caddy 2\.6\.[0-9]+-[0-9]+: caddy.service active"
+  assert_output --partial "front: https://$DOMAIN -> 127.0.0.1:8383 (/etc/caddy/tribist/site.caddy; imported by /etc/caddy/Caddyfile)"
+  assert_output --regexp "port 80 caddy's \(pid [0-9]+\), port 443 caddy's \(pid [0-9]+\)"
+  assert_output --regexp "certificate: issuer CN=Pebble Intermediate CA [0-9a-f]+, expires [A-Z][a-z]{2} +[0-9]+ [0-9:]+ 20[0-9]{2} GMT"
+  assert_output --partial "https://$DOMAIN/health: 200 over HTTP/2"
+  assert_output --regexp "exposure 1\.[0-9] OK"
+}
+
+@test "nothing of the front is writable by tribist, tribistd or caddy; tribist cannot even read it" {
+  run on "find /etc/caddy /etc/systemd/system/caddy.service.d \\( -user tribist -o -user tribistd -o -user caddy -o -perm -o+w -o -perm -g+w \\) -print"
+  assert_output ""
+  run on "stat -c '%n %U:%G %a' /etc/caddy /etc/caddy/Caddyfile /etc/caddy/tribist /etc/caddy/tribist/site.caddy /etc/caddy/tribist/servers.caddy /etc/caddy/tribist/ca-root.pem /etc/systemd/system/caddy.service.d/tribist-hardening.conf"
+  assert_line "/etc/caddy root:root 755"
+  assert_line "/etc/caddy/Caddyfile root:root 644"
+  assert_line "/etc/caddy/tribist root:caddy 750"
+  assert_line "/etc/caddy/tribist/site.caddy root:caddy 640"
+  assert_line "/etc/caddy/tribist/servers.caddy root:caddy 640"
+  assert_line "/etc/caddy/tribist/ca-root.pem root:caddy 640"
+  assert_line "/etc/systemd/system/caddy.service.d/tribist-hardening.conf root:root 644"
+  run on "runuser -u tribist -- cat /etc/caddy/tribist/site.caddy"
+  assert_failure
+  assert_output --partial "Permission denied"
+}
+
+@test "edge limits: a slow header is cut at the 10 s timeout, an oversized header refused with 431" {
+  # 24 KiB of header (Caddy's limit: 16 KiB, plus Go's 4 KiB of slack), then 8 KiB.
+  run on "curl -sS --http1.1 --cacert $PEBBLE_ROOT -o /dev/null -w '%{http_code}' -H \"X-Big: \$(head -c 18432 /dev/zero | base64 -w0)\" https://$DOMAIN/health"
+  assert_output 431
+  run on "curl -sS --http1.1 --cacert $PEBBLE_ROOT -o /dev/null -w '%{http_code}' -H \"X-Fine: \$(head -c 6144 /dev/zero | base64 -w0)\" https://$DOMAIN/health"
+  assert_output 200
+  # A header line every second, never the blank line that ends the header.
+  run timed "slow header" in_ns python3 - "$DOMAIN" <<'PY'
+import socket, ssl, sys, time
+domain = sys.argv[1]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["http/1.1"])
+start = time.monotonic()
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", 443), timeout=5), server_hostname=domain)
+s.sendall(f"GET /health HTTP/1.1\r\nHost: {domain}\r\n".encode())
+s.settimeout(1)
+how = "still open after 40 s"
+while time.monotonic() - start < 40:
+    try:
+        s.sendall(b"X-Slow: 1\r\n")
+        data = s.recv(4096)
+        how = "closed" if not data else "answered " + data.split(b"\r\n")[0].decode(errors="replace")
+        break
+    except socket.timeout:
+        continue
+    except (OSError, ssl.SSLError) as e:
+        how = "closed (" + type(e).__name__ + ")"
+        break
+print(f"{how} after {time.monotonic() - start:.1f} s")
+PY
+  assert_output --regexp "^(closed|answered HTTP/1.1 408).* after (9|10|11|12)\.[0-9] s$"
+}
+
+@test "many clients at the front: the service sees at most the pool's 16 connections and is never restarted" {
+  local pid0 pid1 spid max=0 n threads=0 t
+  pid0=$(on "systemctl show -p MainPID --value tribist")
+  # The service's pid as this machine sees it (not systemd, which holds the socket too).
+  spid=$(in_ns ss -Hltnp 'sport = :8383' | grep -o '"server",pid=[0-9]*' | grep -o '[0-9]*$' | head -n 1)
+  [[ -n "$spid" ]]
+  printf '127.0.0.1 %s\n' "$DOMAIN" >"$BATS_FILE_TMPDIR/hosts"
+  # wrk resolves DOMAIN through /etc/hosts: its own, in a private mount namespace.
+  # shellcheck disable=SC2016
+  in_ns unshare -m bash -c 'mount --bind "$0" /etc/hosts && exec wrk -t2 -c200 -d10s --timeout 10s "https://$1/health"' \
+    "$BATS_FILE_TMPDIR/hosts" "$DOMAIN" >"$BATS_FILE_TMPDIR/wrk.out" 2>&1 &
+  local wrk=$!
+  for _ in $(seq 50); do
+    n=$(in_ns ss -Htn state established '( dport = :8383 )' | wc -l)
+    ((n > max)) && max=$n
+    t=$(awk '/^Threads:/ {print $2}' "/proc/$spid/status" 2>/dev/null || echo 0)
+    ((t > threads)) && threads=$t
+    sleep 0.2
+  done
+  wait "$wrk"
+  pid1=$(on "systemctl show -p MainPID --value tribist")
+  echo "200 clients at the front: the service saw at most $max connections and $threads threads; wrk: $(grep -E 'Requests/sec|requests in|Socket errors' "$BATS_FILE_TMPDIR/wrk.out" | tr -s ' ' | paste -sd ';')" | tee -a "$TIMINGS" >&3
+  run cat "$BATS_FILE_TMPDIR/wrk.out"
+  assert_output --regexp "[0-9]+ requests in"
+  refute_output --partial "Non-2xx"
+  ((max > 0 && max <= 16))
+  assert_equal "$pid1" "$pid0"
+}
+
+@test "a second apply with the same values changes nothing and does not reload caddy" {
+  local before
+  before=$(reloads)
+  run timed "front apply, unchanged" front apply $(apply_args)
+  assert_success
+  assert_output --partial "unchanged: the front for $DOMAIN is as asked (Caddy was not reloaded)"
+  assert_output --partial "answers 200 over HTTP/2"
+  assert_equal "$(reloads)" "$before"
+  run on "grep -h 'action=front' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp 'op=apply domain=api\.front\.test site_sha256=[0-9a-f]{64} result=unchanged$'
+}
+
+@test "the team's own certificate replaces ACME; a key that does not match is refused by caddy validate and every file is put back" {
+  local dir=$BATS_FILE_TMPDIR/own before after
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=$DOMAIN" \
+    -addext "subjectAltName=DNS:$DOMAIN" -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/other-key.pem" 2>/dev/null
+  on "install -d -m 700 /root/own"
+  for f in cert.pem key.pem other-key.pem; do "$HOSTSH" ssh "$H" "cat >/root/own/$f" <"$dir/$f"; done
+  before=$(on "sha256sum /etc/caddy/Caddyfile /etc/caddy/tribist/*")
+  run front apply --domain "$DOMAIN" --cert-file /root/own/cert.pem --key-file /root/own/other-key.pem
+  assert_failure 4
+  assert_output --partial "caddy validate refused the front's configuration: "
+  assert_output --partial "the previous files are back"
+  after=$(on "sha256sum /etc/caddy/Caddyfile /etc/caddy/tribist/*")
+  assert_equal "$after" "$before"
+  run on "grep -h 'action=front' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp 'op=apply domain=api\.front\.test site_sha256=[0-9a-f]{64} result=refused-check$'
+  # The right pair: served at once, by a reload.
+  run front apply --domain "$DOMAIN" --cert-file /root/own/cert.pem --key-file /root/own/key.pem
+  assert_success
+  assert_output --partial "wrote /etc/caddy/tribist/key.pem (root:caddy 0640)"
+  assert_output --partial "systemctl reload caddy"
+  assert_output --partial "certificate: issuer CN=$DOMAIN"
+  run served_cert
+  assert_output --partial "issuer=CN = $DOMAIN"
+  # Back to ACME: the copies of the team's key and certificate are removed.
+  run front apply $(apply_args)
+  assert_success
+  assert_output --partial "removed /etc/caddy/tribist/key.pem"
+  assert_output --partial "certificate: issuer CN=Pebble Intermediate CA"
+  run on "ls /etc/caddy/tribist"
+  refute_output --partial "key.pem"
+}
+
+@test "front remove --purge takes tribist's site alone (another site keeps serving); a new apply re-issues the certificate" {
+  local first second
+  # The admin's own site beside tribist's.
+  on "printf '\n:8081 {\n\trespond \"the admin site\"\n}\n' >>/etc/caddy/Caddyfile && systemctl reload caddy"
+  run on "curl -sS http://127.0.0.1:8081/"
+  assert_output "the admin site"
+  first=$(served_cert)
+  run timed "front remove --purge" front remove --purge --by e2e-front
+  assert_success
+  assert_output --partial "removed tribist's two import lines from /etc/caddy/Caddyfile; its other sites stay"
+  assert_output --partial "removed /etc/caddy/tribist/site.caddy"
+  assert_output --partial "removed 1 certificate directory of $DOMAIN from Caddy's storage"
+  assert_output --partial "removed /etc/caddy/tribist"
+  run on "curl -sS http://127.0.0.1:8081/"
+  assert_output "the admin site"
+  run on "curl -sS -o /dev/null --max-time 5 https://$DOMAIN/health"
+  assert_failure
+  run on "grep -c tribist /etc/caddy/Caddyfile; ls /etc/caddy; ls /var/lib/caddy/.local/share/caddy/certificates/*/"
+  assert_line 0
+  refute_output --partial "tribist"
+  refute_output --partial "$DOMAIN"
+  # The hardening stays: another site remains.
+  run on "test -f /etc/systemd/system/caddy.service.d/tribist-hardening.conf"
+  assert_success
+  run on "grep -h 'action=front' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp 'by="e2e-front" .*op=remove purge=1 domain=api\.front\.test result=ok$'
+  # Applied again: a new certificate, from the same CA.
+  run timed "front apply after purge (re-issue)" front apply $(apply_args)
+  assert_success
+  assert_output --partial "added tribist's two import lines to /etc/caddy/Caddyfile; its other sites are untouched"
+  second=$(served_cert)
+  [[ "$second" == *"issuer=CN = Pebble Intermediate CA"* ]]
+  [[ "$second" != "$first" ]] || fail "the same certificate was served again: $first"
+  echo "certificate before the purge: $first; after: $second" >&3
+  run on "curl -sS http://127.0.0.1:8081/"
+  assert_output "the admin site"
+}
+
+@test "front remove keeps the certificates; front status then says there is no front" {
+  run front remove
+  assert_success
+  assert_output --partial "removed /etc/caddy/tribist/site.caddy"
+  refute_output --partial "Caddy's storage"
+  run on "ls /etc/caddy/tribist; ls /var/lib/caddy/.local/share/caddy/certificates/*/"
+  assert_line ca-root.pem
+  assert_line domain
+  assert_line "$DOMAIN"
+  refute_line site.caddy
+  run on "curl -sS http://127.0.0.1:8081/"
+  assert_output "the admin site"
+  run front status
+  assert_failure 5
+  assert_output --partial "front: none"
+  # Removing twice changes nothing.
+  run front remove
+  assert_success
+  assert_output --partial "nothing to remove"
+}
