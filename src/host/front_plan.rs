@@ -282,7 +282,8 @@ pub fn check_pem(kind: Pem, bytes: &[u8]) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Packages.
 
-/// What to do about the caddy package, from `dpkg-query -W -f='${Status}\t${Version}' caddy`
+/// What to do about the caddy package, from `dpkg-query -W -f='${Status}\n${Version}' caddy`
+/// (a newline between them: output read through `text::printable` has no tabs)
 /// (None: the query failed: no such package known, or no dpkg).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PackageStep {
@@ -299,7 +300,7 @@ pub const INSTALL_COMMAND: &str = "apt-get update && apt-get install -y caddy";
 
 pub fn package_step(dpkg: Option<&str>, apt_get: bool) -> PackageStep {
     let (status, version) = dpkg
-        .map(|s| s.trim().split_once('\t').unwrap_or((s.trim(), "")))
+        .map(|s| s.trim().split_once('\n').unwrap_or((s.trim(), "")))
         .unwrap_or(("", ""));
     if status == "install ok installed" {
         return match caddy_version(version) {
@@ -996,18 +997,23 @@ mod tests {
     #[test]
     fn packages() {
         assert_eq!(
-            package_step(Some("install ok installed\t2.6.2-5"), true),
+            package_step(Some("install ok installed\n2.6.2-5\n"), true),
             PackageStep::Ready
         );
         assert_eq!(
-            package_step(Some("install ok installed\t2.4.6-1"), true),
+            package_step(Some("install ok installed\n2.4.6-1"), true),
             PackageStep::TooOld("2.4.6-1".into())
         );
         assert_eq!(
-            package_step(Some("deinstall ok config-files\t2.6.2-5"), true),
+            package_step(Some("deinstall ok config-files\n2.6.2-5"), true),
             PackageStep::Install
         );
         assert_eq!(package_step(None, true), PackageStep::Install);
+        // What the host program reads has no tabs (text::printable): never "installed".
+        assert_eq!(
+            package_step(Some("install ok installed2.6.2-5"), true),
+            PackageStep::Install
+        );
         assert_eq!(package_step(None, false), PackageStep::NoApt);
         assert_eq!(caddy_version("v2.7.6 h1:w0NymbG2"), Some((2, 7)));
         assert_eq!(caddy_version("2.6.2-12+deb13u1"), Some((2, 6)));
