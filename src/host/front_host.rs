@@ -1445,10 +1445,8 @@ pub fn status() -> Result<Exit> {
     } else {
         String::new()
     };
-    let imported = std::fs::read("/etc/caddy/Caddyfile")
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .is_some_and(|t| plan::imports_site(&t));
+    let imported =
+        read_small("/etc/caddy/Caddyfile", MAX_CADDYFILE).is_some_and(|t| plan::imports_site(&t));
     let (h80, h443) = port_holders();
     let ports = format!("port 80 {}, port 443 {}", h80.describe(), h443.describe());
     let Some(domain) = plan::site_domain(&site) else {
