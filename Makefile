@@ -132,7 +132,7 @@ test-e2e: deps ## deploy with this Makefile to a throwaway systemd host (root; s
 	tests/e2e/host.sh prepare
 	$(BATS) tests/e2e.bats
 
-test-e2e-front: deps ## the HTTPS front door end to end on a throwaway host: Caddy, a certificate from pebble, limits, remove (root; ~3 min)
+test-e2e-front: deps ## the HTTPS front door end to end on a throwaway host: Caddy, a certificate from pebble, limits, remove (root; ~2 min)
 	@[[ $$(id -u) -eq 0 ]] || { echo "make test-e2e-front: needs root (debootstrap, systemd-nspawn, ip netns)" >&2; exit 1; }
 	tests/e2e/host.sh prepare
 	$(BATS) tests/e2e-front.bats
@@ -143,7 +143,7 @@ soak: release ## 5 minutes of steady /health load: no error, RSS growth < 1 MiB 
 bench-upgrade: ## clients' view of make upgrade on a test host, with and without socket activation (root)
 	tests/e2e/bench-upgrade.sh
 
-bench-front: ## the front door on a test host: its cost on /health, and 10,000 idle + 500 slowloris clients at it and at the service directly (root; ~10 min)
+bench-front: ## the front door on a test host: its cost on /health, and 10,000 idle + 500 slowloris clients at it and at the service directly (root; ~5 min)
 	tests/e2e/bench-front.sh
 
 demo: ## boot a throwaway systemd host and narrate install, upgrade, failed upgrade, rollback (root)

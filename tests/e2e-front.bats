@@ -10,6 +10,10 @@ load /usr/lib/bats/bats-support/load.bash
 load /usr/lib/bats/bats-assert/load.bash
 
 REPO=$(cd "$BATS_TEST_DIRNAME/.." && pwd)
+# Its host in a run directory and namespace prefix of its own (host.sh), so the main suite's
+# cleanup never takes it, nor this file's the main suite's.
+export TRIBIST_E2E_RUN=${TRIBIST_E2E_RUN:-/var/tmp/tribist-e2e-front}
+export TRIBIST_E2E_NETNS=${TRIBIST_E2E_NETNS:-tbfront}
 HOSTSH="$REPO/tests/e2e/host.sh"
 FRONTSH="$REPO/tests/e2e/front-host.sh"
 H=tribfront
@@ -22,7 +26,7 @@ on() { "$HOSTSH" ssh "$H" "cd / && $*"; }
 # tribist-host front … on the host, as root over ssh.
 front() { on "/home/tribist/bin/tribist-host front $*"; }
 apply_args() { "$FRONTSH" apply-args "$DOMAIN"; }
-in_ns() { ip netns exec "tribist-$H" "$@"; }
+in_ns() { ip netns exec "$TRIBIST_E2E_NETNS-$H" "$@"; }
 
 timed() {
   local what=$1 start rc=0
