@@ -8,7 +8,7 @@
 # Arguments go to front-flood.sh (--idle N, --slow N, --seconds S, --skip-direct, …).
 set -euo pipefail
 
-readonly NAME=tribbench
+readonly NAME=${TRIBIST_E2E_NAMES:-trib}bench
 readonly DOMAIN=api.bench.test
 # Its host apart from the e2e suites' (host.sh): their cleanup never takes it.
 export TRIBIST_E2E_RUN=${TRIBIST_E2E_RUN:-/var/tmp/tribist-e2e-bench-front}
