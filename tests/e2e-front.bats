@@ -299,6 +299,30 @@ PY
   assert_output "the admin site"
 }
 
+@test "beside an admin's site, a changed hardening drop-in waits for the admin's restart; status says so" {
+  local pid
+  # Caddy running without tribist's drop-in, as on a host where an admin's Caddy served first.
+  on "rm /etc/systemd/system/caddy.service.d/tribist-hardening.conf && systemctl daemon-reload && systemctl restart caddy"
+  pid=$(on "systemctl show -p MainPID --value caddy")
+  run front apply $(apply_args)
+  assert_success
+  assert_output --partial "installed the hardening drop-in"
+  assert_output --partial "apply it when convenient: systemctl restart caddy"
+  refute_output --partial "systemctl restart caddy (its drop-in changed)"
+  assert_equal "$(on "systemctl show -p MainPID --value caddy")" "$pid"
+  run on "curl -sS http://127.0.0.1:8081/"
+  assert_output "the admin site"
+  run front status
+  assert_output --partial "Caddy runs without tribist's hardening drop-in yet"
+  # The admin follows the advice.
+  on "systemctl restart caddy"
+  run front status
+  assert_success
+  refute_output --partial "without tribist's hardening"
+  run on 'grep "Max open files" /proc/$(systemctl show -p MainPID --value caddy)/limits'
+  assert_output --partial "16384"
+}
+
 @test "front remove keeps the certificates; front status then says there is no front" {
   run front remove
   assert_success

@@ -494,6 +494,15 @@ fn caddy_active() -> bool {
     )
 }
 
+/// Whether the running Caddy has the hardening drop-in's limits (None: no main process to
+/// ask, or its limits unreadable).
+fn hardening_running() -> Option<bool> {
+    let pid = deploy::unit_property(CADDY_UNIT, "MainPID");
+    let pid: u32 = pid.trim().parse().ok().filter(|&p| p > 0)?;
+    let limits = read_small(&format!("/proc/{pid}/limits"), 16 * 1024)?;
+    Some(plan::limits_applied(&limits, plan::HARDENING))
+}
+
 fn systemctl(args: &[&str], timeout: Duration) -> Result<()> {
     let o = deploy::systemctl(args, timeout)?;
     if ok(&o) {
@@ -862,7 +871,9 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
     let steps = plan::file_steps(&plan::OURS, &seen.ours, &desired);
     let dropin_changed = seen.dropin.as_deref() != Some(plan::HARDENING.as_bytes());
     let files_changed = !steps.is_empty() || caddyfile != CaddyfileApply::Unchanged;
-    let service = plan::service_step(true, seen.active, files_changed, dropin_changed);
+    let others = plan::serves_others(&seen.caddyfile);
+    let service = plan::service_step(true, seen.active, files_changed, dropin_changed, others);
+    let deferred = plan::hardening_deferred(seen.active, dropin_changed, others);
     let domain = args.domain.as_str();
 
     if !files_changed && !dropin_changed && service == plan::ServiceStep::Nothing {
@@ -985,6 +996,9 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
     });
     if let Err(f) = do_service(service) {
         return Err(recover(&mut changes, seen.active, f));
+    }
+    if deferred {
+        warn(plan::HARDENING_PENDING);
     }
     if let Some(x) = exposure() {
         say(&format!(
@@ -1269,7 +1283,7 @@ fn remove_steps(ctx: &mut Ctx, args: &plan::RemoveArgs) -> Step2<(Outcome, Exit)
             return Err(recover(&mut changes, seen.active, f));
         }
     }
-    let service = plan::service_step(false, seen.active, files_changed, drop_dropin);
+    let service = plan::service_step(false, seen.active, files_changed, drop_dropin, others);
     if service != plan::ServiceStep::Nothing {
         say(&match service {
             plan::ServiceStep::Restart => {
@@ -1425,6 +1439,9 @@ pub fn status() -> Result<Exit> {
             dropin.display(),
             exposure().unwrap_or_else(|| "unknown".into())
         ));
+        if active && hardening_running() == Some(false) {
+            warn(plan::HARDENING_PENDING);
+        }
     } else if installed {
         say("hardening: no drop-in of tribist's (tribist-host front apply installs it)");
     }

@@ -576,20 +576,68 @@ pub enum ServiceStep {
 
 /// `apply`: the front must serve afterwards, so a stopped Caddy is started. `remove`: a
 /// stopped Caddy stays stopped (its files are read at its next start).
+///
+/// A changed drop-in needs a restart, which closes every connection of every site. So a
+/// Caddy that serves other sites (`others_serving`, [`serves_others`]) is only reloaded:
+/// the drop-in waits for the admin's next restart ([`hardening_deferred`] says so, and
+/// `front status` tells from the running process, [`limits_applied`]).
 pub fn service_step(
     apply: bool,
     active: bool,
     files_changed: bool,
     dropin_changed: bool,
+    others_serving: bool,
 ) -> ServiceStep {
     match (active, apply) {
         (false, true) => ServiceStep::Start,
         (false, false) => ServiceStep::Nothing,
-        (true, _) if dropin_changed => ServiceStep::Restart,
+        (true, _) if dropin_changed && !others_serving => ServiceStep::Restart,
         (true, _) if files_changed => ServiceStep::Reload,
         (true, _) => ServiceStep::Nothing,
     }
 }
+
+/// Whether a changed drop-in is left for the admin's next restart of a running Caddy.
+pub fn hardening_deferred(active: bool, dropin_changed: bool, others_serving: bool) -> bool {
+    active && dropin_changed && others_serving
+}
+
+/// Whether the Caddyfile serves sites other than tribist's: an admin's own file with sites
+/// beside tribist's lines. Debian's untouched default (its welcome page) and no file at all
+/// do not count: apply replaces them.
+pub fn serves_others(current: &Caddyfile) -> bool {
+    match current {
+        Caddyfile::Missing => false,
+        Caddyfile::Present {
+            debian_default: true,
+            ..
+        } => false,
+        Caddyfile::Present { bytes, .. } => std::str::from_utf8(bytes)
+            .map(|t| has_sites(&front::without_front(t)))
+            .unwrap_or(true),
+    }
+}
+
+/// Whether the running Caddy has the hardening's descriptor limit: `/proc/PID/limits` of
+/// its main process against the drop-in's `LimitNOFILE=`. A drop-in installed but not yet
+/// applied (deferred, or a restart that never came) shows as false.
+pub fn limits_applied(proc_limits: &str, dropin: &str) -> bool {
+    let Some(want) = dropin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+        .map(str::trim)
+    else {
+        return true;
+    };
+    proc_limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .is_some_and(|soft| soft == want)
+}
+
+/// What apply and status say when the running Caddy lacks the hardening.
+pub const HARDENING_PENDING: &str = "Caddy runs without tribist's hardening drop-in yet (installed, not applied: a restart closes every site's connections, and this Caddy serves other sites too); apply it when convenient: systemctl restart caddy";
 
 // ---------------------------------------------------------------------------------------------
 // Ports 80 and 443.
@@ -1233,15 +1281,23 @@ mod tests {
     #[test]
     fn reload_only_when_something_changed() {
         use ServiceStep::*;
-        assert_eq!(service_step(true, true, false, false), Nothing);
-        assert_eq!(service_step(true, true, true, false), Reload);
-        assert_eq!(service_step(true, true, true, true), Restart);
-        assert_eq!(service_step(true, true, false, true), Restart);
-        assert_eq!(service_step(true, false, false, false), Start);
-        assert_eq!(service_step(true, false, true, true), Start);
-        assert_eq!(service_step(false, false, true, true), Nothing);
-        assert_eq!(service_step(false, true, true, false), Reload);
-        assert_eq!(service_step(false, true, false, false), Nothing);
+        assert_eq!(service_step(true, true, false, false, false), Nothing);
+        assert_eq!(service_step(true, true, true, false, false), Reload);
+        assert_eq!(service_step(true, true, true, true, false), Restart);
+        assert_eq!(service_step(true, true, false, true, false), Restart);
+        assert_eq!(service_step(true, false, false, false, false), Start);
+        assert_eq!(service_step(true, false, true, true, false), Start);
+        assert_eq!(service_step(false, false, true, true, false), Nothing);
+        assert_eq!(service_step(false, true, true, false, false), Reload);
+        assert_eq!(service_step(false, true, false, false, false), Nothing);
+        // Other sites served: a changed drop-in never restarts a running Caddy.
+        assert_eq!(service_step(true, true, true, true, true), Reload);
+        assert_eq!(service_step(true, true, false, true, true), Nothing);
+        assert_eq!(service_step(true, false, true, true, true), Start);
+        assert!(hardening_deferred(true, true, true));
+        assert!(!hardening_deferred(false, true, true));
+        assert!(!hardening_deferred(true, true, false));
+        assert!(!hardening_deferred(true, false, true));
     }
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -1330,6 +1386,42 @@ mod tests {
         assert!(ports_refusal(&stray, &Holder::Free)
             .unwrap()
             .contains("kill 7"));
+    }
+
+    #[test]
+    fn other_sites_are_what_remains_without_tribists_lines() {
+        let present = |t: &str, d| Caddyfile::Present {
+            bytes: t.as_bytes().to_vec(),
+            debian_default: d,
+        };
+        assert!(!serves_others(&Caddyfile::Missing));
+        assert!(!serves_others(&present(
+            ":80 {\n\troot * /usr/share/caddy\n}\n",
+            true
+        )));
+        assert!(!serves_others(&present(&front::main_caddyfile(), false)));
+        let admin = front::with_front(":8081 {\n\trespond ok\n}\n").unwrap();
+        assert!(serves_others(&present(&admin, false)));
+        assert!(serves_others(&present(":8081 {\n}\n", false)));
+        assert!(serves_others(&Caddyfile::Present {
+            bytes: vec![0xff, b'x'],
+            debian_default: false
+        }));
+    }
+
+    #[test]
+    fn the_running_caddy_has_the_hardening_or_not() {
+        let limits = |soft: &str| {
+            format!(
+                "Limit                     Soft Limit           Hard Limit           Units     \n\
+                 Max processes             63704                63704                processes \n\
+                 Max open files            {soft}                524288               files     \n"
+            )
+        };
+        assert!(limits_applied(&limits("16384"), HARDENING));
+        assert!(!limits_applied(&limits("1024"), HARDENING));
+        assert!(!limits_applied("", HARDENING));
+        assert!(limits_applied("", "[Service]\nUMask=0077\n"));
     }
 
     #[test]
