@@ -161,7 +161,7 @@ fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
         ("logs", r) if r.len() <= 3 => logs::cmd_logs(rest),
         ("follow", r) if r.len() <= 3 => logs::cmd_follow(rest),
         ("audit", r) if r.len() <= 1 => records::cmd_audit(rest),
-        ("unlock", []) => unlock::cmd_unlock(),
+        ("unlock", []) => unlock::cmd_unlock(ctx),
         ("receive", [sum]) => switch::receive(ctx, sum),
         ("upgrade", [upload]) => switch::upgrade(ctx, upload, None),
         ("upgrade", [upload, sum]) => match Sha256::parse(sum) {

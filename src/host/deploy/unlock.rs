@@ -11,10 +11,11 @@
 
 use std::path::Path;
 
-use super::{interrupt, paths, say, warn, Exit, Fail, Result};
+use super::{interrupt, paths, say, warn, Ctx, Exit, Fail, Result};
+use crate::host::audit::{Action, Outcome};
 use crate::host::child::user_ids;
 use crate::host::fsx::Dir;
-use crate::host::lock::{self, Timing, UnlockError};
+use crate::host::lock::{self, Timing, UnlockError, UnlockReport};
 
 /// Who holds the lock, as its notes say: root's note (beside the lock, root's), else
 /// tribist's in its `api/` (said to be tribist's words), else `unknown holder`.
@@ -46,27 +47,67 @@ pub fn holder_note_in(state_dir: &Path, api_dir: &Path, tribist: Option<u32>) ->
     }
 }
 
-/// `unlock`: breaks the lock at `path` with `timing` (see the module's comment).
-pub fn unlock_at(path: &Path, timing: Timing) -> Result<Exit> {
-    let note = holder_note();
+/// `unlock`: breaks the lock at `path` with `timing` (see the module's comment); what was
+/// done, already said.
+pub fn unlock_at(path: &Path, timing: Timing, note: &str) -> Result<UnlockReport> {
     match lock::unlock_until(
         path,
         timing,
-        &note,
+        note,
         &mut |s| warn(s),
         &interrupt::interrupted,
     ) {
         Ok(report) => {
             say(&report.to_string());
-            Ok(Exit::Ok)
+            Ok(report)
         }
         Err(e @ UnlockError::Stopped { .. }) => Err(Fail::new(Exit::Interrupted, e.to_string())),
         Err(e) => Err(Fail::failed(e.to_string())),
     }
 }
 
-pub fn cmd_unlock() -> Result<Exit> {
-    unlock_at(Path::new(paths::LOCK_FILE), Timing::DEFAULT)
+/// The audit's words for an unlock: its outcome, and for a lock broken, the holder its
+/// notes named and the processes signalled (`killed=` when SIGKILL was needed: what they
+/// had started was not rolled back by them).
+pub fn audited(
+    done: &std::result::Result<UnlockReport, Fail>,
+    note: &str,
+) -> (Outcome, Vec<(&'static str, String)>) {
+    let pids = |p: &[i32]| {
+        p.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match done {
+        Ok(UnlockReport::NoLock | UnlockReport::Free) => (Outcome::Unchanged, Vec::new()),
+        Ok(UnlockReport::Released { terminated, killed }) => {
+            let mut f = vec![
+                ("holder", note.to_string()),
+                ("terminated", pids(terminated)),
+            ];
+            if !killed.is_empty() {
+                f.push(("killed", pids(killed)));
+            }
+            (Outcome::Ok, f)
+        }
+        Err(e) if e.exit == Exit::Interrupted => {
+            (Outcome::Interrupted, vec![("holder", note.to_string())])
+        }
+        Err(_) => (Outcome::Failed, vec![("holder", note.to_string())]),
+    }
+}
+
+/// `make unlock`: breaks the lock, then records what it did (`action=unlock`): breaking a
+/// lock stops someone's deployment, so it is in the audit like the deployments are.
+pub fn cmd_unlock(ctx: &mut Ctx) -> Result<Exit> {
+    let note = holder_note();
+    let done = unlock_at(Path::new(paths::LOCK_FILE), Timing::DEFAULT, &note);
+    let (outcome, fields) = audited(&done, &note);
+    ctx.action = Some(Action::Unlock);
+    ctx.extra.extend(fields);
+    ctx.audit(outcome);
+    done.map(|_| Exit::Ok)
 }
 
 #[cfg(test)]
@@ -77,18 +118,51 @@ mod tests {
     #[test]
     fn no_lock_and_a_free_lock_are_said() {
         let t = TempDir::new("unlock-cmd");
-        assert_eq!(unlock_at(&t.join("lock"), Timing::DEFAULT), Ok(Exit::Ok));
+        let unlock = |p: &Path| unlock_at(p, Timing::DEFAULT, "unknown holder");
+        assert_eq!(unlock(&t.join("lock")), Ok(UnlockReport::NoLock));
         std::fs::write(t.join("lock"), b"").unwrap();
-        assert_eq!(unlock_at(&t.join("lock"), Timing::DEFAULT), Ok(Exit::Ok));
+        assert_eq!(unlock(&t.join("lock")), Ok(UnlockReport::Free));
         // A link where the lock is: refused, naming the fix.
         std::fs::remove_file(t.join("lock")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", t.join("lock")).unwrap();
-        let e = unlock_at(&t.join("lock"), Timing::DEFAULT).unwrap_err();
+        let e = unlock(&t.join("lock")).unwrap_err();
         assert_eq!(e.exit, Exit::Failed);
         assert!(
             e.message.ends_with("make install puts the layout right"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_audit_says_what_an_unlock_did() {
+        let note = "upgrade by bob as root@x (pid 7)";
+        assert_eq!(
+            audited(&Ok(UnlockReport::Free), note),
+            (Outcome::Unchanged, vec![])
+        );
+        assert_eq!(
+            audited(&Ok(UnlockReport::NoLock), note),
+            (Outcome::Unchanged, vec![])
+        );
+        let released = UnlockReport::Released {
+            terminated: vec![7, 9],
+            killed: vec![],
+        };
+        assert_eq!(
+            audited(&Ok(released), note),
+            (
+                Outcome::Ok,
+                vec![("holder", note.into()), ("terminated", "7,9".into())]
+            )
+        );
+        let killed = UnlockReport::Released {
+            terminated: vec![7],
+            killed: vec![7],
+        };
+        assert_eq!(audited(&Ok(killed), note).1[2], ("killed", "7".into()));
+        let stopped = Fail::new(Exit::Interrupted, "stopped");
+        assert_eq!(audited(&Err(stopped), note).0, Outcome::Interrupted);
+        assert_eq!(audited(&Err(Fail::failed("x")), note).0, Outcome::Failed);
     }
 
     #[test]
