@@ -43,8 +43,9 @@ served_cert() {
     openssl x509 -noout -serial -issuer
 }
 
-# How many reloads of caddy.service systemd has logged.
-reloads() { on "journalctl -u caddy -o cat --no-pager | grep -c '^Reloaded ' || true"; }
+# How many new configurations Caddy has loaded through its admin endpoint (a reload, by
+# systemctl or caddy reload; a start logs none).
+reloads() { on "journalctl -u caddy -o cat --no-pager | grep -c '\"msg\":\"load complete\"' || true"; }
 
 setup_file() {
   "$HOSTSH" down "$H"
@@ -127,7 +128,7 @@ teardown_file() {
   assert_output "308 https://$DOMAIN/health?x=1"
   run front status
   assert_success
-  assert_output --regexp "caddy 2\.6\.[0-9]+-[0-9]+: caddy.service active"
+  assert_output --regexp "caddy 2\.6\.[0-9]+-[0-9][^ ]*: caddy.service active"
   assert_output --partial "front: https://$DOMAIN -> 127.0.0.1:8383 (/etc/caddy/tribist/site.caddy; imported by /etc/caddy/Caddyfile)"
   assert_output --regexp "port 80 caddy's \(pid [0-9]+\), port 443 caddy's \(pid [0-9]+\)"
   assert_output --regexp "certificate: issuer CN=Pebble Intermediate CA [0-9a-f]+, expires [A-Z][a-z]{2} +[0-9]+ [0-9:]+ 20[0-9]{2} GMT"
@@ -149,6 +150,28 @@ teardown_file() {
   run on "runuser -u tribist -- cat /etc/caddy/tribist/site.caddy"
   assert_failure
   assert_output --partial "Permission denied"
+}
+
+@test "Caddy's admin endpoint takes no configuration from tribist or tribistd: only a socket of caddy's" {
+  local as_tribistd="setpriv --reuid=tribistd --regid=tribistd --clear-groups --" before
+  # Caddy's default endpoint, localhost:2019, would take a whole new configuration (serving
+  # the key's directory, say) from any local user: it is closed.
+  run on "runuser -u tribist -- curl -sS -m 5 http://localhost:2019/config/"
+  assert_failure 7
+  run on "$as_tribistd curl -sS -m 5 -X POST -H 'Content-Type: application/json' -d '{}' http://localhost:2019/load"
+  assert_failure 7
+  run on "stat -c '%F %U' /var/lib/caddy/admin.sock"
+  assert_output "socket caddy"
+  run on "runuser -u tribist -- curl -sS -m 5 --unix-socket /var/lib/caddy/admin.sock http://localhost/config/"
+  assert_failure 7
+  assert_output --partial "Permission denied"
+  run on "$as_tribistd curl -sS -m 5 --unix-socket /var/lib/caddy/admin.sock http://localhost/config/"
+  assert_failure 7
+  # Root's reload (Debian's ExecReload=) finds it.
+  before=$(reloads)
+  run on "systemctl reload caddy"
+  assert_success
+  (($(reloads) == before + 1)) || fail "caddy loaded no new configuration: $(reloads) after $before"
 }
 
 @test "edge limits: a slow header is cut at the 10 s timeout, an oversized header refused with 431" {
@@ -248,7 +271,7 @@ PY
   run front apply --domain "$DOMAIN" --cert-file /root/own/cert.pem --key-file /root/own/key.pem
   assert_success
   assert_output --partial "wrote /etc/caddy/tribist/key.pem (root:caddy 0640)"
-  assert_output --partial "systemctl reload caddy"
+  assert_output --partial "caddy reload (graceful; what systemctl reload caddy runs)"
   assert_output --partial "certificate: issuer CN=$DOMAIN"
   run served_cert
   assert_output --partial "issuer=CN = $DOMAIN"
@@ -299,28 +322,44 @@ PY
   assert_output "the admin site"
 }
 
-@test "beside an admin's site, a changed hardening drop-in waits for the admin's restart; status says so" {
-  local pid
+@test "beside an admin's site, apply leaves Caddy's sandbox to the admin, who applies it with the command it names" {
+  local pid advice
   # Caddy running without tribist's drop-in, as on a host where an admin's Caddy served first.
   on "rm /etc/systemd/system/caddy.service.d/tribist-hardening.conf && systemctl daemon-reload && systemctl restart caddy"
   pid=$(on "systemctl show -p MainPID --value caddy")
   run front apply $(apply_args)
   assert_success
-  assert_output --partial "installed the hardening drop-in"
-  assert_output --partial "apply it when convenient: systemctl restart caddy"
-  refute_output --partial "systemctl restart caddy (its drop-in changed)"
+  assert_output --partial "so tribist did not sandbox caddy.service"
+  refute_output --partial "installed the hardening drop-in"
   assert_equal "$(on "systemctl show -p MainPID --value caddy")" "$pid"
+  run on "test -e /etc/systemd/system/caddy.service.d/tribist-hardening.conf"
+  assert_failure
   run on "curl -sS http://127.0.0.1:8081/"
   assert_output "the admin site"
   run front status
-  assert_output --partial "Caddy runs without tribist's hardening drop-in yet"
-  # The admin follows the advice.
-  on "systemctl restart caddy"
-  run front status
   assert_success
-  refute_output --partial "without tribist's hardening"
+  assert_output --partial "so tribist did not sandbox caddy.service"
+  # The admin, once their site is checked, runs what the advice names.
+  advice=$(grep -o '/home/tribist/bin/tribist-host front harden$' <<<"$output" | head -n 1)
+  [[ -n "$advice" ]] || fail "no command in: $output"
+  run on "$advice"
+  assert_success
+  assert_output --partial "installed the hardening drop-in"
+  assert_output --regexp "exposure 1\.[0-9] OK"
   run on 'grep "Max open files" /proc/$(systemctl show -p MainPID --value caddy)/limits'
   assert_output --partial "16384"
+  run on "curl -sS http://127.0.0.1:8081/"
+  assert_output "the admin site"
+  run on "curl -sS --cacert $PEBBLE_ROOT -o /dev/null -w '%{http_code}' https://$DOMAIN/health"
+  assert_output "200"
+  run front status
+  refute_output --partial "sandbox"
+  run on "grep -h 'action=front' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp 'op=harden result=ok$'
+  # Once more: nothing to do.
+  run on "$advice"
+  assert_success
+  assert_output --partial "unchanged"
 }
 
 @test "front remove keeps the certificates; front status then says there is no front" {

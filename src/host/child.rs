@@ -59,6 +59,31 @@ impl RunAs {
     }
 }
 
+/// Every group of user `name` (the password database's and `/etc/group`'s, as
+/// `initgroups` would give it), `gid` first; just `[gid]` if they cannot be read.
+pub fn user_groups(name: &str, gid: u32) -> Vec<u32> {
+    let Ok(c) = CString::new(name) else {
+        return vec![gid];
+    };
+    let mut n: libc::c_int = 32;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let mut count = n;
+        // SAFETY: groups is writable for `count` entries; c is NUL-terminated.
+        let r = unsafe { libc::getgrouplist(c.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        if r >= 0 {
+            groups.truncate(count.max(0) as usize);
+            let mut all = vec![gid];
+            all.extend(groups.into_iter().filter(|&g| g != gid));
+            return all;
+        }
+        if count <= n || n >= 65536 {
+            return vec![gid];
+        }
+        n = count;
+    }
+}
+
 /// The uid and primary gid of user `name` (`getpwnam_r`), if it exists.
 pub fn user_ids(name: &str) -> Option<(u32, u32)> {
     let c = CString::new(name).ok()?;
@@ -862,6 +887,8 @@ mod tests {
     #[test]
     fn user_ids_from_the_password_database() {
         assert_eq!(user_ids("root"), Some((0, 0)));
+        assert_eq!(user_groups("root", 0)[0], 0);
+        assert_eq!(user_groups("no-such-user-tribist-test", 7), [7]);
         assert_eq!(user_ids("no-such-user-tribist-test"), None);
         assert_eq!(user_ids("bad\0name"), None);
     }

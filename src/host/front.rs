@@ -342,13 +342,17 @@ impl EdgeLimits {
 
     /// The `servers :443` global option (HTTP/1.1 and HTTP/2 only: HTTP/3 would open UDP 443,
     /// and a QUIC stack, measured nowhere here), to be imported inside the Caddyfile's global
-    /// options block (its own file: [`SERVERS_FILE`]).
+    /// options block (its own file: [`SERVERS_FILE`]); with it, Caddy's admin endpoint on
+    /// [`ADMIN_SOCKET`].
     pub fn servers(&self) -> Result<String, FrontError> {
         self.check()?;
         Ok(format!(
             "# Written by tribist's make install: edge limits of Caddy's :443 server, shared by\n\
              # every site on that port (docs/front-door.md). Imported in /etc/caddy/Caddyfile's\n\
              # global options block.\n\
+             # Caddy's admin endpoint on a unix socket only caddy and root may use: the default,\n\
+             # localhost:2019, takes a whole new configuration from any local user.\n\
+             admin unix/{ADMIN_SOCKET}\n\
              servers :443 {{\n\
              \tprotocols h1 h2\n\
              \ttimeouts {{\n\
@@ -569,6 +573,12 @@ pub fn main_caddyfile() -> String {
     )
 }
 
+/// Where Caddy's admin endpoint listens once tribist's options are imported: in caddy's
+/// home (`/var/lib/caddy`, caddy's, and writable under the hardening's `ProtectSystem=`);
+/// Caddy makes the socket with its umask, so only caddy (and root) may connect: connecting
+/// to a unix socket needs write permission on it. Caddy replaces a stale one at its start.
+pub const ADMIN_SOCKET: &str = "/var/lib/caddy/admin.sock";
+
 /// The comment heading [`main_caddyfile`], removed with tribist's lines.
 const MAIN_HEADER: [&str; 2] = [
     "# Written by tribist's make install, which replaced Debian's default welcome site.",
@@ -756,6 +766,7 @@ api.example.test {
         assert_eq!(
             body,
             [
+                "admin unix//var/lib/caddy/admin.sock",
                 "servers :443 {",
                 "\tprotocols h1 h2",
                 "\ttimeouts {",

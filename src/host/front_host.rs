@@ -57,8 +57,10 @@ pub fn main(args: &[String]) -> ExitCode {
             .map_err(|e| Fail::usage(e.to_string()))
             .and_then(|a| remove(&mut ctx_by(a.by.as_deref()), &a)),
         Some((c, [])) if c == "status" => status(),
+        Some((c, [])) if c == "harden" => harden(&mut ctx_by(None)),
+        Some((c, [by, who])) if c == "harden" && by == "--by" => harden(&mut ctx_by(Some(who))),
         _ => Err(Fail::usage(
-            "usage: tribist-host front apply ARGS | remove [--purge] | status; see: tribist-host help",
+            "usage: tribist-host front apply ARGS | remove [--purge] | status | harden [--by WHO]; see: tribist-host help",
         )),
     };
     match outcome {
@@ -95,8 +97,11 @@ enum Place {
     DropIn,
 }
 
+/// A file's mode and (uid, gid).
+type Attrs = (u32, (u32, u32));
+
 /// Owner and mode of each file the front writes.
-fn attrs(place: Place, caddy_gid: u32) -> (u32, (u32, u32)) {
+fn attrs(place: Place, caddy_gid: u32) -> Attrs {
     match place {
         Place::Ours => (0o640, (0, caddy_gid)),
         Place::EtcCaddy | Place::DropIn => (0o644, (0, 0)),
@@ -249,6 +254,8 @@ struct Saved {
 struct Changes<'a> {
     places: &'a Places,
     saved: Vec<Saved>,
+    /// The Caddyfile's own mode and owner, when it had one ([`Observed::caddyfile_attrs`]).
+    caddyfile: Option<Attrs>,
 }
 
 impl<'a> Changes<'a> {
@@ -256,6 +263,20 @@ impl<'a> Changes<'a> {
         Changes {
             places,
             saved: Vec::new(),
+            caddyfile: None,
+        }
+    }
+
+    /// Keeps the Caddyfile's mode and owner (`Some`) in what this writes and puts back.
+    fn keeping(mut self, caddyfile: Option<Attrs>) -> Changes<'a> {
+        self.caddyfile = caddyfile;
+        self
+    }
+
+    fn attrs(&self, place: Place, name: &str) -> Attrs {
+        match self.caddyfile {
+            Some(a) if place == Place::EtcCaddy && name == plan::CADDYFILE => a,
+            _ => attrs(place, self.places.caddy_gid),
         }
     }
 
@@ -273,7 +294,7 @@ impl<'a> Changes<'a> {
         before: Option<Vec<u8>>,
     ) -> Result<()> {
         let dir = self.dir(place)?;
-        let (mode, owner) = attrs(place, self.places.caddy_gid);
+        let (mode, owner) = self.attrs(place, name);
         self.saved.push(Saved {
             place,
             name,
@@ -307,7 +328,7 @@ impl<'a> Changes<'a> {
             let Some(dir) = self.places.dir(s.place) else {
                 continue;
             };
-            let (mode, owner) = attrs(s.place, self.places.caddy_gid);
+            let (mode, owner) = self.attrs(s.place, s.name);
             let r = match &s.before {
                 Some(b) => fsx::write_atomic_at(dir, s.name, b, mode, Some(owner)),
                 None => match fsx::unlinkat(dir, s.name) {
@@ -471,7 +492,7 @@ fn validate(uid: u32, gid: u32) -> std::result::Result<(), (String, String)> {
         .run_as(RunAs {
             uid,
             gid,
-            groups: vec![gid],
+            groups: child::user_groups(CADDY_USER, gid),
         })
         .run(Duration::from_secs(60), 64 * 1024);
     match o {
@@ -521,10 +542,51 @@ fn do_service(step: plan::ServiceStep) -> Result<()> {
     let t = Duration::from_secs(90);
     match step {
         plan::ServiceStep::Nothing => Ok(()),
-        plan::ServiceStep::Reload => systemctl(&["reload", CADDY_UNIT], t),
+        plan::ServiceStep::Reload => reload(t),
         plan::ServiceStep::Start => systemctl(&["enable", "--now", CADDY_UNIT], t),
         plan::ServiceStep::Restart => systemctl(&["restart", CADDY_UNIT], t),
     }
+}
+
+/// Caddy told to load /etc/caddy/Caddyfile, gracefully (what Debian's `ExecReload=` runs),
+/// through the admin endpoint the running Caddy has: its socket (tribist's options were
+/// imported), else the default `localhost:2019` (they were not, or a Caddy started before
+/// they were). Debian's `systemctl reload caddy` asks the address the new configuration
+/// names, which is not yet (or no longer) the running one's when tribist's options come in
+/// or go: so both are tried, the socket first.
+fn reload(timeout: Duration) -> Result<()> {
+    let mut said = Vec::new();
+    for address in plan::admin_addresses() {
+        let o = run(
+            Spawn::new("/usr/bin/caddy")
+                .args([
+                    "reload",
+                    "--config",
+                    "/etc/caddy/Caddyfile",
+                    "--adapter",
+                    "caddyfile",
+                    "--force",
+                    "--address",
+                    &address,
+                ])
+                .env("HOME", "/var/lib/caddy")
+                .env("PATH", PATH_ENV),
+            "caddy reload",
+            timeout,
+        )?;
+        if ok(&o) {
+            return Ok(());
+        }
+        let why = tail(&o, 2);
+        if !plan::admin_unreachable(&why) {
+            return Err(Fail::failed(format!("caddy reload failed: {why}")));
+        }
+        said.push(format!("{address}: {why}"));
+    }
+    Err(Fail::failed(format!(
+        "caddy reload reached no admin endpoint ({}); is Caddy running? systemctl status caddy",
+        said.join("; ")
+    )))
 }
 
 /// The lines of caddy's journal worth showing when the front does not answer: certificate
@@ -675,6 +737,9 @@ fn port_holders() -> (Holder, Holder) {
 
 struct Observed {
     caddyfile: Caddyfile,
+    /// The Caddyfile's mode and owner, kept when it is rewritten or put back (an admin's
+    /// root:caddy 0640 file, holding a DNS token, stays that).
+    caddyfile_attrs: Option<Attrs>,
     prev: Option<Vec<u8>>,
     ours: BTreeMap<&'static str, Vec<u8>>,
     dropin: Option<Vec<u8>>,
@@ -708,6 +773,7 @@ fn is_debian_default(file: &File) -> bool {
 }
 
 fn observe(places: &Places) -> Result<Observed> {
+    let mut caddyfile_attrs = None;
     let caddyfile = match fsx::open_regular_at(
         &places.etc,
         plan::CADDYFILE,
@@ -717,6 +783,10 @@ fn observe(places: &Places) -> Result<Observed> {
         },
     ) {
         Ok(r) => {
+            caddyfile_attrs = r.file.metadata().ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.mode() & 0o7777, (m.uid(), m.gid()))
+            });
             let bytes = fsx::read_bounded(&r.file, MAX_CADDYFILE, "/etc/caddy/Caddyfile")
                 .map_err(|e| Fail::failed(e.to_string()))?;
             Caddyfile::Present {
@@ -746,6 +816,7 @@ fn observe(places: &Places) -> Result<Observed> {
     };
     Ok(Observed {
         caddyfile,
+        caddyfile_attrs,
         prev,
         ours,
         dropin,
@@ -786,6 +857,92 @@ pub fn apply(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Result<Exit> {
     result
 }
 
+/// `front harden`, on the admin's word: the hardening drop-in installed and Caddy restarted
+/// under it (apply leaves this to the admin where Caddy serves other sites too,
+/// [`plan::DropInStep::LeaveToAdmin`]). A Caddy that does not start under it gets the
+/// previous drop-in (or none) back and is started again. Audited `op=harden`.
+pub fn harden(ctx: &mut Ctx) -> Result<Exit> {
+    need_root("front harden")?;
+    ctx.action = Some(Action::Front);
+    ctx.extra = vec![("op", "harden".into())];
+    let (outcome, result) = match harden_steps() {
+        Ok((o, e)) => (o, Ok(e)),
+        Err((o, f)) => (o, Err(f)),
+    };
+    ctx.audit(outcome);
+    result
+}
+
+fn harden_steps() -> Step2<(Outcome, Exit)> {
+    if !matches!(
+        plan::package_step(dpkg_status().as_deref(), true),
+        PackageStep::Ready
+    ) {
+        return Err((
+            Outcome::Failed,
+            Fail::failed(format!(
+                "Caddy 2.6 or newer is not installed: nothing to harden (install it: {})",
+                plan::INSTALL_COMMAND
+            )),
+        ));
+    }
+    let caddy_gid = refused(caddy_ids())?.1;
+    let etc = refused(Dir::open(plan::ETC_CADDY).map_err(|e| Fail::failed(e.to_string())))?;
+    refused(check_root_dir(&etc))?;
+    // apply's and remove's lock when there is a front, so none of them runs beside this.
+    let _lock = match etc.open_at("tribist") {
+        Ok(ours) => refused(DirLock::take(&ours))?,
+        Err(_) => refused(DirLock::take(&etc))?,
+    };
+    let places = Places {
+        etc,
+        ours: None,
+        dropin: refused(open_dropin_dir(true))?,
+        caddy_gid,
+    };
+    let dir = refused(
+        places
+            .dropin
+            .as_ref()
+            .ok_or_else(|| Fail::failed("internal: the drop-in directory is not open")),
+    )?;
+    let before = refused(read_opt(dir, plan::DROPIN_NAME, Some(0), MAX_CADDYFILE))?;
+    let dropin = format!("{}/{}", plan::DROPIN_DIR, plan::DROPIN_NAME);
+    if before.as_deref() == Some(plan::HARDENING.as_bytes()) && hardening_running() == Some(true) {
+        say(&format!(
+            "unchanged: {dropin} is installed and the running Caddy has it"
+        ));
+        return Ok((Outcome::Unchanged, Exit::Ok));
+    }
+    let mut changes = Changes::new(&places);
+    if before.as_deref() != Some(plan::HARDENING.as_bytes()) {
+        if let Err(f) = changes.write(
+            Place::DropIn,
+            plan::DROPIN_NAME,
+            plan::HARDENING.as_bytes(),
+            before,
+        ) {
+            let problems = changes.undo();
+            return Err((Outcome::Failed, with_undo(f, &problems)));
+        }
+        say(&format!("installed the hardening drop-in {dropin}"));
+        if let Err(f) = systemctl(&["daemon-reload"], Duration::from_secs(60)) {
+            return Err(recover(&mut changes, true, f));
+        }
+    }
+    say("systemctl restart caddy (every site's connections are closed once)");
+    if let Err(f) = systemctl(&["restart", CADDY_UNIT], Duration::from_secs(90)) {
+        return Err(recover(&mut changes, true, f));
+    }
+    if let Some(x) = exposure() {
+        say(&format!(
+            "systemd-analyze security caddy.service: exposure {x}"
+        ));
+    }
+    say("Caddy runs under tribist's hardening; check your sites answer (journalctl -u caddy says why one does not)");
+    Ok((Outcome::Ok, Exit::Ok))
+}
+
 type Step2<T> = std::result::Result<T, (Outcome, Fail)>;
 
 fn refused<T>(r: Result<T>) -> Step2<T> {
@@ -801,14 +958,15 @@ fn refused<T>(r: Result<T>) -> Step2<T> {
 
 fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> {
     let upstream: SocketAddr = match args.upstream {
-        Some(u) => u,
+        Some(u) => refused(plan::upstream(u, "--upstream").map_err(Fail::failed))?,
         None => {
             let listen = health::listen_address();
-            refused(listen.parse().map_err(|_| {
+            let parsed = refused(listen.parse().map_err(|_| {
                 Fail::failed(format!(
                     "tribist.socket listens on {listen}, which the front cannot dial; give --upstream IP:PORT"
                 ))
-            }))?
+            }))?;
+            refused(plan::upstream(parsed, "tribist.socket's address").map_err(Fail::failed))?
         }
     };
     let front = plan::front_of(args, upstream);
@@ -869,17 +1027,19 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
     let caddyfile = refused(plan::caddyfile_apply(&seen.caddyfile).map_err(front_fail))?;
     let desired = plan::desired_files(&args.domain, &site, &servers, &certs);
     let steps = plan::file_steps(&plan::OURS, &seen.ours, &desired);
-    let dropin_changed = seen.dropin.as_deref() != Some(plan::HARDENING.as_bytes());
+    let hardening = plan::dropin_step(seen.dropin.as_deref(), plan::serves_others(&seen.caddyfile));
+    let dropin_changed = hardening == plan::DropInStep::Install;
     let files_changed = !steps.is_empty() || caddyfile != CaddyfileApply::Unchanged;
-    let others = plan::serves_others(&seen.caddyfile);
-    let service = plan::service_step(true, seen.active, files_changed, dropin_changed, others);
-    let deferred = plan::hardening_deferred(seen.active, dropin_changed, others);
+    let service = plan::service_step(true, seen.active, files_changed, dropin_changed);
     let domain = args.domain.as_str();
 
     if !files_changed && !dropin_changed && service == plan::ServiceStep::Nothing {
         say(&format!(
             "unchanged: the front for {domain} is as asked (Caddy was not reloaded)"
         ));
+        if hardening == plan::DropInStep::LeaveToAdmin {
+            warn(plan::HARDENING_ADVICE);
+        }
         let (answer, served) = ask_front(domain);
         let good = report_answer(domain, upstream, answer, &served);
         return Ok((
@@ -889,7 +1049,7 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
     }
 
     // Write, remembering what was there.
-    let mut changes = Changes::new(&places);
+    let mut changes = Changes::new(&places).keeping(seen.caddyfile_attrs);
     let written = (|| -> Result<()> {
         for s in &steps {
             match s {
@@ -990,15 +1150,17 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
     }
     say(&match service {
         plan::ServiceStep::Nothing => "Caddy's files are unchanged: not reloaded".to_string(),
-        plan::ServiceStep::Reload => "systemctl reload caddy".into(),
+        plan::ServiceStep::Reload => {
+            "caddy reload (graceful; what systemctl reload caddy runs)".into()
+        }
         plan::ServiceStep::Start => "systemctl enable --now caddy".into(),
         plan::ServiceStep::Restart => "systemctl restart caddy (its drop-in changed)".into(),
     });
     if let Err(f) = do_service(service) {
         return Err(recover(&mut changes, seen.active, f));
     }
-    if deferred {
-        warn(plan::HARDENING_PENDING);
+    if hardening == plan::DropInStep::LeaveToAdmin {
+        warn(plan::HARDENING_ADVICE);
     }
     if let Some(x) = exposure() {
         say(&format!(
@@ -1108,8 +1270,11 @@ fn recover(changes: &mut Changes, was_active: bool, f: Fail) -> (Outcome, Fail) 
         back &= systemctl(&["daemon-reload"], Duration::from_secs(60)).is_ok();
     }
     if was_active {
-        let step = if dropin { "restart" } else { "reload" };
-        back &= systemctl(&[step, CADDY_UNIT], Duration::from_secs(90)).is_ok();
+        back &= if dropin {
+            systemctl(&["restart", CADDY_UNIT], Duration::from_secs(90)).is_ok()
+        } else {
+            reload(Duration::from_secs(90)).is_ok()
+        };
     }
     let journal = caddy_journal();
     let msg = format!(
@@ -1212,7 +1377,7 @@ fn remove_steps(ctx: &mut Ctx, args: &plan::RemoveArgs) -> Step2<(Outcome, Exit)
         return Ok((Outcome::Unchanged, Exit::Ok));
     }
 
-    let mut changes = Changes::new(&places);
+    let mut changes = Changes::new(&places).keeping(seen.caddyfile_attrs);
     let written = (|| -> Result<()> {
         if let (Some(new), Caddyfile::Present { bytes, .. }) = (&new_caddyfile, &seen.caddyfile) {
             changes.write(Place::EtcCaddy, plan::CADDYFILE, new, Some(bytes.clone()))?;
@@ -1283,13 +1448,13 @@ fn remove_steps(ctx: &mut Ctx, args: &plan::RemoveArgs) -> Step2<(Outcome, Exit)
             return Err(recover(&mut changes, seen.active, f));
         }
     }
-    let service = plan::service_step(false, seen.active, files_changed, drop_dropin, others);
+    let service = plan::service_step(false, seen.active, files_changed, drop_dropin);
     if service != plan::ServiceStep::Nothing {
         say(&match service {
             plan::ServiceStep::Restart => {
                 "systemctl restart caddy (its drop-in is gone)".to_string()
             }
-            _ => "systemctl reload caddy".into(),
+            _ => "caddy reload (graceful; what systemctl reload caddy runs)".into(),
         });
     }
     if let Err(f) = do_service(service) {
@@ -1442,6 +1607,15 @@ pub fn status() -> Result<Exit> {
         if active && hardening_running() == Some(false) {
             warn(plan::HARDENING_PENDING);
         }
+    } else if installed
+        && read_small("/etc/caddy/Caddyfile", MAX_CADDYFILE).is_some_and(|t| {
+            plan::serves_others(&Caddyfile::Present {
+                bytes: t.into_bytes(),
+                debian_default: false,
+            })
+        })
+    {
+        warn(&format!("hardening: {}", plan::HARDENING_ADVICE));
     } else if installed {
         say("hardening: no drop-in of tribist's (tribist-host front apply installs it)");
     }
@@ -1568,6 +1742,35 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["cert.pem"], "no temporary left behind");
+    }
+
+    #[test]
+    fn an_admins_caddyfile_keeps_its_mode_and_group_when_rewritten_and_put_back() {
+        crate::host::testutil::root_or_skip!("the Caddyfile is chowned");
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = TempDir::new("front-keep-mode");
+        let p = places(&t);
+        let cf = t.join("Caddyfile");
+        std::fs::write(&cf, ":8081 {\n\trespond ok\n}\n").unwrap();
+        std::os::unix::fs::chown(&cf, Some(0), Some(4242)).unwrap();
+        std::fs::set_permissions(&cf, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let seen = observe(&p).unwrap();
+        assert_eq!(seen.caddyfile_attrs, Some((0o640, (0, 4242))));
+        let mut c = Changes::new(&p).keeping(seen.caddyfile_attrs);
+        let before = std::fs::read(&cf).unwrap();
+        c.write(
+            Place::EtcCaddy,
+            plan::CADDYFILE,
+            b"new",
+            Some(before.clone()),
+        )
+        .unwrap();
+        let m = std::fs::metadata(&cf).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 0, 4242));
+        assert!(c.undo().is_empty());
+        assert_eq!(std::fs::read(&cf).unwrap(), before);
+        let m = std::fs::metadata(&cf).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, 4242));
     }
 
     #[test]

@@ -575,31 +575,87 @@ pub enum ServiceStep {
 }
 
 /// `apply`: the front must serve afterwards, so a stopped Caddy is started. `remove`: a
-/// stopped Caddy stays stopped (its files are read at its next start).
-///
-/// A changed drop-in needs a restart, which closes every connection of every site. So a
-/// Caddy that serves other sites (`others_serving`, [`serves_others`]) is only reloaded:
-/// the drop-in waits for the admin's next restart ([`hardening_deferred`] says so, and
-/// `front status` tells from the running process, [`limits_applied`]).
+/// stopped Caddy stays stopped (its files are read at its next start). `dropin_changed`:
+/// tribist wrote or removed the hardening drop-in, which only a restart applies.
 pub fn service_step(
     apply: bool,
     active: bool,
     files_changed: bool,
     dropin_changed: bool,
-    others_serving: bool,
 ) -> ServiceStep {
     match (active, apply) {
         (false, true) => ServiceStep::Start,
         (false, false) => ServiceStep::Nothing,
-        (true, _) if dropin_changed && !others_serving => ServiceStep::Restart,
+        (true, _) if dropin_changed => ServiceStep::Restart,
         (true, _) if files_changed => ServiceStep::Reload,
         (true, _) => ServiceStep::Nothing,
     }
 }
 
-/// Whether a changed drop-in is left for the admin's next restart of a running Caddy.
-pub fn hardening_deferred(active: bool, dropin_changed: bool, others_serving: bool) -> bool {
-    active && dropin_changed && others_serving
+/// What apply does about the hardening drop-in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropInStep {
+    /// It is there, as tribist ships it.
+    Same,
+    /// Written (new or changed), and Caddy restarted for it.
+    Install,
+    /// Caddy serves other sites too: its sandbox (`ProtectHome=`, `ProtectSystem=strict`
+    /// with two writable paths, `MemoryMax=`…) could break them at Caddy's next start, and
+    /// the restart would close all their connections. Left to the admin
+    /// ([`HARDENING_ADVICE`]: `front harden`).
+    LeaveToAdmin,
+}
+
+pub fn dropin_step(current: Option<&[u8]>, others_serving: bool) -> DropInStep {
+    if current == Some(HARDENING.as_bytes()) {
+        DropInStep::Same
+    } else if others_serving {
+        DropInStep::LeaveToAdmin
+    } else {
+        DropInStep::Install
+    }
+}
+
+/// What apply and status say when the drop-in is left to the admin.
+pub const HARDENING_ADVICE: &str = "Caddy serves other sites too, so tribist did not sandbox caddy.service: its drop-in (ProtectHome=yes, ProtectSystem=strict with only /var/lib/caddy and /var/log/caddy writable, MemoryMax=1G, UMask=0077) could break them at Caddy's next start. Once they can run under it, install it and restart Caddy (closes every site's connections once): /home/tribist/bin/tribist-host front harden";
+
+/// The address the front's pool dials: the service over loopback only. An unspecified
+/// address (the service listening on all of them) is dialled on loopback; any other is
+/// refused, so the front never publishes another host's or a metadata endpoint's service.
+pub fn upstream(addr: SocketAddr, what: &str) -> Result<SocketAddr, String> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let ip = addr.ip();
+    if ip.is_loopback() {
+        return Ok(addr);
+    }
+    if ip.is_unspecified() {
+        let lo: std::net::IpAddr = if addr.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        };
+        return Ok(SocketAddr::new(lo, addr.port()));
+    }
+    Err(format!(
+        "{what} is {addr}: the front reaches the service over loopback only; put the service on loopback: make install HOST=… LISTEN=127.0.0.1:{} DOMAIN=…",
+        addr.port()
+    ))
+}
+
+/// The admin endpoints a running Caddy may have, in the order `reload` tries them: tribist's
+/// socket, then Caddy's default.
+pub fn admin_addresses() -> [String; 2] {
+    [
+        format!("unix/{}", front::ADMIN_SOCKET),
+        "localhost:2019".to_string(),
+    ]
+}
+
+/// Whether `caddy reload` failed for want of an admin endpoint at that address (so the
+/// next is worth trying), rather than for the configuration.
+pub fn admin_unreachable(said: &str) -> bool {
+    said.contains("performing request")
+        && (said.contains("connection refused") || said.contains("no such file or directory"))
 }
 
 /// Whether the Caddyfile serves sites other than tribist's: an admin's own file with sites
@@ -636,8 +692,8 @@ pub fn limits_applied(proc_limits: &str, dropin: &str) -> bool {
         .is_some_and(|soft| soft == want)
 }
 
-/// What apply and status say when the running Caddy lacks the hardening.
-pub const HARDENING_PENDING: &str = "Caddy runs without tribist's hardening drop-in yet (installed, not applied: a restart closes every site's connections, and this Caddy serves other sites too); apply it when convenient: systemctl restart caddy";
+/// What status says when the drop-in is installed but the running Caddy started before it.
+pub const HARDENING_PENDING: &str = "the hardening drop-in is installed, but the running Caddy started before it and runs without it; apply it (closes every site's connections once): systemctl restart caddy";
 
 // ---------------------------------------------------------------------------------------------
 // Ports 80 and 443.
@@ -1281,23 +1337,27 @@ mod tests {
     #[test]
     fn reload_only_when_something_changed() {
         use ServiceStep::*;
-        assert_eq!(service_step(true, true, false, false, false), Nothing);
-        assert_eq!(service_step(true, true, true, false, false), Reload);
-        assert_eq!(service_step(true, true, true, true, false), Restart);
-        assert_eq!(service_step(true, true, false, true, false), Restart);
-        assert_eq!(service_step(true, false, false, false, false), Start);
-        assert_eq!(service_step(true, false, true, true, false), Start);
-        assert_eq!(service_step(false, false, true, true, false), Nothing);
-        assert_eq!(service_step(false, true, true, false, false), Reload);
-        assert_eq!(service_step(false, true, false, false, false), Nothing);
-        // Other sites served: a changed drop-in never restarts a running Caddy.
-        assert_eq!(service_step(true, true, true, true, true), Reload);
-        assert_eq!(service_step(true, true, false, true, true), Nothing);
-        assert_eq!(service_step(true, false, true, true, true), Start);
-        assert!(hardening_deferred(true, true, true));
-        assert!(!hardening_deferred(false, true, true));
-        assert!(!hardening_deferred(true, true, false));
-        assert!(!hardening_deferred(true, false, true));
+        assert_eq!(service_step(true, true, false, false), Nothing);
+        assert_eq!(service_step(true, true, true, false), Reload);
+        assert_eq!(service_step(true, true, true, true), Restart);
+        assert_eq!(service_step(true, true, false, true), Restart);
+        assert_eq!(service_step(true, false, false, false), Start);
+        assert_eq!(service_step(true, false, true, true), Start);
+        assert_eq!(service_step(false, false, true, true), Nothing);
+        assert_eq!(service_step(false, true, true, false), Reload);
+        assert_eq!(service_step(false, true, false, false), Nothing);
+    }
+
+    #[test]
+    fn the_drop_in_is_installed_only_where_caddy_serves_tribist_alone() {
+        use DropInStep::*;
+        assert_eq!(dropin_step(None, false), Install);
+        assert_eq!(dropin_step(Some(b"[Service]\nOld=1\n"), false), Install);
+        assert_eq!(dropin_step(Some(HARDENING.as_bytes()), false), Same);
+        assert_eq!(dropin_step(Some(HARDENING.as_bytes()), true), Same);
+        assert_eq!(dropin_step(None, true), LeaveToAdmin);
+        assert_eq!(dropin_step(Some(b"[Service]\nOld=1\n"), true), LeaveToAdmin);
+        assert!(HARDENING_ADVICE.ends_with("tribist-host front harden"));
     }
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -1386,6 +1446,37 @@ mod tests {
         assert!(ports_refusal(&stray, &Holder::Free)
             .unwrap()
             .contains("kill 7"));
+    }
+
+    #[test]
+    fn the_upstream_is_loopback() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(upstream(a("127.0.0.1:8383"), "x"), Ok(a("127.0.0.1:8383")));
+        assert_eq!(upstream(a("[::1]:9000"), "x"), Ok(a("[::1]:9000")));
+        assert_eq!(upstream(a("0.0.0.0:8383"), "x"), Ok(a("127.0.0.1:8383")));
+        assert_eq!(upstream(a("[::]:8383"), "x"), Ok(a("[::1]:8383")));
+        assert_eq!(
+            upstream(a("169.254.169.254:80"), "--upstream").unwrap_err(),
+            "--upstream is 169.254.169.254:80: the front reaches the service over loopback only; put the service on loopback: make install HOST=… LISTEN=127.0.0.1:80 DOMAIN=…"
+        );
+        assert!(upstream(a("10.0.0.5:8383"), "x").is_err());
+    }
+
+    #[test]
+    fn reload_tries_the_socket_then_the_default() {
+        assert_eq!(
+            admin_addresses(),
+            ["unix//var/lib/caddy/admin.sock", "localhost:2019"]
+        );
+        assert!(admin_unreachable(
+            "Error: sending configuration to instance: performing request: Post \"http://%20/load\": dial unix /var/lib/caddy/admin.sock: connect: no such file or directory"
+        ));
+        assert!(admin_unreachable(
+            "Error: sending configuration to instance: performing request: Post \"http://localhost:2019/load\": dial tcp [::1]:2019: connect: connection refused"
+        ));
+        assert!(!admin_unreachable(
+            "Error: sending configuration to instance: caddy responded with error: HTTP 400: {\"error\":\"loading config: ...\"}"
+        ));
     }
 
     #[test]
