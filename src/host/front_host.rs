@@ -359,7 +359,20 @@ fn read_source(var: &str, path: &front::HostPath, kind: Pem) -> Result<Vec<u8>> 
             format!("{var}={shown}: {why}; give the right file, then run the same command again"),
         )
     };
-    let dir = Dir::open(parent).map_err(|e| bad(e.to_string()))?;
+    // Every component through a descriptor, none a link: a directory of someone else's on
+    // the way cannot point root at another file.
+    let mut dir = Dir::open("/").map_err(|e| bad(e.to_string()))?;
+    for c in parent.components() {
+        match c {
+            std::path::Component::RootDir => {}
+            std::path::Component::Normal(n) => {
+                let n = n.to_str().ok_or_else(|| bad("not a UTF-8 path".into()))?;
+                dir = dir.open_at(n).map_err(|e| bad(e.to_string()))?;
+            }
+            _ => return Err(bad("not an absolute path without . or ..".into())),
+        }
+    }
+    let owner = dir.fstat().map_err(|e| bad(e.to_string()))?.uid;
     let r = fsx::open_regular_at(
         &dir,
         name,
@@ -369,6 +382,19 @@ fn read_source(var: &str, path: &front::HostPath, kind: Pem) -> Result<Vec<u8>> 
         },
     )
     .map_err(|e| bad(e.to_string()))?;
+    // Root's, or its directory's owner's (the deployer's upload), and one name only: not a
+    // hard link someone made to a file they could not read.
+    let st = r.file.metadata().map_err(|e| bad(e.to_string()))?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        if (st.uid() != 0 && st.uid() != owner) || st.nlink() != 1 {
+            return Err(bad(format!(
+                "it is owned by uid {} with {} links: it must be root's or its directory's owner's, and have one name",
+                st.uid(),
+                st.nlink()
+            )));
+        }
+    }
     let bytes =
         fsx::read_bounded(&r.file, plan::MAX_PEM, &shown).map_err(|e| bad(e.to_string()))?;
     plan::check_pem(kind, &bytes).map_err(bad)?;
@@ -425,7 +451,13 @@ fn ensure_caddy() -> Result<()> {
             let install = || {
                 run(
                     Spawn::new("/usr/bin/apt-get")
-                        .args(["install", "-y", "caddy"])
+                        .args([
+                            "install",
+                            "-y",
+                            "-o",
+                            "Dpkg::Options::=--force-confold",
+                            "caddy",
+                        ])
                         .env("DEBIAN_FRONTEND", "noninteractive")
                         .env("PATH", PATH_ENV)
                         .env("LC_ALL", "C"),
@@ -543,7 +575,18 @@ fn do_service(step: plan::ServiceStep) -> Result<()> {
     match step {
         plan::ServiceStep::Nothing => Ok(()),
         plan::ServiceStep::Reload => reload(t),
-        plan::ServiceStep::Start => systemctl(&["enable", "--now", CADDY_UNIT], t),
+        // Enabled only once it started: a Caddy that cannot start is not left to start at
+        // the next boot on files that were put back.
+        plan::ServiceStep::Start => {
+            systemctl(&["start", CADDY_UNIT], t)?;
+            if let Err(f) = systemctl(&["enable", CADDY_UNIT], t) {
+                warn(&format!(
+                    "Caddy runs but is not enabled at boot ({}): systemctl enable caddy",
+                    f.message
+                ));
+            }
+            Ok(())
+        }
         plan::ServiceStep::Restart => systemctl(&["restart", CADDY_UNIT], t),
     }
 }
@@ -1841,6 +1884,17 @@ mod tests {
         assert!(e.message.contains("symbolic link"), "{}", e.message);
         let e = read_source("KEY_FILE", &hp("none.pem"), Pem::Key).unwrap_err();
         assert!(e.message.starts_with("KEY_FILE="), "{}", e.message);
+        // A link anywhere on the way, not only at the end, is refused.
+        std::fs::create_dir(t.join("real")).unwrap();
+        std::fs::write(t.join("real/c.pem"), cert).unwrap();
+        std::os::unix::fs::symlink(t.join("real"), t.join("alias")).unwrap();
+        assert!(read_source("CERT_FILE", &hp("real/c.pem"), Pem::Certificate).is_ok());
+        let e = read_source("CERT_FILE", &hp("alias/c.pem"), Pem::Certificate).unwrap_err();
+        assert!(e.message.contains("symbolic link"), "{}", e.message);
+        // A second name for a file (a hard link) is refused.
+        std::fs::hard_link(t.join("c.pem"), t.join("hard.pem")).unwrap();
+        let e = read_source("CERT_FILE", &hp("hard.pem"), Pem::Certificate).unwrap_err();
+        assert!(e.message.contains("with 2 links"), "{}", e.message);
     }
 
     #[test]

@@ -302,7 +302,8 @@ pub fn package_step(dpkg: Option<&str>, apt_get: bool) -> PackageStep {
     let (status, version) = dpkg
         .map(|s| s.trim().split_once('\n').unwrap_or((s.trim(), "")))
         .unwrap_or(("", ""));
-    if status == "install ok installed" {
+    // Held (apt-mark hold) is installed all the same.
+    if status == "install ok installed" || status == "hold ok installed" {
         return match caddy_version(version) {
             Some(v) if v >= (2, 6) => PackageStep::Ready,
             _ => PackageStep::TooOld(clean(version.as_bytes(), 60)),
@@ -777,7 +778,10 @@ pub fn holder(port: u16, listening: &[Listener], owners: &BTreeMap<u64, Process>
     for l in listening.iter().filter(|l| l.port == port) {
         any = true;
         match owners.get(&l.inode) {
-            Some(p) if p.name == "caddy" => seen = seen.or(Some(Holder::Caddy(p.pid))),
+            // Caddy is the process named caddy in caddy.service: a name alone can be taken.
+            Some(p) if p.name == "caddy" && p.unit.as_deref() == Some("caddy.service") => {
+                seen = seen.or(Some(Holder::Caddy(p.pid)))
+            }
             Some(p) => return Holder::Other(p.clone()),
             None => {}
         }
@@ -798,6 +802,10 @@ pub fn ports_refusal(h80: &Holder, h443: &Holder) -> Option<String> {
     };
     let stop = match &p.unit {
         Some(u) => format!("systemctl disable --now {u}"),
+        // systemd itself listens for a socket unit (socket activation).
+        None if p.pid == 1 => format!(
+            "systemctl list-sockets | grep ':{port}' names the socket unit; systemctl disable --now NAME.socket"
+        ),
         None => format!("kill {} (it runs outside systemd)", p.pid),
     };
     Some(format!(
@@ -1119,6 +1127,11 @@ mod tests {
             PackageStep::Install
         );
         assert_eq!(package_step(None, false), PackageStep::NoApt);
+        // apt-mark hold: installed all the same.
+        assert_eq!(
+            package_step(Some("hold ok installed\n2.6.2-5"), true),
+            PackageStep::Ready
+        );
         assert_eq!(caddy_version("v2.7.6 h1:w0NymbG2"), Some((2, 7)));
         assert_eq!(caddy_version("2.6.2-12+deb13u1"), Some((2, 6)));
         assert_eq!(caddy_version("garbage"), None);
@@ -1446,6 +1459,23 @@ mod tests {
         assert!(ports_refusal(&stray, &Holder::Free)
             .unwrap()
             .contains("kill 7"));
+        // A process that calls itself caddy outside caddy.service is not Caddy.
+        let fake = Process {
+            pid: 30,
+            name: "caddy".into(),
+            unit: Some("evil.service".into()),
+        };
+        let owners = BTreeMap::from([(1, fake.clone())]);
+        assert_eq!(holder(80, &l, &owners), Holder::Other(fake));
+        // systemd's own listener for a socket unit: the socket unit is the fix, not pid 1.
+        let pid1 = Holder::Other(Process {
+            pid: 1,
+            name: "systemd".into(),
+            unit: None,
+        });
+        let why = ports_refusal(&pid1, &Holder::Free).unwrap();
+        assert!(why.contains("systemctl list-sockets | grep ':80'"), "{why}");
+        assert!(!why.contains("kill 1"), "{why}");
     }
 
     #[test]
