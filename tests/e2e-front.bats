@@ -314,6 +314,7 @@ PY
   run timed "front apply after purge (re-issue)" front apply $(apply_args)
   assert_success
   assert_output --partial "added tribist's two import lines to /etc/caddy/Caddyfile; its other sites are untouched"
+  assert_output --partial "Caddy's other HTTPS sites share tribist's limits on port 443"
   second=$(served_cert)
   [[ "$second" == *"issuer=CN = Pebble Intermediate CA"* ]]
   [[ "$second" != "$first" ]] || fail "the same certificate was served again: $first"

@@ -1205,6 +1205,9 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
     if hardening == plan::DropInStep::LeaveToAdmin {
         warn(plan::HARDENING_ADVICE);
     }
+    if caddyfile != CaddyfileApply::Unchanged && plan::serves_others(&seen.caddyfile) {
+        say(plan::SHARED_LIMITS);
+    }
     if let Some(x) = exposure() {
         say(&format!(
             "systemd-analyze security caddy.service: exposure {x}"

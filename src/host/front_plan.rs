@@ -693,6 +693,11 @@ pub fn limits_applied(proc_limits: &str, dropin: &str) -> bool {
         .is_some_and(|soft| soft == want)
 }
 
+/// What apply says beside other sites: the limits of `servers :443` are the port's, so
+/// theirs too (Caddy has no per-site header timeout, idle timeout, header size or
+/// protocols).
+pub const SHARED_LIMITS: &str = "note: Caddy's other HTTPS sites share tribist's limits on port 443 (a header read in 10 s, idle connections closed at 120 s, headers up to 16 KiB, HTTP/1.1 and HTTP/2 only): Caddy sets these per port, not per site (docs/front-door.md, 'Coexistence')";
+
 /// What status says when the drop-in is installed but the running Caddy started before it.
 pub const HARDENING_PENDING: &str = "the hardening drop-in is installed, but the running Caddy started before it and runs without it; apply it (closes every site's connections once): systemctl restart caddy";
 
