@@ -26,6 +26,8 @@ DEV_PG_PORT ?=
 # and no recipe line contains them, so quotes, $(), backticks and ; stay text.
 DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE YES PREFLIGHT SET UNSET \
 	PARALLEL TO KEEP TRIBIST_SSH_SHARE TRIBIST_DEPLOY_DIR FOLLOW SINCE GREP
+# The front door's: make check|install DOMAIN=…, make logs ACCESS=1.
+DEPLOY_VARS += DOMAIN ACCESS
 $(foreach v,$(DEPLOY_VARS),$(eval override $(v) := $$(value $(v)))$(if $(value $(v)),$(eval export $(v))))
 export RELEASE_BIN RELEASE_HOST_BIN CARGO
 # ENV=staging: the hosts in deploy/staging.hosts. Taken from make's command line only, since
@@ -83,7 +85,7 @@ test-scripts: ## bats tests of the shell scripts, make run's local PostgreSQL an
 config: ## HOST's configuration (masked); SET="NAME=VALUE …" UNSET="NAME …" DATABASE_URL_FILE=… change it safely
 	@$(remote) config
 
-check: ## can HOST take tribist? one PASS/FAIL line per check (ssh, sudo, systemd, machine, glibc, port, database)
+check: ## can HOST take tribist? one PASS/FAIL line per check (ssh, sudo, systemd, machine, glibc, port, database; DOMAIN=: 80/443, DNS, caddy)
 	@$(remote) check
 
 install: ## first install or re-install on HOST (root or sudo); DATABASE_URL_FILE=path, DEPLOY_KEY=key.pub
@@ -107,7 +109,7 @@ start: ## start the service and its socket on HOST (after make stop, or server.s
 stop: ## stop the service and its socket on HOST; it stays down until make start (or a deploy of other bytes)
 	@$(remote) stop
 
-logs: ## the service's last LINES log lines on HOST; FOLLOW=1 (Ctrl-C ends it), SINCE='1 hour ago', GREP=text
+logs: ## the service's last LINES log lines on HOST; FOLLOW=1 (Ctrl-C ends it), SINCE='1 hour ago', GREP=text; ACCESS=1: the front door's access log
 	@$(remote) logs
 
 audit: ## the last LINES (50) deployments recorded on HOST, root's and tribist's, newest last (root or sudo)

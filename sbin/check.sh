@@ -3,8 +3,10 @@
 # is installed or upgraded there, checked on the host itself. remote.sh sends this script on
 # ssh's standard input (`bash -s`), so it needs nothing installed; it changes nothing.
 #
-# One line per check: `PASS name: what was found` or `FAIL name: what was found; fix: what to
-# do`. Exit 0 only if every check passed, 1 otherwise, 2 on misuse.
+# One line per check: `PASS name: what was found`, `FAIL name: what was found; fix: what to
+# do`, or `WARN name: …` (worth knowing, not a failure). Exit 0 only if no check failed, 1
+# otherwise, 2 on misuse. With DOMAIN (make check|install DOMAIN=…), also what the HTTPS front
+# door needs (docs/front-door.md): ports 80 and 443, DOMAIN resolving here, the caddy package.
 set -euo pipefail
 export LC_ALL=C
 
@@ -17,18 +19,23 @@ readonly COMMANDS=(curl sudo logger ss pkill pgrep)
 
 usage() {
   cat <<USAGE
-usage: $PROG LISTEN MACHINE GLIBC
+usage: $PROG LISTEN MACHINE GLIBC [DOMAIN]
   LISTEN   the address tribist is to listen on (IPv4:PORT or [IPv6]:PORT)
   MACHINE  the binary's machine (x86_64, aarch64, …; "any" for a script)
   GLIBC    the highest glibc version the binary needs ("none" if it needs none)
+  DOMAIN   the HTTPS front door's name (checked by the deployer: letters, digits, '-', '.')
 Checks: privileges (root, or sudo without a password), systemd (running, version
 >= $SYSTEMD_MIN), commands the kit uses, machine and glibc, the listen address (free, or
-tribist's own). Prints one PASS/FAIL line each; exit 0 only if all pass.
+tribist's own); with DOMAIN, ports 80 and 443 (free or Caddy's), DOMAIN resolving to an
+address of this host (WARN if not: behind NAT or a load balancer that is normal), the caddy
+package (installed or installable). Prints one PASS/FAIL/WARN line each; exit 0 only if
+nothing failed.
 USAGE
 }
 
 FAILED=0
 pass() { printf 'PASS %s\n' "$*"; }
+warn() { printf 'WARN %s\n' "$*"; }
 fail() {
   printf 'FAIL %s\n' "$*"
   FAILED=1
@@ -126,16 +133,114 @@ check_listen() {
   fi
 }
 
+# Runs "$@" as root: directly, or through password-less sudo (ss shows every socket's
+# process only to root).
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then
+    "$@"
+  else
+    sudo -n "$@"
+  fi
+}
+
+# The systemd service process $1 runs in (from /proc/PID/cgroup), or nothing.
+unit_of() {
+  sed -n 's#^.*/\([^/]*\.service\)$#\1#p' "/proc/$1/cgroup" 2>/dev/null | tail -n 1
+}
+
+# Port $1 (80 or 443) must be free or Caddy's: the front door listens there.
+check_front_port() {
+  local port=$1 out users name pid unit others=()
+  if ! command -v ss >/dev/null; then
+    fail "port $port: cannot tell (no ss); fix: apt-get install iproute2"
+    return
+  fi
+  out=$(as_root ss -Hltnp "sport = :$port" 2>/dev/null) || out=$(ss -Hltn "sport = :$port" 2>/dev/null) || out=""
+  if [[ -z "$out" ]]; then
+    pass "port $port: free (for the front door)"
+    return
+  fi
+  users=$(grep -oE '\("[^"]{1,64}",pid=[0-9]+' <<<"$out" | sed -E 's/^\("(.*)",pid=/\1 /' | sort -u) || users=""
+  if [[ -z "$users" ]]; then
+    fail "port $port: taken (by whom: connect as root to see); fix: stop what listens on $port, the front door needs it"
+    return
+  fi
+  while read -r name pid; do
+    [[ "$name" == caddy ]] || others+=("$name $pid")
+  done <<<"$users"
+  if ((${#others[@]} == 0)); then
+    pass "port $port: caddy's (the front door)"
+    return
+  fi
+  read -r name pid <<<"${others[0]}"
+  unit=$(unit_of "$pid")
+  if [[ -n "$unit" ]]; then
+    fail "port $port: taken by $name (pid $pid, $unit); fix: systemctl disable --now $unit (the front door needs ports 80 and 443)"
+  else
+    fail "port $port: taken by $name (pid $pid, outside systemd); fix: stop it (kill $pid), the front door needs ports 80 and 443"
+  fi
+}
+
+# DOMAIN $1 must resolve here; to one of this host's addresses, or a WARN (NAT, a load balancer).
+check_domain() {
+  local domain=$1 resolved mine a
+  resolved=$(getent ahosts "$domain" 2>/dev/null | awk '{print $1}' | sort -u | head -n 8) || resolved=""
+  if [[ -z "$resolved" ]]; then
+    fail "domain $domain: does not resolve on this host (getent ahosts $domain); fix: an A or AAAA record for $domain pointing at this host (or at its load balancer), or DOMAIN=the name clients use"
+    return
+  fi
+  mine=$(ip -o addr show 2>/dev/null | awk '{print $4}' | cut -d/ -f1) || mine=""
+  for a in $resolved; do
+    if grep -qxF -- "$a" <<<"$mine"; then
+      pass "domain $domain: resolves to $a, an address of this host"
+      return
+    fi
+  done
+  warn "domain $domain: resolves to $(tr '\n' ' ' <<<"$resolved" | sed 's/ $//'), not an address of this host (normal behind NAT or a load balancer); the certificate authority must reach this host on ports 80 and 443 through it"
+}
+
+# The caddy package: installed (2.6 or newer), or installable from apt's lists.
+check_caddy() {
+  local status version candidate
+  if ! command -v dpkg-query >/dev/null; then
+    warn "caddy: no dpkg-query (not Debian or Ubuntu?); the front door installs Caddy from Debian's or Ubuntu's packages"
+    return
+  fi
+  status=$(dpkg-query -W -f='${Status}\n${Version}\n' caddy 2>/dev/null) || status=""
+  if [[ "$(head -n 1 <<<"$status")" == "install ok installed" ]]; then
+    version=$(sed -n 2p <<<"$status")
+    if version_le 2.6 "$(sed -E 's/^[0-9]+://; s/[-+~].*$//' <<<"$version")"; then
+      pass "caddy: $version installed"
+    else
+      warn "caddy: $version installed, the front door needs 2.6 or newer; fix: apt-get update && apt-get install -y caddy"
+    fi
+    return
+  fi
+  candidate=$(apt-cache policy caddy 2>/dev/null | sed -n 's/^ *Candidate: //p' | head -n 1) || candidate=""
+  if [[ -n "$candidate" && "$candidate" != "(none)" ]]; then
+    pass "caddy: not installed; apt can install $candidate (make install DOMAIN=… does)"
+  else
+    warn "caddy: not installed, and apt knows no candidate (apt-cache policy caddy); fix: apt-get update && apt-get install -y caddy"
+  fi
+}
+
 main() {
   case "${1:-}" in
     -h | --help) usage; return 0 ;;
   esac
-  [[ $# -eq 3 ]] || { usage >&2; exit 2; }
+  [[ $# -eq 3 || $# -eq 4 ]] || { usage >&2; exit 2; }
+  [[ $# -eq 3 || "$4" =~ ^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$ ]] || { usage >&2; exit 2; }
   check_privileges
   check_systemd
   check_commands
   check_platform "$2" "$3"
   check_listen "$1"
+  if [[ $# -eq 4 ]]; then
+    check_front_port 80
+    check_front_port 443
+    check_domain "$4"
+    check_caddy
+  fi
   return "$FAILED"
 }
 

@@ -18,11 +18,14 @@ The deploy kit on this host (make install, upgrade, … run these over ssh; docs
                          the new release; roll back on failure or Ctrl-C
   rollback [--to PREFIX] put server.prev back (or the kept release whose id starts with PREFIX)
   releases               the kept releases, which serves and which is the previous one
-  status | summary       the service, its releases and /health (summary: one line); exit 0
-                         healthy, 5 not installed, 6 stopped, 7 unhealthy
+  status | summary       the service, its releases, /health and the front door (summary: one
+                         line); exit 0 healthy, 5 not installed, 6 stopped, 7 unhealthy or
+                         behind a front clients cannot get through
   serving                the releaseId /health reports now
   logs [LINES [SINCE [GREP]]]   the service's log (as tribist: systemctl status's view)
   follow [SINCE [GREP]]  (root) the log as it is written, until Ctrl-C
+  access-log [LINES [GREP]]     (root) the front door's access log (Caddy's JSON lines), the
+                         last LINES (100) holding GREP; access-follow: then as it is written
   audit [LINES]          (root) the last deployments recorded on this host, newest last
   unlock                 break the deploy lock on purpose (stops its holder)
   start | stop           the service and its socket, under the lock, audited

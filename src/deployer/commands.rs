@@ -111,6 +111,9 @@ pub fn status_report(
                 "next: make install HOST={host} DATABASE_URL_FILE=path (a file with the database URL)"
             )),
             6 => Some(format!("next: make start HOST={host}")),
+            7 if lines[0].contains(": the front") => Some(format!(
+                "next: the WARN line above says what to do; make logs HOST={host} ACCESS=1 shows the front's requests"
+            )),
             7 => Some(format!("next: make logs HOST={host} says why")),
             8 => Some(format!("next: make check HOST={host} says why it cannot be reached")),
             _ => None,
@@ -164,7 +167,11 @@ pub fn logs(ctx: &Ctx) -> Result<(), Exit> {
     let lines = ctx.check(values::lines(given_lines.as_deref(), "100"))?;
     let since = ctx.check(values::since(ctx.text("SINCE")?.as_deref()))?;
     let grep = ctx.check(values::grep(ctx.text("GREP")?.as_deref()))?;
-    if !ctx.check(values::flag("FOLLOW", ctx.text("FOLLOW")?.as_deref()))? {
+    let follow = ctx.check(values::flag("FOLLOW", ctx.text("FOLLOW")?.as_deref()))?;
+    if ctx.check(values::flag("ACCESS", ctx.text("ACCESS")?.as_deref()))? {
+        return access_log(ctx, &host, given_lines, since, grep, follow);
+    }
+    if !follow {
         let rc = ctx.short(
             &host,
             &remote::logs(&lines, since.as_deref(), grep.as_deref()),
@@ -178,6 +185,35 @@ pub fn logs(ctx: &Ctx) -> Result<(), Exit> {
     )?;
     // Ctrl-C reaches the host, which ends following with status 0 (130 if it came first).
     if rc == 130 {
+        return Ok(());
+    }
+    status_of(rc)
+}
+
+/// make logs ACCESS=1 [LINES=] [GREP=] [FOLLOW=1]: the front door's access log (root or
+/// sudo on the host). SINCE is the journal's: refused here, nothing sent.
+fn access_log(
+    ctx: &Ctx,
+    host: &str,
+    lines: Option<String>,
+    since: Option<String>,
+    grep: Option<String>,
+    follow: bool,
+) -> Result<(), Exit> {
+    if since.is_some() {
+        return Err(ctx.out.refuse(&format!(
+            "SINCE is for the service's journal; the access log takes LINES= and GREP= (e.g. GREP='\"status\":5'): make logs HOST={host} ACCESS=1 LINES=1000 GREP=…"
+        )));
+    }
+    let lines = lines.unwrap_or_else(|| if follow { "20" } else { "100" }.into());
+    let words = remote::access_log(host, &lines, grep.as_deref(), follow);
+    let rc = if follow {
+        ctx.long(host, &words)?
+    } else {
+        ctx.short(host, &words)?
+    };
+    // Ctrl-C reaches the host, which ends following with status 0 (130 if it came first).
+    if follow && rc == 130 {
         return Ok(());
     }
     status_of(rc)

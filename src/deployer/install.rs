@@ -1,6 +1,7 @@
 //! make install and make check: the host's readiness (sbin/check.sh sent on ssh's standard
 //! input, so nothing needs to be installed there; with DATABASE_URL_FILE, the binary itself
-//! asks the database from the host), the database URL and the deploy key, and the install
+//! asks the database from the host; with DOMAIN, ports 80/443, the name and the caddy
+//! package for the front door), the database URL and the deploy key, and the install
 //! bundle sent as one tar stream and installed by the bundle's own tribist-host.
 //!
 //! Why the URL never touches this machine's disk: it is read from DATABASE_URL_FILE (or
@@ -244,10 +245,11 @@ fn host_checks(ctx: &Ctx, host: &str, bin: &Binary, database: bool) -> Result<bo
             script.display()
         )));
     };
+    let domain = front_domain(ctx, host)?;
     let ran = ctx.run(
         out,
         host,
-        &remote::check_script(&listen, machine, glibc),
+        &remote::check_script(&listen, machine, glibc, domain.as_deref()),
         Call {
             tty: Tty::No,
             input: Input::Bytes(&script),
@@ -314,11 +316,29 @@ fn host_checks(ctx: &Ctx, host: &str, bin: &Binary, database: bool) -> Result<bo
     Ok(ok)
 }
 
-/// make check HOST=…: one PASS/FAIL line per check; changes nothing.
+/// DOMAIN (check, install): the front door's name, checked with the host's own rules
+/// (`host::front::Domain`); None when unset.
+pub fn domain(given: Option<&str>, command: &str, host: &str) -> values::Checked<Option<String>> {
+    let Some(d) = given else { return Ok(None) };
+    match crate::host::front::Domain::parse(d) {
+        Ok(d) => Ok(Some(d.as_str().to_string())),
+        Err(e) => Err(values::Refused(format!(
+            "{}; run: make {command} HOST={host} DOMAIN=api.example.com (the name clients use)",
+            e.what
+        ))),
+    }
+}
+
+fn front_domain(ctx: &Ctx, host: &str) -> Result<Option<String>, Exit> {
+    ctx.check(domain(ctx.text("DOMAIN")?.as_deref(), &ctx.command, host))
+}
+
+/// make check HOST=… [DOMAIN=…]: one PASS/FAIL/WARN line per check; changes nothing.
 pub fn check(ctx: &Ctx) -> Result<(), Exit> {
     let host = ctx.host()?;
     ctx.refuse_url_on_command_line()?;
     ctx.check(values::listen(ctx.text("LISTEN")?.as_deref()))?;
+    front_domain(ctx, &host)?;
     let bin = ship_bin(ctx)?;
     ctx.out.say(&format!(
         "checking {host} for {}",
@@ -459,6 +479,30 @@ mod tests {
         assert_eq!(listen_of_socket(""), DEFAULT_LISTEN);
         assert_eq!(listen_of_socket("/run/x.sock (Stream)"), DEFAULT_LISTEN);
         assert_eq!(listen_of_socket("1.2.3.4:80;id"), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn the_domain_by_the_host_s_rules() {
+        assert_eq!(domain(None, "check", "app1"), Ok(None));
+        assert_eq!(
+            domain(Some("API.Example.com"), "check", "app1"),
+            Ok(Some("api.example.com".into()))
+        );
+        let refused = |d: &str| domain(Some(d), "check", "root@app1").unwrap_err().0;
+        assert_eq!(
+            refused("api.example.com; id"),
+            "DOMAIN=\"api.example.com; id\" is refused: it has ';' (a host name has letters, digits, '-' and '.' only); run: make check HOST=root@app1 DOMAIN=api.example.com (the name clients use)"
+        );
+        for bad in [
+            "-x.example.com",
+            "localhost",
+            "10.0.0.1",
+            "a..b",
+            "*.example.com",
+            "{env.X}.com",
+        ] {
+            assert!(refused(bad).contains("is refused"), "{bad}");
+        }
     }
 
     #[test]

@@ -290,7 +290,9 @@ pub fn usage() -> String {
   rollback    put the previous release back on HOST (TO=ID-prefix: any kept release)
   releases    the releases HOST keeps (KEEP, default 5), which serves, which is previous
   status      one line per host (HOST, HOSTS or ENV): healthy, stopped, unhealthy, not
-              installed or unreachable; details under it for one host
+              installed or unreachable; details under it for one host; with a front door,
+              ` front=https://DOMAIN` on the line, and unhealthy (7) when clients cannot
+              get through it (Caddy stopped, no TLS answer, the certificate expired)
   start       start the service and its socket on HOST (server.sh start)
   stop        stop the service and its socket on HOST, until start or a deploy of other bytes
   logs        the service's last LINES log lines on HOST
@@ -302,7 +304,9 @@ pub fn usage() -> String {
               preflight, applied by a restart, taken back if the server is not healthy
   check       can HOST take tribist? ssh, root or sudo, systemd, commands, machine and
               glibc against BIN, the listen address; with DATABASE_URL_FILE, the database
-              answers from there (install runs these checks first, but the database's)
+              answers from there (install runs these checks first, but the database's);
+              with DOMAIN, the front door's: ports 80 and 443 free or Caddy's, DOMAIN
+              resolving to the host (a WARN if not: NAT, a load balancer), the caddy package
 
 Settings, from the environment (make passes its variables through unchanged):
   HOST               ssh destination: [user@]host, letters, digits and . _ - @ : [ ] %
@@ -330,6 +334,9 @@ Settings, from the environment (make passes its variables through unchanged):
   SINCE              logs: from when, as journalctl --since reads it ('1 hour ago', today,
                      '2026-12-01 10:00'; root or sudo)
   GREP               logs: only lines matching this pattern (journalctl --grep; root or sudo)
+  ACCESS             logs: 1 shows the HTTPS front door's access log (Caddy's JSON lines,
+                     /var/log/caddy/tribist-access.log) instead: LINES, GREP (text, not a
+                     pattern) and FOLLOW apply, SINCE does not (root or sudo)
   PREFLIGHT          upgrade, rollback: seconds the new release has to answer /health 200
                      beside the serving one before anything switches (default 10; 0 skips
                      it, e.g. to roll back while the database is down)

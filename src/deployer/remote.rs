@@ -39,9 +39,11 @@ pub fn socket_listen() -> Vec<String> {
     ])
 }
 
-/// sbin/check.sh, fed on standard input.
-pub fn check_script(listen: &str, machine: &str, glibc: &str) -> Vec<String> {
-    words(&["bash", "-s", "--", listen, machine, glibc])
+/// sbin/check.sh, fed on standard input; with `domain`, also the front door's checks.
+pub fn check_script(listen: &str, machine: &str, glibc: &str, domain: Option<&str>) -> Vec<String> {
+    let mut w = words(&["bash", "-s", "--", listen, machine, glibc]);
+    w.extend(domain.map(str::to_string));
+    w
 }
 
 /// Copies the binary on standard input to a private directory; prints the directory.
@@ -185,6 +187,19 @@ pub fn follow(since: Option<&str>, grep: Option<&str>, lines: &str) -> Vec<Strin
     ])
 }
 
+/// The front door's access log (root): the last `lines` lines (holding `grep`), then, with
+/// `follow`, the log as it is written; `host` names the host in a message's command.
+pub fn access_log(host: &str, lines: &str, grep: Option<&str>, follow: bool) -> Vec<String> {
+    let verb = if follow {
+        "access-follow"
+    } else {
+        "access-log"
+    };
+    let mut w = words(&[DEPLOY, "--target", host, verb, lines]);
+    w.extend(grep.map(str::to_string));
+    w
+}
+
 /// The configuration, masked.
 pub fn config_show() -> Vec<String> {
     words(&[DEPLOY, "config"])
@@ -319,14 +334,31 @@ mod tests {
             sent(&follow(None, Some("a b"), "20")),
             "'/home/tribist/bin/tribist-host' 'follow' '-' 'a b' '20'"
         );
+        assert_eq!(
+            sent(&access_log("root@app1", "5", None, false)),
+            "'/home/tribist/bin/tribist-host' '--target' 'root@app1' 'access-log' '5'"
+        );
+        assert_eq!(
+            sent(&access_log("app1", "20", Some("GET /x'; id"), true)),
+            r"'/home/tribist/bin/tribist-host' '--target' 'app1' 'access-follow' '20' 'GET /x'\''; id'"
+        );
         assert_eq!(sent(&has_configuration()), "'test' '-e' '/etc/tribist/env'");
         assert_eq!(
             sent(&platform()),
             "'sh' '-c' 'uname -m; getconf GNU_LIBC_VERSION 2>/dev/null || echo none'"
         );
         assert_eq!(
-            sent(&check_script("[::1]:8383", "x86_64", "2.17")),
+            sent(&check_script("[::1]:8383", "x86_64", "2.17", None)),
             "'bash' '-s' '--' '[::1]:8383' 'x86_64' '2.17'"
+        );
+        assert_eq!(
+            sent(&check_script(
+                "127.0.0.1:8383",
+                "any",
+                "none",
+                Some("api.example.com")
+            )),
+            "'bash' '-s' '--' '127.0.0.1:8383' 'any' 'none' 'api.example.com'"
         );
         assert_eq!(
             sent(&check_database(

@@ -35,6 +35,7 @@ use super::deploy::{self, health, interrupt, need_root, say, warn, Ctx, Exit, Fa
 use super::digest::Sha256;
 use super::front::{self, FrontError};
 use super::front_plan::{self as plan, Caddyfile, CaddyfileApply, Holder, PackageStep, Pem, Step};
+use super::front_report;
 use super::fsx::{self, Dir, FsError, Limits};
 use super::text::clean;
 
@@ -1609,6 +1610,55 @@ fn purge_storage(domain: &str) -> std::result::Result<usize, String> {
         n += 1;
     }
     Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// make status
+
+/// The front as `make status` reports it ([`front_report::report`]): the site's domain and
+/// upstream (root reads the site; anyone else sees only whether /etc/caddy/Caddyfile, which
+/// is world-readable, imports it), whether Caddy runs and, if it does, what it answers for
+/// the domain on loopback.
+pub fn observe_front() -> front_report::Seen {
+    use front_report::{Front, Seen};
+    let caddyfile = read_small("/etc/caddy/Caddyfile", MAX_CADDYFILE).unwrap_or_default();
+    let imported = plan::imports_site(&caddyfile);
+    if !deploy::is_root() {
+        return if imported {
+            Seen::Unreadable
+        } else {
+            Seen::None
+        };
+    }
+    let site = Dir::open(front::DIR)
+        .ok()
+        .and_then(|d| {
+            read_opt(&d, plan::SITE, Some(0), MAX_CADDYFILE)
+                .ok()
+                .flatten()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default();
+    let Some(domain) = plan::site_domain(&site) else {
+        return Seen::None;
+    };
+    let domain = domain.as_str().to_string();
+    let active = caddy_active();
+    let (answer, served) = if active {
+        let (a, s) = ask_front(&domain);
+        (Some(a), s)
+    } else {
+        (None, plan::Served::default())
+    };
+    Seen::Configured(Front {
+        upstream: plan::site_upstream(&site).map(|u| u.to_string()),
+        own_cert: site.contains(&plan::our_path(plan::CERT)),
+        imported,
+        active,
+        answer,
+        served,
+        domain,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ pub mod digest;
 pub mod front;
 pub mod front_host;
 pub mod front_plan;
+pub mod front_report;
 pub mod fsx;
 pub mod layout;
 pub mod lock;

@@ -21,6 +21,8 @@ pub const COMMANDS: &[&str] = &[
     "releases",
     "logs",
     "follow",
+    "access-log",
+    "access-follow",
     "audit",
     "unlock",
     "receive",
@@ -160,6 +162,12 @@ fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
         ("releases", []) => report::cmd_releases(),
         ("logs", r) if r.len() <= 3 => logs::cmd_logs(rest),
         ("follow", r) if r.len() <= 3 => logs::cmd_follow(rest),
+        ("access-log", r) if r.len() <= 2 => {
+            super::access::cmd_access(rest, false, ctx.target.as_deref())
+        }
+        ("access-follow", r) if r.len() <= 2 => {
+            super::access::cmd_access(rest, true, ctx.target.as_deref())
+        }
         ("audit", r) if r.len() <= 1 => records::cmd_audit(rest),
         ("unlock", []) => unlock::cmd_unlock(ctx),
         ("receive", [sum]) => switch::receive(ctx, sum),

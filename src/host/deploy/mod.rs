@@ -13,6 +13,7 @@
 //! tribist can create, rename or replace — except through `fsx`'s descriptors, which cannot
 //! be redirected.
 
+pub mod access;
 pub mod binary;
 pub mod cli;
 pub mod envconf;

@@ -9,6 +9,12 @@
 //! (`healthy release=ID health=200 up=ETIME listen=ADDR`, `stopped …`, `unhealthy …: why`,
 //! `not installed (…)`) and its exit code (0, 5, 6, 7).
 //!
+//! With a front door (issue 19), [`with_front`] adds its marker (` front=https://D`, and
+//! ` cert=Nd` under 14 days left) and makes a healthy service behind a front clients cannot
+//! get through (Caddy stopped, no TLS answer, an expired certificate) unhealthy: exit 7, as
+//! the API is out of their reach; `status` prints the front's lines
+//! (`host::front_report`) under the details.
+//!
 //! A stopped service is never asked `/health`: with its socket listening, asking would start
 //! it ([`asks_health`]).
 
@@ -17,6 +23,8 @@ use std::time::Duration;
 use super::health::{self, Health};
 use super::{interrupt, paths, Exit, Fail, Result};
 use crate::host::child::ExitKind;
+use crate::host::front_host;
+use crate::host::front_report::{self, Report};
 use crate::host::text::{clean, printable};
 
 /// The host's state as `status` and `summary` say it.
@@ -303,9 +311,44 @@ pub fn observe() -> Result<Observed> {
     Ok(o)
 }
 
+/// The service's judgement with the front's: its marker on the line (before a `: why`), and
+/// a healthy service behind a front clients cannot get through is unhealthy (exit 7), since
+/// they cannot reach the API; the why names the front.
+pub fn with_front(s: Summary, front: &Report) -> Summary {
+    if s.verdict == Verdict::NotInstalled {
+        return s;
+    }
+    if let (Verdict::Healthy, Some(why)) = (s.verdict, &front.broken) {
+        let rest = s.line.strip_prefix("healthy").unwrap_or(&s.line);
+        return Summary {
+            verdict: Verdict::Unhealthy,
+            line: format!("unhealthy{rest}{}: {why}", front.marker),
+        };
+    }
+    let line = match s.line.split_once(": ") {
+        Some((head, why)) => format!("{head}{}: {why}", front.marker),
+        None => format!("{}{}", s.line, front.marker),
+    };
+    Summary { line, ..s }
+}
+
+/// The front's report now (nothing without a unit: not installed says it all).
+fn front_now(o: &Observed) -> Report {
+    if !o.unit_file {
+        return Report::default();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    front_report::report(&front_host::observe_front(), now)
+}
+
 /// `summary`: the one line, and its exit code.
 pub fn cmd_summary() -> Result<Exit> {
-    let s = judge(&observe()?);
+    let o = observe()?;
+    let front = front_now(&o);
+    interrupted()?;
+    let s = with_front(judge(&o), &front);
     println!("{}", s.line);
     Ok(s.verdict.exit())
 }
@@ -313,7 +356,9 @@ pub fn cmd_summary() -> Result<Exit> {
 /// `status`: the line, then what a person looks at next.
 pub fn cmd_status() -> Result<Exit> {
     let mut o = observe()?;
-    let s = judge(&o);
+    let front = front_now(&o);
+    interrupted()?;
+    let s = with_front(judge(&o), &front);
     println!("{}", s.line);
     if s.verdict == Verdict::NotInstalled {
         return Ok(s.verdict.exit());
@@ -356,6 +401,9 @@ pub fn cmd_status() -> Result<Exit> {
             .get_or_insert_with(|| health::fetch_at(&o.listen, Duration::from_secs(5)));
         let text = format!("{} (HTTP {})", h.body, code3(h.code));
         println!("  health: {}", printable(text.as_bytes(), 600));
+    }
+    for l in &front.lines {
+        println!("{l}");
     }
     Ok(s.verdict.exit())
 }
@@ -524,6 +572,58 @@ mod tests {
         assert_eq!(Verdict::NotInstalled.exit() as u8, 5);
         assert_eq!(Verdict::Stopped.exit() as u8, 6);
         assert_eq!(Verdict::Unhealthy.exit() as u8, 7);
+    }
+
+    #[test]
+    fn the_front_on_the_line_and_in_the_exit_code() {
+        let serving = Report {
+            marker: " front=https://api.example.test".into(),
+            lines: vec![],
+            broken: None,
+        };
+        let down = Report {
+            broken: Some(
+                "the front https://api.example.test is down (caddy.service is not active)".into(),
+            ),
+            ..serving.clone()
+        };
+        let healthy = || judge(&obs("active", "active", Some((200, PASS))));
+        let s = with_front(healthy(), &serving);
+        assert_eq!(
+            (s.verdict, s.line.as_str()),
+            (
+                Verdict::Healthy,
+                "healthy release=abc123 health=200 up=01:02:03 listen=127.0.0.1:8383 front=https://api.example.test"
+            )
+        );
+        // Without a front the line is as it always was.
+        assert_eq!(with_front(healthy(), &Report::default()), healthy());
+        // A front clients cannot get through: unhealthy, exit 7, the why names it.
+        let s = with_front(healthy(), &down);
+        assert_eq!(
+            (s.verdict, s.line.as_str()),
+            (
+                Verdict::Unhealthy,
+                "unhealthy release=abc123 health=200 up=01:02:03 listen=127.0.0.1:8383 front=https://api.example.test: the front https://api.example.test is down (caddy.service is not active)"
+            )
+        );
+        assert_eq!(s.verdict.exit() as u8, 7);
+        // An unhealthy or stopped service keeps its own why; the marker goes before it.
+        let s = with_front(judge(&obs("active", "active", Some((503, FAIL)))), &down);
+        assert_eq!(
+            s.line,
+            "unhealthy release=abc123 health=503 up=01:02:03 listen=127.0.0.1:8383 front=https://api.example.test: connection refused"
+        );
+        let s = with_front(judge(&obs("inactive", "active", None)), &down);
+        assert_eq!(
+            (s.verdict, s.line.as_str()),
+            (
+                Verdict::Stopped,
+                "stopped release=abc123 service=inactive socket=active listen=127.0.0.1:8383 front=https://api.example.test"
+            )
+        );
+        let none = judge(&Observed::default());
+        assert_eq!(with_front(none.clone(), &down), none);
     }
 
     #[test]
