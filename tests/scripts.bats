@@ -836,3 +836,89 @@ r2.meta"
   assert_failure
   assert_output --partial "'ol' names 2 kept releases"
 }
+
+# check.sh's front door lines (make check DOMAIN=…), in a network and mount namespace of its
+# own (unshare: root there, nobody here): lo up, an /etc/hosts of the test's, and listeners on
+# 80 and 443 started in it, one of them a program named caddy.
+@test "check.sh DOMAIN: 80/443 free or caddy's, else a FAIL naming the holder; DOMAIN here PASS, elsewhere WARN, nowhere FAIL" {
+  unshare -rmn true 2>/dev/null || skip "no unprivileged user namespaces here (unshare -rmn)"
+  local dir=$BATS_TEST_TMPDIR
+  printf '127.0.0.1 here.example.test\n203.0.113.7 far.example.test\n' >"$dir/hosts"
+  # Named caddy, as the kernel names a process: a link to python3 (which finds its library
+  # through the link).
+  ln -s "$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')" "$dir/caddy"
+  # shellcheck disable=SC2016
+  run unshare -rmn bash -c '
+    dir=$1 check=$2
+    ip link set lo up
+    mount --bind "$dir/hosts" /etc/hosts
+    listening() {
+      local i
+      for i in $(seq 100); do
+        [[ -n "$(ss -Hltn "sport = :$1")" ]] && return 0
+        sleep 0.05
+      done
+      echo "nothing listens on $1 after 5 s"
+    }
+    echo "== free"
+    bash "$check" 127.0.0.1:1 any none here.example.test
+    "$dir/caddy" -m http.server 80 --bind 127.0.0.1 >/dev/null 2>&1 &
+    caddy=$!
+    python3 -m http.server 443 --bind 127.0.0.1 >/dev/null 2>&1 &
+    other=$!
+    echo "holder=$other"
+    listening 80
+    listening 443
+    echo "== taken"
+    bash "$check" 127.0.0.1:1 any none far.example.test
+    echo "rc=$?"
+    kill "$caddy" "$other"
+    wait
+    echo "== nowhere"
+    bash "$check" 127.0.0.1:1 any none nowhere.example.invalid
+    echo "== misuse"
+    bash "$check" 127.0.0.1:1 any none -x.example.test
+    echo "rc=$?"
+  ' _ "$dir" "$BATS_TEST_DIRNAME/../sbin/check.sh"
+  local holder
+  holder=$(sed -n 's/^holder=//p' <<<"$output")
+  refute_output --partial "nothing listens"
+  # Free: both ports; the name resolves to an address of this (namespace's) host.
+  assert_equal "$(sed -n '/^== free/,/^holder=/p' <<<"$output" | grep -E '^(PASS|FAIL|WARN) (port|domain|caddy)')" \
+    "$(printf '%s\n' 'PASS port 80: free (for the front door)' 'PASS port 443: free (for the front door)' \
+      'PASS domain here.example.test: resolves to 127.0.0.1, an address of this host')
+$(grep -E '^(PASS|WARN) caddy: ' <<<"$output" | head -n 1)"
+  assert_line --regexp '^(PASS caddy: [0-9.:+~-]+ installed|PASS caddy: not installed; apt can install .*|WARN caddy: not installed, and apt knows no candidate .*)$'
+  # Taken: caddy's port passes, another program's is named with what stops it; a name that
+  # resolves elsewhere is only a warning.
+  assert_line "PASS port 80: caddy's (the front door)"
+  assert_line "FAIL port 443: taken by python3 (pid $holder, outside systemd); fix: stop it (kill $holder), the front door needs ports 80 and 443"
+  assert_line "WARN domain far.example.test: resolves to 203.0.113.7, not an address of this host (normal behind NAT or a load balancer); the certificate authority must reach this host on ports 80 and 443 through it"
+  assert_line rc=1
+  assert_line "FAIL domain nowhere.example.invalid: does not resolve on this host (getent ahosts nowhere.example.invalid); fix: an A or AAAA record for nowhere.example.invalid pointing at this host (or at its load balancer), or DOMAIN=the name clients use"
+  # A DOMAIN the deployer would never send: misuse, before any check.
+  assert_equal "$(sed -n '/^== misuse/,$p' <<<"$output" | grep -cE '^(PASS|FAIL|WARN) ')" 0
+  assert_line rc=2
+}
+
+@test "remote.sh: DOMAIN is checked by the host's rules, ACCESS=1 refuses SINCE; nothing is sent" {
+  local stub="$BATS_TEST_TMPDIR/ssh"
+  printf '#!/bin/sh\ntouch "%s/ssh-ran"\n' "$BATS_TEST_TMPDIR" >"$stub"
+  chmod 755 "$stub"
+  export SSH=$stub BIN=/bin/true
+  HOST=app1 DOMAIN='api.example.com; id' run "$REMOTE" check
+  assert_equal "$status" 2
+  assert_output --partial "DOMAIN=\"api.example.com; id\" is refused: it has ';' (a host name has letters, digits, '-' and '.' only); run: make check HOST=app1 DOMAIN=api.example.com (the name clients use)"
+  HOST=app1 DOMAIN='{env.HOME}.example' run "$REMOTE" check
+  assert_equal "$status" 2
+  HOST=app1 DOMAIN=localhost run "$REMOTE" check
+  assert_equal "$status" 2
+  assert_output --partial "at least two labels"
+  HOST=app1 ACCESS=1 SINCE=today run "$REMOTE" logs
+  assert_equal "$status" 2
+  assert_output --partial "SINCE is for the service's journal; the access log takes LINES= and GREP="
+  HOST=app1 ACCESS=yes run "$REMOTE" logs
+  assert_equal "$status" 2
+  assert_output --partial "ACCESS must be 1 (or empty)"
+  [[ ! -e "$BATS_TEST_TMPDIR/ssh-ran" ]]
+}
