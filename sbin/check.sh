@@ -161,8 +161,11 @@ check_front_port() {
     return
   fi
   users=$(grep -oE '\("[^"]{1,64}",pid=[0-9]+' <<<"$out" | sed -E 's/^\("(.*)",pid=/\1 /' | sort -u) || users=""
-  if [[ -z "$users" ]]; then
+  if [[ -z "$users" && $(id -u) -ne 0 ]] && ! sudo -n true 2>/dev/null; then
     fail "port $port: taken (by whom: connect as root to see); fix: stop what listens on $port, the front door needs it"
+    return
+  elif [[ -z "$users" ]]; then
+    fail "port $port: taken by a process this host cannot see (another container sharing its network?); fix: stop what listens on $port there, the front door needs it"
     return
   fi
   while read -r name pid; do
@@ -173,6 +176,12 @@ check_front_port() {
     return
   fi
   read -r name pid <<<"${others[0]}"
+  if [[ "$pid" == 1 ]]; then
+    # systemd itself: a socket unit listens there.
+    unit=$(systemctl list-sockets --no-legend --all 2>/dev/null | awk -v p=":$port" '$1 ~ p "$" { print $2; exit }') || unit=""
+    fail "port $port: taken by systemd's ${unit:-socket unit (systemctl list-sockets names it)}; fix: systemctl disable --now ${unit:-UNIT.socket} (the front door needs ports 80 and 443)"
+    return
+  fi
   unit=$(unit_of "$pid")
   if [[ -n "$unit" ]]; then
     fail "port $port: taken by $name (pid $pid, $unit); fix: systemctl disable --now $unit (the front door needs ports 80 and 443)"

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::logs::{lines_arg, LineCap, Tail, MAX_LINE};
-use super::{interrupt, need_root, Exit, Fail, Result};
+use super::{interrupt, need_root, say, Exit, Fail, Result};
 use crate::host::front;
 use crate::host::fsx::{self, Dir, FsError, Limits};
 
@@ -157,6 +157,32 @@ pub fn no_log(site: bool, host: &str) -> Fail {
     }
 }
 
+/// Whether the deployer is gone while nothing is written: ssh without a terminal gives no
+/// SIGHUP, but the pipe that is standard output then reports an error (POLLERR) or a
+/// hang-up, so a follow with a GREP that matches nothing does not outlive its connection.
+fn deployer_gone() -> bool {
+    reader_gone(libc::STDOUT_FILENO)
+}
+
+/// Whether nobody reads the pipe (or socket) `fd` writes to any more.
+pub fn reader_gone(fd: std::os::fd::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Said before the lines of an access log left by a front since removed.
+pub fn no_front_now(host: &str) -> String {
+    format!(
+        "{host} has no front door now (make install HOST={host} DOMAIN=api.example.com sets one up); the last lines of its access log from before:"
+    )
+}
+
 fn emit(bytes: &[u8]) -> bool {
     let mut o = std::io::stdout().lock();
     o.write_all(bytes).and_then(|_| o.flush()).is_ok()
@@ -205,9 +231,13 @@ pub fn cmd_access(args: &[String], follow: bool, host: Option<&str>) -> Result<E
     let grep = Grep::parse(arg(1, "-"))?;
     need_root("logs with ACCESS=1")?;
     let host = host.unwrap_or("…");
+    let site = Path::new(front::SITE_FILE).exists();
     let Some((mut file, stat)) = open_log()? else {
-        return Err(no_log(Path::new(front::SITE_FILE).exists(), host));
+        return Err(no_log(site, host));
     };
+    if !site {
+        say(&no_front_now(host));
+    }
     let mut filter = Lines::new(grep);
     let (kept, mut offset) = last_lines(&mut file, stat.size, lines, &mut filter)?;
     if !emit(&kept) {
@@ -234,6 +264,10 @@ pub fn cmd_access(args: &[String], follow: bool, host: Option<&str>) -> Result<E
                 return Ok(Exit::Ok);
             }
             continue;
+        }
+        if deployer_gone() {
+            interrupt::note_lost_client();
+            return Ok(Exit::Ok);
         }
         // At the end: rolled (another file under the name) or truncated, read the new one
         // from its start.
@@ -339,6 +373,15 @@ mod tests {
     }
 
     #[test]
+    fn a_pipe_nobody_reads_is_seen_without_writing() {
+        use std::os::fd::AsRawFd;
+        let (r, w) = std::io::pipe().unwrap();
+        assert!(!reader_gone(w.as_raw_fd()));
+        drop(r);
+        assert!(reader_gone(w.as_raw_fd()));
+    }
+
+    #[test]
     fn without_a_log_the_command_that_makes_one() {
         assert_eq!(
             no_log(false, "root@app1").message,
@@ -347,6 +390,10 @@ mod tests {
         assert_eq!(
             no_log(true, "root@app1").message,
             "the front has served no request yet (no /var/log/caddy/tribist-access.log); make status HOST=root@app1 says whether it answers"
+        );
+        assert_eq!(
+            no_front_now("app1"),
+            "app1 has no front door now (make install HOST=app1 DOMAIN=api.example.com sets one up); the last lines of its access log from before:"
         );
     }
 }
