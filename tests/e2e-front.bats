@@ -389,3 +389,143 @@ PY
   assert_success
   assert_output --partial "nothing to remove"
 }
+
+# --- The front in the everyday commands: make status, make logs ACCESS=1, make check DOMAIN=.
+# From here the host has no front (the test above removed it), Caddy runs the admin's :8081.
+
+# The kit as make runs it, with its own exit status (sbin/remote.sh), on this file's host.
+kit() { HOST="root@$H" SSH_OPTS="-F $("$HOSTSH" ssh-config)" "$REPO/sbin/remote.sh" "$@"; }
+
+# The date (YYYY-MM-DD, UTC) the served certificate ends, as openssl reads it here.
+served_cert_end() {
+  date -ud "$(in_ns openssl s_client -connect 127.0.0.1:443 -servername "$DOMAIN" </dev/null 2>/dev/null |
+    openssl x509 -noout -enddate | cut -d= -f2)" +%F
+}
+
+# Whether the front's access log (make logs ACCESS=1, its last $2 lines) has a request for $1.
+access_has() { ACCESS=1 LINES=${2:-5} kit logs 2>/dev/null | grep -qF "\"uri\":\"$1\""; }
+
+# Fails unless $1 holds only printable ASCII and line breaks.
+only_printable() {
+  local bad
+  bad=$(printf '%s' "$1" | LC_ALL=C tr -d '\40-\176\n' | od -An -tx1)
+  [[ -z "${bad//[[:space:]]/}" ]] || fail "bytes other than printable ASCII in the output:$bad"
+}
+
+# Waits (up to $1 s) until "$@" after it succeeds.
+until_ok() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+@test "without a front: make status says none, make logs ACCESS=1 names make install DOMAIN=; make check DOMAIN= names what holds 443, then passes" {
+  run kit status
+  assert_success
+  assert_line --regexp "^root@$H +healthy release=[^ ]+ health=200 up=[0-9:-]+ listen=127\.0\.0\.1:8383$"
+  assert_line "  front: none (the service is reached on its address alone; make install HOST=… DOMAIN=api.example.com puts HTTPS in front)"
+  # The log the removed front left is still shown, saying so; without one, the command.
+  ACCESS=1 LINES=1 run kit logs
+  assert_success
+  assert_output --partial "root@$H has no front door now (make install HOST=root@$H DOMAIN=api.example.com sets one up); the last lines of its access log from before:"
+  on "mv /var/log/caddy/tribist-access.log /root/access.log.kept"
+  ACCESS=1 run kit logs
+  assert_failure 1
+  assert_output --partial "root@$H has no front door, so no access log (/var/log/caddy/tribist-access.log); set one up: make install HOST=root@$H DOMAIN=api.example.com"
+  # Something else on 443, as a unit of its own (a web server installed before tribist).
+  "$HOSTSH" ssh "$H" "cat >/root/hold443.pl" <<'PL'
+use Socket;
+socket(my $s, PF_INET, SOCK_STREAM, 0) or die "socket: $!";
+setsockopt($s, SOL_SOCKET, SO_REUSEADDR, 1) or die "setsockopt: $!";
+bind($s, sockaddr_in(443, INADDR_ANY)) or die "bind: $!";
+listen($s, 5) or die "listen: $!";
+sleep 600;
+PL
+  on "printf '[Service]\nExecStart=/usr/bin/perl /root/hold443.pl\n' >/etc/systemd/system/wb-holder443.service && systemctl daemon-reload && systemctl start wb-holder443"
+  until_ok 10 on "ss -Hltnp 'sport = :443' | grep -q perl"
+  DOMAIN=$DOMAIN run timed "make check DOMAIN= (443 taken)" kit check
+  assert_failure 1
+  assert_line --regexp "^    FAIL port 443: taken by perl \(pid [0-9]+, wb-holder443\.service\); fix: systemctl disable --now wb-holder443\.service \(the front door needs ports 80 and 443\)$"
+  assert_line --regexp "^    PASS port 80: (free \(for the front door\)|caddy's \(the front door\))$"
+  assert_line "    PASS domain $DOMAIN: resolves to 127.0.0.1, an address of this host"
+  assert_line --regexp "^    PASS caddy: 2\.6\.[0-9]+-[0-9]+ installed$"
+  assert_output --partial "make check: root@$H is not ready"
+  # As a person: the command the FAIL line names, then the same check again.
+  on "systemctl disable --now wb-holder443.service"
+  DOMAIN=$DOMAIN run kit check
+  assert_success
+  assert_line "    PASS port 443: free (for the front door)"
+  assert_output --partial "root@$H is ready for tribist"
+  # A hostile DOMAIN is refused here, by the host's rules, before anything is sent.
+  DOMAIN='api.front.test;id' run kit check
+  assert_failure 2
+  assert_output --partial "DOMAIN=\"api.front.test;id\" is refused: it has ';'"
+}
+
+@test "make status: the front's issuer and expiry while it serves; Caddy stopped: a WARN, the fix, exit 7; started again: healthy" {
+  run front apply $(apply_args)
+  assert_success
+  DOMAIN=$DOMAIN run kit check
+  assert_success
+  assert_line --regexp "^    PASS port 80: caddy's \(the front door\)$"
+  assert_line "    PASS port 443: caddy's (the front door)"
+  local expires
+  expires=$(served_cert_end)
+  run timed "make status (front serving)" kit status
+  assert_success
+  assert_line --regexp "^root@$H +healthy release=[^ ]+ health=200 up=[0-9:-]+ listen=127\.0\.0\.1:8383 front=https://api\.front\.test$"
+  assert_line "  front: serving https://$DOMAIN -> 127.0.0.1:8383 (caddy.service active, /health 200 over HTTP/2)"
+  assert_line --regexp "^  certificate: issuer CN=Pebble Intermediate CA [0-9a-f]+, expires $expires \([0-9]+ days left; ACME\)$"
+  refute_output --partial WARN
+  # Caddy stopped: clients cannot reach the API, so status is not 0; at a terminal, as a person.
+  on "systemctl stop caddy"
+  run kit status
+  assert_failure 7
+  assert_line --regexp "^root@$H +unhealthy release=[^ ]+ health=200 up=[0-9:-]+ listen=127\.0\.0\.1:8383 front=https://api\.front\.test: the front https://api\.front\.test is down \(caddy\.service is not active\)$"
+  assert_line "  WARN front: Caddy is stopped: clients cannot reach https://$DOMAIN; fix (on the host): systemctl enable --now caddy"
+  assert_output --partial "next: the WARN line above says what to do; make logs HOST=root@$H ACCESS=1 shows the front's requests"
+  run script -qec "make -s -C '$REPO' status HOST=root@$H SSH_OPTS='-F $("$HOSTSH" ssh-config)'" /dev/null
+  assert_failure
+  assert_output --partial "WARN front: Caddy is stopped"
+  assert_output --partial "Error 7"
+  # The fix, as printed; the front answers again.
+  on "systemctl enable --now caddy"
+  until_ok 30 kit status
+  run kit status
+  assert_success
+  assert_line --regexp "^root@$H +healthy .* front=https://api\.front\.test$"
+}
+
+@test "make logs ACCESS=1: the request just made, printable; GREP= picks it; FOLLOW=1 shows one made meanwhile and ends with its connection" {
+  local p="/wb-access-$RANDOM$RANDOM" q="/wb-follow-$RANDOM$RANDOM" pid out=$BATS_TEST_TMPDIR/follow.out
+  # A request with a unique path, and one whose header holds a terminal escape.
+  on "curl -s --cacert $PEBBLE_ROOT -o /dev/null -H \$'User-Agent: \\e]0;pwned\\a' https://$DOMAIN$p"
+  until_ok 10 access_has "$p"
+  ACCESS=1 LINES=5 run timed "make logs ACCESS=1 LINES=5" kit logs
+  assert_success
+  assert_output --regexp "\"uri\":\"$p\""
+  assert_output --partial '"status":404'
+  ((${#lines[@]} <= 5))
+  only_printable "$output"
+  ACCESS=1 GREP="$p" run kit logs
+  assert_success
+  assert_equal "$(grep -cF "$p" <<<"$output")" "${#lines[@]}"
+  # Following: the last lines, then a request made meanwhile; ended by its connection.
+  # In a process group of its own (setsid), so that ending it ends its ssh too.
+  HOST="root@$H" SSH_OPTS="-F $("$HOSTSH" ssh-config)" TRIBIST_SSH_SHARE=no ACCESS=1 FOLLOW=1 GREP="$q" \
+    setsid "$REPO/sbin/remote.sh" logs >"$out" 2>&1 &
+  pid=$!
+  until_ok 15 on "pgrep -f '[a]ccess-follow'"
+  on "curl -s --cacert $PEBBLE_ROOT -o /dev/null https://$DOMAIN$q"
+  until_ok 15 grep -qF "\"uri\":\"$q\"" "$out"
+  kill -TERM -- "-$pid"
+  wait "$pid" || true
+  # Its connection gone, the host's follow ends by itself (no SIGHUP without a terminal).
+  until_ok 10 on "! pgrep -f '[a]ccess-follow'"
+  run cat "$out"
+  assert_output --regexp "\"uri\":\"$q\""
+  only_printable "$output"
+}
