@@ -426,7 +426,7 @@ until_ok() {
   run kit status
   assert_success
   assert_line --regexp "^root@$H +healthy release=[^ ]+ health=200 up=[0-9:-]+ listen=127\.0\.0\.1:8383$"
-  assert_line "  front: none (the service is reached on its address alone; make install HOST=… DOMAIN=api.example.com puts HTTPS in front)"
+  assert_line "  front: none (the service is reached on its address alone; make install HOST=root@$H DOMAIN=api.example.com puts HTTPS in front)"
   # The log the removed front left is still shown, saying so; without one, the command.
   ACCESS=1 LINES=1 run kit logs
   assert_success
@@ -501,13 +501,14 @@ PL
 
 @test "make logs ACCESS=1: the request just made, printable; GREP= picks it; FOLLOW=1 shows one made meanwhile and ends with its connection" {
   local p="/wb-access-$RANDOM$RANDOM" q="/wb-follow-$RANDOM$RANDOM" pid out=$BATS_TEST_TMPDIR/follow.out
-  # A request with a unique path, and one whose header holds a terminal escape.
-  on "curl -s --cacert $PEBBLE_ROOT -o /dev/null -H \$'User-Agent: \\e]0;pwned\\a' https://$DOMAIN$p"
+  # A request with a unique path; a client's text (here its User-Agent) is in the log too.
+  on "curl -s --cacert $PEBBLE_ROOT -o /dev/null -A 'wb \"quoted\" agent' https://$DOMAIN$p"
   until_ok 10 access_has "$p"
   ACCESS=1 LINES=5 run timed "make logs ACCESS=1 LINES=5" kit logs
   assert_success
   assert_output --regexp "\"uri\":\"$p\""
   assert_output --partial '"status":404'
+  assert_output --partial '"User-Agent":["wb \"quoted\" agent"]'
   ((${#lines[@]} <= 5))
   only_printable "$output"
   ACCESS=1 GREP="$p" run kit logs

@@ -35,7 +35,7 @@ pub fn status(ctx: &Ctx) -> Result<(), Exit> {
         let ran = ctx.run(
             &ctx.out,
             h,
-            &remote::status(verb),
+            &remote::status(verb, h),
             Call {
                 tty: Tty::No,
                 input: Input::Nothing,

@@ -133,8 +133,12 @@ pub fn serving() -> Vec<String> {
     words(&[DEPLOY, "serving"])
 }
 
-/// `status` (one host, with details) or `summary` (one line, for fleets).
-pub fn status(verb: &str) -> Vec<String> {
+/// `status` (one host, with details, `host` naming it in the commands they print) or
+/// `summary` (one line, for fleets).
+pub fn status(verb: &str, host: &str) -> Vec<String> {
+    if verb == "status" {
+        return words(&[DEPLOY, "--target", host, verb]);
+    }
     words(&[DEPLOY, verb])
 }
 
@@ -299,8 +303,12 @@ mod tests {
             "'/home/tribist/bin/tribist-host' 'serving'"
         );
         assert_eq!(
-            sent(&status("summary")),
+            sent(&status("summary", "app1")),
             "'/home/tribist/bin/tribist-host' 'summary'"
+        );
+        assert_eq!(
+            sent(&status("status", "root@app1")),
+            "'/home/tribist/bin/tribist-host' '--target' 'root@app1' 'status'"
         );
         assert_eq!(
             sent(&audit("50")),

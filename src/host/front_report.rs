@@ -111,10 +111,10 @@ pub fn days_left(until: i64, now: i64) -> i64 {
 }
 
 /// The one fix for a certificate close to its end.
-fn renew_fix(f: &Front) -> String {
+fn renew_fix(f: &Front, host: &str) -> String {
     if f.own_cert {
         format!(
-            "fix: renew the team's certificate, then make install HOST=… DOMAIN={} CERT_FILE=… KEY_FILE=…",
+            "fix: renew the team's certificate, then make install HOST={host} DOMAIN={} CERT_FILE=cert.pem KEY_FILE=key.pem",
             f.domain
         )
     } else {
@@ -122,15 +122,17 @@ fn renew_fix(f: &Front) -> String {
     }
 }
 
-/// What `make status` says of the front `seen`, at time `now` (seconds since the epoch).
-pub fn report(seen: &Seen, now: i64) -> Report {
+/// What `make status` says of the front `seen`, at time `now` (seconds since the epoch);
+/// `host` is the deployer's name for the host, for the commands it names (printable ASCII:
+/// the deployer drops anything else).
+pub fn report(seen: &Seen, now: i64, host: &str) -> Report {
     let f = match seen {
         Seen::None => {
             return Report {
                 marker: String::new(),
-                lines: vec![
-                    "  front: none (the service is reached on its address alone; make install HOST=… DOMAIN=api.example.com puts HTTPS in front)".into(),
-                ],
+                lines: vec![format!(
+                    "  front: none (the service is reached on its address alone; make install HOST={host} DOMAIN=api.example.com puts HTTPS in front)"
+                )],
                 broken: None,
             }
         }
@@ -154,7 +156,7 @@ pub fn report(seen: &Seen, now: i64) -> Report {
     };
     if !f.imported {
         r.lines.push(format!(
-            "  WARN front: /etc/caddy/Caddyfile does not import tribist's site for {d}; fix: make install HOST=… DOMAIN={d}"
+            "  WARN front: /etc/caddy/Caddyfile does not import tribist's site for {d}; fix: make install HOST={host} DOMAIN={d}"
         ));
     }
     if !f.active {
@@ -221,14 +223,14 @@ pub fn report(seen: &Seen, now: i64) -> Report {
         r.lines.push(format!(
             "  WARN certificate: expired on {}: clients refuse {url}; {}",
             ymd(until),
-            renew_fix(f)
+            renew_fix(f, host)
         ));
         r.broken = Some(format!("the front's certificate expired on {}", ymd(until)));
     } else if days < WARN_DAYS {
         r.marker.push_str(&format!(" cert={days}d"));
         r.lines.push(format!(
             "  WARN certificate: {days} days left (under {WARN_DAYS}); {}",
-            renew_fix(f)
+            renew_fix(f, host)
         ));
     }
     r
@@ -292,7 +294,7 @@ mod tests {
     #[test]
     fn serving_with_a_long_lived_certificate() {
         let f = front(true, Some(Answer::Service(200)), "Mar  7 04:45:19 2027 GMT");
-        let r = report(&Seen::Configured(f), NOW);
+        let r = report(&Seen::Configured(f), NOW, "root@app1");
         assert_eq!(r.marker, " front=https://api.example.test");
         assert_eq!(r.broken, None);
         assert_eq!(
@@ -307,7 +309,7 @@ mod tests {
     #[test]
     fn a_certificate_close_to_its_end_is_a_warning_not_a_failure() {
         let f = front(true, Some(Answer::Service(200)), "Dec 17 02:33:19 2026 GMT");
-        let r = report(&Seen::Configured(f.clone()), NOW);
+        let r = report(&Seen::Configured(f.clone()), NOW, "root@app1");
         assert_eq!(r.marker, " front=https://api.example.test cert=9d");
         assert_eq!(r.broken, None);
         assert_eq!(
@@ -322,14 +324,14 @@ mod tests {
             own_cert: true,
             ..f
         };
-        let r = report(&Seen::Configured(own), NOW);
+        let r = report(&Seen::Configured(own), NOW, "root@app1");
         assert_eq!(
             r.lines.last().unwrap(),
-            "  WARN certificate: 9 days left (under 14); fix: renew the team's certificate, then make install HOST=… DOMAIN=api.example.test CERT_FILE=… KEY_FILE=…"
+            "  WARN certificate: 9 days left (under 14); fix: renew the team's certificate, then make install HOST=root@app1 DOMAIN=api.example.test CERT_FILE=cert.pem KEY_FILE=key.pem"
         );
         // 14 days left: no warning.
         let f = front(true, Some(Answer::Service(200)), "Dec 21 04:45:19 2026 GMT");
-        let r = report(&Seen::Configured(f), NOW);
+        let r = report(&Seen::Configured(f), NOW, "root@app1");
         assert_eq!(r.marker, " front=https://api.example.test");
         assert!(!r.lines.iter().any(|l| l.contains("WARN")), "{:?}", r.lines);
     }
@@ -337,7 +339,7 @@ mod tests {
     #[test]
     fn an_expired_certificate_breaks_the_front() {
         let f = front(true, Some(Answer::Service(200)), "Dec  1 00:00:00 2026 GMT");
-        let r = report(&Seen::Configured(f), NOW);
+        let r = report(&Seen::Configured(f), NOW, "root@app1");
         assert_eq!(
             r.broken.as_deref(),
             Some("the front's certificate expired on 2026-12-01")
@@ -352,6 +354,7 @@ mod tests {
         let r = report(
             &Seen::Configured(front(false, None, "Mar  7 04:45:19 2027 GMT")),
             NOW,
+            "root@app1",
         );
         assert_eq!(r.marker, " front=https://api.example.test");
         assert_eq!(
@@ -368,6 +371,7 @@ mod tests {
         let r = report(
             &Seen::Configured(front(true, Some(Answer::NoTls(35)), "")),
             NOW,
+            "root@app1",
         );
         assert_eq!(
             r.broken.as_deref(),
@@ -392,6 +396,7 @@ mod tests {
                 "Mar  7 04:45:19 2027 GMT",
             )),
             NOW,
+            "root@app1",
         );
         assert_eq!(r.broken, None);
         assert_eq!(
@@ -402,23 +407,23 @@ mod tests {
 
     #[test]
     fn no_front_or_one_root_alone_may_read() {
-        let r = report(&Seen::None, NOW);
+        let r = report(&Seen::None, NOW, "root@app1");
         assert_eq!(r.marker, "");
         assert_eq!(r.broken, None);
         assert_eq!(
             r.lines,
-            ["  front: none (the service is reached on its address alone; make install HOST=… DOMAIN=api.example.com puts HTTPS in front)"]
+            ["  front: none (the service is reached on its address alone; make install HOST=root@app1 DOMAIN=api.example.com puts HTTPS in front)"]
         );
-        let r = report(&Seen::Unreadable, NOW);
+        let r = report(&Seen::Unreadable, NOW, "root@app1");
         assert_eq!(r.marker, " front=?");
         assert_eq!(r.broken, None);
         // Not imported: said, with the fix.
         let mut f = front(true, Some(Answer::Service(200)), "Mar  7 04:45:19 2027 GMT");
         f.imported = false;
-        let r = report(&Seen::Configured(f), NOW);
+        let r = report(&Seen::Configured(f), NOW, "root@app1");
         assert_eq!(
             r.lines[0],
-            "  WARN front: /etc/caddy/Caddyfile does not import tribist's site for api.example.test; fix: make install HOST=… DOMAIN=api.example.test"
+            "  WARN front: /etc/caddy/Caddyfile does not import tribist's site for api.example.test; fix: make install HOST=root@app1 DOMAIN=api.example.test"
         );
     }
 
@@ -427,6 +432,7 @@ mod tests {
         let r = report(
             &Seen::Configured(front(true, Some(Answer::Service(200)), "someday")),
             NOW,
+            "root@app1",
         );
         assert_eq!(
             r.lines[1],

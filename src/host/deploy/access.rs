@@ -230,7 +230,7 @@ pub fn cmd_access(args: &[String], follow: bool, host: Option<&str>) -> Result<E
     let lines = lines_arg(arg(0, if follow { "20" } else { "100" }))?;
     let grep = Grep::parse(arg(1, "-"))?;
     need_root("logs with ACCESS=1")?;
-    let host = host.unwrap_or("…");
+    let host = host.unwrap_or("HOST");
     let site = Path::new(front::SITE_FILE).exists();
     let Some((mut file, stat)) = open_log()? else {
         return Err(no_log(site, host));

@@ -156,7 +156,7 @@ fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
         ("config", []) => super::envconf::config_show(),
         ("config", _) => super::envconf::config_change(ctx, rest),
         ("config-stash", []) => super::envconf::config_stash(),
-        ("status", []) => report::cmd_status(),
+        ("status", []) => report::cmd_status(ctx.target.as_deref()),
         ("summary", []) => report::cmd_summary(),
         ("serving", []) => report::cmd_serving(),
         ("releases", []) => report::cmd_releases(),

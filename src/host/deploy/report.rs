@@ -332,21 +332,22 @@ pub fn with_front(s: Summary, front: &Report) -> Summary {
     Summary { line, ..s }
 }
 
-/// The front's report now (nothing without a unit: not installed says it all).
-fn front_now(o: &Observed) -> Report {
+/// The front's report now (nothing without a unit: not installed says it all); `host` is
+/// the deployer's name for this host, for the commands it names.
+fn front_now(o: &Observed, host: &str) -> Report {
     if !o.unit_file {
         return Report::default();
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    front_report::report(&front_host::observe_front(), now)
+    front_report::report(&front_host::observe_front(), now, host)
 }
 
 /// `summary`: the one line, and its exit code.
 pub fn cmd_summary() -> Result<Exit> {
     let o = observe()?;
-    let front = front_now(&o);
+    let front = front_now(&o, "HOST");
     interrupted()?;
     let s = with_front(judge(&o), &front);
     println!("{}", s.line);
@@ -354,9 +355,9 @@ pub fn cmd_summary() -> Result<Exit> {
 }
 
 /// `status`: the line, then what a person looks at next.
-pub fn cmd_status() -> Result<Exit> {
+pub fn cmd_status(host: Option<&str>) -> Result<Exit> {
     let mut o = observe()?;
-    let front = front_now(&o);
+    let front = front_now(&o, host.unwrap_or("HOST"));
     interrupted()?;
     let s = with_front(judge(&o), &front);
     println!("{}", s.line);
