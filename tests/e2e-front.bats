@@ -166,12 +166,12 @@ teardown_file() {
   assert_output "socket caddy"
   # Root reaches it (an empty Host, as caddy's own commands send); tribist and tribistd may
   # not connect to it at all.
-  run on "curl -sS -m 5 --unix-socket /var/lib/caddy/admin.sock -H 'Host:' http://caddy/config/"
+  run on "curl -sS -m 5 --unix-socket /var/lib/caddy/admin.sock -H 'Host;' http://caddy/config/"
   assert_success
   assert_output --partial '"admin":{"listen":"unix//var/lib/caddy/admin.sock"}'
-  run on "runuser -u tribist -- curl -sS -m 5 --unix-socket /var/lib/caddy/admin.sock -H 'Host:' http://caddy/config/"
+  run on "runuser -u tribist -- curl -sS -m 5 --unix-socket /var/lib/caddy/admin.sock -H 'Host;' http://caddy/config/"
   assert_failure 7
-  run on "$as_tribistd curl -sS -m 5 --unix-socket /var/lib/caddy/admin.sock -H 'Host:' http://caddy/config/"
+  run on "$as_tribistd curl -sS -m 5 --unix-socket /var/lib/caddy/admin.sock -H 'Host;' http://caddy/config/"
   assert_failure 7
   # Root's reload (Debian's ExecReload=) finds it.
   before=$(reloads)
