@@ -21,13 +21,13 @@ DEV_PG_PORT ?=
 # HOST (ssh destination), HOSTS ("app1 app2": upgrade one after the other), SSH_OPTS (options
 # for ssh; better: a Host entry in ~/.ssh/config), BIN (default: the release build),
 # DEPLOYER, DATABASE_URL_FILE, DEPLOY_KEY, LISTEN, LINES, PURGE, YES, PREFLIGHT, SET, UNSET, FOLLOW,
-# SINCE, GREP. They reach
+# SINCE, GREP; the HTTPS front: DOMAIN with ACME_EMAIL [ACME_CA ACME_CA_ROOT] or CERT_FILE KEY_FILE. They reach
 # sbin/remote.sh through the environment exactly as typed: make does not expand $ in them,
 # and no recipe line contains them, so quotes, $(), backticks and ; stay text.
 DEPLOY_VARS := HOST HOSTS SSH_OPTS BIN DEPLOYER DATABASE_URL_FILE DEPLOY_KEY LISTEN LINES PURGE YES PREFLIGHT SET UNSET \
 	PARALLEL TO KEEP TRIBIST_SSH_SHARE TRIBIST_DEPLOY_DIR FOLLOW SINCE GREP
-# The front door's: make check|install DOMAIN=…, make logs ACCESS=1.
-DEPLOY_VARS += DOMAIN ACCESS
+# The front door's: make install DOMAIN=… ACME_*=… | CERT_FILE= KEY_FILE=, make check DOMAIN=, make logs ACCESS=1.
+DEPLOY_VARS += DOMAIN ACME_EMAIL ACME_CA ACME_CA_ROOT CERT_FILE KEY_FILE ACCESS
 $(foreach v,$(DEPLOY_VARS),$(eval override $(v) := $$(value $(v)))$(if $(value $(v)),$(eval export $(v))))
 export RELEASE_BIN RELEASE_HOST_BIN CARGO
 # ENV=staging: the hosts in deploy/staging.hosts. Taken from make's command line only, since
@@ -88,7 +88,7 @@ config: ## HOST's configuration (masked); SET="NAME=VALUE …" UNSET="NAME …" 
 check: ## can HOST take tribist? one PASS/FAIL line per check (ssh, sudo, systemd, machine, glibc, port, database; DOMAIN=: 80/443, DNS, caddy)
 	@$(remote) check
 
-install: ## first install or re-install on HOST (root or sudo); DATABASE_URL_FILE=path, DEPLOY_KEY=key.pub
+install: ## first install or re-install on HOST (root or sudo); DATABASE_URL_FILE=path, DEPLOY_KEY=key.pub; DOMAIN=api.example.com ACME_EMAIL=you@example.com (or CERT_FILE= KEY_FILE=) puts Caddy's HTTPS in front
 	@$(remote) install
 
 upgrade: ## ship BIN to HOST (or each of HOSTS, or ENV=staging's, PARALLEL at a time), hand over, wait; rolls back a failure
@@ -115,7 +115,7 @@ logs: ## the service's last LINES log lines on HOST; FOLLOW=1 (Ctrl-C ends it), 
 audit: ## the last LINES (50) deployments recorded on HOST, root's and tribist's, newest last (root or sudo)
 	@$(remote) audit
 
-uninstall: ## remove the service from HOST (keeps config and data unless PURGE=1, which asks; YES=1 for scripts)
+uninstall: ## remove the service and its HTTPS front from HOST (keeps config, data and certificates unless PURGE=1, which asks; YES=1 for scripts)
 	@$(remote) uninstall
 
 unlock: ## break a stuck deploy lock on HOST on purpose (its holder rolls back)

@@ -11,7 +11,11 @@ const USAGE: &str =
                     [--listen ADDR:PORT] [--keep N] COMMAND [ARG...]
 
 The deploy kit on this host (make install, upgrade, … run these over ssh; docs/deploying.md):
-  install BUNDLE_DIR     (root) install or update everything from BUNDLE_DIR
+  install BUNDLE_DIR [--domain D (--acme-email E [--acme-ca URL] [--acme-ca-root FILE]
+                     | --cert-file F --key-file K)]
+                         (root) install or update everything from BUNDLE_DIR; with --domain,
+                         then the HTTPS front (front apply; its files are BUNDLE_DIR's); without,
+                         a front already there is kept
   receive SHA256         read a binary from stdin into api/ (as tribist), check its SHA-256,
                          print the upload's name
   upgrade UPLOAD         preflight UPLOAD, switch to it (a handover, or a restart), wait for
@@ -37,10 +41,12 @@ The deploy kit on this host (make install, upgrade, … run these over ssh; docs
   on-start | on-reload   (root) the unit's pre-start and reload steps: promote server_new,
                          copy it into root's /var/lib/tribist-deploy/bin, audit, start or hand
                          over
-  uninstall [--purge]    (root) stop and remove the service; --purge also its files and users
+  uninstall [--purge]    (root) remove the front (front remove), stop and remove the service;
+                         --purge also its files, users and the front's certificates
 
 Exit codes of these: 0 done, 1 failed, 2 misuse, 3 the deploy lock is held, 4 the
-configuration cannot work, 5 not installed, 130 interrupted (what was promised put back).
+configuration cannot work, 5 not installed, 9 installed and healthy but the front failed,
+130 interrupted (what was promised put back).
 
 Other commands:
   front apply --domain D (--acme-email E [--acme-ca URL] [--acme-ca-root FILE]

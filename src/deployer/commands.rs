@@ -249,7 +249,11 @@ pub fn uninstall(ctx: &Ctx) -> Result<(), Exit> {
         confirm_purge(ctx, &host)?;
     }
     ctx.out.say(&format!("uninstalling from {host}"));
-    status_of(ctx.long(&host, &remote::uninstall(&by, purge))?)
+    let rc = ctx.long(&host, &remote::uninstall(&by, &host, purge))?;
+    if rc != 0 {
+        ctx.next_step(&ctx.out, rc, &host);
+    }
+    status_of(rc)
 }
 
 /// PURGE=1 deletes what cannot be had back: asked at a terminal; YES=1 answers for a
@@ -260,7 +264,7 @@ fn confirm_purge(ctx: &Ctx, host: &str) -> Result<(), Exit> {
     }
     if !term::can_ask() {
         return Err(ctx.out.refuse(&format!(
-            "PURGE=1 deletes on {host} the configuration (the database URL), the audit log, user tribist and /home/tribist with every kept release; without a terminal to ask, say so with YES=1: make uninstall HOST={host} PURGE=1 YES=1 (nothing was sent)"
+            "PURGE=1 deletes on {host} the configuration (the database URL), the audit log, user tribist and /home/tribist with every kept release, and the HTTPS front's certificates; without a terminal to ask, say so with YES=1: make uninstall HOST={host} PURGE=1 YES=1 (nothing was sent)"
         )));
     }
     let out = &ctx.out;
@@ -268,7 +272,8 @@ fn confirm_purge(ctx: &Ctx, host: &str) -> Result<(), Exit> {
         "make uninstall PURGE=1 deletes on {host}, for good:"
     ));
     out.err_line("  /etc/tribist (the configuration, with the database URL), /var/lib/tribist-deploy (the audit log),");
-    out.err_line("  user tribist and /home/tribist (every kept release, the deploy key), and the address drop-ins.");
+    out.err_line("  user tribist and /home/tribist (every kept release, the deploy key), the address drop-ins,");
+    out.err_line("  and the HTTPS front's certificates (a new front gets new ones; Caddy and its other sites stay).");
     let answer = term::ask("Type yes to delete them: ", true)?.unwrap_or_default();
     if answer != b"yes" {
         return Err(out.refuse(&format!(

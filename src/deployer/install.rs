@@ -18,9 +18,10 @@ use super::ssh::{Call, Input, Sink, Tty};
 use super::tar::{self, Entry};
 use super::term::{self, Exit};
 use super::upgrade::{ship_bin, Binary};
-use super::values;
+use super::values::{self, FrontCerts, FrontGiven, FrontVars};
 use super::words::shown;
 use super::{executable, read_bounded, Ctx};
+use crate::host::front_plan::{Pem, MAX_PEM};
 use crate::host::text::clean;
 
 /// The kit's files in the bundle, from the checkout (the server and tribist-host come
@@ -354,12 +355,107 @@ pub fn check(ctx: &Ctx) -> Result<(), Exit> {
     }
 }
 
+/// A front file for the bundle: its name there, its bytes, its mode.
+type FrontFile = (&'static str, Vec<u8>, u32);
+
+/// DOMAIN and the rest of the front's variables: checked by the host's own rules, the files
+/// read here (64 KiB at most) and checked as PEM, all before anything is sent. None: no
+/// DOMAIN (a front already on the host is kept there).
+fn front(
+    ctx: &Ctx,
+    host: &str,
+    listen: Option<&str>,
+) -> Result<Option<(FrontGiven, Vec<FrontFile>)>, Exit> {
+    let vars = FrontVars {
+        domain: ctx.text("DOMAIN")?,
+        acme_email: ctx.text("ACME_EMAIL")?,
+        acme_ca: ctx.text("ACME_CA")?,
+        acme_ca_root: ctx.env.path("ACME_CA_ROOT"),
+        cert_file: ctx.env.path("CERT_FILE"),
+        key_file: ctx.env.path("KEY_FILE"),
+    };
+    let Some(given) = ctx.check(values::front(&vars, host))? else {
+        return Ok(None);
+    };
+    let wanted: Vec<(&str, &Path, &'static str, Pem, u32)> = match &given.certs {
+        FrontCerts::Acme {
+            ca_root: Some(r), ..
+        } => vec![(
+            "ACME_CA_ROOT",
+            r,
+            values::FRONT_CA_ROOT,
+            Pem::Certificate,
+            0o644,
+        )],
+        FrontCerts::Acme { .. } => vec![],
+        FrontCerts::Own { cert, key } => vec![
+            (
+                "CERT_FILE",
+                cert,
+                values::FRONT_CERT,
+                Pem::Certificate,
+                0o644,
+            ),
+            ("KEY_FILE", key, values::FRONT_KEY, Pem::Key, 0o600),
+        ],
+    };
+    let mut files = Vec::new();
+    for (var, path, name, kind, mode) in wanted {
+        let label = shown(&path.to_string_lossy());
+        let bytes = match path.is_file().then(|| read_bounded(path, MAX_PEM)) {
+            Some(Ok(b)) => b,
+            _ => {
+                return Err(ctx.out.refuse(&format!(
+                    "{var}={label} is not a readable file; give the right one: make install HOST={host} {} (nothing was sent)",
+                    given.vars()
+                )))
+            }
+        };
+        ctx.check(values::front_file(
+            var,
+            path,
+            bytes.as_deref(),
+            kind,
+            host,
+            &given,
+        ))?;
+        if kind == Pem::Key {
+            let mode = std::fs::metadata(path)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0o600);
+            if mode & 0o077 != 0 {
+                ctx.out.warn(&format!(
+                    "warning: KEY_FILE={label} can be read by other users of this machine (a private key): chmod 600 {label}"
+                ));
+            }
+        }
+        files.push((name, bytes.unwrap_or_default(), mode));
+    }
+    if let Some(l) = listen.filter(|l| !values::loopback_listen(l)) {
+        ctx.out.warn(&format!(
+            "warning: LISTEN={l} is not a loopback address: clients can reach the service around the front (plain HTTP, none of its limits); LISTEN=127.0.0.1:{} keeps it behind the front",
+            l.rsplit(':').next().unwrap_or("8383")
+        ));
+    }
+    Ok(Some((given, files)))
+}
+
+/// After exit 9 (tribist installed and serving, its front not): the command once the host's
+/// reason is fixed.
+pub fn front_next(host: &str, given: &FrontGiven) -> String {
+    format!(
+        "next: tribist serves on {host} without its front meanwhile; once what is said above is fixed: make install HOST={host} {}",
+        given.vars()
+    )
+}
+
 /// make install HOST=…: checks, then the bundle, then the bundle's tribist-host install.
 pub fn install(ctx: &Ctx) -> Result<(), Exit> {
     let host = ctx.host()?;
     ctx.refuse_url_on_command_line()?;
     let by = ctx.deployer()?;
     let listen = ctx.check(values::listen(ctx.text("LISTEN")?.as_deref()))?;
+    let front = front(ctx, &host, listen.as_deref())?;
     let key = deploy_key(ctx)?;
     let bin = ship_bin(ctx)?;
     let (host_bin, host_mode) = host_program(ctx)?;
@@ -416,6 +512,15 @@ pub fn install(ctx: &Ctx) -> Result<(), Exit> {
             data: key,
         });
     }
+    if let Some((_, front_files)) = &front {
+        for (name, bytes, mode) in front_files {
+            entries.push(Entry {
+                name,
+                mode: *mode,
+                data: bytes,
+            });
+        }
+    }
     let mtime = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -446,10 +551,21 @@ pub fn install(ctx: &Ctx) -> Result<(), Exit> {
     }
     ctx.out.say(&format!("installing on {host}"));
     let label = ctx.url_file_label();
+    let front_words = front
+        .as_ref()
+        .map(|(g, _)| g.words(&dir))
+        .unwrap_or_default();
     let rc = ctx.long(
         &host,
-        &remote::install(&dir, &by, listen.as_deref(), &host, &label),
+        &remote::install(&dir, &by, listen.as_deref(), &host, &label, &front_words),
     )?;
+    if let (9, Some((given, _))) = (rc, &front) {
+        ctx.out.warn(&format!(
+            "make install: tribist is installed on {host}, its front is not (exit 9); the messages above say why"
+        ));
+        ctx.out.warn(&front_next(&host, given));
+        return Err(Exit(rc));
+    }
     if rc != 0 {
         // For 4 the host named the command (it knows whether it kept a configuration that
         // served).
@@ -461,7 +577,12 @@ pub fn install(ctx: &Ctx) -> Result<(), Exit> {
         ctx.next_step(&ctx.out, rc, &host);
         return Err(Exit(rc));
     }
-    ctx.out.say(&format!("installed on {host}"));
+    match &front {
+        Some((g, _)) => ctx
+            .out
+            .say(&format!("installed on {host}, behind https://{}", g.domain)),
+        None => ctx.out.say(&format!("installed on {host}")),
+    }
     Ok(())
 }
 
@@ -503,6 +624,21 @@ mod tests {
         ] {
             assert!(refused(bad).contains("is refused"), "{bad}");
         }
+    }
+
+    #[test]
+    fn after_a_failed_front_the_same_front_again() {
+        let g = FrontGiven {
+            domain: "api.example.com".into(),
+            certs: FrontCerts::Own {
+                cert: "my certs/c.pem".into(),
+                key: "k.pem".into(),
+            },
+        };
+        assert_eq!(
+            front_next("root@app1", &g),
+            "next: tribist serves on root@app1 without its front meanwhile; once what is said above is fixed: make install HOST=root@app1 DOMAIN=api.example.com CERT_FILE=my\\ certs/c.pem KEY_FILE=k.pem"
+        );
     }
 
     #[test]

@@ -284,7 +284,9 @@ pub fn usage() -> String {
     format!(
         "usage: sbin/remote.sh COMMAND       (normally through make: make COMMAND HOST=…)
 
-  install     first install or re-install on HOST (root, or a user with sudo)
+  install     first install or re-install on HOST (root, or a user with sudo); with DOMAIN,
+              behind an HTTPS front (Caddy from the host's packages); without it a front
+              already there is kept
   upgrade     ship BIN to HOST, or to each of HOSTS (or ENV's) in turn, PARALLEL at a time;
               rolls back a host that fails, and stops there
   rollback    put the previous release back on HOST (TO=ID-prefix: any kept release)
@@ -298,7 +300,8 @@ pub fn usage() -> String {
   logs        the service's last LINES log lines on HOST
   audit       every deployment recorded on HOST (root or sudo)
   unlock      break a stuck deploy lock on HOST (its holder rolls back)
-  uninstall   remove the service from HOST (PURGE=1: also configuration and user tribist)
+  uninstall   remove the service and its HTTPS front from HOST (PURGE=1: also configuration,
+              user tribist and the front's certificates)
   config      the configuration on HOST (passwords masked); with SET=\"NAME=VALUE …\",
               UNSET=\"NAME …\" or DATABASE_URL_FILE=, change it: checked by the binary and a
               preflight, applied by a restart, taken back if the server is not healthy
@@ -326,6 +329,14 @@ Settings, from the environment (make passes its variables through unchanged):
   DATABASE_URL_FILE  install: a file holding the database URL (one final newline ignored);
                      at a terminal without it, install asks for the URL without echoing it
   DEPLOY_KEY         install: a public key file to authorise for user tribist
+  DOMAIN             install: the name clients use (api.example.com): Caddy serves HTTPS on
+                     443 (HTTP on 80 redirects) and reaches the service on its address
+  ACME_EMAIL         install DOMAIN=: the certificate from Let's Encrypt (or ACME_CA), renewed
+                     by Caddy; the CA account's e-mail address
+  ACME_CA            install DOMAIN=: another ACME CA's directory URL (https://…)
+  ACME_CA_ROOT       install DOMAIN=: a PEM file here: the root ACME_CA's own HTTPS chains to
+  CERT_FILE, KEY_FILE  install DOMAIN=: your own certificate (chain) and its key, PEM files
+                     here, sent in the bundle (never on a command line) instead of ACME
   LISTEN             install: the address tribist.socket listens on, IPv4:PORT or
                      [IPv6]:PORT (default: as set before, else 127.0.0.1:8383); a port
                      something else uses on the host is refused
@@ -356,7 +367,8 @@ Settings, from the environment (make passes its variables through unchanged):
 Exit codes: 0 done, 1 failed on the host (the messages say why), 2 a value was refused
 (nothing was sent), 3 another deployment holds the host's lock, 4 the configuration cannot
 work (the database refuses it, or the binary a setting: waiting will not help), 5 tribist is
-not installed on the host, 130 interrupted. Every failure ends with the one command to run next.
+not installed on the host, 9 install DOMAIN=: tribist is installed and serving but its front
+failed, 130 interrupted. Every failure ends with the one command to run next.
 status: 0 healthy on its installed release, 5 not installed, 6 stopped, 7 running but not
 healthy (or not on its installed release), 8 unreachable; with several hosts, the highest."
     )

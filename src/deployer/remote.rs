@@ -84,24 +84,29 @@ pub fn install_upload() -> Vec<String> {
 }
 
 /// Installs from the bundle in `dir` with the bundle's own tribist-host, then removes it.
+/// `front`: `front apply`'s words for the HTTPS front (`values::FrontGiven::words`), passed
+/// after `install DIR` as arguments of the constant script, like every other value.
 pub fn install(
     dir: &str,
     by: &str,
     listen: Option<&str>,
     host: &str,
     url_file: &str,
+    front: &[String],
 ) -> Vec<String> {
-    words(&[
+    let mut w = words(&[
         "sh",
         "-c",
-        "d=$1 by=$2 listen=$3 target=$4 file=$5; if [ -n \"$listen\" ]; then set -- --listen \"$listen\"; else set --; fi\n\"$d/tribist-host\" --by \"$by\" --target \"$target\" --url-file \"$file\" \"$@\" install \"$d\"; rc=$?; rm -rf \"$d\"; exit $rc",
+        "d=$1 by=$2 listen=$3 target=$4 file=$5; shift 5\nif [ -n \"$listen\" ]; then set -- --listen \"$listen\" install \"$d\" \"$@\"; else set -- install \"$d\" \"$@\"; fi\n\"$d/tribist-host\" --by \"$by\" --target \"$target\" --url-file \"$file\" \"$@\"; rc=$?; rm -rf \"$d\"; exit $rc",
         "sh",
         dir,
         by,
         listen.unwrap_or(""),
         host,
         url_file,
-    ])
+    ]);
+    w.extend_from_slice(front);
+    w
 }
 
 /// Receives the binary on standard input, checked against `sha256`; prints the upload's name.
@@ -151,8 +156,8 @@ pub fn unlock(by: &str, host: &str) -> Vec<String> {
     change(by, host, &[], "unlock", &[])
 }
 
-pub fn uninstall(by: &str, purge: bool) -> Vec<String> {
-    let mut w = words(&[DEPLOY, "--by", by, "uninstall"]);
+pub fn uninstall(by: &str, host: &str, purge: bool) -> Vec<String> {
+    let mut w = words(&[DEPLOY, "--by", by, "--target", host, "uninstall"]);
     if purge {
         w.push("--purge".into());
     }
@@ -272,12 +277,12 @@ mod tests {
             "'/home/tribist/bin/tribist-host' '--by' 'me' '--target' 'h' 'unlock'"
         );
         assert_eq!(
-            sent(&uninstall("me", true)),
-            "'/home/tribist/bin/tribist-host' '--by' 'me' 'uninstall' '--purge'"
+            sent(&uninstall("me", "root@app1", true)),
+            "'/home/tribist/bin/tribist-host' '--by' 'me' '--target' 'root@app1' 'uninstall' '--purge'"
         );
         assert_eq!(
-            sent(&uninstall("me", false)),
-            "'/home/tribist/bin/tribist-host' '--by' 'me' 'uninstall'"
+            sent(&uninstall(HOSTILE, "h", false)),
+            r#"'/home/tribist/bin/tribist-host' '--by' 'o'\''brien `touch /tmp/x` $(touch /tmp/y); touch /tmp/z; "q" \ $HOME' '--target' 'h' 'uninstall'"#
         );
         let args = [
             "--set",
@@ -385,6 +390,7 @@ mod tests {
             None,
             "root@app1",
             "path",
+            &[],
         );
         assert_eq!(&w[..2], ["sh", "-c"]);
         assert_eq!(
@@ -399,9 +405,63 @@ mod tests {
             ]
         );
         assert!(!w[2].contains("tribist-install.") && !w[2].contains("root@"));
-        let w = install("/tmp/d", "me", Some("0.0.0.0:80"), "h", "~/url");
+        let w = install("/tmp/d", "me", Some("0.0.0.0:80"), "h", "~/url", &[]);
         assert_eq!(w[6], "0.0.0.0:80");
         assert!(sent(&w).ends_with(" 'sh' '/tmp/d' 'me' '0.0.0.0:80' 'h' '~/url'"));
+    }
+
+    /// The front's words follow `install DIR`: the bundle's copies of the files, never a path
+    /// of the deployer's machine; a hostile value stays one quoted word.
+    #[test]
+    fn install_carries_the_front_as_words() {
+        use super::super::values::{FrontCerts, FrontGiven};
+        let dir = "/tmp/tribist-install.AbC123";
+        let acme = FrontGiven {
+            domain: "api.example.com".into(),
+            certs: FrontCerts::Acme {
+                email: "ops@example.com".into(),
+                ca: Some("https://127.0.0.1:14000/dir".into()),
+                ca_root: Some("/home/me/pebble's root.pem".into()),
+            },
+        };
+        let line = sent(&install(dir, "me", None, "h", "path", &acme.words(dir)));
+        assert!(
+            line.ends_with(" 'sh' '/tmp/tribist-install.AbC123' 'me' '' 'h' 'path' '--domain' 'api.example.com' '--acme-email' 'ops@example.com' '--acme-ca' 'https://127.0.0.1:14000/dir' '--acme-ca-root' '/tmp/tribist-install.AbC123/front-ca-root.pem'"),
+            "{line}"
+        );
+        assert!(!line.contains("pebble"), "the deployer's path stays here");
+        let own = FrontGiven {
+            domain: "api.example.com".into(),
+            certs: FrontCerts::Own {
+                cert: "c.pem".into(),
+                key: "/secret/k.pem".into(),
+            },
+        };
+        let line = sent(&install(
+            dir,
+            "me",
+            Some("127.0.0.1:9000"),
+            "h",
+            "path",
+            &own.words(dir),
+        ));
+        assert!(
+            line.ends_with(" 'sh' '/tmp/tribist-install.AbC123' 'me' '127.0.0.1:9000' 'h' 'path' '--domain' 'api.example.com' '--cert-file' '/tmp/tribist-install.AbC123/front-cert.pem' '--key-file' '/tmp/tribist-install.AbC123/front-key.pem'"),
+            "{line}"
+        );
+        assert!(!line.contains("secret"));
+        // Were a hostile domain ever to get this far, it would still be one quoted word.
+        let hostile = FrontGiven {
+            domain: "x{env.HOME}'; touch /tmp/x\nimport /etc/shadow".into(),
+            certs: own.certs.clone(),
+        };
+        let line = sent(&install(dir, "me", None, "h", "path", &hostile.words(dir)));
+        assert!(
+            line.contains(
+                " '--domain' 'x{env.HOME}'\\''; touch /tmp/x\nimport /etc/shadow' '--cert-file' "
+            ),
+            "{line}"
+        );
     }
 
     /// The scripts sent with `sh -c` run as written, with the arguments they are given.
@@ -419,7 +479,17 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let w = install(dir.to_str().unwrap(), HOSTILE, Some("[::1]:1"), "h", "p");
+        let front: Vec<String> = ["--domain", HOSTILE, "--acme-email", "o@example.com"]
+            .map(String::from)
+            .to_vec();
+        let w = install(
+            dir.to_str().unwrap(),
+            HOSTILE,
+            Some("[::1]:1"),
+            "h",
+            "p",
+            &front,
+        );
         let status = std::process::Command::new(&w[0])
             .args(&w[1..])
             .env("ARGS_OUT", &out)
@@ -436,7 +506,32 @@ mod tests {
         assert_eq!(
             got,
             format!(
-                "[--by][{HOSTILE}][--target][h][--url-file][p][--listen][[::1]:1][install][{}]",
+                "[--by][{HOSTILE}][--target][h][--url-file][p][--listen][[::1]:1][install][{}][--domain][{HOSTILE}][--acme-email][o@example.com]",
+                dir.display()
+            )
+        );
+        // Without LISTEN and without a front: install DIR alone.
+        let w = install(dir.to_str().unwrap(), "me", None, "h", "p", &[]);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            &prog,
+            "#!/bin/sh\nprintf '[%s]' \"$@\" >\"$ARGS_OUT\"; exit 9\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let status = std::process::Command::new(&w[0])
+            .args(&w[1..])
+            .env("ARGS_OUT", &out)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(9));
+        let got = std::fs::read_to_string(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        assert_eq!(
+            got,
+            format!(
+                "[--by][me][--target][h][--url-file][p][install][{}]",
                 dir.display()
             )
         );

@@ -503,6 +503,255 @@ pub fn public_key_line(line: &[u8]) -> bool {
     rest.is_empty() || (rest[0] == b' ' && rest[1..].iter().all(|b| (0x20..0x7f).contains(b)))
 }
 
+/// The front door's variables as typed (DOMAIN, ACME_EMAIL, ACME_CA, ACME_CA_ROOT,
+/// CERT_FILE, KEY_FILE); the three files are paths on this machine.
+#[derive(Clone, Debug, Default)]
+pub struct FrontVars {
+    pub domain: Option<String>,
+    pub acme_email: Option<String>,
+    pub acme_ca: Option<String>,
+    pub acme_ca_root: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// How the front's certificate is had, as given: files on this machine, sent in the bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrontCerts {
+    Acme {
+        email: String,
+        ca: Option<String>,
+        ca_root: Option<PathBuf>,
+    },
+    Own {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+/// `make install DOMAIN=…`, checked: the host's `front apply` takes [`FrontGiven::words`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontGiven {
+    pub domain: String,
+    pub certs: FrontCerts,
+}
+
+/// The names of the front's files in the install bundle (the host's side reads them there).
+pub use crate::host::deploy::install::{FRONT_CA_ROOT, FRONT_CERT, FRONT_KEY};
+
+fn path_shown(p: &std::path::Path) -> String {
+    shown(&p.to_string_lossy())
+}
+
+impl FrontGiven {
+    /// `front apply`'s words for a bundle extracted in `dir` on the host: the certificate
+    /// files are the bundle's copies, never a path of this machine.
+    pub fn words(&self, dir: &str) -> Vec<String> {
+        let mut w = vec!["--domain".to_string(), self.domain.clone()];
+        match &self.certs {
+            FrontCerts::Acme { email, ca, ca_root } => {
+                w.extend(["--acme-email".to_string(), email.clone()]);
+                if let Some(ca) = ca {
+                    w.extend(["--acme-ca".to_string(), ca.clone()]);
+                }
+                if ca_root.is_some() {
+                    w.extend([
+                        "--acme-ca-root".to_string(),
+                        format!("{dir}/{FRONT_CA_ROOT}"),
+                    ]);
+                }
+            }
+            FrontCerts::Own { .. } => w.extend([
+                "--cert-file".to_string(),
+                format!("{dir}/{FRONT_CERT}"),
+                "--key-file".to_string(),
+                format!("{dir}/{FRONT_KEY}"),
+            ]),
+        }
+        w
+    }
+
+    /// The make variables that give this front again, as a person retypes them.
+    pub fn vars(&self) -> String {
+        let mut s = format!("DOMAIN={}", self.domain);
+        match &self.certs {
+            FrontCerts::Acme { email, ca, ca_root } => {
+                s.push_str(&format!(" ACME_EMAIL={email}"));
+                if let Some(ca) = ca {
+                    s.push_str(&format!(" ACME_CA={ca}"));
+                }
+                if let Some(r) = ca_root {
+                    s.push_str(&format!(" ACME_CA_ROOT={}", path_shown(r)));
+                }
+            }
+            FrontCerts::Own { cert, key } => s.push_str(&format!(
+                " CERT_FILE={} KEY_FILE={}",
+                path_shown(cert),
+                path_shown(key)
+            )),
+        }
+        s
+    }
+}
+
+/// A refusal of `front`'s: what is wrong, the command that fixes it, and that nothing was
+/// sent.
+fn front_refusal<T>(what: String, host: &str, fix_vars: &str) -> Checked<T> {
+    refuse(format!(
+        "{what}; run: make install HOST={host} {fix_vars} (nothing was sent)"
+    ))
+}
+
+/// The front door's variables for `make install`, checked by the host's own parser
+/// (`front_plan::parse_apply`, `front::Domain` and the rest) before anything is sent. None:
+/// no DOMAIN, so no front is asked for (the host keeps one it has).
+pub fn front(v: &FrontVars, host: &str) -> Checked<Option<FrontGiven>> {
+    let given_files = |s: &mut Vec<String>| {
+        for (name, p) in [
+            ("ACME_CA_ROOT", &v.acme_ca_root),
+            ("CERT_FILE", &v.cert_file),
+            ("KEY_FILE", &v.key_file),
+        ] {
+            if let Some(p) = p {
+                s.push(format!("{name}={}", path_shown(p)));
+            }
+        }
+    };
+    let Some(domain) = &v.domain else {
+        let mut set: Vec<String> = [("ACME_EMAIL", &v.acme_email), ("ACME_CA", &v.acme_ca)]
+            .iter()
+            .filter_map(|(n, x)| x.as_ref().map(|x| format!("{n}={}", shown(x))))
+            .collect();
+        given_files(&mut set);
+        if set.is_empty() {
+            return Ok(None);
+        }
+        let names: Vec<&str> = set
+            .iter()
+            .map(|s| s.split('=').next().unwrap_or(""))
+            .collect();
+        return front_refusal(
+            format!(
+                "{} given without DOMAIN: the front needs the name its clients use (without DOMAIN install sets up no front)",
+                names.join(", ")
+            ),
+            host,
+            &format!("DOMAIN=api.example.com {}", set.join(" ")),
+        );
+    };
+    let d = shown(domain);
+    let email = v.acme_email.as_deref();
+    let acme_extra = v.acme_ca.is_some() || v.acme_ca_root.is_some();
+    let certs = match (&v.cert_file, &v.key_file) {
+        (None, None) => {
+            let Some(email) = email else {
+                if acme_extra {
+                    return front_refusal(
+                        format!("ACME_CA and ACME_CA_ROOT go with ACME_EMAIL, the CA account's address, which is missing (DOMAIN={d})"),
+                        host,
+                        &format!("DOMAIN={d} ACME_EMAIL=ops@example.com ..."),
+                    );
+                }
+                return front_refusal(
+                    format!("DOMAIN={d} needs a way to get its certificate: ACME_EMAIL= (from Let's Encrypt, or the CA in ACME_CA), or CERT_FILE= and KEY_FILE= (your own)"),
+                    host,
+                    &format!("DOMAIN={d} ACME_EMAIL=ops@example.com"),
+                );
+            };
+            FrontCerts::Acme {
+                email: email.to_string(),
+                ca: v.acme_ca.clone(),
+                ca_root: v.acme_ca_root.clone(),
+            }
+        }
+        (Some(c), Some(k)) => {
+            if email.is_some() || acme_extra {
+                return front_refusal(
+                    "ACME_* and CERT_FILE/KEY_FILE are both given: the certificate comes from the CA or from your files, not both".into(),
+                    host,
+                    &format!("DOMAIN={d} CERT_FILE={} KEY_FILE={}", path_shown(c), path_shown(k)),
+                );
+            }
+            FrontCerts::Own {
+                cert: c.clone(),
+                key: k.clone(),
+            }
+        }
+        (Some(c), None) => {
+            return front_refusal(
+                format!(
+                    "CERT_FILE={} is given without KEY_FILE, its private key",
+                    path_shown(c)
+                ),
+                host,
+                &format!(
+                    "DOMAIN={d} CERT_FILE={} KEY_FILE=path/to/key.pem",
+                    path_shown(c)
+                ),
+            )
+        }
+        (None, Some(k)) => {
+            return front_refusal(
+                format!(
+                    "KEY_FILE={} is given without CERT_FILE, its certificate",
+                    path_shown(k)
+                ),
+                host,
+                &format!(
+                    "DOMAIN={d} CERT_FILE=path/to/cert.pem KEY_FILE={}",
+                    path_shown(k)
+                ),
+            )
+        }
+    };
+    let given = FrontGiven {
+        domain: domain.clone(),
+        certs,
+    };
+    // The host's parser, on the very words the host will get (for a bundle directory shaped
+    // as the host names it): what it refuses there is refused here, with its reason.
+    match crate::host::front_plan::parse_apply(&given.words("/tmp/tribist-install.XXXXXX")) {
+        Ok(_) => Ok(Some(given)),
+        Err(e) => refuse(format!(
+            "{}; {} (nothing was sent)",
+            e.what,
+            e.fix.replace("HOST=...", &format!("HOST={host}"))
+        )),
+    }
+}
+
+/// A front file's bytes as read here (at most 64 KiB, `None` when larger), checked as the
+/// host checks them (`front_plan::check_pem`).
+pub fn front_file(
+    var: &str,
+    path: &std::path::Path,
+    bytes: Option<&[u8]>,
+    kind: crate::host::front_plan::Pem,
+    host: &str,
+    given: &FrontGiven,
+) -> Checked<()> {
+    let name = path_shown(path);
+    let why = match bytes {
+        None => format!(
+            "it is larger than {} KiB: not a PEM file",
+            crate::host::front_plan::MAX_PEM / 1024
+        ),
+        Some(b) => match crate::host::front_plan::check_pem(kind, b) {
+            Ok(()) => return Ok(()),
+            Err(why) => why,
+        },
+    };
+    refuse(format!(
+        "{var}={name}: {why}; give the right file: make install HOST={host} {} (nothing was sent)",
+        given.vars()
+    ))
+}
+
+/// Whether a LISTEN address is reachable from this host only.
+pub fn loopback_listen(listen: &str) -> bool {
+    listen.starts_with("127.") || listen.starts_with("[::1]:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -757,5 +1006,193 @@ mod tests {
         env.vars
             .insert("DEPLOYER".into(), OsString::from_vec(b"caf\xe9".to_vec()));
         assert!(refused(env.text("DEPLOYER")).starts_with("DEPLOYER is not UTF-8 text"));
+    }
+
+    fn fv(pairs: &[(&str, &str)]) -> FrontVars {
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        FrontVars {
+            domain: get("DOMAIN"),
+            acme_email: get("ACME_EMAIL"),
+            acme_ca: get("ACME_CA"),
+            acme_ca_root: get("ACME_CA_ROOT").map(PathBuf::from),
+            cert_file: get("CERT_FILE").map(PathBuf::from),
+            key_file: get("KEY_FILE").map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn the_front_is_asked_for_with_domain_only() {
+        assert_eq!(front(&fv(&[]), "h"), Ok(None));
+        assert_eq!(
+            refused(front(&fv(&[("ACME_EMAIL", "ops@example.com")]), "root@app1")),
+            "ACME_EMAIL given without DOMAIN: the front needs the name its clients use (without DOMAIN install sets up no front); run: make install HOST=root@app1 DOMAIN=api.example.com ACME_EMAIL=ops@example.com (nothing was sent)"
+        );
+        let m = refused(front(
+            &fv(&[("CERT_FILE", "my cert.pem"), ("KEY_FILE", "k.pem")]),
+            "h",
+        ));
+        assert!(
+            m.starts_with("CERT_FILE, KEY_FILE given without DOMAIN")
+                && m.contains("run: make install HOST=h DOMAIN=api.example.com CERT_FILE=my\\ cert.pem KEY_FILE=k.pem"),
+            "{m}"
+        );
+        assert!(refused(front(&fv(&[("ACME_CA_ROOT", "r.pem")]), "h"))
+            .starts_with("ACME_CA_ROOT given without DOMAIN"));
+    }
+
+    #[test]
+    fn the_front_s_certificate_comes_one_way() {
+        assert_eq!(
+            refused(front(&fv(&[("DOMAIN", "api.example.com")]), "h")),
+            "DOMAIN=api.example.com needs a way to get its certificate: ACME_EMAIL= (from Let's Encrypt, or the CA in ACME_CA), or CERT_FILE= and KEY_FILE= (your own); run: make install HOST=h DOMAIN=api.example.com ACME_EMAIL=ops@example.com (nothing was sent)"
+        );
+        assert_eq!(
+            refused(front(
+                &fv(&[("DOMAIN", "api.example.com"), ("CERT_FILE", "c.pem")]),
+                "h"
+            )),
+            "CERT_FILE=c.pem is given without KEY_FILE, its private key; run: make install HOST=h DOMAIN=api.example.com CERT_FILE=c.pem KEY_FILE=path/to/key.pem (nothing was sent)"
+        );
+        assert!(refused(front(
+            &fv(&[("DOMAIN", "api.example.com"), ("KEY_FILE", "k.pem")]),
+            "h"
+        ))
+        .starts_with("KEY_FILE=k.pem is given without CERT_FILE"));
+        for extra in [
+            ("ACME_EMAIL", "o@example.com"),
+            ("ACME_CA", "https://ca.example/dir"),
+        ] {
+            assert!(refused(front(
+                &fv(&[
+                    ("DOMAIN", "api.example.com"),
+                    ("CERT_FILE", "c.pem"),
+                    ("KEY_FILE", "k.pem"),
+                    extra
+                ]),
+                "h"
+            ))
+            .starts_with("ACME_* and CERT_FILE/KEY_FILE are both given"));
+        }
+        assert!(refused(front(
+            &fv(&[
+                ("DOMAIN", "api.example.com"),
+                ("ACME_CA", "https://ca.example/dir")
+            ]),
+            "h"
+        ))
+        .starts_with("ACME_CA and ACME_CA_ROOT go with ACME_EMAIL"));
+    }
+
+    /// The host's own parser refuses, with its reason and the command with this HOST.
+    #[test]
+    fn hostile_front_values_are_refused_by_the_host_s_rules() {
+        let acme = |d: &str, e: &str, ca: &str| {
+            let mut p = vec![("DOMAIN", d), ("ACME_EMAIL", e)];
+            if !ca.is_empty() {
+                p.push(("ACME_CA", ca));
+            }
+            front(&fv(&p), "root@app1")
+        };
+        assert_eq!(
+            refused(acme("x{env.HOME}", "o@example.com", "")),
+            "DOMAIN=\"x{env.HOME}\" is refused: it has '{' (Caddyfile blocks and placeholders such as {env.X}) (a host name has letters, digits, '-' and '.' only); run: make install HOST=root@app1 DOMAIN=api.example.com (nothing was sent)"
+        );
+        assert!(refused(acme(
+            "api.example.com\nimport /etc/shadow",
+            "o@example.com",
+            ""
+        ))
+        .contains("it has a newline"));
+        assert!(refused(acme("localhost", "o@example.com", "")).contains("at least two labels"));
+        assert!(refused(acme("10.0.0.1", "o@example.com", "")).contains("IP address"));
+        assert!(
+            refused(acme("api.example.com", "o@x.com\"; import", "")).starts_with("ACME_EMAIL=")
+        );
+        assert!(refused(acme(
+            "api.example.com",
+            "o@example.com",
+            "http://ca.example/dir"
+        ))
+        .contains("https:// only"));
+        assert!(
+            refused(acme("api.example.com", "o@example.com", "https://ca/{$X}"))
+                .starts_with("ACME_CA=")
+        );
+        // Uppercase is the same name.
+        let ok = acme(
+            "API.Example.com",
+            "o@example.com",
+            "https://127.0.0.1:14000/dir",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            ok.words("/tmp/tribist-install.AbC123"),
+            [
+                "--domain",
+                "API.Example.com",
+                "--acme-email",
+                "o@example.com",
+                "--acme-ca",
+                "https://127.0.0.1:14000/dir"
+            ]
+        );
+        assert_eq!(
+            ok.vars(),
+            "DOMAIN=API.Example.com ACME_EMAIL=o@example.com ACME_CA=https://127.0.0.1:14000/dir"
+        );
+    }
+
+    #[test]
+    fn front_files_are_checked_as_the_host_checks_them() {
+        use crate::host::front_plan::Pem;
+        let g = front(
+            &fv(&[
+                ("DOMAIN", "api.example.com"),
+                ("CERT_FILE", "c.pem"),
+                ("KEY_FILE", "k.pem"),
+            ]),
+            "h",
+        )
+        .unwrap()
+        .unwrap();
+        let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let key = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+        let p = std::path::Path::new("c.pem");
+        assert_eq!(
+            front_file("CERT_FILE", p, Some(cert), Pem::Certificate, "h", &g),
+            Ok(())
+        );
+        assert_eq!(
+            front_file("KEY_FILE", p, Some(key), Pem::Key, "h", &g),
+            Ok(())
+        );
+        let m = refused(front_file(
+            "CERT_FILE",
+            p,
+            Some(key),
+            Pem::Certificate,
+            "h",
+            &g,
+        ));
+        assert!(
+            m.starts_with("CERT_FILE=c.pem: it is not a PEM certificate"),
+            "{m}"
+        );
+        assert!(m.ends_with("give the right file: make install HOST=h DOMAIN=api.example.com CERT_FILE=c.pem KEY_FILE=k.pem (nothing was sent)"), "{m}");
+        assert!(!m.contains("MIIE"), "nothing of a key is shown");
+        assert!(
+            refused(front_file("KEY_FILE", p, Some(cert), Pem::Key, "h", &g))
+                .contains("not an unencrypted PEM private key")
+        );
+        assert!(refused(front_file("KEY_FILE", p, None, Pem::Key, "h", &g))
+            .contains("larger than 64 KiB"));
+        assert!(loopback_listen("127.0.0.1:8383") && loopback_listen("[::1]:1"));
+        assert!(!loopback_listen("0.0.0.0:8383") && !loopback_listen("[::]:1"));
     }
 }

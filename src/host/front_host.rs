@@ -1664,6 +1664,23 @@ pub fn observe_front() -> front_report::Seen {
 // ---------------------------------------------------------------------------------------------
 // status
 
+/// tribist's site, when it is configured: its domain and the address it dials (read as
+/// root, through descriptors). What `make install` without DOMAIN keeps and `make
+/// uninstall` removes.
+pub fn configured() -> Option<(String, Option<SocketAddr>)> {
+    let dir = Dir::open(front::DIR).ok()?;
+    let site = read_opt(&dir, plan::SITE, Some(0), MAX_CADDYFILE).ok()??;
+    let text = String::from_utf8(site).ok()?;
+    let domain = plan::site_domain(&text)?;
+    Some((domain.as_str().to_string(), plan::site_upstream(&text)))
+}
+
+/// Whether anything of the front's is on this host: its site, or the certificate copies and
+/// domain note `front remove` keeps (what `--purge` takes).
+pub fn any_files() -> bool {
+    fsx::lstat(Path::new(front::DIR)).is_ok()
+}
+
 /// The front's state, one line each; exit 0 when it serves, 5 without a front, 6 when Caddy
 /// does not run, 7 when it runs but does not answer for the domain.
 pub fn status() -> Result<Exit> {

@@ -149,7 +149,7 @@ fn dispatch(ctx: &mut Ctx, cmd: &str, rest: &[String]) -> Result<Exit> {
     use super::{logs, records, report, unlock};
     let words: Vec<&str> = rest.iter().map(String::as_str).collect();
     match (cmd, words.as_slice()) {
-        ("install", [bundle]) => super::install::install(ctx, bundle),
+        ("install", [bundle, front @ ..]) => super::install::install(ctx, bundle, front),
         ("uninstall", []) => super::uninstall::uninstall(ctx, false),
         ("uninstall", ["--purge"]) => super::uninstall::uninstall(ctx, true),
         ("uninstall", [_]) => Err(Fail::usage("uninstall takes only --purge")),

@@ -6,6 +6,11 @@
 //! Running it again is safe, and it is how a host set up by an older kit gets today's
 //! layout (`hostlayout`).
 //!
+//! With the front door's words after the bundle (`install BUNDLE --domain D …`, `make install
+//! DOMAIN=…`), once the service is healthy the front is applied (`front_host::apply`, the
+//! certificate files the bundle's); without them a front already there is kept, and said so.
+//! A front that fails leaves tribist installed and serving (exit 9, [`Exit::FrontFailed`]).
+//!
 //! Interrupts (Ctrl-C through ssh -t, a lost connection, `make unlock`): before the lock the
 //! run just ends; after it the audit says `interrupted`, and the exit is 130. However the run
 //! ends, an upload received but not staged is discarded.
@@ -24,6 +29,8 @@ use super::{as_tribist, health, interrupt, need_root, paths, say, warn, Ctx, Exi
 use crate::host::audit::{Action, Outcome};
 use crate::host::child::ExitKind;
 use crate::host::digest::Sha256;
+use crate::host::front_host;
+use crate::host::front_plan::{self, ApplyArgs, CertSource};
 use crate::host::fsx::{self, Dir, Limits};
 use crate::host::text::clean;
 
@@ -38,6 +45,12 @@ pub const BUNDLE: &[&str] = &[
     "server.sh",
     "wait_for_it.sh",
 ];
+
+/// The front door's files in the bundle (`make install DOMAIN=…` with ACME_CA_ROOT, or with
+/// CERT_FILE and KEY_FILE): the front's words name them, and only them.
+pub const FRONT_CA_ROOT: &str = "front-ca-root.pem";
+pub const FRONT_CERT: &str = "front-cert.pem";
+pub const FRONT_KEY: &str = "front-key.pem";
 
 /// Installed into bin/ (root's, 0755): this program and the scripts.
 pub const TO_BIN: &[&str] = &["tribist-host", "server.sh", "wait_for_it.sh"];
@@ -142,8 +155,60 @@ impl Drop for Cleanup {
     }
 }
 
-/// `install BUNDLE_DIR`.
-pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
+/// `install BUNDLE_DIR [FRONT-WORDS…]`: the front's words are `front apply`'s (parsed by
+/// its parser), without `--upstream` (the service's own address) or `--by` (the
+/// deployment's), and every file they name is one of the bundle's [`FRONT_CA_ROOT`],
+/// [`FRONT_CERT`], [`FRONT_KEY`]. None: no words, no front asked for.
+pub fn front_args(bundle: &str, words: &[String]) -> Result<Option<ApplyArgs>> {
+    if words.is_empty() {
+        return Ok(None);
+    }
+    if words.iter().any(|w| w == "--upstream" || w == "--by") {
+        return Err(Fail::usage(
+            "install's front takes no --upstream (the service's own address) or --by (the deployment's)",
+        ));
+    }
+    let args = front_plan::parse_apply(words).map_err(|e| Fail::usage(e.to_string()))?;
+    let files: Vec<(&crate::host::front::HostPath, &str)> = match &args.certs {
+        CertSource::Acme { ca_root, .. } => ca_root.iter().map(|p| (p, FRONT_CA_ROOT)).collect(),
+        CertSource::Own { cert, key } => vec![(cert, FRONT_CERT), (key, FRONT_KEY)],
+    };
+    for (path, name) in files {
+        let want = format!("{bundle}/{name}");
+        if path.as_path() != std::path::Path::new(&want) {
+            return Err(Fail::usage(format!(
+                "install's front files come in the bundle: {} is not {want}; run make install again",
+                clean(path.as_path().as_os_str().as_encoded_bytes(), 200)
+            )));
+        }
+    }
+    Ok(Some(args))
+}
+
+/// Where the front dials the service listening on `listen`: the address itself, or
+/// loopback for an unspecified one (0.0.0.0, [::]).
+pub fn dial(listen: &str) -> Option<std::net::SocketAddr> {
+    let mut a: std::net::SocketAddr = listen.parse().ok()?;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Some(a)
+}
+
+/// Whether the service on `listen` is reachable from this host only.
+pub fn loopback(listen: &str) -> bool {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+}
+
+/// `install BUNDLE_DIR [FRONT-WORDS…]`.
+pub fn install(ctx: &mut Ctx, bundle_path: &str, front_words: &[&str]) -> Result<Exit> {
+    let front_words: Vec<String> = front_words.iter().map(|w| w.to_string()).collect();
+    let front = front_args(bundle_path, &front_words)?;
     need_root("install")?;
     if fsx::lstat(std::path::Path::new("/run/systemd/system")).is_err() {
         return Err(Fail::failed(
@@ -155,6 +220,14 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
         if !bundle.has(f) {
             return Err(Fail::failed(format!(
                 "the upload is incomplete: {bundle_path}/{f} is missing; run make install again"
+            )));
+        }
+    }
+    for name in [FRONT_CA_ROOT, FRONT_CERT, FRONT_KEY] {
+        let named = front_words.iter().any(|w| w.ends_with(&format!("/{name}")));
+        if named && !bundle.has(name) {
+            return Err(Fail::failed(format!(
+                "the upload is incomplete: {bundle_path}/{name} is missing; run make install again"
             )));
         }
     }
@@ -415,7 +488,95 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str) -> Result<Exit> {
         paths::UNIT,
         health::serving_release().unwrap_or_default()
     ));
-    Ok(Exit::Ok)
+    match &front {
+        Some(args) => apply_front(ctx, args, &listen),
+        None => {
+            keep_front(ctx, &listen);
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// The front asked for, applied once the service is healthy, with the deployment's `--by`
+/// and `--target` (its own audit record: `action=front op=apply`). A failure leaves tribist
+/// installed and serving: exit [`Exit::FrontFailed`], saying so.
+fn apply_front(ctx: &Ctx, args: &ApplyArgs, listen: &str) -> Result<Exit> {
+    let domain = args.domain.as_str().to_string();
+    let serving = format!(
+        "tribist is installed and serving on {listen}{}",
+        if loopback(listen) {
+            " (loopback: this host only)"
+        } else {
+            ""
+        }
+    );
+    let Some(upstream) = dial(listen) else {
+        return Err(Fail::new(
+            Exit::FrontFailed,
+            format!("{serving}; but the front cannot dial {listen}: make install HOST={} LISTEN=127.0.0.1:8383 DOMAIN={domain} …", ctx.host()),
+        ));
+    };
+    if ctx.listen.is_none() && !loopback(listen) {
+        warn(&format!(
+            "warning: tribist listens on {listen}, not on loopback: clients can reach it around the front (make install HOST={} LISTEN=127.0.0.1:{} DOMAIN={domain} … puts it behind the front only)",
+            ctx.host(),
+            upstream.port()
+        ));
+    }
+    let mut args = args.clone();
+    args.upstream = Some(upstream);
+    let mut fctx = ctx.clone();
+    fctx.release_from = None;
+    fctx.release_to = None;
+    fctx.extra.clear();
+    say(&format!(
+        "the front: https://{domain} -> {upstream} (Caddy)"
+    ));
+    match front_host::apply(&mut fctx, &args) {
+        Ok(Exit::Ok) => {
+            say(&format!(
+                "front: https://{domain} serves tribist (make uninstall removes it)"
+            ));
+            Ok(Exit::Ok)
+        }
+        Ok(_) => Err(Fail::new(
+            Exit::FrontFailed,
+            format!("{serving}; the front https://{domain} is configured but does not answer (above): fix what it names, then run the same make install again"),
+        )),
+        Err(f) => {
+            if !f.message.is_empty() {
+                warn(&f.message);
+            }
+            let exit = if f.exit == Exit::Interrupted {
+                Exit::Interrupted
+            } else {
+                Exit::FrontFailed
+            };
+            Err(Fail::new(
+                exit,
+                format!("{serving}; the front https://{domain} failed (above): fix what it names, then run the same make install again"),
+            ))
+        }
+    }
+}
+
+/// No front asked for: one already there is kept (a re-install never drops it), and said
+/// so; warned when it dials another address than the service's now.
+fn keep_front(ctx: &Ctx, listen: &str) {
+    let Some((domain, upstream)) = front_host::configured() else {
+        return;
+    };
+    say(&format!(
+        "front: https://{domain} kept (make uninstall removes it)"
+    ));
+    if let (Some(up), Some(now)) = (upstream, dial(listen)) {
+        if up != now {
+            warn(&format!(
+                "warning: the front https://{domain} dials {up}, but tribist now listens on {listen}: run make install HOST={} DOMAIN={domain} with its ACME_EMAIL= or CERT_FILE= KEY_FILE= again",
+                ctx.host()
+            ));
+        }
+    }
 }
 
 /// The sudoers drop-in: checked by `visudo -c` first, then written (root, 0440) atomically
@@ -443,6 +604,114 @@ fn install_sudoers(bundle: &Bundle) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_front_s_words_name_the_bundle_s_files_only() {
+        let b = "/tmp/tribist-install.AbC123";
+        assert_eq!(front_args(b, &[]), Ok(None));
+        let a = front_args(
+            b,
+            &words(&[
+                "--domain",
+                "api.example.com",
+                "--acme-email",
+                "ops@example.com",
+                "--acme-ca",
+                "https://127.0.0.1:14000/dir",
+                "--acme-ca-root",
+                "/tmp/tribist-install.AbC123/front-ca-root.pem",
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.domain.as_str(), "api.example.com");
+        assert_eq!(a.upstream, None);
+        let own = front_args(
+            b,
+            &words(&[
+                "--domain",
+                "api.example.com",
+                "--cert-file",
+                "/tmp/tribist-install.AbC123/front-cert.pem",
+                "--key-file",
+                "/tmp/tribist-install.AbC123/front-key.pem",
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(own.certs, CertSource::Own { .. }));
+        for bad in [
+            &[
+                "--domain",
+                "api.example.com",
+                "--cert-file",
+                "/etc/shadow",
+                "--key-file",
+                "/tmp/tribist-install.AbC123/front-key.pem",
+            ][..],
+            &[
+                "--domain",
+                "api.example.com",
+                "--cert-file",
+                "/tmp/tribist-install.AbC123/front-key.pem",
+                "--key-file",
+                "/tmp/tribist-install.AbC123/front-cert.pem",
+            ],
+            &[
+                "--domain",
+                "api.example.com",
+                "--acme-email",
+                "o@example.com",
+                "--upstream",
+                "10.0.0.1:80",
+            ],
+            &[
+                "--domain",
+                "api.example.com",
+                "--acme-email",
+                "o@example.com",
+                "--by",
+                "x",
+            ],
+            &[
+                "--domain",
+                "x{env.HOME}.example",
+                "--acme-email",
+                "o@example.com",
+            ],
+            &[
+                "--domain",
+                "api.example.com\nimport /etc/shadow",
+                "--acme-email",
+                "o@example.com",
+            ],
+            &["--domain", "api.example.com"],
+        ] {
+            let e = front_args(b, &words(bad)).unwrap_err();
+            assert_eq!(e.exit, Exit::Usage, "{bad:?}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn the_front_dials_loopback_for_an_unspecified_address() {
+        assert_eq!(
+            dial("127.0.0.1:8383"),
+            Some("127.0.0.1:8383".parse().unwrap())
+        );
+        assert_eq!(
+            dial("0.0.0.0:9000"),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(dial("[::]:9000"), Some("[::1]:9000".parse().unwrap()));
+        assert_eq!(dial("10.1.2.3:80"), Some("10.1.2.3:80".parse().unwrap()));
+        assert_eq!(dial("/run/x.sock"), None);
+        assert!(loopback("127.0.0.1:8383") && loopback("[::1]:1"));
+        assert!(!loopback("0.0.0.0:8383") && !loopback("10.0.0.1:80"));
+    }
 
     #[test]
     fn the_bundle_and_bin() {

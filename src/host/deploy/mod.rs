@@ -63,6 +63,8 @@ pub enum Exit {
     Stopped = 6,
     /// status: running, not healthy on the installed release.
     Unhealthy = 7,
+    /// install DOMAIN=…: tribist is installed and healthy, but its HTTPS front failed.
+    FrontFailed = 9,
     /// Interrupted (Ctrl-C, a lost connection), after putting back what it promised.
     Interrupted = 130,
 }

@@ -3,6 +3,11 @@
 //! the address, /home/tribist and root's audit file stay; with it they go too, and so do
 //! users tribist (its logins ended and every process of it killed first, so nothing of its
 //! races the removal of its files) and tribistd.
+//!
+//! The HTTPS front goes first (`front_host::remove`, its own `action=front op=remove`
+//! record), so clients stop reaching a service about to go; `--purge` also takes its
+//! certificates. An admin's other sites in Caddy keep serving. A front that cannot be
+//! removed does not stop the uninstall: it is said, and the exit is 1 with the command.
 
 use std::time::Duration;
 
@@ -11,6 +16,8 @@ use super::steps::{lock, release_of, run_root, systemctl_root};
 use super::{interrupt, need_root, paths, say, warn, Ctx, Exit, Fail, Result};
 use crate::host::audit::{Action, Outcome};
 use crate::host::child::ExitKind;
+use crate::host::front_host;
+use crate::host::front_plan::RemoveArgs;
 use crate::host::fsx::{self, Dir};
 
 use super::hostlayout::user_exists;
@@ -71,6 +78,21 @@ pub fn uninstall(ctx: &mut Ctx, purge: bool) -> Result<Exit> {
     if interrupt::interrupted() {
         return Err(interrupted(ctx));
     }
+    // The front first: with --purge, also its certificates (and the kept copies).
+    let front_left = if front_host::configured().is_some() || (purge && front_host::any_files()) {
+        let mut fctx = ctx.clone();
+        fctx.release_from = None;
+        fctx.release_to = None;
+        fctx.extra.clear();
+        let by = Some(ctx.by.clone()).filter(|b| !b.is_empty());
+        match front_host::remove(&mut fctx, &RemoveArgs { purge, by }) {
+            Ok(_) => None,
+            Err(f) if f.exit == Exit::Interrupted => return Err(f),
+            Err(f) => Some(f.message),
+        }
+    } else {
+        None
+    };
     if user_exists(paths::USER_NAME) && Dir::open(paths::API_DIR).is_ok() {
         ctx.release_from = release_of("server");
     }
@@ -98,7 +120,7 @@ pub fn uninstall(ctx: &mut Ctx, purge: bool) -> Result<Exit> {
             paths::HOME_DIR,
             paths::AUDIT_LOG
         ));
-        return Ok(Exit::Ok);
+        return front_outcome(front_left, purge, ctx.host());
     }
     if user_exists(paths::USER_NAME) {
         end_tribist()?;
@@ -155,5 +177,16 @@ pub fn uninstall(ctx: &mut Ctx, purge: bool) -> Result<Exit> {
         paths::SERVICE_USER,
         paths::HOME_DIR
     ));
-    Ok(Exit::Ok)
+    front_outcome(front_left, purge, ctx.host())
+}
+
+/// The uninstall's end: done, or the front's failure said with the command to run again.
+fn front_outcome(front_left: Option<String>, purge: bool, host: &str) -> Result<Exit> {
+    match front_left {
+        None => Ok(Exit::Ok),
+        Some(why) => Err(Fail::failed(format!(
+            "the service is removed, but the front's site could not be: {why}; once that is fixed: make uninstall HOST={host}{}",
+            if purge { " PURGE=1" } else { "" }
+        ))),
+    }
 }
