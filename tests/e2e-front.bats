@@ -529,4 +529,179 @@ PL
   run cat "$out"
   assert_output --regexp "\"uri\":\"$q\""
   only_printable "$output"
+
+# ---------------------------------------------------------------------------------------------
+# make install DOMAIN=… and make uninstall: the front through the Makefile, as a user runs it
+# (no root shell on the host). These follow the tests above: the front was removed (its
+# certificate kept in Caddy's storage), the admin's :8081 site is still there.
+
+CFG=$("$HOSTSH" ssh-config)
+# make TARGET … at a pseudo-terminal, as a person types it (script; make exits 2 on failure).
+at_terminal() {
+  local keys=$BATS_TEST_TMPDIR/keys rc=0
+  [[ -p "$keys" ]] || mkfifo "$keys"
+  exec 7<>"$keys"
+  SHELL=/bin/bash script -qfec "$(printf '%q ' "$@")" /dev/null <&7 || rc=$?
+  exec 7<&-
+  return "$rc"
+}
+mk() { at_terminal make -s -C "$REPO" "$1" HOST="root@$H" SSH_OPTS="-F $CFG" DEPLOYER=e2e-wire "${@:2}"; }
+# The kit itself, for its exact exit status (make says 2 for any failure).
+kit_as() { env HOST="root@$H" SSH_OPTS="-F $CFG" DEPLOYER=e2e-wire "${@:2}" "$REPO/sbin/remote.sh" "$1"; }
+# The kit with an ssh that notes each call in $BATS_TEST_TMPDIR/ssh.calls: "nothing was sent".
+kit_spied() {
+  printf '#!/bin/bash\necho "$*" >>%q\nexec ssh "$@"\n' "$BATS_TEST_TMPDIR/ssh.calls" >"$BATS_TEST_TMPDIR/ssh-spy"
+  chmod +x "$BATS_TEST_TMPDIR/ssh-spy"
+  kit_as "$1" SSH="$BATS_TEST_TMPDIR/ssh-spy" "${@:2}"
+}
+nothing_sent() { [[ ! -e "$BATS_TEST_TMPDIR/ssh.calls" ]] || fail "ssh was called: $(cat "$BATS_TEST_TMPDIR/ssh.calls")"; }
+# The front as a client in the host's network sees it, trusting pebble's issuing root only.
+through_front() {
+  in_ns curl -sS --max-time 10 --cacert "$BATS_FILE_TMPDIR/pebble-root.pem" --resolve "$DOMAIN:443:127.0.0.1" \
+    -o /dev/null -w '%{http_code} %{http_version}' "https://$DOMAIN/health"
+}
+front_files() { on "sha256sum /etc/caddy/Caddyfile /etc/caddy/tribist/*"; }
+# pebble's own HTTPS certificate (ACME_CA_ROOT), copied out of the host as a user would.
+pebble_https_cert() {
+  [[ -s "$BATS_FILE_TMPDIR/pebble-https.pem" ]] || on "cat /root/pebble/cert.pem" >"$BATS_FILE_TMPDIR/pebble-https.pem"
+  echo "$BATS_FILE_TMPDIR/pebble-https.pem"
+}
+
+@test "make install DOMAIN=… refuses hostile and inconsistent values here, before anything is sent" {
+  run kit_spied install DOMAIN='x{env.HOME}' ACME_EMAIL=ops@example.test
+  assert_failure 2
+  assert_output --partial "DOMAIN=\"x{env.HOME}\" is refused: it has '{'"
+  assert_output --partial "run: make install HOST=root@$H DOMAIN=api.example.com (nothing was sent)"
+  nothing_sent
+  run kit_spied install DOMAIN=$'api.front.test\nimport /etc/shadow' ACME_EMAIL=ops@example.test
+  assert_failure 2
+  assert_output --partial "it has a newline"
+  nothing_sent
+  run kit_spied install ACME_EMAIL=ops@example.test
+  assert_failure 2
+  assert_output --partial "ACME_EMAIL given without DOMAIN"
+  assert_output --partial "run: make install HOST=root@$H DOMAIN=api.example.com ACME_EMAIL=ops@example.test (nothing was sent)"
+  nothing_sent
+  run kit_spied install DOMAIN="$DOMAIN" CERT_FILE=/etc/hostname
+  assert_failure 2
+  assert_output --partial "CERT_FILE=/etc/hostname is given without KEY_FILE, its private key"
+  # shellcheck disable=SC2016
+  run kit_spied install DOMAIN="$DOMAIN" ACME_EMAIL=ops@example.test ACME_CA='https://ca/{$X}'
+  assert_failure 2
+  assert_output --partial "ACME_CA=\"https://ca/{\$X}\" is refused"
+  # A private key named as the certificate: refused here, nothing of it shown.
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$BATS_TEST_TMPDIR/k.pem" 2>/dev/null
+  run kit_spied install DOMAIN="$DOMAIN" CERT_FILE="$BATS_TEST_TMPDIR/k.pem" KEY_FILE="$BATS_TEST_TMPDIR/k.pem"
+  assert_failure 2
+  assert_output --partial "CERT_FILE=$BATS_TEST_TMPDIR/k.pem: it is not a PEM certificate"
+  refute_output --partial "BEGIN PRIVATE KEY"
+  nothing_sent
+  # Through make at a terminal, as a person: the same refusal.
+  run mk install DOMAIN='x{env.HOME}' ACME_EMAIL=ops@example.test
+  assert_failure 2
+  assert_output --partial "is refused: it has '{'"
+}
+
+@test "make install DOMAIN=… ACME_EMAIL=… ACME_CA=… ACME_CA_ROOT=file: tribist behind the front, a certificate from pebble, 200 through it" {
+  local root
+  root=$(pebble_https_cert)
+  run timed "make install DOMAIN= (front from the kit)" mk install DOMAIN="$DOMAIN" ACME_EMAIL=ops@example.test \
+    ACME_CA=https://127.0.0.1:14000/dir ACME_CA_ROOT="$root"
+  assert_success
+  assert_output --partial "installed: tribist.service is healthy"
+  assert_output --partial "the front: https://$DOMAIN -> 127.0.0.1:8383 (Caddy)"
+  assert_output --partial "added tribist's two import lines to /etc/caddy/Caddyfile; its other sites are untouched"
+  assert_output --regexp "certificate: issuer CN=Pebble Intermediate CA [0-9a-f]+, expires "
+  assert_output --partial "https://$DOMAIN/health answers 200 over HTTP/2 through the front (service at 127.0.0.1:8383)"
+  assert_output --partial "front: https://$DOMAIN serves tribist (make uninstall removes it)"
+  assert_output --partial "installed on root@$H, behind https://$DOMAIN"
+  run through_front
+  assert_output "200 2"
+  # The CA root came in the bundle, not from a path on the host; the bundle is gone.
+  run on "cmp /etc/caddy/tribist/ca-root.pem /root/pebble/cert.pem && ls /tmp | grep -c tribist-install || true"
+  assert_output 0
+  # Both records: the install's and the front's own.
+  run on "grep -h 'action=install' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp ' action=install .*by="e2e-wire" .*result=ok$'
+  run on "grep -h 'action=front' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp ' action=front .*by="e2e-wire" release_from=none release_to=none op=apply domain=api\.front\.test site_sha256=[0-9a-f]{64} result=ok$'
+}
+
+@test "a re-install without DOMAIN keeps the front (said so), and make config leaves Caddy alone" {
+  local before pid fronts
+  before=$(reloads)
+  pid=$(on "systemctl show -p MainPID --value caddy")
+  fronts=$(on "grep -c 'action=front' /var/lib/tribist-deploy/audit.log")
+  run timed "make install without DOMAIN (front kept)" mk install
+  assert_success
+  assert_output --partial "front: https://$DOMAIN kept (make uninstall removes it)"
+  run through_front
+  assert_output "200 2"
+  run mk config SET=TRIBIST_LOG_LEVEL=debug
+  assert_success
+  run through_front
+  assert_output "200 2"
+  assert_equal "$(reloads)" "$before"
+  assert_equal "$(on "systemctl show -p MainPID --value caddy")" "$pid"
+  # Neither touched the front: no record of it.
+  assert_equal "$(on "grep -c 'action=front' /var/lib/tribist-deploy/audit.log")" "$fronts"
+}
+
+@test "make install with CERT_FILE and a KEY_FILE that does not match: exit 9, tribist serving, the front as it was; the printed command works once the key is right" {
+  local dir=$BATS_TEST_TMPDIR/own before
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj "/CN=$DOMAIN" \
+    -addext "subjectAltName=DNS:$DOMAIN" -keyout "$dir/right-key.pem" -out "$dir/cert.pem" 2>/dev/null
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/key.pem" 2>/dev/null
+  chmod 644 "$dir/key.pem"
+  before=$(front_files)
+  run timed "make install, mismatched key (refused)" kit_as install DOMAIN="$DOMAIN" CERT_FILE="$dir/cert.pem" KEY_FILE="$dir/key.pem"
+  assert_failure 9
+  assert_output --partial "warning: KEY_FILE=$dir/key.pem can be read by other users of this machine (a private key): chmod 600 $dir/key.pem"
+  assert_output --partial "caddy validate refused the front's configuration: "
+  assert_output --partial "tribist is installed and serving on 127.0.0.1:8383 (loopback: this host only); setting up the front https://$DOMAIN failed"
+  assert_output --partial "make install: tribist is installed and serving on root@$H, but setting up its front failed (exit 9)"
+  assert_output --partial "next: once what is said above is fixed: make install HOST=root@$H DOMAIN=$DOMAIN CERT_FILE=$dir/cert.pem KEY_FILE=$dir/key.pem"
+  assert_equal "$(front_files)" "$before"
+  run through_front
+  assert_output "200 2"
+  run on "grep -h 'action=front' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp 'by="e2e-wire" .*op=apply domain=api\.front\.test site_sha256=[0-9a-f]{64} result=refused-check$'
+  # Fixed as told (the right key in that file, private), then the command the kit printed.
+  install -m 600 "$dir/right-key.pem" "$dir/key.pem"
+  run mk install DOMAIN="$DOMAIN" CERT_FILE="$dir/cert.pem" KEY_FILE="$dir/key.pem"
+  assert_success
+  refute_output --partial "can be read by other users"
+  assert_output --partial "certificate: issuer CN=$DOMAIN"
+  run served_cert
+  assert_output --partial "issuer=CN = $DOMAIN"
+  run on "stat -c '%U:%G %a' /etc/caddy/tribist/key.pem"
+  assert_output "root:caddy 640"
+}
+
+@test "make uninstall removes the front (certificates kept); PURGE=1 YES=1 also the certificates: 443 closed, the admin's site serves" {
+  run timed "make uninstall (front removed)" mk uninstall
+  assert_success
+  assert_output --partial "removed tribist's two import lines from /etc/caddy/Caddyfile; its other sites stay"
+  assert_output --partial "removed /etc/caddy/tribist/site.caddy"
+  run on "grep -h 'action=front' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp 'by="e2e-wire" .*op=remove domain=api\.front\.test result=ok$'
+  run on "ls /etc/caddy/tribist"
+  assert_line cert.pem
+  assert_line key.pem
+  run through_front
+  assert_failure
+  run timed "make uninstall PURGE=1 YES=1" mk uninstall PURGE=1 YES=1
+  assert_success
+  assert_output --partial "removed /etc/caddy/tribist/key.pem"
+  assert_output --partial "removed /etc/caddy/tribist"
+  run on "ls /etc/caddy; ls /var/lib/caddy/.local/share/caddy/certificates/*/; grep -c tribist /etc/caddy/Caddyfile"
+  refute_output --partial tribist
+  refute_output --partial "$DOMAIN"
+  run in_ns ss -Hltn 'sport = :443'
+  assert_output ""
+  run on "curl -sS http://127.0.0.1:8081/"
+  assert_output "the admin site"
+  run on "systemctl is-active caddy"
+  assert_output active
 }

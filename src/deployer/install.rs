@@ -444,7 +444,7 @@ fn front(
 /// reason is fixed.
 pub fn front_next(host: &str, given: &FrontGiven) -> String {
     format!(
-        "next: tribist serves on {host} without its front meanwhile; once what is said above is fixed: make install HOST={host} {}",
+        "next: once what is said above is fixed: make install HOST={host} {}",
         given.vars()
     )
 }
@@ -561,7 +561,7 @@ pub fn install(ctx: &Ctx) -> Result<(), Exit> {
     )?;
     if let (9, Some((given, _))) = (rc, &front) {
         ctx.out.warn(&format!(
-            "make install: tribist is installed on {host}, its front is not (exit 9); the messages above say why"
+            "make install: tribist is installed and serving on {host}, but setting up its front failed (exit 9); the messages above say why"
         ));
         ctx.out.warn(&front_next(&host, given));
         return Err(Exit(rc));
@@ -637,7 +637,7 @@ mod tests {
         };
         assert_eq!(
             front_next("root@app1", &g),
-            "next: tribist serves on root@app1 without its front meanwhile; once what is said above is fixed: make install HOST=root@app1 DOMAIN=api.example.com CERT_FILE=my\\ certs/c.pem KEY_FILE=k.pem"
+            "next: once what is said above is fixed: make install HOST=root@app1 DOMAIN=api.example.com CERT_FILE=my\\ certs/c.pem KEY_FILE=k.pem"
         );
     }
 

@@ -554,7 +554,7 @@ fn apply_front(ctx: &Ctx, args: &ApplyArgs, listen: &str) -> Result<Exit> {
             };
             Err(Fail::new(
                 exit,
-                format!("{serving}; the front https://{domain} failed (above): fix what it names, then run the same make install again"),
+                format!("{serving}; setting up the front https://{domain} failed (above, with what is in place now): fix what it names, then run the same make install again"),
             ))
         }
     }
