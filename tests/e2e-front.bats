@@ -608,7 +608,7 @@ pebble_https_cert() {
   run timed "make install DOMAIN= (front from the kit)" mk install DOMAIN="$DOMAIN" ACME_EMAIL=ops@example.test \
     ACME_CA=https://127.0.0.1:14000/dir ACME_CA_ROOT="$root"
   assert_success
-  assert_output --partial "installed: tribist.service is healthy"
+  assert_output --partial "installed: tribist is healthy, release "
   assert_output --partial "the front: https://$DOMAIN -> 127.0.0.1:8383 (Caddy)"
   assert_output --partial "added tribist's two import lines to /etc/caddy/Caddyfile; its other sites are untouched"
   assert_output --regexp "certificate: issuer CN=Pebble Intermediate CA [0-9a-f]+, expires "
