@@ -169,11 +169,7 @@ pub fn front_args(bundle: &str, words: &[String]) -> Result<Option<ApplyArgs>> {
         ));
     }
     let args = front_plan::parse_apply(words).map_err(|e| Fail::usage(e.to_string()))?;
-    let files: Vec<(&crate::host::front::HostPath, &str)> = match &args.certs {
-        CertSource::Acme { ca_root, .. } => ca_root.iter().map(|p| (p, FRONT_CA_ROOT)).collect(),
-        CertSource::Own { cert, key } => vec![(cert, FRONT_CERT), (key, FRONT_KEY)],
-    };
-    for (path, name) in files {
+    for (path, name) in front_files(&args) {
         let want = format!("{bundle}/{name}");
         if path.as_path() != std::path::Path::new(&want) {
             return Err(Fail::usage(format!(
@@ -183,6 +179,14 @@ pub fn front_args(bundle: &str, words: &[String]) -> Result<Option<ApplyArgs>> {
         }
     }
     Ok(Some(args))
+}
+
+/// The files a front's arguments name, each with the bundle's name for it.
+fn front_files(args: &ApplyArgs) -> Vec<(&crate::host::front::HostPath, &'static str)> {
+    match &args.certs {
+        CertSource::Acme { ca_root, .. } => ca_root.iter().map(|p| (p, FRONT_CA_ROOT)).collect(),
+        CertSource::Own { cert, key } => vec![(cert, FRONT_CERT), (key, FRONT_KEY)],
+    }
 }
 
 /// Where the front dials the service listening on `listen`: the address itself, or
@@ -223,9 +227,8 @@ pub fn install(ctx: &mut Ctx, bundle_path: &str, front_words: &[&str]) -> Result
             )));
         }
     }
-    for name in [FRONT_CA_ROOT, FRONT_CERT, FRONT_KEY] {
-        let named = front_words.iter().any(|w| w.ends_with(&format!("/{name}")));
-        if named && !bundle.has(name) {
+    for (_, name) in front.as_ref().map(front_files).unwrap_or_default() {
+        if !bundle.has(name) {
             return Err(Fail::failed(format!(
                 "the upload is incomplete: {bundle_path}/{name} is missing; run make install again"
             )));
@@ -513,7 +516,7 @@ fn apply_front(ctx: &Ctx, args: &ApplyArgs, listen: &str) -> Result<Exit> {
     let Some(upstream) = dial(listen) else {
         return Err(Fail::new(
             Exit::FrontFailed,
-            format!("{serving}; but the front cannot dial {listen}: make install HOST={} LISTEN=127.0.0.1:8383 DOMAIN={domain} …", ctx.host()),
+            format!("{serving}; but the front cannot dial {listen}: give an IP address and port, e.g. make install HOST={} LISTEN=127.0.0.1:8383 with the same DOMAIN= and certificate variables", ctx.host()),
         ));
     };
     if ctx.listen.is_none() && !loopback(listen) {
