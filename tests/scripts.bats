@@ -921,4 +921,24 @@ $(grep -E '^(PASS|WARN) caddy: ' <<<"$output" | head -n 1)"
   assert_equal "$status" 2
   assert_output --partial "ACCESS must be 1 (or empty)"
   [[ ! -e "$BATS_TEST_TMPDIR/ssh-ran" ]]
+
+@test "make install DOMAIN=…: the front's values reach the kit literally and a hostile one is refused before ssh or a build" {
+  local mark="$BATS_TEST_TMPDIR/ran" calls="$BATS_TEST_TMPDIR/calls"
+  # An ssh that only notes it was called: nothing may be sent.
+  printf '#!/bin/sh\necho called >>"%s"\nexit 7\n' "$calls" >"$BATS_TEST_TMPDIR/ssh"
+  chmod 755 "$BATS_TEST_TMPDIR/ssh"
+  run make -s -C "$MAKE_DIR" install HOST=app1 SSH="$BATS_TEST_TMPDIR/ssh" "DOMAIN=\$(shell touch $mark)x" ACME_EMAIL=ops@example.com
+  assert_failure 2
+  assert_output --partial "DOMAIN=\"\$(shell touch $mark)x\" is refused: it has '\$'"
+  assert_output --partial "run: make install HOST=app1 DOMAIN=api.example.com (nothing was sent)"
+  run env HOST=app1 SSH="$BATS_TEST_TMPDIR/ssh" DOMAIN=api.example.com KEY_FILE="$BATS_TEST_TMPDIR/k.pem" "$REMOTE" install
+  assert_failure 2
+  assert_output --partial "KEY_FILE=$BATS_TEST_TMPDIR/k.pem is given without CERT_FILE, its certificate"
+  run env HOST=app1 SSH="$BATS_TEST_TMPDIR/ssh" DOMAIN=api.example.com ACME_EMAIL=ops@example.com CERT_FILE=/etc/hostname KEY_FILE=/etc/hostname "$REMOTE" install
+  assert_failure 2
+  assert_output --partial "ACME_* and CERT_FILE/KEY_FILE are both given"
+  run env HOST=app1 SSH="$BATS_TEST_TMPDIR/ssh" DOMAIN=api.example.com CERT_FILE=/etc/hostname KEY_FILE=/etc/hostname "$REMOTE" install
+  assert_failure 2
+  assert_output --partial "CERT_FILE=/etc/hostname: it is not a PEM certificate"
+  [[ ! -e "$mark" && ! -e "$calls" ]]
 }
