@@ -431,11 +431,8 @@ fn front(
         }
         files.push((name, bytes.unwrap_or_default(), mode));
     }
-    if let Some(l) = listen.filter(|l| !values::loopback_listen(l)) {
-        ctx.out.warn(&format!(
-            "warning: LISTEN={l} is not a loopback address: clients can reach the service around the front (plain HTTP, none of its limits); LISTEN=127.0.0.1:{} keeps it behind the front",
-            l.rsplit(':').next().unwrap_or("8383")
-        ));
+    if let Some(w) = listen.and_then(values::around_the_front) {
+        ctx.out.warn(&w);
     }
     Ok(Some((given, files)))
 }

@@ -752,6 +752,17 @@ pub fn loopback_listen(listen: &str) -> bool {
     listen.starts_with("127.") || listen.starts_with("[::1]:")
 }
 
+/// The warning for a LISTEN given with DOMAIN that is not loopback: clients can go around
+/// the front. None for a loopback address.
+pub fn around_the_front(listen: &str) -> Option<String> {
+    (!loopback_listen(listen)).then(|| {
+        format!(
+            "warning: LISTEN={listen} is not a loopback address: clients can reach the service around the front (plain HTTP, none of its limits); LISTEN=127.0.0.1:{} keeps it behind the front",
+            listen.rsplit(':').next().unwrap_or("8383")
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1194,5 +1205,10 @@ mod tests {
             .contains("larger than 64 KiB"));
         assert!(loopback_listen("127.0.0.1:8383") && loopback_listen("[::1]:1"));
         assert!(!loopback_listen("0.0.0.0:8383") && !loopback_listen("[::]:1"));
+        assert_eq!(around_the_front("127.0.0.2:9000"), None);
+        assert_eq!(
+            around_the_front("0.0.0.0:9000").as_deref(),
+            Some("warning: LISTEN=0.0.0.0:9000 is not a loopback address: clients can reach the service around the front (plain HTTP, none of its limits); LISTEN=127.0.0.1:9000 keeps it behind the front")
+        );
     }
 }
