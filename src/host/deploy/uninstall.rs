@@ -87,7 +87,12 @@ pub fn uninstall(ctx: &mut Ctx, purge: bool) -> Result<Exit> {
         let by = Some(ctx.by.clone()).filter(|b| !b.is_empty());
         match front_host::remove(&mut fctx, &RemoveArgs { purge, by }) {
             Ok(_) => None,
-            Err(f) if f.exit == Exit::Interrupted => return Err(f),
+            Err(f) if f.exit == Exit::Interrupted => {
+                if !f.message.is_empty() {
+                    warn(&f.message);
+                }
+                return Err(interrupted(ctx));
+            }
             Err(f) => Some(f.message),
         }
     } else {
