@@ -47,11 +47,11 @@ APT_PACKAGES ?= postgresql postgresql-contrib curl bc slowhttptest shellcheck ba
 	debootstrap systemd-container iproute2 netcat-openbsd openssh-client openssh-server procps python3 python3-venv sudo \
 	binutils time openssl
 
-.PHONY: help deps build release run test test-fast test-unit test-api test-robust test-scripts test-e2e test-e2e-front lint bench bench-upgrade bench-front demo soak clean \
+.PHONY: help deps build release run test test-fast test-unit test-api test-robust test-scripts test-e2e test-e2e-front lint bench bench-upgrade bench-front bench-front-upgrade demo soak clean \
 	install upgrade rollback status start stop logs audit uninstall unlock check config releases
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-19s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 deps: ## install the Debian packages the tests need (root), or say which are missing
 	@tests/support/deps.sh $(APT_PACKAGES)
@@ -147,6 +147,9 @@ bench-upgrade: ## clients' view of make upgrade on a test host, with and without
 
 bench-front: ## the front door on a test host: its cost on /health, and 10,000 idle + 500 slowloris clients at it and at the service directly (root; ~5 min)
 	tests/e2e/bench-front.sh
+
+bench-front-upgrade: ## clients through the front door (wrk keep-alive, new connections) and directly, across make upgrade (good, 4 bad), config, rollback on a test host (root; ~4 min)
+	tests/e2e/front-upgrades.sh bench
 
 demo: ## boot a throwaway systemd host and narrate install, upgrade, failed upgrade, rollback (root)
 	tests/e2e/demo.sh

@@ -47,6 +47,10 @@ served_cert() {
 # systemctl or caddy reload; a start logs none).
 reloads() { on "journalctl -u caddy -o cat --no-pager | grep -c '\"msg\":\"load complete\"' || true"; }
 
+# The release id a server binary reports (its commit, as /health's releaseId).
+release_id() { "$1" --version | sed -n 's/.*commit \([^)]*\)).*/\1/p'; }
+
+
 setup_file() {
   "$HOSTSH" down "$H"
   mkdir -p "$(dirname "$TIMINGS")"
@@ -534,6 +538,48 @@ PL
 # make install DOMAIN=… and make uninstall: the front through the Makefile, as a user runs it
 # (no root shell on the host). These follow the tests above: the front was removed (its
 # certificate kept in Caddy's storage), the admin's :8081 site is still there.
+
+# Self-contained: applies the front again whatever the tests before left (remove keeps the
+# certificate), then runs tests/e2e/front-upgrades.sh: during each of the deployer's
+# operations, wrk (keep-alive) and load.py (a new connection per request) ask
+# https://DOMAIN/health from the host's network namespace, and the service directly beside.
+@test "upgrades stay invisible through the front: make upgrade (good, each bad release), make config, make rollback" {
+  local tsv=$BATS_FILE_TMPDIR/front-upgrades.tsv a b
+  run front apply $(apply_args)
+  assert_success
+  # The host serves this tree's release (make install), the state the script starts from.
+  a=$(release_id "$REPO/${RELEASE_BIN:-target/x86_64-unknown-linux-gnu/release/server}")
+  if [[ "$(on /home/tribist/bin/tribist-host serving)" != "$a" ]]; then
+    make -s -C "$REPO" rollback HOST="root@$H" SSH_OPTS="-F $("$HOSTSH" ssh-config)" TO="$a" >/dev/null
+  fi
+  run timed "front-upgrades.sh run (7 operations under clients)" "$REPO/tests/e2e/front-upgrades.sh" run "$H" "$DOMAIN" "$BATS_FILE_TMPDIR"
+  echo "$output" | sed -n '/^phase /,$p' >&3
+  assert_success
+  # Seven operations, four clients each, every client made requests.
+  assert_equal "$(wc -l <"$tsv")" 28
+  b=$(release_id "$BATS_FILE_TMPDIR/server-b")
+  run awk -F '\t' '$5 < 50 { print "too few requests:", $0 }' "$tsv"
+  assert_output ""
+  # Each operation did what it should: the good upgrade, config and rollback succeeded, each
+  # bad release was refused and the good one kept serving.
+  run awk -F '\t' '$3 == "front-wrk" { print $1, $2 }' "$tsv"
+  assert_line --index 0 "upgrade-good exit 0, serving $b"
+  assert_line --index 1 "exits exit 2, serving $b"
+  assert_line --index 2 "never-ready exit 2, serving $b"
+  assert_line --index 3 "answers-503 exit 2, serving $b"
+  assert_line --index 4 "handover-fails exit 2, serving $b"
+  assert_line --index 5 "config exit 0, serving $b"
+  assert_line --index 6 "rollback exit 0, serving $a"
+  refute_output --partial UNEXPECTED
+  # Through the front, not one request failed or answered other than 2xx, on kept-alive
+  # connections and on new ones.
+  run awk -F '\t' '$3 ~ /^front-/ && ($6 != 0 || $7 != 0) { print "through the front:", $0 }' "$tsv"
+  assert_output ""
+  # The front itself was left alone: the same caddy process, never reloaded.
+  run cat "$BATS_FILE_TMPDIR/front-upgrades.caddy"
+  assert_line --index 0 --regexp '^caddy before: pid [0-9]+, reloads [0-9]+$'
+  assert_equal "${lines[1]#caddy after: }" "${lines[0]#caddy before: }"
+}
 
 CFG=$("$HOSTSH" ssh-config)
 # make TARGET … at a pseudo-terminal, as a person types it (script; make exits 2 on failure).

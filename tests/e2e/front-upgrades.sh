@@ -189,9 +189,11 @@ phase() {
   done
 }
 
-# "pid P, reloads N": caddy's main pid on host $1 and how many reloads systemd has logged.
+# "pid P, reloads N": caddy's main pid on host $1 and how many new configurations it loaded
+# (Caddy's "load complete": a reload by systemctl or by caddy reload, which logs none in
+# systemd's journal lines).
 caddy_state() {
-  on "$1" "echo \"pid \$(systemctl show -p MainPID --value caddy), reloads \$(journalctl -u caddy -o cat --no-pager | grep -c '^Reloaded ' || true)\""
+  on "$1" "echo \"pid \$(systemctl show -p MainPID --value caddy), reloads \$(journalctl -u caddy -o cat --no-pager | grep -c '\"msg\":\"load complete\"' || true)\""
 }
 
 table() {
