@@ -233,7 +233,8 @@ run() {
     die "host $name serves $(serving "$name"), not this tree's release $(release_of "$work/server-a")"
   ns_words "$name"
   "${NS[@]}" curl -sSf --cacert "$work/pebble-root.pem" -o /dev/null "https://$domain/health" ||
-    die "https://$domain/health does not answer through the front"
+    die "https://$domain/health does not answer through the front; caddy on $name: $(on "$name" \
+      "systemctl show -p ActiveState -p Result -p ExecMainStatus caddy | paste -sd ' '; journalctl -u caddy -n 5 -o cat --no-pager | cut -c1-200")"
   local caddy_before caddy_after
   caddy_before=$(caddy_state "$name")
   local mk=(make -s -C "$REPO")
@@ -267,6 +268,8 @@ bench() {
   trap "'$HOSTSH' down $name >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
   say "building the release"
   make -s -C "$REPO" release
+  # Both releases before the host: nothing is built while the front serves.
+  releases "$work"
   "$HOSTSH" prepare
   say "booting a throwaway systemd host ($name), make install, pebble"
   "$FRONTSH" up "$name" "$domain" "$work"
