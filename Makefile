@@ -134,7 +134,7 @@ test-e2e: deps ## deploy with this Makefile to a throwaway systemd host (root; s
 	tests/e2e/host.sh prepare
 	$(BATS) tests/e2e.bats
 
-test-e2e-front: deps ## the HTTPS front door end to end on a throwaway host: Caddy, a certificate from pebble, limits, remove (root; ~2 min)
+test-e2e-front: deps ## the HTTPS front door end to end on a throwaway host: Caddy, a certificate from pebble, limits, remove, upgrades through it (root; ~5 min)
 	@[[ $$(id -u) -eq 0 ]] || { echo "make test-e2e-front: needs root (debootstrap, systemd-nspawn, ip netns)" >&2; exit 1; }
 	tests/e2e/host.sh prepare
 	$(BATS) tests/e2e-front.bats
