@@ -248,6 +248,28 @@ PY
   assert_equal "$pid1" "$pid0"
 }
 
+@test "the access log rolls at 10 MiB under Caddy's sandbox: the rolled copy is whole" {
+  local log=/var/log/caddy/tribist-access.log
+  # 10 MiB of earlier lines, read by Caddy at its start (it counts a file's size when it
+  # opens it), so the next request rolls it.
+  on "head -c 10485700 /dev/zero | tr '\\0' x | fold -w 1000 >>$log && systemctl restart caddy"
+  until_https() { on "curl -sS --cacert $PEBBLE_ROOT -o /dev/null -w '%{http_code}' https://$DOMAIN/health?rolled=1" 2>/dev/null; }
+  local deadline=$((SECONDS + 60))
+  until [[ "$(until_https)" == 200 ]]; do ((SECONDS < deadline)) || fail "the front did not answer after the restart"; sleep 0.5; done
+  deadline=$((SECONDS + 30))
+  until on "ls /var/log/caddy/ | grep -q '^tribist-access-.*\.log\.gz$'"; do ((SECONDS < deadline)) || fail "no rolled log"; sleep 0.5; done
+  # Compressed after the roll, in the background: whole once gzip says so.
+  deadline=$((SECONDS + 30))
+  until on "gzip -t /var/log/caddy/tribist-access-*.log.gz && test \$(zcat /var/log/caddy/tribist-access-*.log.gz | wc -c) -gt 10000000"; do
+    ((SECONDS < deadline)) || fail "the rolled log is not whole: $(on "ls -l /var/log/caddy/")"
+    sleep 0.5
+  done
+  run on "journalctl -u caddy --no-pager -o cat | grep -c 'operation not permitted' || true"
+  assert_output "0"
+  run on "grep -c 'rolled=1' $log"
+  assert_output "1"
+}
+
 @test "a second apply with the same values changes nothing and does not reload caddy" {
   local before
   before=$(reloads)
