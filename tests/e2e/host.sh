@@ -172,9 +172,11 @@ check_name() {
 
 # Writes (if needed) and prints the ssh_config that reaches each host by name.
 ssh_config() {
-  local cfg="$RUN/ssh_config"
+  local cfg="$RUN/ssh_config" tmp
   mkdir -p "$RUN"
-  cat >"$cfg.tmp" <<CONFIG
+  # A file of its own per call: tests call this from parallel processes.
+  tmp=$(mktemp "$cfg.XXXXXX")
+  cat >"$tmp" <<CONFIG
 # Written by tests/e2e/host.sh: host NAME is the sshd in network namespace tribist-NAME.
 Host *
   User root
@@ -186,7 +188,8 @@ Host *
   ConnectTimeout 5
   BatchMode yes
 CONFIG
-  mv -f "$cfg.tmp" "$cfg"
+  chmod 644 "$tmp"
+  mv -f "$tmp" "$cfg"
   echo "$cfg"
 }
 
