@@ -282,6 +282,23 @@ PY
   assert_output --regexp 'op=apply domain=api\.front\.test site_sha256=[0-9a-f]{64} result=unchanged$'
 }
 
+@test "a re-apply whose CA never answers puts back the front that served, and says so" {
+  local args
+  args=$(apply_args)
+  [[ "$args" == *"https://127.0.0.1:14000/dir"* ]] || fail "pebble's directory not in: $args"
+  run timed "front apply, a CA that never answers (restored)" on "TRIBIST_FRONT_WAIT=15 /home/tribist/bin/tribist-host front apply ${args//14000/14001}"
+  assert_failure 1
+  assert_output --partial "the new front did not answer https://$DOMAIN/health in "
+  assert_output --partial "the previous files are back and Caddy serves them"
+  assert_output --partial "the front that served before serves again"
+  run on "grep -c 14001 /etc/caddy/tribist/site.caddy || true"
+  assert_output "0"
+  run on "curl -sS --cacert $PEBBLE_ROOT -o /dev/null -w '%{http_code} %{http_version}' https://$DOMAIN/health"
+  assert_output "200 2"
+  run on "grep -h 'action=front' /var/lib/tribist-deploy/audit.log | tail -n 1"
+  assert_output --regexp 'op=apply domain=api\.front\.test site_sha256=[0-9a-f]{64} result=failed-restored$'
+}
+
 @test "the team's own certificate replaces ACME; a key that does not match is refused by caddy validate and every file is put back" {
   local dir=$BATS_FILE_TMPDIR/own before after
   mkdir -p "$dir"

@@ -417,18 +417,16 @@ impl Front {
         let l = &self.limits;
         let tls = match &self.certificates {
             Certificates::Acme(Acme { email, ca, ca_root }) => {
-                let mut block = String::new();
-                if let Some(ca) = ca {
-                    block.push_str(&format!("\t\tca {}\n", ca.as_str()));
-                }
+                // Always one CA, named: without `ca`, Caddy 2.6 also registers the e-mail
+                // with ZeroSSL and falls back to it, a second company the team never chose.
+                let mut block = format!(
+                    "\t\tca {}\n",
+                    ca.as_ref().map_or(LETS_ENCRYPT, |c| c.as_str())
+                );
                 if let Some(root) = ca_root {
                     block.push_str(&format!("\t\tca_root {}\n", root.text()));
                 }
-                if block.is_empty() {
-                    format!("\ttls {}\n", email.as_str())
-                } else {
-                    format!("\ttls {} {{\n{block}\t}}\n", email.as_str())
-                }
+                format!("\ttls {} {{\n{block}\t}}\n", email.as_str())
             }
             Certificates::OwnCert { cert, key } => {
                 format!("\ttls {} {}\n", cert.text(), key.text())
@@ -572,6 +570,9 @@ pub fn main_caddyfile() -> String {
         MAIN_HEADER[0], MAIN_HEADER[1]
     )
 }
+
+/// The ACME directory used when `ACME_CA` is not given: Let's Encrypt's production CA.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 /// Where Caddy's admin endpoint listens once tribist's options are imported: in caddy's
 /// home (`/var/lib/caddy`, caddy's, and writable under the hardening's `ProtectSystem=`);
@@ -731,8 +732,13 @@ api.example.test {
         }))
         .site()
         .unwrap();
-        assert!(public.contains("\n\ttls ops@example.test\n"), "{public}");
-        assert!(!public.contains("ca "));
+        assert!(
+            public.contains(
+                "\n\ttls ops@example.test {\n\t\tca https://acme-v02.api.letsencrypt.org/directory\n\t}\n"
+            ),
+            "Let's Encrypt alone, named (no ZeroSSL fallback): {public}"
+        );
+        assert!(!public.contains("ca_root"));
 
         let own = front(Certificates::OwnCert {
             cert: HostPath::parse("CERT_FILE", "/etc/caddy/tribist/cert.pem").unwrap(),

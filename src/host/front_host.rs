@@ -45,7 +45,17 @@ const CADDY_UNIT: &str = "caddy.service";
 const MAX_CADDYFILE: u64 = 1 << 20;
 /// How long a first certificate may take (Let's Encrypt answers in seconds; a busy CA and
 /// Caddy's retries in tens of seconds).
-const CERT_WAIT: Duration = Duration::from_secs(90);
+/// How long apply waits for the front to answer (a first certificate takes seconds to a
+/// minute); `TRIBIST_FRONT_WAIT` (seconds, 1 to 3600) sets it.
+fn cert_wait() -> Duration {
+    Duration::from_secs(
+        std::env::var("TRIBIST_FRONT_WAIT")
+            .ok()
+            .and_then(|w| w.parse().ok())
+            .filter(|w| (1..=3600).contains(w))
+            .unwrap_or(90),
+    )
+}
 const PATH_ENV: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// `tribist-host front …` (`args`: after `front`).
@@ -1066,6 +1076,11 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
         caddy_gid,
     };
     let seen = refused(observe(&places))?;
+    // A front of tribist's that serves now: if the new configuration never answers, it
+    // comes back (a wrong ACME_CA in a re-install must not take down a working front).
+    let served_before = seen.active
+        && plan::site_of(&seen.ours)
+            .is_some_and(|d| matches!(ask_front(d.as_str()).0, plan::Answer::Service(_)));
 
     // Decide.
     let caddyfile = refused(plan::caddyfile_apply(&seen.caddyfile).map_err(front_fail))?;
@@ -1217,9 +1232,10 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
 
     // Wait for the certificate and the service behind it.
     let start = Instant::now();
+    let wait = cert_wait();
     let mut last = (plan::Answer::NoTls(-1), plan::Served::default());
     let mut tls_since: Option<Instant> = None;
-    while start.elapsed() < CERT_WAIT {
+    while start.elapsed() < wait {
         last = ask_front(domain);
         match last.0 {
             plan::Answer::Service(_) => break,
@@ -1242,6 +1258,23 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
         }
     }
     let good = report_answer(domain, upstream, last.0, &last.1);
+    if !good && served_before {
+        let why = format!(
+            "the new front did not answer https://{domain}/health in {} s{}",
+            start.elapsed().as_secs(),
+            match last.0 {
+                plan::Answer::NoTls(_) => " (no certificate from the CA: check ACME_CA, ACME_CA_ROOT and that the CA reaches this host)",
+                _ => "",
+            }
+        );
+        let (outcome, mut f) = recover(&mut changes, seen.active, Fail::failed(why));
+        if outcome == Outcome::FailedRestored {
+            f.message.push_str(
+                "; the front that served before serves again: fix the values, then run the same command again",
+            );
+        }
+        return Err((outcome, f));
+    }
     if !good {
         let journal = caddy_journal();
         return Err((

@@ -466,6 +466,14 @@ pub fn domain_of(ours: &BTreeMap<&'static str, Vec<u8>>) -> Option<Domain> {
         .or_else(|| text(DOMAIN_NOTE).and_then(|t| Domain::parse(t.trim()).ok()))
 }
 
+/// The domain of tribist's site when there is one (a front configured, not a removed one's
+/// note).
+pub fn site_of(ours: &BTreeMap<&'static str, Vec<u8>>) -> Option<Domain> {
+    ours.get(SITE)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(site_domain)
+}
+
 /// The domain of a site file tribist wrote (its first line that is not a comment, `D {`).
 pub fn site_domain(site: &str) -> Option<Domain> {
     let line = site
