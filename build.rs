@@ -88,15 +88,24 @@ fn main() {
                 None => commit,
             })
         });
-    if let Some(dir) = git(&["rev-parse", "--git-dir"]).map(text) {
-        if !dir.is_empty() {
-            // HEAD moves on checkout; the ref it points at moves on commit; the index on add.
-            // Only existing paths: cargo reruns the script every build for a missing one.
-            for path in ["HEAD", "refs/heads", "packed-refs", "index"] {
-                let path = std::path::Path::new(&dir).join(path);
-                if path.exists() {
-                    println!("cargo:rerun-if-changed={}", path.display());
-                }
+    // HEAD moves on checkout; the ref it points at moves on commit (HEAD's log with it); the
+    // index on add. In a worktree (git worktree add) HEAD, its log and the index are in the
+    // worktree's git dir, the refs in the common one: both are watched. Only existing paths:
+    // cargo reruns the script every build for a missing one.
+    for (flag, paths) in [
+        ("--git-dir", &["HEAD", "logs/HEAD", "index"][..]),
+        ("--git-common-dir", &["refs/heads", "packed-refs"][..]),
+    ] {
+        let Some(dir) = git(&["rev-parse", flag]).map(text) else {
+            continue;
+        };
+        if dir.is_empty() {
+            continue;
+        }
+        for path in paths {
+            let path = std::path::Path::new(&dir).join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
             }
         }
     }
