@@ -940,5 +940,12 @@ $(grep -E '^(PASS|WARN) caddy: ' <<<"$output" | head -n 1)"
   run env HOST=app1 SSH="$BATS_TEST_TMPDIR/ssh" DOMAIN=api.example.com CERT_FILE=/etc/hostname KEY_FILE=/etc/hostname "$REMOTE" install
   assert_failure 2
   assert_output --partial "CERT_FILE=/etc/hostname: it is not a PEM certificate"
+  # A real certificate, but for another name: curl -k on the host would not tell.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=other.test \
+    -addext subjectAltName=DNS:other.test,DNS:www.other.test \
+    -keyout "$BATS_TEST_TMPDIR/okey.pem" -out "$BATS_TEST_TMPDIR/ocert.pem" 2>/dev/null
+  run env HOST=app1 SSH="$BATS_TEST_TMPDIR/ssh" DOMAIN=api.newcomer.test CERT_FILE="$BATS_TEST_TMPDIR/ocert.pem" KEY_FILE="$BATS_TEST_TMPDIR/okey.pem" "$REMOTE" install
+  assert_failure 2
+  assert_output --partial "CERT_FILE=$BATS_TEST_TMPDIR/ocert.pem is a certificate for other.test, www.other.test, not for DOMAIN=api.newcomer.test: give the certificate for api.newcomer.test (its subjectAltName), or DOMAIN=other.test (nothing was sent)"
   [[ ! -e "$mark" && ! -e "$calls" ]]
 }

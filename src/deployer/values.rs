@@ -737,6 +737,9 @@ pub fn front_file(
             crate::host::front_plan::MAX_PEM / 1024
         ),
         Some(b) => match crate::host::front_plan::check_pem(kind, b) {
+            Ok(()) if var == "CERT_FILE" => {
+                return own_cert_fits(&name, b, &given.domain, crate::host::x509::now())
+            }
             Ok(()) => return Ok(()),
             Err(why) => why,
         },
@@ -745,6 +748,14 @@ pub fn front_file(
         "{var}={name}: {why}; give the right file: make install HOST={host} {} (nothing was sent)",
         given.vars()
     ))
+}
+
+/// Whether the team's own certificate (CERT_FILE, shown as `name`) is one clients accept
+/// for DOMAIN at `now`: the host's check of the front reaches it with `curl -k`, which would
+/// not tell. The host checks it again (`x509::check_for`, the same function).
+pub fn own_cert_fits(name: &str, cert: &[u8], domain: &str, now: i64) -> Checked<()> {
+    crate::host::x509::check_for(cert, domain, now)
+        .map_err(|why| Refused(format!("CERT_FILE={name} {why} (nothing was sent)")))
 }
 
 /// Whether a LISTEN address is reachable from this host only.
@@ -1172,7 +1183,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let cert = crate::host::x509::tests::SAN_API.as_bytes();
         let key = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
         let p = std::path::Path::new("c.pem");
         assert_eq!(
@@ -1203,6 +1214,52 @@ mod tests {
         );
         assert!(refused(front_file("KEY_FILE", p, None, Pem::Key, "h", &g))
             .contains("larger than 64 KiB"));
+        // A certificate for other names, for none (only a CN), or expired, is refused.
+        use crate::host::x509::tests::{EXPIRED, NO_SAN, OTHER};
+        let o = std::path::Path::new("ocert.pem");
+        assert_eq!(
+            refused(front_file("CERT_FILE", o, Some(OTHER.as_bytes()), Pem::Certificate, "h", &g)),
+            "CERT_FILE=ocert.pem is a certificate for other.test, www.other.test, not for DOMAIN=api.example.com: give the certificate for api.example.com (its subjectAltName), or DOMAIN=other.test (nothing was sent)"
+        );
+        assert!(refused(front_file(
+            "CERT_FILE",
+            o,
+            Some(NO_SAN.as_bytes()),
+            Pem::Certificate,
+            "h",
+            &g
+        ))
+        .contains("without subjectAltName"));
+        assert!(refused(front_file(
+            "CERT_FILE",
+            o,
+            Some(EXPIRED.as_bytes()),
+            Pem::Certificate,
+            "h",
+            &g
+        ))
+        .contains("expired on 2020-01-02 00:00 UTC"));
+        // ACME_CA_ROOT is a CA's root, not a certificate for DOMAIN: PEM is enough.
+        assert_eq!(
+            front_file(
+                "ACME_CA_ROOT",
+                o,
+                Some(OTHER.as_bytes()),
+                Pem::Certificate,
+                "h",
+                &g
+            ),
+            Ok(())
+        );
+        assert!(refused(front_file(
+            "CERT_FILE",
+            o,
+            Some(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"),
+            Pem::Certificate,
+            "h",
+            &g
+        ))
+        .starts_with("CERT_FILE=ocert.pem cannot be read as a certificate: "));
         assert!(loopback_listen("127.0.0.1:8383") && loopback_listen("[::1]:1"));
         assert!(!loopback_listen("0.0.0.0:8383") && !loopback_listen("[::]:1"));
         assert_eq!(around_the_front("127.0.0.2:9000"), None);

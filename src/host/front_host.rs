@@ -38,6 +38,7 @@ use super::front_plan::{self as plan, Caddyfile, CaddyfileApply, Holder, Package
 use super::front_report;
 use super::fsx::{self, Dir, FsError, Limits};
 use super::text::clean;
+use super::x509;
 
 const CADDY_USER: &str = "caddy";
 const CADDY_UNIT: &str = "caddy.service";
@@ -409,6 +410,24 @@ fn read_source(var: &str, path: &front::HostPath, kind: Pem) -> Result<Vec<u8>> 
     let bytes =
         fsx::read_bounded(&r.file, plan::MAX_PEM, &shown).map_err(|e| bad(e.to_string()))?;
     plan::check_pem(kind, &bytes).map_err(bad)?;
+    Ok(bytes)
+}
+
+/// The team's own certificate (CERT_FILE), read as `read_source` reads it and refused unless
+/// clients accept it for `domain` at `now`: the deployer checked it before sending it, and
+/// this checks it again where it is installed (the same `x509::check_for`), because the
+/// front's own check (`curl -k`) accepts any certificate.
+fn read_own_cert(path: &front::HostPath, domain: &str, now: i64) -> Result<Vec<u8>> {
+    let bytes = read_source("CERT_FILE", path, Pem::Certificate)?;
+    x509::check_for(&bytes, domain, now).map_err(|why| {
+        Fail::new(
+            Exit::Configuration,
+            format!(
+                "CERT_FILE={} {why}; then run the same command again",
+                clean(path.as_path().as_os_str().as_encoded_bytes(), 300)
+            ),
+        )
+    })?;
     Ok(bytes)
 }
 
@@ -1035,7 +1054,7 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
         plan::CertSource::Own { cert, key } => {
             certs.insert(
                 plan::CERT,
-                refused(read_source("CERT_FILE", cert, Pem::Certificate))?,
+                refused(read_own_cert(cert, args.domain.as_str(), x509::now()))?,
             );
             certs.insert(plan::KEY, refused(read_source("KEY_FILE", key, Pem::Key))?);
         }
@@ -1998,6 +2017,40 @@ mod tests {
         std::fs::hard_link(t.join("c.pem"), t.join("hard.pem")).unwrap();
         let e = read_source("CERT_FILE", &hp("hard.pem"), Pem::Certificate).unwrap_err();
         assert!(e.message.contains("with 2 links"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_own_certificate_is_refused_unless_it_is_for_the_domain_and_current() {
+        use crate::host::x509::tests::{EXPIRED, OTHER, SAN_API};
+        let t = TempDir::new("front-own");
+        for (n, c) in [
+            ("api.pem", SAN_API),
+            ("other.pem", OTHER),
+            ("old.pem", EXPIRED),
+        ] {
+            std::fs::write(t.join(n), c).unwrap();
+        }
+        let hp =
+            |n: &str| front::HostPath::parse("CERT_FILE", t.join(n).to_str().unwrap()).unwrap();
+        let now = 1_796_000_000;
+        assert_eq!(
+            read_own_cert(&hp("api.pem"), "api.example.com", now).unwrap(),
+            SAN_API.as_bytes()
+        );
+        let e = read_own_cert(&hp("other.pem"), "api.newcomer.test", now).unwrap_err();
+        assert_eq!(e.exit, Exit::Configuration);
+        assert_eq!(
+            e.message,
+            format!(
+                "CERT_FILE={} is a certificate for other.test, www.other.test, not for DOMAIN=api.newcomer.test: give the certificate for api.newcomer.test (its subjectAltName), or DOMAIN=other.test; then run the same command again",
+                t.join("other.pem").display()
+            )
+        );
+        let e = read_own_cert(&hp("old.pem"), "api.example.com", now).unwrap_err();
+        assert!(e.message.contains("expired on 2020-01-02"), "{}", e.message);
+        // What read_source refuses is refused first, with its words.
+        let e = read_own_cert(&hp("none.pem"), "api.example.com", now).unwrap_err();
+        assert!(e.message.starts_with("CERT_FILE="), "{}", e.message);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod layout;
 pub mod lock;
 pub mod releases;
 pub mod text;
+pub mod x509;
 
 #[cfg(test)]
 mod testutil;
