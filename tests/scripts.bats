@@ -921,6 +921,7 @@ $(grep -E '^(PASS|WARN) caddy: ' <<<"$output" | head -n 1)"
   assert_equal "$status" 2
   assert_output --partial "ACCESS must be 1 (or empty)"
   [[ ! -e "$BATS_TEST_TMPDIR/ssh-ran" ]]
+}
 
 @test "make install DOMAIN=…: the front's values reach the kit literally and a hostile one is refused before ssh or a build" {
   local mark="$BATS_TEST_TMPDIR/ran" calls="$BATS_TEST_TMPDIR/calls"
