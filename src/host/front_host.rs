@@ -1592,6 +1592,17 @@ fn remove_steps(ctx: &mut Ctx, args: &plan::RemoveArgs) -> Step2<(Outcome, Exit)
                 )),
             }
         }
+        match purge_access_logs() {
+            Ok(0) => {}
+            Ok(n) => say(&format!(
+                "removed the front's access log{} ({n} file{}: clients' addresses and requests)",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "" } else { "s" }
+            )),
+            Err(e) => warn(&format!(
+                "could not remove the front's access logs: {e}; remove them by hand: rm /var/log/caddy/tribist-access*"
+            )),
+        }
         if places.ours.is_some() {
             match rmdir_at(&places.etc, "tribist") {
                 Ok(()) => say(&format!("removed {}", front::DIR)),
@@ -1632,6 +1643,25 @@ fn names_in(dir: &Dir) -> std::io::Result<Vec<String>> {
 
 /// Removes `certificates/*/DOMAIN` in Caddy's storage (caddy's files: every step through
 /// descriptors, never following a link); how many directories.
+/// `remove --purge`: the access log and its rolled copies (`tribist-access.log`,
+/// `tribist-access-<time>.log[.gz]`) in Caddy's log directory, by name through a descriptor
+/// (never a link followed); how many were removed.
+fn purge_access_logs() -> std::result::Result<usize, String> {
+    let dir = match Dir::open("/var/log/caddy") {
+        Ok(d) => d,
+        Err(e) if not_found(&e) => return Ok(0),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut n = 0;
+    for f in names_in(&dir).map_err(|e| e.to_string())? {
+        if plan::is_access_log(&f) {
+            fsx::unlinkat(&dir, &f).map_err(|e| e.to_string())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 fn purge_storage(domain: &str) -> std::result::Result<usize, String> {
     let mut dir = match Dir::open("/var/lib/caddy") {
         Ok(d) => d,

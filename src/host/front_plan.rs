@@ -466,6 +466,15 @@ pub fn domain_of(ours: &BTreeMap<&'static str, Vec<u8>>) -> Option<Domain> {
         .or_else(|| text(DOMAIN_NOTE).and_then(|t| Domain::parse(t.trim()).ok()))
 }
 
+/// Whether a name in Caddy's log directory is tribist's access log or one of its rolled
+/// copies (Caddy's roller: `NAME-<time>.log`, gzipped `.log.gz`).
+pub fn is_access_log(name: &str) -> bool {
+    name == "tribist-access.log"
+        || (name.starts_with("tribist-access-")
+            && (name.ends_with(".log") || name.ends_with(".log.gz"))
+            && !name.contains('/'))
+}
+
 /// The domain of tribist's site when there is one (a front configured, not a removed one's
 /// note).
 pub fn site_of(ours: &BTreeMap<&'static str, Vec<u8>>) -> Option<Domain> {
@@ -1489,6 +1498,16 @@ mod tests {
         let why = ports_refusal(&pid1, &Holder::Free).unwrap();
         assert!(why.contains("systemctl list-sockets | grep ':80'"), "{why}");
         assert!(!why.contains("kill 1"), "{why}");
+    }
+
+    #[test]
+    fn access_logs_by_name() {
+        assert!(is_access_log("tribist-access.log"));
+        assert!(is_access_log("tribist-access-2026-12-07T05-40-00.000.log.gz"));
+        assert!(is_access_log("tribist-access-2026-12-07T05-40-00.000.log"));
+        assert!(!is_access_log("access.log"));
+        assert!(!is_access_log("tribist-access.log.bak"));
+        assert!(!is_access_log("admin-access-1.log"));
     }
 
     #[test]
