@@ -88,7 +88,7 @@ config: ## HOST's configuration (masked); SET="NAME=VALUE …" UNSET="NAME …" 
 check: ## can HOST take tribist? one PASS/FAIL line per check (ssh, sudo, systemd, machine, glibc, port, database; DOMAIN=: 80/443, DNS, caddy)
 	@$(remote) check
 
-install: ## first install or re-install on HOST (root or sudo); DATABASE_URL_FILE=path, DEPLOY_KEY=key.pub; DOMAIN=api.example.com ACME_EMAIL=you@example.com (or CERT_FILE= KEY_FILE=) puts Caddy's HTTPS in front
+install: ## first install or re-install on HOST (root or sudo); DATABASE_URL_FILE=path, DEPLOY_KEY=key.pub; DOMAIN=api.example.com ACME_EMAIL=you@example.com [ACME_CA=url ACME_CA_ROOT=pem] (or CERT_FILE= KEY_FILE=) puts Caddy's HTTPS in front
 	@$(remote) install
 
 upgrade: ## ship BIN to HOST (or each of HOSTS, or ENV=staging's, PARALLEL at a time), hand over, wait; rolls back a failure
