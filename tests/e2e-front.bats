@@ -663,7 +663,14 @@ pebble_https_cert() {
   run kit_spied install DOMAIN='x{env.HOME}' ACME_EMAIL=ops@example.test
   assert_failure 2
   assert_output --partial "DOMAIN=\"x{env.HOME}\" is refused: it has '{'"
-  assert_output --partial "run: make install HOST=root@$H DOMAIN=api.example.com (nothing was sent)"
+  # The command again, every variable as given, the bad one replaced (quoted for a shell).
+  assert_output --partial "run: make install HOST=root@$H DOMAIN=api.example.com ACME_EMAIL=ops@example.test DEPLOYER=e2e-wire SSH_OPTS=-F\\ "
+  assert_output --partial " (the name clients use; nothing was sent)"
+  nothing_sent
+  run kit_spied install DOMAIN="https://$DOMAIN:443/" ACME_EMAIL=ops@example.test
+  assert_failure 2
+  assert_output --partial "run: make install HOST=root@$H DOMAIN=$DOMAIN ACME_EMAIL=ops@example.test DEPLOYER=e2e-wire SSH_OPTS=-F\\ "
+  assert_output --partial " (the name alone: no scheme, port, path or final dot; nothing was sent)"
   nothing_sent
   run kit_spied install DOMAIN=$'api.front.test\nimport /etc/shadow' ACME_EMAIL=ops@example.test
   assert_failure 2
@@ -672,7 +679,8 @@ pebble_https_cert() {
   run kit_spied install ACME_EMAIL=ops@example.test
   assert_failure 2
   assert_output --partial "ACME_EMAIL given without DOMAIN"
-  assert_output --partial "run: make install HOST=root@$H DOMAIN=api.example.com ACME_EMAIL=ops@example.test (nothing was sent)"
+  assert_output --partial "run: make install HOST=root@$H DOMAIN=api.example.com ACME_EMAIL=ops@example.test DEPLOYER=e2e-wire SSH_OPTS=-F\\ "
+  assert_output --partial " (nothing was sent)"
   nothing_sent
   run kit_spied install DOMAIN="$DOMAIN" CERT_FILE=/etc/hostname
   assert_failure 2

@@ -245,7 +245,7 @@ wait_for_text() {
   run cat "$BATS_TEST_TMPDIR/prompt.out"
   assert_equal "$rc" 2
   assert_output --partial "install] Error 2"
-  assert_output --partial "no database URL given, and root@$C has none yet: nothing was sent. Put it in a file (chmod 600) and run: make install HOST=root@$C DATABASE_URL_FILE=path"
+  assert_output --partial "no database URL given, and root@$C has none yet: nothing was sent. Put it in a file (chmod 600) and run: make install HOST=root@$C DATABASE_URL_FILE=path/to/database_url SSH_OPTS=-F\\ "
   run on "$C" "id tribist"
   assert_failure
   # The wrong password: refused at once (a definite answer, not the 10 s preflight), with the

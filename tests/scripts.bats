@@ -908,7 +908,7 @@ $(grep -E '^(PASS|WARN) caddy: ' <<<"$output" | head -n 1)"
   export SSH=$stub BIN=/bin/true
   HOST=app1 DOMAIN='api.example.com; id' run "$REMOTE" check
   assert_equal "$status" 2
-  assert_output --partial "DOMAIN=\"api.example.com; id\" is refused: it has ';' (a host name has letters, digits, '-' and '.' only); run: make check HOST=app1 DOMAIN=api.example.com (the name clients use)"
+  assert_output --partial "DOMAIN=\"api.example.com; id\" is refused: it has ';' (a host name has letters, digits, '-' and '.' only); run: make check HOST=app1 DOMAIN=api.example.com BIN=/bin/true (the name clients use; nothing was sent)"
   HOST=app1 DOMAIN='{env.HOME}.example' run "$REMOTE" check
   assert_equal "$status" 2
   HOST=app1 DOMAIN=localhost run "$REMOTE" check
@@ -931,7 +931,7 @@ $(grep -E '^(PASS|WARN) caddy: ' <<<"$output" | head -n 1)"
   run make -s -C "$MAKE_DIR" install HOST=app1 SSH="$BATS_TEST_TMPDIR/ssh" "DOMAIN=\$(shell touch $mark)x" ACME_EMAIL=ops@example.com
   assert_failure 2
   assert_output --partial "DOMAIN=\"\$(shell touch $mark)x\" is refused: it has '\$'"
-  assert_output --partial "run: make install HOST=app1 DOMAIN=api.example.com (nothing was sent)"
+  assert_output --partial "run: make install HOST=app1 DOMAIN=api.example.com ACME_EMAIL=ops@example.com (the name clients use; nothing was sent)"
   run env HOST=app1 SSH="$BATS_TEST_TMPDIR/ssh" DOMAIN=api.example.com KEY_FILE="$BATS_TEST_TMPDIR/k.pem" "$REMOTE" install
   assert_failure 2
   assert_output --partial "KEY_FILE=$BATS_TEST_TMPDIR/k.pem is given without CERT_FILE, its certificate"
@@ -947,6 +947,6 @@ $(grep -E '^(PASS|WARN) caddy: ' <<<"$output" | head -n 1)"
     -keyout "$BATS_TEST_TMPDIR/okey.pem" -out "$BATS_TEST_TMPDIR/ocert.pem" 2>/dev/null
   run env HOST=app1 SSH="$BATS_TEST_TMPDIR/ssh" DOMAIN=api.newcomer.test CERT_FILE="$BATS_TEST_TMPDIR/ocert.pem" KEY_FILE="$BATS_TEST_TMPDIR/okey.pem" "$REMOTE" install
   assert_failure 2
-  assert_output --partial "CERT_FILE=$BATS_TEST_TMPDIR/ocert.pem is a certificate for other.test, www.other.test, not for DOMAIN=api.newcomer.test: give the certificate for api.newcomer.test (its subjectAltName), or DOMAIN=other.test (nothing was sent)"
+  assert_output --partial "CERT_FILE=$BATS_TEST_TMPDIR/ocert.pem is a certificate for other.test, www.other.test, not for DOMAIN=api.newcomer.test: give the certificate for api.newcomer.test (its subjectAltName), or DOMAIN=other.test; run: make install HOST=app1 DOMAIN=api.newcomer.test CERT_FILE=path/to/fullchain.pem KEY_FILE=$BATS_TEST_TMPDIR/okey.pem"
   [[ ! -e "$mark" && ! -e "$calls" ]]
 }

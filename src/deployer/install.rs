@@ -18,7 +18,7 @@ use super::ssh::{Call, Input, Sink, Tty};
 use super::tar::{self, Entry};
 use super::term::{self, Exit};
 use super::upgrade::{ship_bin, Binary};
-use super::values::{self, FrontCerts, FrontGiven, FrontVars};
+use super::values::{self, FrontCerts, FrontGiven};
 use super::words::shown;
 use super::{executable, read_bounded, Ctx};
 use crate::host::front_plan::{Pem, MAX_PEM};
@@ -91,8 +91,12 @@ pub fn database_url(ctx: &Ctx, host: &str) -> Result<Option<String>, Exit> {
         .unwrap_or_default();
         if answer.is_empty() {
             return Err(out.refuse(&format!(
-                "no database URL given, and {host} has none yet: nothing was sent. Put it in a file (chmod 600) and run: make {} HOST={host} DATABASE_URL_FILE=path",
-                ctx.command
+                "no database URL given, and {host} has none yet: nothing was sent. Put it in a file (chmod 600) and run: {}",
+                values::retyped(
+                    &ctx.command,
+                    &ctx.env,
+                    &[("DATABASE_URL_FILE", Some(values::EXAMPLE_URL_FILE))]
+                )
             )));
         }
         answer
@@ -246,7 +250,7 @@ fn host_checks(ctx: &Ctx, host: &str, bin: &Binary, database: bool) -> Result<bo
             script.display()
         )));
     };
-    let domain = front_domain(ctx, host)?;
+    let domain = front_domain(ctx)?;
     let ran = ctx.run(
         out,
         host,
@@ -317,21 +321,8 @@ fn host_checks(ctx: &Ctx, host: &str, bin: &Binary, database: bool) -> Result<bo
     Ok(ok)
 }
 
-/// DOMAIN (check, install): the front door's name, checked with the host's own rules
-/// (`host::front::Domain`); None when unset.
-pub fn domain(given: Option<&str>, command: &str, host: &str) -> values::Checked<Option<String>> {
-    let Some(d) = given else { return Ok(None) };
-    match crate::host::front::Domain::parse(d) {
-        Ok(d) => Ok(Some(d.as_str().to_string())),
-        Err(e) => Err(values::Refused(format!(
-            "{}; run: make {command} HOST={host} DOMAIN=api.example.com (the name clients use)",
-            e.what
-        ))),
-    }
-}
-
-fn front_domain(ctx: &Ctx, host: &str) -> Result<Option<String>, Exit> {
-    ctx.check(domain(ctx.text("DOMAIN")?.as_deref(), &ctx.command, host))
+fn front_domain(ctx: &Ctx) -> Result<Option<String>, Exit> {
+    ctx.check(values::domain(&ctx.env, &ctx.command))
 }
 
 /// make check HOST=… [DOMAIN=…]: one PASS/FAIL/WARN line per check; changes nothing.
@@ -339,7 +330,7 @@ pub fn check(ctx: &Ctx) -> Result<(), Exit> {
     let host = ctx.host()?;
     ctx.refuse_url_on_command_line()?;
     ctx.check(values::listen(ctx.text("LISTEN")?.as_deref()))?;
-    front_domain(ctx, &host)?;
+    front_domain(ctx)?;
     let bin = ship_bin(ctx)?;
     ctx.out.say(&format!(
         "checking {host} for {}",
@@ -361,20 +352,8 @@ type FrontFile = (&'static str, Vec<u8>, u32);
 /// DOMAIN and the rest of the front's variables: checked by the host's own rules, the files
 /// read here (64 KiB at most) and checked as PEM, all before anything is sent. None: no
 /// DOMAIN (a front already on the host is kept there).
-fn front(
-    ctx: &Ctx,
-    host: &str,
-    listen: Option<&str>,
-) -> Result<Option<(FrontGiven, Vec<FrontFile>)>, Exit> {
-    let vars = FrontVars {
-        domain: ctx.text("DOMAIN")?,
-        acme_email: ctx.text("ACME_EMAIL")?,
-        acme_ca: ctx.text("ACME_CA")?,
-        acme_ca_root: ctx.env.path("ACME_CA_ROOT"),
-        cert_file: ctx.env.path("CERT_FILE"),
-        key_file: ctx.env.path("KEY_FILE"),
-    };
-    let Some(given) = ctx.check(values::front(&vars, host))? else {
+fn front(ctx: &Ctx, listen: Option<&str>) -> Result<Option<(FrontGiven, Vec<FrontFile>)>, Exit> {
+    let Some(given) = ctx.check(values::front(&ctx.env))? else {
         return Ok(None);
     };
     let wanted: Vec<(&str, &Path, &'static str, Pem, u32)> = match &given.certs {
@@ -406,8 +385,8 @@ fn front(
             Some(Ok(b)) => b,
             _ => {
                 return Err(ctx.out.refuse(&format!(
-                    "{var}={label} is not a readable file; give the right one: make install HOST={host} {} (nothing was sent)",
-                    given.vars()
+                    "{var}={label} is not a readable file; give the right one; run: {} (nothing was sent)",
+                    values::retyped("install", &ctx.env, &[(var, Some(values::example_file(var)))])
                 )))
             }
         };
@@ -416,8 +395,7 @@ fn front(
             path,
             bytes.as_deref(),
             kind,
-            host,
-            &given,
+            &ctx.env,
         ))?;
         if kind == Pem::Key {
             let mode = std::fs::metadata(path)
@@ -437,12 +415,12 @@ fn front(
     Ok(Some((given, files)))
 }
 
-/// After exit 9 (tribist installed and serving, its front not): the command once the host's
-/// reason is fixed.
-pub fn front_next(host: &str, given: &FrontGiven) -> String {
+/// After exit 9 (tribist installed and serving, its front not): the same command, once the
+/// host's reason is fixed.
+pub fn front_next(env: &values::Env) -> String {
     format!(
-        "next: once what is said above is fixed: make install HOST={host} {}",
-        given.vars()
+        "next: once what is said above is fixed: {}",
+        values::retyped("install", env, &[])
     )
 }
 
@@ -452,7 +430,7 @@ pub fn install(ctx: &Ctx) -> Result<(), Exit> {
     ctx.refuse_url_on_command_line()?;
     let by = ctx.deployer()?;
     let listen = ctx.check(values::listen(ctx.text("LISTEN")?.as_deref()))?;
-    let front = front(ctx, &host, listen.as_deref())?;
+    let front = front(ctx, listen.as_deref())?;
     let key = deploy_key(ctx)?;
     let bin = ship_bin(ctx)?;
     let (host_bin, host_mode) = host_program(ctx)?;
@@ -556,11 +534,11 @@ pub fn install(ctx: &Ctx) -> Result<(), Exit> {
         &host,
         &remote::install(&dir, &by, listen.as_deref(), &host, &label, &front_words),
     )?;
-    if let (9, Some((given, _))) = (rc, &front) {
+    if let (9, Some(_)) = (rc, &front) {
         ctx.out.warn(&format!(
             "make install: tribist is installed and serving on {host}, but setting up its front failed (exit 9); the messages above say why"
         ));
-        ctx.out.warn(&front_next(&host, given));
+        ctx.out.warn(&front_next(&ctx.env));
         return Err(Exit(rc));
     }
     if rc != 0 {
@@ -600,41 +578,17 @@ mod tests {
     }
 
     #[test]
-    fn the_domain_by_the_host_s_rules() {
-        assert_eq!(domain(None, "check", "app1"), Ok(None));
-        assert_eq!(
-            domain(Some("API.Example.com"), "check", "app1"),
-            Ok(Some("api.example.com".into()))
-        );
-        let refused = |d: &str| domain(Some(d), "check", "root@app1").unwrap_err().0;
-        assert_eq!(
-            refused("api.example.com; id"),
-            "DOMAIN=\"api.example.com; id\" is refused: it has ';' (a host name has letters, digits, '-' and '.' only); run: make check HOST=root@app1 DOMAIN=api.example.com (the name clients use)"
-        );
-        for bad in [
-            "-x.example.com",
-            "localhost",
-            "10.0.0.1",
-            "a..b",
-            "*.example.com",
-            "{env.X}.com",
-        ] {
-            assert!(refused(bad).contains("is refused"), "{bad}");
-        }
-    }
-
-    #[test]
     fn after_a_failed_front_the_same_front_again() {
-        let g = FrontGiven {
-            domain: "api.example.com".into(),
-            certs: FrontCerts::Own {
-                cert: "my certs/c.pem".into(),
-                key: "k.pem".into(),
-            },
-        };
+        let env = values::Env::from_pairs(&[
+            ("HOST", "root@app1"),
+            ("DOMAIN", "api.example.com"),
+            ("CERT_FILE", "my certs/c.pem"),
+            ("KEY_FILE", "k.pem"),
+            ("LISTEN", "127.0.0.1:9000"),
+        ]);
         assert_eq!(
-            front_next("root@app1", &g),
-            "next: once what is said above is fixed: make install HOST=root@app1 DOMAIN=api.example.com CERT_FILE=my\\ certs/c.pem KEY_FILE=k.pem"
+            front_next(&env),
+            "next: once what is said above is fixed: make install HOST=root@app1 DOMAIN=api.example.com CERT_FILE=my\\ certs/c.pem KEY_FILE=k.pem LISTEN=127.0.0.1:9000"
         );
     }
 

@@ -118,9 +118,14 @@ impl Ctx {
             .as_deref()
             == Some("command line")
         {
-            return Err(self.out.refuse(
-                "DATABASE_URL on make's command line puts the password in 'ps' and your shell history (and make eats $): put it in a file and pass DATABASE_URL_FILE=path; if it held a real password, change that password",
-            ));
+            return Err(self.out.refuse(&format!(
+                "DATABASE_URL on make's command line puts the password in 'ps' and your shell history (and make eats $): put it in a file and run: {}; if it held a real password, change that password",
+                values::retyped(
+                    &self.command,
+                    &self.env,
+                    &[("DATABASE_URL_FILE", Some(values::EXAMPLE_URL_FILE))]
+                )
+            )));
         }
         Ok(())
     }

@@ -503,6 +503,108 @@ pub fn public_key_line(line: &[u8]) -> bool {
     rest.is_empty() || (rest[0] == b' ' && rest[1..].iter().all(|b| (0x20..0x7f).contains(b)))
 }
 
+/// The variables a suggested command gives again, in this order, when they were given:
+/// the ones `make install` (and `make check`) read.
+const RETYPED: &[&str] = &[
+    "HOST",
+    "DOMAIN",
+    "ACME_EMAIL",
+    "ACME_CA",
+    "ACME_CA_ROOT",
+    "CERT_FILE",
+    "KEY_FILE",
+    "DATABASE_URL_FILE",
+    "LISTEN",
+    "DEPLOY_KEY",
+    "DEPLOYER",
+    "BIN",
+    "SSH_OPTS",
+];
+
+/// The placeholders a suggested command has where no value can be guessed.
+pub const EXAMPLE_DOMAIN: &str = "api.example.com";
+pub const EXAMPLE_EMAIL: &str = "you@example.com";
+pub const EXAMPLE_CA: &str = "https://ca.example.com/acme/directory";
+pub const EXAMPLE_CA_ROOT: &str = "path/to/root.pem";
+pub const EXAMPLE_CERT: &str = "path/to/fullchain.pem";
+pub const EXAMPLE_KEY: &str = "path/to/key.pem";
+pub const EXAMPLE_URL_FILE: &str = "path/to/database_url";
+
+/// The one command a refusal suggests: `make COMMAND` and every variable of [`RETYPED`] the
+/// person gave, as given, except `changes`: `(NAME, Some(v))` gives NAME the value `v` (in
+/// its place, added if it was not given), `(NAME, None)` leaves NAME out. Each value is
+/// written as [`shown`] writes it, so that the line, pasted into a shell, gives make exactly
+/// these values and runs none of them.
+pub fn retyped(command: &str, env: &Env, changes: &[(&str, Option<&str>)]) -> String {
+    let mut line = format!("make {command}");
+    for name in RETYPED {
+        let value = match changes.iter().find(|(n, _)| n == name) {
+            Some((_, v)) => v.map(str::to_string),
+            None => env
+                .vars
+                .get(*name)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.to_string_lossy().into_owned()),
+        };
+        if let Some(v) = value {
+            line.push_str(&format!(" {name}={}", shown(&v)));
+        }
+    }
+    line
+}
+
+/// DOMAIN as a person may have meant it: lowercase, without `http(s)://`, a path, a `:port`
+/// and one final dot, when that is a name the host's rules take (None otherwise).
+pub fn domain_meant(typed: &str) -> Option<String> {
+    let lower = typed.to_ascii_lowercase();
+    let mut d = lower.as_str();
+    for scheme in ["https://", "http://"] {
+        if let Some(rest) = d.strip_prefix(scheme) {
+            d = rest;
+        }
+    }
+    if let Some((name, _path)) = d.split_once('/') {
+        d = name;
+    }
+    if let Some((name, port)) = d.rsplit_once(':') {
+        if whole(port, 5) {
+            d = name;
+        }
+    }
+    let d = d.strip_suffix('.').unwrap_or(d);
+    let ok = crate::host::front::Domain::parse(d).is_ok();
+    (ok && d != typed).then(|| d.to_string())
+}
+
+/// DOMAIN (check, install): the front door's name, checked with the host's own rules
+/// (`host::front::Domain`); None when unset. Refused with the command `command` again,
+/// DOMAIN corrected when the correction is plain ([`domain_meant`]), else a placeholder.
+pub fn domain(env: &Env, command: &str) -> Checked<Option<String>> {
+    let Some(d) = env.text("DOMAIN")? else {
+        return Ok(None);
+    };
+    match crate::host::front::Domain::parse(&d) {
+        Ok(d) => Ok(Some(d.as_str().to_string())),
+        Err(e) => {
+            let (fix, note) = match domain_meant(&d) {
+                Some(m) => (
+                    m,
+                    " (the name alone: no scheme, port, path or final dot; nothing was sent)",
+                ),
+                None => (
+                    EXAMPLE_DOMAIN.to_string(),
+                    " (the name clients use; nothing was sent)",
+                ),
+            };
+            refuse(format!(
+                "{}; run: {}{note}",
+                e.what,
+                retyped(command, env, &[("DOMAIN", Some(&fix))])
+            ))
+        }
+    }
+}
+
 /// The front door's variables as typed (DOMAIN, ACME_EMAIL, ACME_CA, ACME_CA_ROOT,
 /// CERT_FILE, KEY_FILE); the three files are paths on this machine.
 #[derive(Clone, Debug, Default)]
@@ -513,6 +615,19 @@ pub struct FrontVars {
     pub acme_ca_root: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+}
+
+impl FrontVars {
+    pub fn from_env(env: &Env) -> Checked<FrontVars> {
+        Ok(FrontVars {
+            domain: env.text("DOMAIN")?,
+            acme_email: env.text("ACME_EMAIL")?,
+            acme_ca: env.text("ACME_CA")?,
+            acme_ca_root: env.path("ACME_CA_ROOT"),
+            cert_file: env.path("CERT_FILE"),
+            key_file: env.path("KEY_FILE"),
+        })
+    }
 }
 
 /// How the front's certificate is had, as given: files on this machine, sent in the bundle.
@@ -570,92 +685,76 @@ impl FrontGiven {
         }
         w
     }
-
-    /// The make variables that give this front again, as a person retypes them.
-    pub fn vars(&self) -> String {
-        let mut s = format!("DOMAIN={}", self.domain);
-        match &self.certs {
-            FrontCerts::Acme { email, ca, ca_root } => {
-                s.push_str(&format!(" ACME_EMAIL={email}"));
-                if let Some(ca) = ca {
-                    s.push_str(&format!(" ACME_CA={ca}"));
-                }
-                if let Some(r) = ca_root {
-                    s.push_str(&format!(" ACME_CA_ROOT={}", path_shown(r)));
-                }
-            }
-            FrontCerts::Own { cert, key } => s.push_str(&format!(
-                " CERT_FILE={} KEY_FILE={}",
-                path_shown(cert),
-                path_shown(key)
-            )),
-        }
-        s
-    }
 }
 
-/// A refusal of `front`'s: what is wrong, the command that fixes it, and that nothing was
-/// sent.
-fn front_refusal<T>(what: String, host: &str, fix_vars: &str) -> Checked<T> {
+/// A refusal of `front`'s: what is wrong, `make install` again with `changes`, and that
+/// nothing was sent.
+fn front_refusal<T>(what: String, env: &Env, changes: &[(&str, Option<&str>)]) -> Checked<T> {
     refuse(format!(
-        "{what}; run: make install HOST={host} {fix_vars} (nothing was sent)"
+        "{what}; run: {} (nothing was sent)",
+        retyped("install", env, changes)
     ))
 }
 
-/// The front door's variables for `make install`, checked by the host's own parser
-/// (`front_plan::parse_apply`, `front::Domain` and the rest) before anything is sent. None:
-/// no DOMAIN, so no front is asked for (the host keeps one it has).
-pub fn front(v: &FrontVars, host: &str) -> Checked<Option<FrontGiven>> {
-    let given_files = |s: &mut Vec<String>| {
-        for (name, p) in [
-            ("ACME_CA_ROOT", &v.acme_ca_root),
-            ("CERT_FILE", &v.cert_file),
-            ("KEY_FILE", &v.key_file),
-        ] {
-            if let Some(p) = p {
-                s.push(format!("{name}={}", path_shown(p)));
-            }
-        }
-    };
+/// The front door's variables for `make install` (from `env`, with HOST and the rest for
+/// the suggested command), checked by the host's own parser (`front_plan::parse_apply`,
+/// `front::Domain` and the rest) before anything is sent. None: no DOMAIN, so no front is
+/// asked for (the host keeps one it has).
+pub fn front(env: &Env) -> Checked<Option<FrontGiven>> {
+    let v = FrontVars::from_env(env)?;
     let Some(domain) = &v.domain else {
-        let mut set: Vec<String> = [("ACME_EMAIL", &v.acme_email), ("ACME_CA", &v.acme_ca)]
-            .iter()
-            .filter_map(|(n, x)| x.as_ref().map(|x| format!("{n}={}", shown(x))))
-            .collect();
-        given_files(&mut set);
-        if set.is_empty() {
+        let names: Vec<&str> = [
+            ("ACME_EMAIL", v.acme_email.is_some()),
+            ("ACME_CA", v.acme_ca.is_some()),
+            ("ACME_CA_ROOT", v.acme_ca_root.is_some()),
+            ("CERT_FILE", v.cert_file.is_some()),
+            ("KEY_FILE", v.key_file.is_some()),
+        ]
+        .iter()
+        .filter_map(|(n, set)| set.then_some(*n))
+        .collect();
+        if names.is_empty() {
             return Ok(None);
         }
-        let names: Vec<&str> = set
-            .iter()
-            .map(|s| s.split('=').next().unwrap_or(""))
-            .collect();
         return front_refusal(
             format!(
                 "{} given without DOMAIN: the front needs the name its clients use (without DOMAIN install sets up no front)",
                 names.join(", ")
             ),
-            host,
-            &format!("DOMAIN=api.example.com {}", set.join(" ")),
+            env,
+            &[("DOMAIN", Some(EXAMPLE_DOMAIN))],
         );
     };
+    self::domain(env, "install")?;
     let d = shown(domain);
     let email = v.acme_email.as_deref();
     let acme_extra = v.acme_ca.is_some() || v.acme_ca_root.is_some();
     let certs = match (&v.cert_file, &v.key_file) {
         (None, None) => {
+            if v.acme_ca_root.is_some() && v.acme_ca.is_none() {
+                // Caddy would take it for Let's Encrypt's and fail there after a minute or two.
+                let mut changes = vec![("ACME_CA_ROOT", None)];
+                if email.is_none() {
+                    changes.push(("ACME_EMAIL", Some(EXAMPLE_EMAIL)));
+                }
+                return front_refusal(
+                    "ACME_CA_ROOT is the root of ACME_CA's HTTPS: give ACME_CA too, or drop ACME_CA_ROOT (for Let's Encrypt)".into(),
+                    env,
+                    &changes,
+                );
+            }
             let Some(email) = email else {
                 if acme_extra {
                     return front_refusal(
                         format!("ACME_CA and ACME_CA_ROOT go with ACME_EMAIL, the CA account's address, which is missing (DOMAIN={d})"),
-                        host,
-                        &format!("DOMAIN={d} ACME_EMAIL=ops@example.com ..."),
+                        env,
+                        &[("ACME_EMAIL", Some(EXAMPLE_EMAIL))],
                     );
                 }
                 return front_refusal(
                     format!("DOMAIN={d} needs a way to get its certificate: ACME_EMAIL= (from Let's Encrypt, or the CA in ACME_CA), or CERT_FILE= and KEY_FILE= (your own)"),
-                    host,
-                    &format!("DOMAIN={d} ACME_EMAIL=ops@example.com"),
+                    env,
+                    &[("ACME_EMAIL", Some(EXAMPLE_EMAIL))],
                 );
             };
             FrontCerts::Acme {
@@ -668,8 +767,8 @@ pub fn front(v: &FrontVars, host: &str) -> Checked<Option<FrontGiven>> {
             if email.is_some() || acme_extra {
                 return front_refusal(
                     "ACME_* and CERT_FILE/KEY_FILE are both given: the certificate comes from the CA or from your files, not both".into(),
-                    host,
-                    &format!("DOMAIN={d} CERT_FILE={} KEY_FILE={}", path_shown(c), path_shown(k)),
+                    env,
+                    &[("ACME_EMAIL", None), ("ACME_CA", None), ("ACME_CA_ROOT", None)],
                 );
             }
             FrontCerts::Own {
@@ -683,11 +782,8 @@ pub fn front(v: &FrontVars, host: &str) -> Checked<Option<FrontGiven>> {
                     "CERT_FILE={} is given without KEY_FILE, its private key",
                     path_shown(c)
                 ),
-                host,
-                &format!(
-                    "DOMAIN={d} CERT_FILE={} KEY_FILE=path/to/key.pem",
-                    path_shown(c)
-                ),
+                env,
+                &[("KEY_FILE", Some(EXAMPLE_KEY))],
             )
         }
         (None, Some(k)) => {
@@ -696,14 +792,19 @@ pub fn front(v: &FrontVars, host: &str) -> Checked<Option<FrontGiven>> {
                     "KEY_FILE={} is given without CERT_FILE, its certificate",
                     path_shown(k)
                 ),
-                host,
-                &format!(
-                    "DOMAIN={d} CERT_FILE=path/to/cert.pem KEY_FILE={}",
-                    path_shown(k)
-                ),
+                env,
+                &[("CERT_FILE", Some(EXAMPLE_CERT))],
             )
         }
     };
+    if let FrontCerts::Acme { email, ca, .. } = &certs {
+        if let Err(e) = crate::host::front::Email::parse(email) {
+            return front_refusal(e.what, env, &[("ACME_EMAIL", Some(EXAMPLE_EMAIL))]);
+        }
+        if let Some(Err(e)) = ca.as_deref().map(crate::host::front::CaUrl::parse) {
+            return front_refusal(e.what, env, &[("ACME_CA", Some(EXAMPLE_CA))]);
+        }
+    }
     let given = FrontGiven {
         domain: domain.clone(),
         certs,
@@ -712,11 +813,16 @@ pub fn front(v: &FrontVars, host: &str) -> Checked<Option<FrontGiven>> {
     // as the host names it): what it refuses there is refused here, with its reason.
     match crate::host::front_plan::parse_apply(&given.words("/tmp/tribist-install.XXXXXX")) {
         Ok(_) => Ok(Some(given)),
-        Err(e) => refuse(format!(
-            "{}; {} (nothing was sent)",
-            e.what,
-            e.fix.replace("HOST=...", &format!("HOST={host}"))
-        )),
+        Err(e) => front_refusal(e.what, env, &[]),
+    }
+}
+
+/// The placeholder for a front file's variable.
+pub fn example_file(var: &str) -> &'static str {
+    match var {
+        "CERT_FILE" => EXAMPLE_CERT,
+        "KEY_FILE" => EXAMPLE_KEY,
+        _ => EXAMPLE_CA_ROOT,
     }
 }
 
@@ -727,8 +833,7 @@ pub fn front_file(
     path: &std::path::Path,
     bytes: Option<&[u8]>,
     kind: crate::host::front_plan::Pem,
-    host: &str,
-    given: &FrontGiven,
+    env: &Env,
 ) -> Checked<()> {
     let name = path_shown(path);
     let why = match bytes {
@@ -738,24 +843,25 @@ pub fn front_file(
         ),
         Some(b) => match crate::host::front_plan::check_pem(kind, b) {
             Ok(()) if var == "CERT_FILE" => {
-                return own_cert_fits(&name, b, &given.domain, crate::host::x509::now())
+                let domain = env.text("DOMAIN").ok().flatten().unwrap_or_default();
+                return match crate::host::x509::check_for(b, &domain, crate::host::x509::now()) {
+                    Ok(()) => Ok(()),
+                    Err(why) => front_refusal(
+                        format!("CERT_FILE={name} {why}"),
+                        env,
+                        &[(var, Some(example_file(var)))],
+                    ),
+                };
             }
             Ok(()) => return Ok(()),
             Err(why) => why,
         },
     };
-    refuse(format!(
-        "{var}={name}: {why}; give the right file: make install HOST={host} {} (nothing was sent)",
-        given.vars()
-    ))
-}
-
-/// Whether the team's own certificate (CERT_FILE, shown as `name`) is one clients accept
-/// for DOMAIN at `now`: the host's check of the front reaches it with `curl -k`, which would
-/// not tell. The host checks it again (`x509::check_for`, the same function).
-pub fn own_cert_fits(name: &str, cert: &[u8], domain: &str, now: i64) -> Checked<()> {
-    crate::host::x509::check_for(cert, domain, now)
-        .map_err(|why| Refused(format!("CERT_FILE={name} {why} (nothing was sent)")))
+    front_refusal(
+        format!("{var}={name}: {why}; give the right file"),
+        env,
+        &[(var, Some(example_file(var)))],
+    )
 }
 
 /// Whether a LISTEN address is reachable from this host only.
@@ -1030,100 +1136,256 @@ mod tests {
         assert!(refused(env.text("DEPLOYER")).starts_with("DEPLOYER is not UTF-8 text"));
     }
 
-    fn fv(pairs: &[(&str, &str)]) -> FrontVars {
-        let get = |k: &str| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        };
-        FrontVars {
-            domain: get("DOMAIN"),
-            acme_email: get("ACME_EMAIL"),
-            acme_ca: get("ACME_CA"),
-            acme_ca_root: get("ACME_CA_ROOT").map(PathBuf::from),
-            cert_file: get("CERT_FILE").map(PathBuf::from),
-            key_file: get("KEY_FILE").map(PathBuf::from),
+    fn fr(pairs: &[(&str, &str)]) -> Checked<Option<FrontGiven>> {
+        front(&Env::from_pairs(pairs))
+    }
+
+    /// The suggested command: every variable given, in one order, each value shown so that
+    /// a shell gives it to make as it is and runs nothing of it.
+    #[test]
+    fn the_suggested_command_retypes_every_variable_quoted() {
+        let env = Env::from_pairs(&[
+            ("SSH_OPTS", "-F /tmp/my cfg"),
+            ("KEY_FILE", "k.pem"),
+            ("HOST", "root@app1"),
+            ("DEPLOYER", "o'brien $(id)"),
+            ("LISTEN", ""),
+            ("LINES", "5"),
+            ("CERT_FILE", "c.pem"),
+            ("DOMAIN", "api.example.com"),
+            ("DATABASE_URL_FILE", "~/db url"),
+        ]);
+        assert_eq!(
+            retyped("install", &env, &[]),
+            r"make install HOST=root@app1 DOMAIN=api.example.com CERT_FILE=c.pem KEY_FILE=k.pem DATABASE_URL_FILE=\~/db\ url DEPLOYER=o\'brien\ \$\(id\) SSH_OPTS=-F\ /tmp/my\ cfg"
+        );
+        assert_eq!(
+            retyped(
+                "check",
+                &env,
+                &[("KEY_FILE", None), ("ACME_EMAIL", Some(EXAMPLE_EMAIL))]
+            ),
+            r"make check HOST=root@app1 DOMAIN=api.example.com ACME_EMAIL=you@example.com CERT_FILE=c.pem DATABASE_URL_FILE=\~/db\ url DEPLOYER=o\'brien\ \$\(id\) SSH_OPTS=-F\ /tmp/my\ cfg"
+        );
+        // Pasted into sh, the line gives make exactly the values, and runs none of them.
+        let mark = std::env::temp_dir().join(format!("tribist-retyped-{}", std::process::id()));
+        let hostile = format!("$(touch {}) `x` \"q\" 'a' ;b", mark.display());
+        let env = Env::from_pairs(&[("HOST", "h"), ("ACME_CA", &hostile)]);
+        let line = retyped("install", &env, &[]);
+        let line = line.replacen("make install", "printf '[%s]\\n'", 1);
+        if let Ok(out) = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .output()
+        {
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("[HOST=h]\n[ACME_CA={hostile}]\n")
+            );
+        }
+        assert!(!mark.exists(), "a value ran as code");
+    }
+
+    #[test]
+    fn a_domain_is_corrected_only_when_the_correction_is_plain() {
+        for (typed, meant) in [
+            ("api.newcomer.test.", Some("api.newcomer.test")),
+            ("https://api.newcomer.test", Some("api.newcomer.test")),
+            ("HTTP://API.Newcomer.test/", Some("api.newcomer.test")),
+            ("api.newcomer.test:443", Some("api.newcomer.test")),
+            ("api.newcomer.test/", Some("api.newcomer.test")),
+            (
+                "https://api.newcomer.test:8443/v1/x?y",
+                Some("api.newcomer.test"),
+            ),
+            ("api.newcomer.test..", None),
+            ("localhost.", None),
+            ("https://10.0.0.1", None),
+            ("api.newcomer.test:http", None),
+            ("x{env.HOME}", None),
+            ("$(id).example.com/", None),
+        ] {
+            assert_eq!(domain_meant(typed).as_deref(), meant, "{typed}");
         }
     }
 
     #[test]
-    fn the_front_is_asked_for_with_domain_only() {
-        assert_eq!(front(&fv(&[]), "h"), Ok(None));
+    fn the_domain_by_the_host_s_rules() {
+        let d = |pairs: &[(&str, &str)]| domain(&Env::from_pairs(pairs), "check");
+        assert_eq!(d(&[("HOST", "app1")]), Ok(None));
         assert_eq!(
-            refused(front(&fv(&[("ACME_EMAIL", "ops@example.com")]), "root@app1")),
+            d(&[("HOST", "app1"), ("DOMAIN", "API.Example.com")]),
+            Ok(Some("api.example.com".into()))
+        );
+        assert_eq!(
+            refused(d(&[("HOST", "root@app1"), ("DOMAIN", "api.example.com; id")])),
+            "DOMAIN=\"api.example.com; id\" is refused: it has ';' (a host name has letters, digits, '-' and '.' only); run: make check HOST=root@app1 DOMAIN=api.example.com (the name clients use; nothing was sent)"
+        );
+        for bad in [
+            "-x.example.com",
+            "localhost",
+            "10.0.0.1",
+            "a..b",
+            "*.example.com",
+            "{env.X}.com",
+        ] {
+            assert!(
+                refused(d(&[("HOST", "h"), ("DOMAIN", bad)])).contains("is refused"),
+                "{bad}"
+            );
+        }
+    }
+
+    /// The newcomer's trial: each refusal's command, typed as printed, is the next try.
+    #[test]
+    fn a_refused_domain_suggests_the_whole_command_corrected() {
+        for typed in [
+            "api.newcomer.test.",
+            "https://api.newcomer.test",
+            "api.newcomer.test:443",
+            "api.newcomer.test/",
+        ] {
+            let m = refused(fr(&[
+                ("HOST", "root@wf"),
+                ("DOMAIN", typed),
+                ("ACME_EMAIL", "ops@newcomer.test"),
+                ("ACME_CA", "https://ca.newcomer.test/dir"),
+                ("ACME_CA_ROOT", "/tmp/root ca.pem"),
+            ]));
+            assert!(
+                m.ends_with("; run: make install HOST=root@wf DOMAIN=api.newcomer.test ACME_EMAIL=ops@newcomer.test ACME_CA=https://ca.newcomer.test/dir ACME_CA_ROOT=/tmp/root\\ ca.pem (the name alone: no scheme, port, path or final dot; nothing was sent)"),
+                "{m}"
+            );
+        }
+        assert_eq!(
+            refused(fr(&[
+                ("HOST", "root@wf"),
+                ("DOMAIN", "api.newcomer.test."),
+                ("CERT_FILE", "c.pem"),
+                ("KEY_FILE", "k.pem"),
+                ("LISTEN", "127.0.0.1:9000"),
+                ("DEPLOY_KEY", "~/.ssh/d.pub"),
+            ])),
+            "DOMAIN=\"api.newcomer.test.\" is refused: it has an empty label (two dots in a row, or a dot at an end); run: make install HOST=root@wf DOMAIN=api.newcomer.test CERT_FILE=c.pem KEY_FILE=k.pem LISTEN=127.0.0.1:9000 DEPLOY_KEY=\\~/.ssh/d.pub (the name alone: no scheme, port, path or final dot; nothing was sent)"
+        );
+        // No plain correction: the placeholder, the rest kept; hostile text shown, not run.
+        assert_eq!(
+            refused(fr(&[
+                ("HOST", "root@app1"),
+                ("DOMAIN", "x{env.HOME}"),
+                ("ACME_EMAIL", "o@example.com"),
+            ])),
+            "DOMAIN=\"x{env.HOME}\" is refused: it has '{' (Caddyfile blocks and placeholders such as {env.X}) (a host name has letters, digits, '-' and '.' only); run: make install HOST=root@app1 DOMAIN=api.example.com ACME_EMAIL=o@example.com (the name clients use; nothing was sent)"
+        );
+        assert!(refused(fr(&[
+            ("HOST", "h"),
+            ("DOMAIN", "$(id)"),
+            ("ACME_EMAIL", "a b@x.com")
+        ]))
+        .ends_with(r"run: make install HOST=h DOMAIN=api.example.com ACME_EMAIL=a\ b@x.com (the name clients use; nothing was sent)"));
+    }
+
+    #[test]
+    fn the_front_is_asked_for_with_domain_only() {
+        assert_eq!(fr(&[("HOST", "h")]), Ok(None));
+        assert_eq!(
+            refused(fr(&[("HOST", "root@app1"), ("ACME_EMAIL", "ops@example.com")])),
             "ACME_EMAIL given without DOMAIN: the front needs the name its clients use (without DOMAIN install sets up no front); run: make install HOST=root@app1 DOMAIN=api.example.com ACME_EMAIL=ops@example.com (nothing was sent)"
         );
-        let m = refused(front(
-            &fv(&[("CERT_FILE", "my cert.pem"), ("KEY_FILE", "k.pem")]),
-            "h",
-        ));
+        let m = refused(fr(&[
+            ("HOST", "h"),
+            ("CERT_FILE", "my cert.pem"),
+            ("KEY_FILE", "k.pem"),
+            ("DATABASE_URL_FILE", "db"),
+        ]));
         assert!(
             m.starts_with("CERT_FILE, KEY_FILE given without DOMAIN")
-                && m.contains("run: make install HOST=h DOMAIN=api.example.com CERT_FILE=my\\ cert.pem KEY_FILE=k.pem"),
+                && m.ends_with("run: make install HOST=h DOMAIN=api.example.com CERT_FILE=my\\ cert.pem KEY_FILE=k.pem DATABASE_URL_FILE=db (nothing was sent)"),
             "{m}"
         );
-        assert!(refused(front(&fv(&[("ACME_CA_ROOT", "r.pem")]), "h"))
+        assert!(refused(fr(&[("HOST", "h"), ("ACME_CA_ROOT", "r.pem")]))
             .starts_with("ACME_CA_ROOT given without DOMAIN"));
     }
 
     #[test]
     fn the_front_s_certificate_comes_one_way() {
         assert_eq!(
-            refused(front(&fv(&[("DOMAIN", "api.example.com")]), "h")),
-            "DOMAIN=api.example.com needs a way to get its certificate: ACME_EMAIL= (from Let's Encrypt, or the CA in ACME_CA), or CERT_FILE= and KEY_FILE= (your own); run: make install HOST=h DOMAIN=api.example.com ACME_EMAIL=ops@example.com (nothing was sent)"
+            refused(fr(&[("HOST", "h"), ("DOMAIN", "api.example.com")])),
+            "DOMAIN=api.example.com needs a way to get its certificate: ACME_EMAIL= (from Let's Encrypt, or the CA in ACME_CA), or CERT_FILE= and KEY_FILE= (your own); run: make install HOST=h DOMAIN=api.example.com ACME_EMAIL=you@example.com (nothing was sent)"
         );
         assert_eq!(
-            refused(front(
-                &fv(&[("DOMAIN", "api.example.com"), ("CERT_FILE", "c.pem")]),
-                "h"
-            )),
+            refused(fr(&[
+                ("HOST", "h"),
+                ("DOMAIN", "api.example.com"),
+                ("CERT_FILE", "c.pem")
+            ])),
             "CERT_FILE=c.pem is given without KEY_FILE, its private key; run: make install HOST=h DOMAIN=api.example.com CERT_FILE=c.pem KEY_FILE=path/to/key.pem (nothing was sent)"
         );
-        assert!(refused(front(
-            &fv(&[("DOMAIN", "api.example.com"), ("KEY_FILE", "k.pem")]),
-            "h"
-        ))
-        .starts_with("KEY_FILE=k.pem is given without CERT_FILE"));
+        assert!(refused(fr(&[
+            ("HOST", "h"),
+            ("DOMAIN", "api.example.com"),
+            ("KEY_FILE", "k.pem")
+        ]))
+        .ends_with("run: make install HOST=h DOMAIN=api.example.com CERT_FILE=path/to/fullchain.pem KEY_FILE=k.pem (nothing was sent)"));
         for extra in [
             ("ACME_EMAIL", "o@example.com"),
             ("ACME_CA", "https://ca.example/dir"),
         ] {
-            assert!(refused(front(
-                &fv(&[
+            assert_eq!(
+                refused(fr(&[
+                    ("HOST", "h"),
                     ("DOMAIN", "api.example.com"),
                     ("CERT_FILE", "c.pem"),
                     ("KEY_FILE", "k.pem"),
                     extra
-                ]),
-                "h"
-            ))
-            .starts_with("ACME_* and CERT_FILE/KEY_FILE are both given"));
+                ])),
+                "ACME_* and CERT_FILE/KEY_FILE are both given: the certificate comes from the CA or from your files, not both; run: make install HOST=h DOMAIN=api.example.com CERT_FILE=c.pem KEY_FILE=k.pem (nothing was sent)"
+            );
         }
-        assert!(refused(front(
-            &fv(&[
+        assert_eq!(
+            refused(fr(&[
+                ("HOST", "h"),
                 ("DOMAIN", "api.example.com"),
                 ("ACME_CA", "https://ca.example/dir")
-            ]),
-            "h"
-        ))
-        .starts_with("ACME_CA and ACME_CA_ROOT go with ACME_EMAIL"));
+            ])),
+            "ACME_CA and ACME_CA_ROOT go with ACME_EMAIL, the CA account's address, which is missing (DOMAIN=api.example.com); run: make install HOST=h DOMAIN=api.example.com ACME_EMAIL=you@example.com ACME_CA=https://ca.example/dir (nothing was sent)"
+        );
+        // A root without its CA would be taken for Let's Encrypt's: refused here.
+        assert_eq!(
+            refused(fr(&[
+                ("HOST", "h"),
+                ("DOMAIN", "api.example.com"),
+                ("ACME_EMAIL", "o@example.com"),
+                ("ACME_CA_ROOT", "root.pem")
+            ])),
+            "ACME_CA_ROOT is the root of ACME_CA's HTTPS: give ACME_CA too, or drop ACME_CA_ROOT (for Let's Encrypt); run: make install HOST=h DOMAIN=api.example.com ACME_EMAIL=o@example.com (nothing was sent)"
+        );
+        assert!(refused(fr(&[
+            ("HOST", "h"),
+            ("DOMAIN", "api.example.com"),
+            ("ACME_CA_ROOT", "root.pem")
+        ]))
+        .ends_with("run: make install HOST=h DOMAIN=api.example.com ACME_EMAIL=you@example.com (nothing was sent)"));
+        assert!(fr(&[
+            ("HOST", "h"),
+            ("DOMAIN", "api.example.com"),
+            ("ACME_EMAIL", "o@example.com"),
+            ("ACME_CA", "https://ca.example/dir"),
+            ("ACME_CA_ROOT", "root.pem")
+        ])
+        .is_ok());
     }
 
-    /// The host's own parser refuses, with its reason and the command with this HOST.
+    /// The host's own rules refuse, with its reason and the whole command, the bad value
+    /// replaced by a placeholder.
     #[test]
     fn hostile_front_values_are_refused_by_the_host_s_rules() {
         let acme = |d: &str, e: &str, ca: &str| {
-            let mut p = vec![("DOMAIN", d), ("ACME_EMAIL", e)];
+            let mut p = vec![("HOST", "root@app1"), ("DOMAIN", d), ("ACME_EMAIL", e)];
             if !ca.is_empty() {
                 p.push(("ACME_CA", ca));
             }
-            front(&fv(&p), "root@app1")
+            fr(&p)
         };
-        assert_eq!(
-            refused(acme("x{env.HOME}", "o@example.com", "")),
-            "DOMAIN=\"x{env.HOME}\" is refused: it has '{' (Caddyfile blocks and placeholders such as {env.X}) (a host name has letters, digits, '-' and '.' only); run: make install HOST=root@app1 DOMAIN=api.example.com (nothing was sent)"
-        );
         assert!(refused(acme(
             "api.example.com\nimport /etc/shadow",
             "o@example.com",
@@ -1132,15 +1394,18 @@ mod tests {
         .contains("it has a newline"));
         assert!(refused(acme("localhost", "o@example.com", "")).contains("at least two labels"));
         assert!(refused(acme("10.0.0.1", "o@example.com", "")).contains("IP address"));
-        assert!(
-            refused(acme("api.example.com", "o@x.com\"; import", "")).starts_with("ACME_EMAIL=")
+        assert_eq!(
+            refused(acme("api.example.com", "o@x.com\"; $(id)", "")),
+            "ACME_EMAIL=\"o@x.com\\\"; $(id)\" is refused: it has '\"' (letters, digits and . _ % + - @ only); run: make install HOST=root@app1 DOMAIN=api.example.com ACME_EMAIL=you@example.com (nothing was sent)"
         );
-        assert!(refused(acme(
-            "api.example.com",
-            "o@example.com",
-            "http://ca.example/dir"
-        ))
-        .contains("https:// only"));
+        assert_eq!(
+            refused(acme(
+                "api.example.com",
+                "o@example.com",
+                "http://ca.example/dir"
+            )),
+            "ACME_CA=\"http://ca.example/dir\" is refused: an ACME directory is reached over https:// only; run: make install HOST=root@app1 DOMAIN=api.example.com ACME_EMAIL=o@example.com ACME_CA=https://ca.example.com/acme/directory (nothing was sent)"
+        );
         assert!(
             refused(acme("api.example.com", "o@example.com", "https://ca/{$X}"))
                 .starts_with("ACME_CA=")
@@ -1164,102 +1429,95 @@ mod tests {
                 "https://127.0.0.1:14000/dir"
             ]
         );
-        assert_eq!(
-            ok.vars(),
-            "DOMAIN=API.Example.com ACME_EMAIL=o@example.com ACME_CA=https://127.0.0.1:14000/dir"
-        );
     }
 
     #[test]
     fn front_files_are_checked_as_the_host_checks_them() {
         use crate::host::front_plan::Pem;
-        let g = front(
-            &fv(&[
-                ("DOMAIN", "api.example.com"),
-                ("CERT_FILE", "c.pem"),
-                ("KEY_FILE", "k.pem"),
-            ]),
-            "h",
-        )
-        .unwrap()
-        .unwrap();
+        let env = Env::from_pairs(&[
+            ("HOST", "h"),
+            ("DOMAIN", "api.example.com"),
+            ("CERT_FILE", "c.pem"),
+            ("KEY_FILE", "k.pem"),
+            ("DATABASE_URL_FILE", "db"),
+        ]);
         let cert = crate::host::x509::tests::SAN_API.as_bytes();
         let key = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
         let p = std::path::Path::new("c.pem");
         assert_eq!(
-            front_file("CERT_FILE", p, Some(cert), Pem::Certificate, "h", &g),
+            front_file("CERT_FILE", p, Some(cert), Pem::Certificate, &env),
             Ok(())
         );
-        assert_eq!(
-            front_file("KEY_FILE", p, Some(key), Pem::Key, "h", &g),
-            Ok(())
-        );
+        assert_eq!(front_file("KEY_FILE", p, Some(key), Pem::Key, &env), Ok(()));
         let m = refused(front_file(
             "CERT_FILE",
             p,
             Some(key),
             Pem::Certificate,
-            "h",
-            &g,
+            &env,
         ));
         assert!(
             m.starts_with("CERT_FILE=c.pem: it is not a PEM certificate"),
             "{m}"
         );
-        assert!(m.ends_with("give the right file: make install HOST=h DOMAIN=api.example.com CERT_FILE=c.pem KEY_FILE=k.pem (nothing was sent)"), "{m}");
+        assert!(m.ends_with("; give the right file; run: make install HOST=h DOMAIN=api.example.com CERT_FILE=path/to/fullchain.pem KEY_FILE=k.pem DATABASE_URL_FILE=db (nothing was sent)"), "{m}");
         assert!(!m.contains("MIIE"), "nothing of a key is shown");
+        let m = refused(front_file("KEY_FILE", p, Some(cert), Pem::Key, &env));
+        assert!(m.contains("not an unencrypted PEM private key"), "{m}");
+        assert!(m.contains(" KEY_FILE=path/to/key.pem "), "{m}");
         assert!(
-            refused(front_file("KEY_FILE", p, Some(cert), Pem::Key, "h", &g))
-                .contains("not an unencrypted PEM private key")
+            refused(front_file("KEY_FILE", p, None, Pem::Key, &env)).contains("larger than 64 KiB")
         );
-        assert!(refused(front_file("KEY_FILE", p, None, Pem::Key, "h", &g))
-            .contains("larger than 64 KiB"));
         // A certificate for other names, for none (only a CN), or expired, is refused.
-        use crate::host::x509::tests::{EXPIRED, NO_SAN, OTHER};
-        let o = std::path::Path::new("ocert.pem");
-        assert_eq!(
-            refused(front_file("CERT_FILE", o, Some(OTHER.as_bytes()), Pem::Certificate, "h", &g)),
-            "CERT_FILE=ocert.pem is a certificate for other.test, www.other.test, not for DOMAIN=api.example.com: give the certificate for api.example.com (its subjectAltName), or DOMAIN=other.test (nothing was sent)"
-        );
+        {
+            use crate::host::x509::tests::{EXPIRED, NO_SAN, OTHER};
+            let env = Env::from_pairs(&[
+                ("HOST", "h"),
+                ("DOMAIN", "api.example.com"),
+                ("CERT_FILE", "ocert.pem"),
+                ("KEY_FILE", "k.pem"),
+            ]);
+            let o = std::path::Path::new("ocert.pem");
+            let c = |b: &[u8]| refused(front_file("CERT_FILE", o, Some(b), Pem::Certificate, &env));
+            assert_eq!(
+                c(OTHER.as_bytes()),
+                "CERT_FILE=ocert.pem is a certificate for other.test, www.other.test, not for DOMAIN=api.example.com: give the certificate for api.example.com (its subjectAltName), or DOMAIN=other.test; run: make install HOST=h DOMAIN=api.example.com CERT_FILE=path/to/fullchain.pem KEY_FILE=k.pem (nothing was sent)"
+            );
+            assert!(c(NO_SAN.as_bytes()).contains("without subjectAltName"));
+            assert!(c(EXPIRED.as_bytes()).contains("expired on 2020-01-02 00:00 UTC"));
+            assert!(
+                c(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+                    .starts_with("CERT_FILE=ocert.pem cannot be read as a certificate: ")
+            );
+            // ACME_CA_ROOT is a CA's root, not a certificate for DOMAIN: PEM is enough.
+            assert_eq!(
+                front_file(
+                    "ACME_CA_ROOT",
+                    o,
+                    Some(OTHER.as_bytes()),
+                    Pem::Certificate,
+                    &env
+                ),
+                Ok(())
+            );
+        }
+        let env = Env::from_pairs(&[
+            ("HOST", "h"),
+            ("DOMAIN", "api.example.com"),
+            ("ACME_EMAIL", "o@example.com"),
+            ("ACME_CA", "https://ca.example/dir"),
+            ("ACME_CA_ROOT", "r.pem"),
+        ]);
         assert!(refused(front_file(
-            "CERT_FILE",
-            o,
-            Some(NO_SAN.as_bytes()),
+            "ACME_CA_ROOT",
+            p,
+            Some(key),
             Pem::Certificate,
-            "h",
-            &g
+            &env
         ))
-        .contains("without subjectAltName"));
-        assert!(refused(front_file(
-            "CERT_FILE",
-            o,
-            Some(EXPIRED.as_bytes()),
-            Pem::Certificate,
-            "h",
-            &g
-        ))
-        .contains("expired on 2020-01-02 00:00 UTC"));
-        // ACME_CA_ROOT is a CA's root, not a certificate for DOMAIN: PEM is enough.
-        assert_eq!(
-            front_file(
-                "ACME_CA_ROOT",
-                o,
-                Some(OTHER.as_bytes()),
-                Pem::Certificate,
-                "h",
-                &g
-            ),
-            Ok(())
-        );
-        assert!(refused(front_file(
-            "CERT_FILE",
-            o,
-            Some(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"),
-            Pem::Certificate,
-            "h",
-            &g
-        ))
-        .starts_with("CERT_FILE=ocert.pem cannot be read as a certificate: "));
+        .ends_with(
+            " ACME_CA=https://ca.example/dir ACME_CA_ROOT=path/to/root.pem (nothing was sent)"
+        ));
         assert!(loopback_listen("127.0.0.1:8383") && loopback_listen("[::1]:1"));
         assert!(!loopback_listen("0.0.0.0:8383") && !loopback_listen("[::]:1"));
         assert_eq!(around_the_front("127.0.0.2:9000"), None);

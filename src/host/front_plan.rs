@@ -1503,7 +1503,9 @@ mod tests {
     #[test]
     fn access_logs_by_name() {
         assert!(is_access_log("tribist-access.log"));
-        assert!(is_access_log("tribist-access-2026-12-07T05-40-00.000.log.gz"));
+        assert!(is_access_log(
+            "tribist-access-2026-12-07T05-40-00.000.log.gz"
+        ));
         assert!(is_access_log("tribist-access-2026-12-07T05-40-00.000.log"));
         assert!(!is_access_log("access.log"));
         assert!(!is_access_log("tribist-access.log.bak"));
