@@ -1165,23 +1165,7 @@ fn apply_steps(ctx: &mut Ctx, args: &plan::ApplyArgs) -> Step2<(Outcome, Exit)> 
         }
         Ok(())
     })();
-    if let Err(f) = written {
-        let problems = changes.undo();
-        return Err((Outcome::Failed, with_undo(f, &problems)));
-    }
-    if interrupt::interrupted() {
-        let problems = changes.undo();
-        return Err((
-            Outcome::Interrupted,
-            with_undo(
-                Fail::new(
-                    Exit::Interrupted,
-                    "interrupted before Caddy was told: the previous files are back",
-                ),
-                &problems,
-            ),
-        ));
-    }
+    written_or_undone(&mut changes, written)?;
     if let Err((error, fix)) = validate(caddy_uid, caddy_gid) {
         let problems = changes.undo();
         return Err((
@@ -1348,6 +1332,29 @@ fn report_answer(
     }
 }
 
+/// After the files are written, before Caddy is told: a write that failed, or an interrupt,
+/// puts every file back.
+fn written_or_undone(changes: &mut Changes, written: Result<()>) -> Step2<()> {
+    if let Err(f) = written {
+        let problems = changes.undo();
+        return Err((Outcome::Failed, with_undo(f, &problems)));
+    }
+    if interrupt::interrupted() {
+        let problems = changes.undo();
+        return Err((
+            Outcome::Interrupted,
+            with_undo(
+                Fail::new(
+                    Exit::Interrupted,
+                    "interrupted before Caddy was told: the previous files are back",
+                ),
+                &problems,
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn with_undo(mut f: Fail, problems: &[String]) -> Fail {
     if !problems.is_empty() {
         f.message = format!(
@@ -1491,23 +1498,7 @@ fn remove_steps(ctx: &mut Ctx, args: &plan::RemoveArgs) -> Step2<(Outcome, Exit)
         }
         Ok(())
     })();
-    if let Err(f) = written {
-        let problems = changes.undo();
-        return Err((Outcome::Failed, with_undo(f, &problems)));
-    }
-    if interrupt::interrupted() {
-        let problems = changes.undo();
-        return Err((
-            Outcome::Interrupted,
-            with_undo(
-                Fail::new(
-                    Exit::Interrupted,
-                    "interrupted before Caddy was told: the previous files are back",
-                ),
-                &problems,
-            ),
-        ));
-    }
+    written_or_undone(&mut changes, written)?;
     if !matches!(seen.caddyfile, Caddyfile::Missing) {
         if let Some((uid, gid)) = child::user_ids(CADDY_USER) {
             if let Err((error, fix)) = validate(uid, gid) {

@@ -77,18 +77,7 @@ pub fn curl_date(s: &str) -> Option<i64> {
     if !(0..24).contains(h) || !(0..60).contains(mi) || !(0..61).contains(sec) {
         return None;
     }
-    Some(days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + sec)
-}
-
-/// Days from 1970-01-01 to the date `y-m-d` (proleptic Gregorian; Howard Hinnant's method).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Some(crate::host::civil::days_from_civil(y, m, d) * 86_400 + h * 3600 + mi * 60 + sec)
 }
 
 /// `YYYY-MM-DD` of a time since the epoch.

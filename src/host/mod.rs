@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod child;
+pub mod civil;
 pub mod deploy;
 pub mod digest;
 pub mod front;

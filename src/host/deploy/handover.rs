@@ -185,14 +185,7 @@ pub fn parse_utc_timestamp(s: &str) -> Option<i64> {
         }
         frac.parse::<i64>().ok()? * 10i64.pow(6 - frac.len() as u32)
     };
-    // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + dd - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = crate::host::civil::days_from_civil(y, m, dd);
     Some(((days * 86_400 + h * 3600 + mi * 60 + se) * 1_000_000) + micros)
 }
 
