@@ -13,7 +13,8 @@ readonly RUN=${TRIBIST_E2E_RUN:-/var/tmp/tribist-e2e}
 # The network namespaces' prefix: another prefix (and RUN) lets a second suite run beside this
 # one, neither touching the other's hosts.
 readonly NETNS_PREFIX=${TRIBIST_E2E_NETNS:-tribist}
-readonly SUITE=bookworm
+# TRIBIST_E2E_SUITE=trixie boots Debian 13 hosts instead (a root file system cached per suite).
+readonly SUITE=${TRIBIST_E2E_SUITE:-bookworm}
 # debootstrap's own default mirror unless TRIBIST_E2E_MIRROR names another.
 readonly MIRROR=${TRIBIST_E2E_MIRROR:-}
 readonly PACKAGES=systemd,systemd-sysv,dbus,openssh-server,sudo,curl,postgresql,procps,iproute2
@@ -41,7 +42,8 @@ usage: host.sh prepare         build the cached root file system if missing (~2 
        host.sh --help
 
 TRIBIST_E2E_CACHE (default /var/cache/tribist-e2e) holds the root file system and the ssh key;
-TRIBIST_E2E_RUN (default /var/tmp/tribist-e2e) the running hosts. Needs root, debootstrap,
+TRIBIST_E2E_RUN (default /var/tmp/tribist-e2e) the running hosts; TRIBIST_E2E_SUITE (bookworm)
+the Debian release. Needs root, debootstrap,
 systemd-container, iproute2 and netcat-openbsd.
 USAGE
 }
