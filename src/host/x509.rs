@@ -108,7 +108,7 @@ pub fn now() -> i64 {
 pub fn date(t: i64) -> String {
     let days = t.div_euclid(86_400);
     let secs = t.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::host::civil::civil_from_days(days);
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
         secs / 3600,
@@ -366,26 +366,6 @@ fn time(t: &Tlv) -> Result<i64, String> {
     Ok(crate::host::civil::days_from_civil(year, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
 }
 
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -561,7 +541,7 @@ CeEmBbSfXuxo2JLjw0zVKpRDQgkz\n\
     fn dates_are_counted_in_utc() {
         assert_eq!(crate::host::civil::days_from_civil(1970, 1, 1), 0);
         assert_eq!(crate::host::civil::days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
+        assert_eq!(crate::host::civil::civil_from_days(11_017), (2000, 3, 1));
         assert_eq!(date(0), "1970-01-01 00:00 UTC");
     }
 
