@@ -281,6 +281,15 @@ pub fn releases(args: &[&str]) -> Result<child::Outcome> {
     as_tribist(paths::HOST_PROGRAM, &all, None, Duration::from_secs(15))
 }
 
+/// `sudo`, as tribist runs it: with a minimal environment. Children get a cleared one, and
+/// Debian 13's sudo 1.9.16 dies of a segmentation fault on an empty environment (found on a
+/// trixie test host: every upgrade as tribist failed at its restart).
+pub fn sudo() -> Spawn {
+    Spawn::new("/usr/bin/sudo")
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C")
+}
+
 /// `systemctl ARGS…` (through `sudo -n` when not root), bounded to `timeout`; interrupted
 /// runs are killed and reported as [`child::ExitKind::TimedOut`] only at the deadline, so
 /// callers that must react to Ctrl-C use [`interrupt::interrupted`] between short calls.
@@ -290,7 +299,7 @@ pub fn systemctl(args: &[&str], timeout: Duration) -> Result<child::Outcome> {
     } else {
         let mut all = vec!["-n", "/usr/bin/systemctl"];
         all.extend_from_slice(args);
-        Spawn::new("/usr/bin/sudo").args(all)
+        sudo().args(all)
     };
     spawn
         .run(timeout, 64 * 1024)

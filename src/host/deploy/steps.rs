@@ -389,7 +389,7 @@ pub fn recent_log() {
     let spawn = if is_root() {
         Spawn::new("/usr/bin/journalctl").args(["-u", paths::UNIT, "-n", "25", "--no-pager"])
     } else {
-        Spawn::new("/usr/bin/sudo").args(["-n", "/usr/bin/systemctl", "status", paths::UNIT])
+        super::sudo().args(["-n", "/usr/bin/systemctl", "status", paths::UNIT])
     };
     if let Ok(o) = spawn.run(Duration::from_secs(10), 20_000) {
         for line in printable(format!("{}{}", o.stdout, o.stderr).as_bytes(), 20_000).lines() {

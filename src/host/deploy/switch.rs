@@ -197,7 +197,7 @@ fn sctl(args: &[&str]) -> Result<(child::Outcome, bool)> {
     } else {
         let mut all = vec!["-n", "/usr/bin/systemctl"];
         all.extend_from_slice(args);
-        Spawn::new("/usr/bin/sudo").args(all)
+        super::sudo().args(all)
     };
     let o = run(
         spawn.stop_when(should_stop),
@@ -248,7 +248,7 @@ pub fn recent_log() -> String {
             .args(["-u", paths::UNIT, "-n", "25", "--no-pager"])
             .run(Duration::from_secs(10), 20_000)
     } else {
-        Spawn::new("/usr/bin/sudo")
+        super::sudo()
             .args(["-n", "/usr/bin/systemctl", "status", paths::UNIT])
             .run(Duration::from_secs(10), 20_000)
     };
@@ -416,7 +416,7 @@ fn env_mtime_us() -> Option<i64> {
 
 /// Whether sudo lets tribist reload the service.
 fn sudo_allows_reload() -> bool {
-    Spawn::new("/usr/bin/sudo")
+    super::sudo()
         .args(["-n", "-l", "/usr/bin/systemctl", "reload", paths::UNIT])
         .run(Duration::from_secs(10), 4096)
         .is_ok_and(|o| o.status == ExitKind::Exited(0))
