@@ -129,8 +129,9 @@ as_tribist_on_host() {
 }
 
 # Root-owned files and directories a hostile tribist would aim at: owner, mode, size, content.
+# (Debian 13's minimal image has no /etc/cron.d: ls says so, the same before and after.)
 snapshot() {
-  on_host 'for p in /root/canary /root/.ssh/authorized_keys /etc/shadow /etc/passwd /etc/group /etc/sudoers /etc/sudoers.d/tribist /etc/ssh/sshd_config /etc/tribist/env; do printf "%s %s " "$p" "$(stat -c "%U:%G %a %s" "$p")"; sha256sum <"$p" | cut -c1-64; done; for d in /root /etc /etc/systemd/system /var/lib /home; do printf "%s %s\n" "$d" "$(stat -c "%U:%G %a" "$d")"; done; ls -A /root /etc/cron.d 2>&1'
+  on_host 'for p in /root/canary /root/.ssh/authorized_keys /etc/shadow /etc/passwd /etc/group /etc/sudoers /etc/sudoers.d/tribist /etc/ssh/sshd_config /etc/tribist/env; do printf "%s %s " "$p" "$(stat -c "%U:%G %a %s" "$p")"; sha256sum <"$p" | cut -c1-64; done; for d in /root /etc /etc/systemd/system /var/lib /home; do printf "%s %s\n" "$d" "$(stat -c "%U:%G %a" "$d")"; done; ls -A /root /etc/cron.d 2>&1 || true'
 }
 
 setup_file() {
